@@ -1,0 +1,261 @@
+"""The causal map Δ of a real model, with its four batched primitives (``method.md`` §1).
+
+    Δ(θ) = mean_i mean_{p∈P} [ F_{s→t}(x_i + θ)[p] − y_i[p] ]
+
+The unsteered run (x, y and every argument the layers receive) is recorded once. Each
+primitive folds its m factors into the batch — factor ℓ on prompt i is sequence
+``ℓ·n + i`` — and runs in chunks of factors sized from a memory budget, so any attention
+kernel works (no ``vmap``) and results do not depend on the chunk size.
+
+Derivatives use reverse mode only, which every attention implementation supports:
+``J(θ)ᵀu`` is one backward pass; ``J(0)v`` and the second-order products at 0 use the
+double/triple-backward trick on a per-factor scalar ε (θ_ℓ = ε_ℓ v_ℓ). Higher-order passes
+run with the math SDPA kernel, the only one with double-backward formulas on every device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from melbo.models.access import LayerAccess, get_layer_access
+from melbo.models.slice import LayerSlice, capture_slice
+from melbo.prompts import Positions, PromptBatch, PromptLike, build_prompts
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations per chunk
+
+
+@contextlib.contextmanager
+def _math_sdpa() -> Iterator[None]:
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        yield
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+class TransformerCausalMap:
+    """Δ for a Hugging Face decoder model; implements :class:`melbo.protocol.CausalMap`.
+
+    Parameters
+    ----------
+    model : a causal LM (not modified; its parameters' ``requires_grad`` is irrelevant)
+    prompts : a :class:`PromptBatch`, or prompts to tokenise with ``tokenizer``
+    source_layer, target_layer : 0 ≤ s < t ≤ n_layers; θ is added to ``hidden_states[s]``
+        and Δ is read from ``hidden_states[t]``
+    positions : target positions (last k tokens, default 3, or per-prompt index lists)
+    memory_budget : bytes of activations one chunk of factors may use
+    chunk_size : factors per chunk (overrides the budget)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prompts: PromptBatch | Sequence[PromptLike],
+        source_layer: int,
+        target_layer: int,
+        *,
+        tokenizer: Any = None,
+        positions: Positions = 3,
+        chat: bool | str = "auto",
+        system_prompt: str | None = None,
+        access: LayerAccess | None = None,
+        memory_budget: int | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.access = access if access is not None else get_layer_access(model)
+        self.access.check_layer_range(source_layer, target_layer)
+        if isinstance(prompts, PromptBatch):
+            batch = prompts
+        else:
+            if tokenizer is None:
+                raise ValueError("prompts given as text need a tokenizer (tokenizer=...)")
+            batch = build_prompts(
+                tokenizer,
+                prompts,
+                chat=chat,  # type: ignore[arg-type]
+                system_prompt=system_prompt,
+                positions=positions,
+                model_config=getattr(model, "config", None),
+            )
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r}: must be a positive int")
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError(f"memory_budget={memory_budget!r}: must be a positive number of bytes")
+        self.model = model
+        self.source_layer = source_layer
+        self.target_layer = target_layer
+        param = next(model.parameters())
+        batch = batch.to(param.device)
+        self.prompts = batch
+        self.slice: LayerSlice = capture_slice(
+            self.access, batch.input_ids, batch.attention_mask, source_layer, target_layer
+        )
+        self._model_dtype = self.slice.x.dtype
+        self._dtype = torch.float64 if self._model_dtype == torch.float64 else torch.float32
+        n, k = batch.positions.shape
+        rows = torch.arange(n, device=param.device)[:, None].expand(n, k)
+        self._pos = batch.positions  # (n, k)
+        self._y_target = self.slice.y[rows, batch.positions].to(self._dtype)  # (n, k, d)
+        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
+        self.chunk_size = chunk_size
+
+    # -- protocol properties ---------------------------------------------------------
+    @property
+    def d_model(self) -> int:
+        return int(self.slice.x.shape[-1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.slice.x.device
+
+    @property
+    def n_prompts(self) -> int:
+        return self.slice.n_prompts
+
+    # -- chunking ----------------------------------------------------------------------
+    def bytes_per_factor(self, order: int = 1) -> int:
+        """Rough activation memory of one factor (n sequences through the slice)."""
+        cfg = getattr(self.model, "config", None)
+        d = self.d_model
+        ffn = int(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d)
+        heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or 1)
+        n, T = self.slice.x.shape[:2]
+        L = self.target_layer - self.source_layer
+        elem = self.slice.x.element_size()
+        per_token = 16 * d + 4 * ffn + 2 * heads * T
+        return int(n * T * L * per_token * elem * (1 + order))
+
+    def _chunks(self, m: int, order: int = 1) -> Iterator[slice]:
+        c = self.chunk_size or max(1, self.memory_budget // max(1, self.bytes_per_factor(order)))
+        for start in range(0, m, c):
+            yield slice(start, min(m, start + c))
+
+    # -- the map -------------------------------------------------------------------------
+    def _delta(self, theta: Tensor) -> Tensor:
+        """Δ for one chunk, differentiable. theta: (d, c) → (d, c) in self.dtype."""
+        d, c = theta.shape
+        n = self.n_prompts
+        x = self.slice.x  # (n, T, d)
+        shift = theta.T.to(self._model_dtype).repeat_interleave(n, dim=0)  # (c*n, d)
+        h = x.repeat(c, 1, 1) + shift[:, None, :]  # (c*n, T, d)
+        out = self.slice(h)  # (c*n, T, d)
+        pos = self._pos.repeat(c, 1)  # (c*n, k)
+        rows = torch.arange(c * n, device=out.device)[:, None].expand_as(pos)
+        picked = out[rows, pos].to(self._dtype)  # (c*n, k, d)
+        diff = picked - self._y_target.repeat(c, 1, 1)
+        return diff.reshape(c, n * pos.shape[1], d).mean(dim=1).T  # (d, c)
+
+    def _check(self, name: str, M: Tensor) -> Tensor:
+        if M.ndim != 2 or M.shape[0] != self.d_model:
+            raise ValueError(f"{name} must have shape (d_model={self.d_model}, m), got {tuple(M.shape)}")
+        return M.to(device=self.device, dtype=self._dtype)
+
+    def _map_chunks(self, fn: Callable[[slice], Tensor], m: int, order: int) -> Tensor:
+        outs = [fn(sl) for sl in self._chunks(m, order)]
+        return torch.cat(outs, dim=1) if outs else torch.zeros(self.d_model, 0, dtype=self._dtype, device=self.device)
+
+    def value(self, theta: Tensor) -> Tensor:
+        """Δ at m points. theta: (d, m) → (d, m)."""
+        theta = self._check("theta", theta)
+        with torch.no_grad():
+            return self._map_chunks(lambda sl: self._delta(theta[:, sl]), theta.shape[1], 0)
+
+    def value_and_vjp(self, theta: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
+        """(Δ(θ_ℓ), J(θ_ℓ)ᵀ u_ℓ) for every column, one forward + one backward per chunk."""
+        theta = self._check("theta", theta)
+        U = self._check("U", U)
+        if U.shape != theta.shape:
+            raise ValueError(f"U has shape {tuple(U.shape)} but theta has {tuple(theta.shape)}")
+        vals: list[Tensor] = []
+        grads: list[Tensor] = []
+        for sl in self._chunks(theta.shape[1], 1):
+            th = theta[:, sl].detach().requires_grad_(True)
+            with torch.enable_grad():
+                dl = self._delta(th)
+                (g,) = torch.autograd.grad((dl * U[:, sl]).sum(), th)
+            vals.append(dl.detach())
+            grads.append(g)
+        return torch.cat(vals, dim=1), torch.cat(grads, dim=1)
+
+    def vjp(self, theta: Tensor, U: Tensor) -> Tensor:
+        """J(θ_ℓ)ᵀ u_ℓ for every column. (d, m), (d, m) → (d, m)."""
+        return self.value_and_vjp(theta, U)[1]
+
+    def jvp0(self, V: Tensor) -> Tensor:
+        """J(0) v_ℓ for every column (double backward on θ_ℓ = ε_ℓ v_ℓ). (d, m) → (d, m)."""
+        V = self._check("V", V)
+
+        def chunk(sl: slice) -> Tensor:
+            v = V[:, sl]
+            eps = torch.zeros(v.shape[1], dtype=self._dtype, device=self.device, requires_grad=True)
+            w = torch.zeros_like(v, requires_grad=True)
+            with torch.enable_grad(), _math_sdpa():
+                dl = self._delta(v * eps)
+                (g,) = torch.autograd.grad((dl * w).sum(), eps, create_graph=True)  # ⟨w_ℓ, J v_ℓ⟩
+                (jv,) = torch.autograd.grad(g.sum(), w)
+            return jv
+
+        return self._map_chunks(chunk, V.shape[1], 2)
+
+    def hvv0(self, V: Tensor) -> Tensor:
+        """T⁽²⁾(·, v_ℓ, v_ℓ) = d²/dε² Δ(ε v_ℓ) at 0 for every column. (d, m) → (d, m)."""
+        V = self._check("V", V)
+
+        def chunk(sl: slice) -> Tensor:
+            v = V[:, sl]
+            eps = torch.zeros(v.shape[1], dtype=self._dtype, device=self.device, requires_grad=True)
+            w = torch.zeros_like(v, requires_grad=True)
+            with torch.enable_grad(), _math_sdpa():
+                dl = self._delta(v * eps)
+                (g1,) = torch.autograd.grad((dl * w).sum(), eps, create_graph=True)
+                (g2,) = torch.autograd.grad(g1.sum(), eps, create_graph=True)  # ⟨w_ℓ, T(·,v,v)⟩
+                (t2,) = torch.autograd.grad(g2.sum(), w)
+            return t2
+
+        return self._map_chunks(chunk, V.shape[1], 3)
+
+    def uhv0(self, U: Tensor, V: Tensor) -> Tensor:
+        """T⁽²⁾(u_ℓ, v_ℓ, ·) = ∇_θ ⟨u_ℓ, J(θ) v_ℓ⟩ at 0 for every column. (d, m) → (d, m)."""
+        U = self._check("U", U)
+        V = self._check("V", V)
+        if U.shape != V.shape:
+            raise ValueError(f"U has shape {tuple(U.shape)} but V has {tuple(V.shape)}")
+
+        def chunk(sl: slice) -> Tensor:
+            theta = torch.zeros_like(V[:, sl], requires_grad=True)
+            with torch.enable_grad(), _math_sdpa():
+                dl = self._delta(theta)
+                (g,) = torch.autograd.grad((dl * U[:, sl]).sum(), theta, create_graph=True)  # Jᵀu
+                (h,) = torch.autograd.grad((g * V[:, sl]).sum(), theta)
+            return h
+
+        return self._map_chunks(chunk, V.shape[1], 2)
+
+    def describe(self) -> dict[str, Any]:
+        n, T = self.prompts.input_ids.shape
+        return {
+            "source_layer": self.source_layer,
+            "target_layer": self.target_layer,
+            "n_prompts": n,
+            "padded_length": T,
+            "target_positions": int(self._pos.shape[1]),
+            "d_model": self.d_model,
+            "model_dtype": str(self._model_dtype).replace("torch.", ""),
+            "template": self.prompts.template,
+        }
+
+

@@ -1,0 +1,1 @@
+"""Model loading, layer access by name, and exact layer slices."""

@@ -1,0 +1,202 @@
+"""Run decoder layers s..t-1 on a residual stream, exactly as the model itself would.
+
+The model computes its own attention masks (causal, sliding-window, padding) and rotary
+embeddings; rather than re-implementing them per family, :func:`capture_slice` runs the
+model once with temporary forward pre-hooks on layers ``s..t-1`` that record the arguments
+each layer receives, and stops the forward pass after layer ``t-1``. :meth:`LayerSlice.__call__`
+then replays those layers with a new residual stream. The model's modules, config and
+parameters are never touched; every hook is removed in a ``finally``.
+
+Factors can be folded into the batch: ``LayerSlice.__call__(h)`` accepts ``h`` of shape
+``(c * n, T, d)`` (factor-major: row ``j * n + i`` is factor ``j`` on prompt ``i``) and
+repeats the recorded per-prompt arguments ``c`` times.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from melbo.models.access import LayerAccess
+
+logger = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook after the last needed layer, to skip the rest of the model."""
+
+
+def _hidden_from_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    if args:
+        h = args[0]
+    else:
+        h = kwargs.get("hidden_states")
+    if not isinstance(h, Tensor):
+        raise RuntimeError("could not find the hidden states among a decoder layer's inputs")
+    return h
+
+
+def _layer_output(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    hs = getattr(out, "hidden_states", None)
+    if isinstance(hs, Tensor):
+        return hs
+    raise RuntimeError(f"unexpected decoder-layer output of type {type(out).__name__}")
+
+
+def _repeat_batch(obj: Any, n: int, c: int) -> Any:
+    """Repeat every tensor whose leading dim is the prompt batch ``n`` ``c`` times (factor-major)."""
+    if c == 1:
+        return obj
+    if isinstance(obj, Tensor):
+        if obj.ndim >= 2 and obj.shape[0] == n:
+            return obj.repeat(c, *([1] * (obj.ndim - 1)))
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_repeat_batch(o, n, c) for o in obj)
+    if isinstance(obj, list):
+        return [_repeat_batch(o, n, c) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _repeat_batch(v, n, c) for k, v in obj.items()}
+    return obj
+
+
+def _cast_float(obj: Any, dtype: torch.dtype) -> Any:
+    """Cast floating tensors (e.g. rotary cos/sin, additive masks) to ``dtype``."""
+    if isinstance(obj, Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple):
+        return tuple(_cast_float(o, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_cast_float(o, dtype) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cast_float(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class LayerSlice:
+    """Layers ``source_layer .. target_layer-1`` of a model with their recorded inputs.
+
+    Attributes
+    ----------
+    x : Tensor, shape (n, T, d)
+        ``hidden_states[source_layer]`` of the recorded prompts.
+    y : Tensor, shape (n, T, d)
+        ``hidden_states[target_layer]`` (the output of layer ``target_layer-1``, before any
+        final norm) of the recorded prompts.
+    """
+
+    access: LayerAccess
+    source_layer: int
+    target_layer: int
+    x: Tensor
+    y: Tensor
+    _calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(repr=False)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.x.shape[0])
+
+    def __call__(self, h: Tensor, *, stop: int | None = None) -> Tensor:
+        """Run the slice on a residual stream.
+
+        Parameters
+        ----------
+        h : Tensor, shape (c * n, T, d)
+            residual stream entering ``source_layer`` (``c`` copies of the prompt batch).
+        stop : int, optional
+            run only up to (not including) this layer; default ``target_layer``.
+
+        Returns
+        -------
+        Tensor, shape (c * n, T, d): the residual stream entering ``stop``.
+        """
+        n = self.n_prompts
+        if h.ndim != 3 or h.shape[1:] != self.x.shape[1:] or h.shape[0] % n != 0:
+            raise ValueError(
+                f"residual stream of shape {tuple(h.shape)} does not fit the recorded prompts: "
+                f"expected (c*{n}, {self.x.shape[1]}, {self.x.shape[2]})"
+            )
+        c = h.shape[0] // n
+        stop = self.target_layer if stop is None else stop
+        layers = self.access.layers
+        for k, idx in enumerate(range(self.source_layer, stop)):
+            args, kwargs = self._calls[k]
+            args = _cast_float(_repeat_batch(args, n, c), h.dtype)
+            kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
+            h = _layer_output(layers[idx](h, *args, **kwargs))
+        return h
+
+
+def capture_slice(
+    access: LayerAccess,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    source_layer: int,
+    target_layer: int,
+) -> LayerSlice:
+    """Run the model once on a prompt batch and record what layers ``s..t-1`` receive.
+
+    Parameters
+    ----------
+    input_ids : Tensor, shape (n, T)
+    attention_mask : Tensor, shape (n, T), optional (1 = token, 0 = padding)
+    """
+    access.check_layer_range(source_layer, target_layer)
+    model = access.model
+    layers = access.layers
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    store: dict[str, Tensor] = {}
+
+    def pre_hook(idx: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            h = _hidden_from_call(args, kwargs)
+            if idx == source_layer:
+                store["x"] = h.detach().clone()
+            rest_args = args[1:] if args else ()
+            rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            for key in ("past_key_values", "past_key_value", "layer_past"):
+                if key in rest_kwargs:
+                    rest_kwargs[key] = None
+            rest_kwargs["use_cache"] = False
+            calls.append((rest_args, rest_kwargs))
+
+        return hook
+
+    def post_hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        store["y"] = _layer_output(out).detach().clone()
+        raise _StopForward
+
+    handles = []
+    try:
+        for idx in range(source_layer, target_layer):
+            handles.append(layers[idx].register_forward_pre_hook(pre_hook(idx), with_kwargs=True))
+        handles.append(layers[target_layer - 1].register_forward_hook(post_hook))
+        with torch.no_grad():
+            try:
+                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for hd in handles:
+            hd.remove()
+    if "y" not in store or len(calls) != target_layer - source_layer:
+        raise RuntimeError(
+            "the model's forward pass did not run the decoder layers as expected "
+            f"(recorded {len(calls)} of {target_layer - source_layer} layers)"
+        )
+    # Positional cache arguments (GPT-2 passes past_key_values positionally) are dropped.
+    calls = [(tuple(None if _is_cache(a) else a for a in args), kw) for args, kw in calls]
+    return LayerSlice(access, source_layer, target_layer, store["x"], store["y"], calls)
+
+
+def _is_cache(obj: Any) -> bool:
+    return type(obj).__name__.endswith("Cache")

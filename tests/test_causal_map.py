@@ -1,0 +1,132 @@
+"""The primitives of Δ against autograd Jacobians and finite differences (fp64)."""
+
+import pytest
+import torch
+from tiny_models import FAMILIES, tiny_model
+
+from melbo.causal_map import TransformerCausalMap
+from melbo.prompts import PromptBatch, resolve_positions
+
+F64 = torch.float64
+
+
+def _batch() -> PromptBatch:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 96, (2, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # right padding (fp64 eager attention NaNs on fully masked left-pad rows)
+    return PromptBatch(ids, mask, resolve_positions(3, [5, 7], [0, 0]), ("a", "b"), "none")
+
+
+def _map(family: str, **kw: object) -> TransformerCausalMap:
+    model = tiny_model(family, dtype=F64, attn="sdpa")
+    return TransformerCausalMap(model, _batch(), 1, 3, **kw)  # type: ignore[arg-type]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _jac(cm: TransformerCausalMap, theta: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.functional.jacobian(lambda th: cm._delta(th[:, None])[:, 0], theta)
+
+
+def _units(d: int, m: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(d, m, generator=g, dtype=F64)
+    return V / V.norm(dim=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vjp_and_jvp0_match_autograd_jacobian(family: str) -> None:
+    cm = _map(family)
+    d = cm.d_model
+    V, U = _units(d, 3, 1), _units(d, 3, 2)
+    theta = 0.7 * V
+    vals, vjps = cm.value_and_vjp(theta, U)
+    for ell in range(3):
+        J = _jac(cm, theta[:, ell])
+        assert _rel(vjps[:, ell], J.T @ U[:, ell]) < 1e-4
+    J0 = _jac(cm, torch.zeros(d, dtype=F64))
+    assert _rel(cm.jvp0(V), J0 @ V) < 1e-4
+    assert torch.allclose(vals, cm.value(theta), rtol=1e-10, atol=1e-12)
+
+
+def _richardson(f, h: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Central differences with two Richardson steps: error O(h^6), so h can stay large
+    enough that the fp32 inside RMSNorm layers does not swamp the difference."""
+    d = [(f(h / 2**k) - f(-h / 2**k)) / (2 * h / 2**k) for k in range(3)]
+    r = [(4 * d[k + 1] - d[k]) / 3 for k in range(2)]
+    return (16 * r[1] - r[0]) / 15
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "qwen3", "gpt_neox"])
+def test_second_order_products_match_finite_differences_of_the_jacobian(family: str) -> None:
+    cm = _map(family)
+    d = cm.d_model
+    V, U = _units(d, 2, 3), _units(d, 2, 4)
+    hvv, uhv = cm.hvv0(V), cm.uhv0(U, V)
+    # Gemma's RMSNorm computes in fp32 even in an fp64 model, which puts a noise floor of
+    # ~1e-4 under any finite difference of its Jacobian; the others are fp64 throughout.
+    tol = 5e-4 if family == "gemma3" else 1e-4
+    for ell in range(2):
+        v, u = V[:, ell], U[:, ell]
+        fd_hvv = _richardson(lambda h, v=v: _jac(cm, h * v) @ v, 2e-2)  # d/dε J(εv) v
+        fd_uhv = _richardson(lambda h, v=v, u=u: _jac(cm, h * v).T @ u, 2e-2)  # d/dε J(εv)ᵀu
+        assert _rel(hvv[:, ell], fd_hvv) < tol
+        assert _rel(uhv[:, ell], fd_uhv) < tol
+
+
+def test_delta_is_zero_at_zero_and_uses_only_target_positions() -> None:
+    cm = _map("llama")
+    d = cm.d_model
+    assert cm.value(torch.zeros(d, 2, dtype=F64)).abs().max() == 0
+    # explicit positions equal to the default (last 3) give the same map
+    b = _batch()
+    b2 = PromptBatch(b.input_ids, b.attention_mask, resolve_positions([[-3, -2, -1]] * 2, [5, 7], [0, 0]), b.texts, b.template)
+    cm2 = TransformerCausalMap(cm.model, b2, 1, 3)
+    th = _units(d, 2, 5)
+    assert torch.equal(cm.value(th), cm2.value(th))
+    # ground truth from the model's own hidden states with a steering pre-hook
+    theta = th[:, 0]
+
+    def hook(mod, args, kwargs):  # type: ignore[no-untyped-def]
+        return (args[0] + theta,) + args[1:], kwargs
+
+    h = cm.access.layers[1].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            hs = cm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True, use_cache=False).hidden_states
+    finally:
+        h.remove()
+    rows = torch.arange(2)[:, None]
+    want = (hs[3][rows, b.positions] - cm.slice.y[rows, b.positions]).mean(dim=(0, 1))
+    torch.testing.assert_close(cm.value(th)[:, 0], want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["value", "vjp", "jvp0", "hvv0", "uhv0"])
+def test_results_do_not_depend_on_chunk_size(method: str) -> None:
+    big, small = _map("gemma3"), _map("gemma3", chunk_size=2)
+    d = big.d_model
+    V, U = _units(d, 5, 6), _units(d, 5, 7)
+    args = {"value": (V,), "vjp": (V, U), "jvp0": (V,), "hvv0": (V,), "uhv0": (U, V)}[method]
+    a, b = getattr(big, method)(*args), getattr(small, method)(*args)
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_model_parameters_bit_identical_after_every_call_and_after_errors() -> None:
+    cm = _map("llama")
+    before = {k: v.clone() for k, v in cm.model.state_dict().items()}
+    grads_before = [p.grad for p in cm.model.parameters()]
+    d = cm.d_model
+    V = _units(d, 2, 8)
+    cm.value(V), cm.vjp(V, V), cm.jvp0(V), cm.hvv0(V), cm.uhv0(V, V)
+    with pytest.raises(ValueError, match="shape"):
+        cm.vjp(V, V[:, :1])
+    with pytest.raises(ValueError, match="d_model"):
+        cm.value(torch.zeros(d + 1, 2, dtype=F64))
+    after = cm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [p.grad for p in cm.model.parameters()] == grads_before
+    for mod in cm.model.modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks

@@ -1,0 +1,100 @@
+"""LayerSlice reproduces the model's own hidden states, for every supported family."""
+
+import pytest
+import torch
+from tiny_models import FAMILIES, tiny_model
+
+from melbo.models.access import ArchitectureError, get_layer_access
+from melbo.models.slice import capture_slice
+
+
+def _padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 96, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    mask[1, -2:] = 0  # right padding
+    return ids, mask
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slice_reproduces_hidden_states_exactly(family: str, attn: str) -> None:
+    model = tiny_model(family, attn=attn)
+    access = get_layer_access(model)
+    ids, mask = _padded_batch()
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+    for s, t in [(0, 1), (0, 3), (1, 3), (2, 4)]:
+        sl = capture_slice(access, ids, mask, s, t)
+        assert torch.equal(sl.x, hs[s])
+        with torch.no_grad():
+            out = sl(hs[s])
+        if t < access.n_layers:  # hidden_states[-1] is after the final norm
+            assert (out - hs[t]).abs().max().item() == 0.0, (family, attn, s, t)
+        assert torch.equal(out, sl.y)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slice_folds_factor_copies_into_the_batch(family: str) -> None:
+    model = tiny_model(family, attn="sdpa")
+    access = get_layer_access(model)
+    ids, mask = _padded_batch(1)
+    sl = capture_slice(access, ids, mask, 1, 3)
+    shift = torch.randn(2, 1, 1, sl.x.shape[-1])
+    h = (sl.x[None] + shift).reshape(6, *sl.x.shape[1:])  # factor-major copies
+    with torch.no_grad():
+        folded = sl(h).reshape(2, 3, *sl.x.shape[1:])
+        for j in range(2):
+            single = sl(sl.x + shift[j])
+            torch.testing.assert_close(folded[j], single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_leaves_model_untouched(family: str) -> None:
+    model = tiny_model(family)
+    before = _params(model)
+    cfg_before = model.config.to_json_string()
+    access = get_layer_access(model)
+    ids, mask = _padded_batch()
+    sl = capture_slice(access, ids, mask, 0, 2)
+    with torch.no_grad():
+        sl(sl.x)
+    after = _params(model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.config.to_json_string() == cfg_before
+    for mod in model.modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks
+
+
+def test_layer_access_finds_post_norm_writes_for_gemma() -> None:
+    acc = get_layer_access(tiny_model("gemma3"))
+    assert acc.attn_out_path == "post_attention_layernorm"
+    assert acc.mlp_out_path == "post_feedforward_layernorm"
+    acc = get_layer_access(tiny_model("gpt2"))
+    assert (acc.attn_out_path, acc.mlp_out_path) == ("attn.c_proj", "mlp.c_proj")
+
+
+def test_unknown_architecture_lists_what_was_tried() -> None:
+    class Weird(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+
+    with pytest.raises(ArchitectureError, match=r"tried \['model.layers'"):
+        get_layer_access(Weird())
+    with pytest.raises(ArchitectureError, match="does not name a submodule"):
+        get_layer_access(Weird(), layers="nope.layers")
+
+
+@pytest.mark.parametrize(("s", "t", "msg"), [(-1, 2, "source_layer=-1"), (4, 5, "source_layer=4"), (2, 2, "target_layer=2"), (1, 9, "target_layer=9")])
+def test_bad_layer_indices_name_the_valid_range(s: int, t: int, msg: str) -> None:
+    access = get_layer_access(tiny_model("llama"))
+    ids, mask = _padded_batch()
+    with pytest.raises(ValueError, match=msg):
+        capture_slice(access, ids, mask, s, t)
