@@ -43,9 +43,13 @@ CONFIGS = {
 FAMILIES = tuple(CONFIGS)
 
 
-def tiny_model(family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, attn: str = "eager") -> torch.nn.Module:
+def tiny_model(
+    family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, attn: str = "eager", vocab: int | None = None
+) -> torch.nn.Module:
     """A seeded random-init causal LM of ``family`` in eval mode."""
     cfg = CONFIGS[family]()
+    if vocab is not None:
+        cfg.vocab_size = vocab
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     try:

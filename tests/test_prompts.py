@@ -1,0 +1,102 @@
+"""Prompt formatting, padding and target positions."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from melbo.causal_map import TransformerCausalMap
+from melbo.prompt_files import read_prompts
+from melbo.prompts import FALLBACK_TEMPLATE, build_prompts
+from melbo.testing import tiny_tokenizer
+
+
+def test_left_and_right_padding_put_target_positions_on_real_tokens() -> None:
+    tok = tiny_tokenizer()
+    prompts = ["a b", "a much longer prompt with several words"]
+    for side in ("left", "right"):
+        b = build_prompts(tok, prompts, positions=3, padding_side=side)  # type: ignore[arg-type]
+        rows = torch.arange(2)[:, None]
+        assert bool(b.attention_mask[rows, b.positions].all()), side
+        for i, p in enumerate(prompts):
+            ids = tok(p)["input_ids"]
+            assert b.input_ids[i, b.positions[i]].tolist() == ids[-3:]
+
+
+def test_delta_does_not_depend_on_padding_side() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab=len(tok), attn="sdpa")
+    prompts = ["a b c d", "a much longer prompt with several words"]
+    maps = [
+        TransformerCausalMap(model, build_prompts(tok, prompts, padding_side=side), 1, 3)  # type: ignore[arg-type]
+        for side in ("left", "right")
+    ]
+    V = torch.nn.functional.normalize(torch.randn(maps[0].d_model, 3), dim=0)
+    torch.testing.assert_close(maps[0].value(V), maps[1].value(V), rtol=1e-4, atol=1e-5)
+
+
+def test_chat_template_and_system_prompt_are_used() -> None:
+    tok = tiny_tokenizer(with_chat_template=True)
+    b = build_prompts(tok, ["hello"], chat=True, system_prompt="You are a helpful assistant")
+    assert b.template == "chat_template"
+    assert "You are a helpful assistant" in b.texts[0] and "hello" in b.texts[0]
+    conv = [[{"role": "user", "content": "hello"}]]
+    assert build_prompts(tok, conv, system_prompt="You are a helpful assistant").texts == b.texts
+
+
+def test_fallback_frame_when_tokenizer_has_no_template(caplog: pytest.LogCaptureFixture) -> None:
+    tok = tiny_tokenizer(with_chat_template=False)
+    with caplog.at_level("WARNING"):
+        b = build_prompts(tok, ["hello"], chat=True)
+    assert b.template == FALLBACK_TEMPLATE
+    assert b.texts[0] == "User: hello\nAssistant:"
+    assert "no chat template" in caplog.text
+
+
+def test_explicit_positions_resolve_negative_indices() -> None:
+    tok = tiny_tokenizer()
+    b = build_prompts(tok, ["a b c d e"], positions=[[0, -1]], padding_side="right")
+    n_tok = int(b.attention_mask.sum())
+    assert b.positions.tolist() == [[0, n_tok - 1]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"prompts": []}, "empty"),
+        ({"prompts": "just a string"}, "list of prompts"),
+        ({"prompts": ["x"], "positions": 0}, "positions=0"),
+        ({"prompts": ["x"], "positions": 50}, "have only"),
+        ({"prompts": ["x"], "positions": [[0], [0]]}, "for 2 prompts"),
+        ({"prompts": ["a b c"], "positions": [[99]]}, "outside its"),
+        ({"prompts": ["a b c d e f g h"], "max_length": 4}, "longer than the model's context of 4"),
+        ({"prompts": [""]}, "empty string"),
+    ],
+)
+def test_bad_prompt_input_is_a_clear_error(kwargs: dict, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        build_prompts(tiny_tokenizer(), **kwargs)
+
+
+def test_prompt_longer_than_model_context_is_refused() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", vocab=len(tok))  # n_positions = 128
+    with pytest.raises(ValueError, match="context of 128"):
+        TransformerCausalMap(model, [" ".join(["word"] * 200)], 0, 2, tokenizer=tok)
+
+
+def test_prompt_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "p.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "p.json").write_text(json.dumps(["one", [{"role": "user", "content": "two"}]]))
+    (tmp_path / "p.csv").write_text("goal,target\none,x\ntwo,y\n")
+    assert read_prompts(tmp_path / "p.txt") == ["one", "two"]
+    assert read_prompts(tmp_path / "p.json")[1] == [{"role": "user", "content": "two"}]
+    assert read_prompts(tmp_path / "p.csv") == ["one", "two"]
+    with pytest.raises(ValueError, match="no column 'prompt'"):
+        read_prompts(tmp_path / "p.csv", column="prompt")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_prompts(tmp_path / "missing.txt")
+    (tmp_path / "p.yaml").write_text("x")
+    with pytest.raises(ValueError, match="unsupported prompt file type"):
+        read_prompts(tmp_path / "p.yaml")
