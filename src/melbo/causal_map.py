@@ -245,6 +245,27 @@ class TransformerCausalMap:
 
         return self._map_chunks(chunk, V.shape[1], 2)
 
+    def readout(self, theta: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """Mean of a per-position readout of the steered target activations, minus unsteered.
+
+        ``fn`` maps target-position activations of shape (B, k, d) (model dtype) to scores
+        of shape (B, k). Returns, shape (m,), ``mean_{i,p} fn(F(x_i + θ_ℓ))[p] − fn(y_i)[p]``.
+        """
+        theta = self._check("theta", theta)
+        n, k = self._pos.shape
+        base = fn(self._y_target.to(self._model_dtype)).to(self._dtype)  # (n, k)
+        outs = []
+        with torch.no_grad():
+            for sl in self._chunks(theta.shape[1], 0):
+                c = sl.stop - sl.start
+                shift = theta[:, sl].T.to(self._model_dtype).repeat_interleave(n, dim=0)
+                h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :])
+                pos = self._pos.repeat(c, 1)
+                rows = torch.arange(c * n, device=h.device)[:, None].expand_as(pos)
+                scores = fn(h[rows, pos]).to(self._dtype) - base.repeat(c, 1)  # (c*n, k)
+                outs.append(scores.reshape(c, n * k).mean(dim=1))
+        return torch.cat(outs)
+
     def describe(self) -> dict[str, Any]:
         n, T = self.prompts.input_ids.shape
         return {
