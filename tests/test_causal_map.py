@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
 
-from melbo.causal_map import TransformerCausalMap
+from melbo.causal_map import TransformerCausalMap, _math_sdpa
 from melbo.prompts import PromptBatch, resolve_positions
 
 F64 = torch.float64
@@ -66,9 +66,10 @@ def test_second_order_products_match_finite_differences_of_the_jacobian(family: 
     d = cm.d_model
     V, U = _units(d, 2, 3), _units(d, 2, 4)
     hvv, uhv = cm.hvv0(V), cm.uhv0(U, V)
-    # Gemma's RMSNorm computes in fp32 even in an fp64 model, which puts a noise floor of
-    # ~1e-4 under any finite difference of its Jacobian; the others are fp64 throughout.
-    tol = 5e-4 if family == "gemma3" else 1e-4
+    # RMSNorm layers (Llama, Gemma, Qwen) compute in fp32 even in an fp64 model, which puts
+    # a noise floor of ~1e-4 under any finite difference of their Jacobian; GPT-2 and
+    # GPT-NeoX are fp64 throughout. The exact check is the autograd Hessian test below.
+    tol = 1e-4 if family in ("gpt2", "gpt_neox") else 5e-4
     for ell in range(2):
         v, u = V[:, ell], U[:, ell]
         fd_hvv = _richardson(lambda h, v=v: _jac(cm, h * v) @ v, 2e-2)  # d/dε J(εv) v
@@ -80,7 +81,7 @@ def test_second_order_products_match_finite_differences_of_the_jacobian(family: 
 def test_delta_is_zero_at_zero_and_uses_only_target_positions() -> None:
     cm = _map("llama")
     d = cm.d_model
-    assert cm.value(torch.zeros(d, 2, dtype=F64)).abs().max() == 0
+    assert cm.value(torch.zeros(d, 2, dtype=F64)).abs().max() < 1e-12
     # explicit positions equal to the default (last 3) give the same map
     b = _batch()
     b2 = PromptBatch(b.input_ids, b.attention_mask, resolve_positions([[-3, -2, -1]] * 2, [5, 7], [0, 0]), b.texts, b.template)
@@ -102,6 +103,26 @@ def test_delta_is_zero_at_zero_and_uses_only_target_positions() -> None:
     rows = torch.arange(2)[:, None]
     want = (hs[3][rows, b.positions] - cm.slice.y[rows, b.positions]).mean(dim=(0, 1))
     torch.testing.assert_close(cm.value(th)[:, 0], want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_second_order_products_match_the_autograd_hessian(family: str) -> None:
+    cm = _map(family)
+    d = cm.d_model
+    V, U = _units(d, 2, 9), _units(d, 2, 10)
+    hvv, uhv = cm.hvv0(V), cm.uhv0(U, V)
+    zero = torch.zeros(d, dtype=F64)
+    for ell in range(2):
+        u, v = U[:, ell], V[:, ell]
+        with _math_sdpa():  # the CPU flash kernel has no double-backward
+            H_u = torch.autograd.functional.hessian(lambda th, u=u: cm._delta(th[:, None])[:, 0] @ u, zero)
+            # T(·, v, v)_k = vᵀ H_k v for every output coordinate k
+            T = torch.autograd.functional.jacobian(
+                lambda th, v=v: torch.autograd.functional.jacobian(lambda x: cm._delta(x[:, None])[:, 0], th, create_graph=True) @ v,
+                zero,
+            )
+        assert _rel(uhv[:, ell], H_u @ v) < 1e-6
+        assert _rel(hvv[:, ell], T @ v) < 1e-6
 
 
 @pytest.mark.parametrize("method", ["value", "vjp", "jvp0", "hvv0", "uhv0"])
