@@ -1,0 +1,504 @@
+"""Fitted features with their provenance, saved as ``features.safetensors`` + ``config.json``.
+
+A :class:`Features` holds m features of a transcoder fitted between the residual stream
+entering layer ``source_layer`` and the one entering ``target_layer`` (``method.md`` §2):
+``V[:, ℓ]`` is the input (source-layer) direction, ``U[:, ℓ]`` the output (target-layer)
+direction, ``alpha[ℓ]`` its scale. Feature ℓ is applied as ``R * V[:, ℓ]`` added to the
+residual stream entering layer ``source_layer`` (:func:`melbo.interventions.steer_features`),
+exactly where Δ was trained.
+
+On disk (``format_version`` 1)::
+
+    <dir>/features.safetensors   tensors U (d, m), V (d, m), alpha (m,)
+    <dir>/config.json            R, method, source_layer, target_layer, positions,
+                                 objective, prompts_hash, model (fingerprint), extra,
+                                 melbo_version, format_version
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "Features",
+    "ModelMismatchError",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "TENSORS_FILE",
+    "melbo_version",
+    "prompts_hash",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+TENSORS_FILE = "features.safetensors"
+CONFIG_FILE = "config.json"
+_CONFIG_KEYS = (
+    "R",
+    "method",
+    "source_layer",
+    "target_layer",
+    "positions",
+    "objective",
+    "prompts_hash",
+    "model",
+    "extra",
+    "melbo_version",
+    "format_version",
+)
+_REQUIRED_CONFIG_KEYS = ("R", "method", "source_layer", "target_layer", "format_version")
+
+
+class ModelMismatchError(ValueError):
+    """Features are applied to a model other than the one they were fitted on."""
+
+
+def melbo_version() -> str:
+    """The installed melbo version, or ``"0+unknown"`` when the package metadata is missing."""
+    try:
+        return metadata.version("melbo")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _major(version: str) -> int | None:
+    head = version.split(".", 1)[0].split("+", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def prompts_hash(prompts: Sequence[Any]) -> str:
+    """SHA-256 of a canonical JSON of ``prompts`` (strings, chat message lists, …).
+
+    Dict keys are sorted, so ``{"role": .., "content": ..}`` and ``{"content": .., "role": ..}``
+    hash alike; the order of the prompts matters.
+
+    Raises
+    ------
+    TypeError
+        if ``prompts`` is not JSON-serialisable.
+    """
+    try:
+        canonical = json.dumps(
+            list(prompts), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        )
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"prompts must be JSON-serialisable (strings, lists, dicts): {err}") from err
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _check_json(name: str, value: object) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be JSON-serialisable, got {value!r}: {err}") from err
+
+
+def _check_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """m fitted features between layers ``source_layer`` → ``target_layer``, with provenance.
+
+    Attributes
+    ----------
+    U : Tensor, shape (d_model, n_factors)
+        Output (target-layer) directions, one per column.
+    V : Tensor, shape (d_model, n_factors)
+        Input (source-layer) directions, one per column (unit norm for every fitting
+        method); feature ℓ steers with ``R * V[:, ℓ]``.
+    alpha : Tensor, shape (n_factors,)
+        Scales α_ℓ of the transcoder.
+    R : float
+        Steering norm the features were trained at (> 0).
+    method : str
+        Fitting method, e.g. ``"exponential"``.
+    source_layer, target_layer : int
+        0 ≤ source_layer < target_layer: the residual streams entering these layers.
+    positions : JSON-able
+        Target positions the fit used, e.g. ``3`` (the last 3 tokens) or a list.
+    objective : list of float
+        Training curve, one value per iteration.
+    prompts_hash : str
+        :func:`prompts_hash` of the training prompts ("" when unknown).
+    model : dict
+        :func:`melbo.fingerprint.model_fingerprint` of the model ({} when unknown).
+    extra : dict
+        Any further JSON-able metadata (n_iter, converged, seed, …).
+    melbo_version : str
+        Version of melbo that made them.
+    """
+
+    U: Tensor
+    V: Tensor
+    alpha: Tensor
+    R: float
+    method: str
+    source_layer: int
+    target_layer: int
+    positions: Any = None
+    objective: list[float] = field(default_factory=list)
+    prompts_hash: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    melbo_version: str = field(default_factory=melbo_version)
+
+    def __post_init__(self) -> None:
+        for name in ("U", "V", "alpha"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if self.U.ndim != 2 or self.V.ndim != 2 or self.U.shape != self.V.shape:
+            raise ValueError(
+                "U and V must both have shape (d_model, n_factors), got "
+                f"U {tuple(self.U.shape)} and V {tuple(self.V.shape)}"
+            )
+        d, m = self.U.shape
+        if d < 1 or m < 1:
+            raise ValueError(f"need d_model ≥ 1 and n_factors ≥ 1, got U {tuple(self.U.shape)}")
+        if tuple(self.alpha.shape) != (m,):
+            raise ValueError(
+                f"alpha must have shape (n_factors,) = ({m},), got {tuple(self.alpha.shape)}"
+            )
+        for name in ("U", "V", "alpha"):
+            t = getattr(self, name)
+            bad = ~torch.isfinite(t)
+            if bool(bad.any()):
+                idx = bad.nonzero()[0].tolist()
+                raise ValueError(
+                    f"{name} has {int(bad.sum())} non-finite values, e.g. {name}{idx} = "
+                    f"{t[tuple(idx)].item()}"
+                )
+        if isinstance(self.R, bool) or not isinstance(self.R, (int, float)):
+            raise TypeError(f"R must be a float, got {self.R!r}")
+        if not math.isfinite(self.R) or self.R <= 0:
+            raise ValueError(f"R must be finite and > 0, got {self.R}")
+        object.__setattr__(self, "R", float(self.R))
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError(f"method must be a non-empty str, got {self.method!r}")
+        s = _check_int("source_layer", self.source_layer)
+        t_ = _check_int("target_layer", self.target_layer)
+        if not 0 <= s < t_:
+            raise ValueError(
+                f"need 0 ≤ source_layer < target_layer, got source_layer={s}, target_layer={t_}"
+            )
+        try:
+            objective = [float(x) for x in self.objective]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"objective must be a list of floats, got {self.objective!r}") from err
+        object.__setattr__(self, "objective", objective)
+        if not isinstance(self.prompts_hash, str):
+            raise TypeError(f"prompts_hash must be a str, got {self.prompts_hash!r}")
+        for name in ("model", "extra"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name} must be a dict, got {getattr(self, name)!r}")
+        _check_json("positions", self.positions)
+        _check_json("model", self.model)
+        _check_json("extra", self.extra)
+        if not isinstance(self.melbo_version, str):
+            raise TypeError(f"melbo_version must be a str, got {self.melbo_version!r}")
+
+    # ------------------------------------------------------------------ sizes and views
+
+    @property
+    def n_factors(self) -> int:
+        """Number m of features."""
+        return int(self.U.shape[1])
+
+    @property
+    def d_model(self) -> int:
+        """Residual-stream dimension d."""
+        return int(self.U.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_factors
+
+    def steering_vector(self, k: int) -> Tensor:
+        """``R * V[:, k]``, shape (d_model,): what :func:`~melbo.interventions.steer_features`
+        adds to the residual stream entering ``source_layer``."""
+        k = self._check_index(k)
+        return self.R * self.V[:, k]
+
+    def _check_index(self, k: object) -> int:
+        k = _check_int("feature index", k)
+        m = self.n_factors
+        if not -m <= k < m:
+            raise IndexError(f"feature index {k} is out of range for {m} features (-{m} ≤ k < {m})")
+        return k % m
+
+    def subset(self, indices: Sequence[int] | Tensor) -> Features:
+        """A new :class:`Features` with the columns ``indices`` (ints, negative allowed, or a
+        boolean mask of length n_factors), in that order; provenance is kept."""
+        m = self.n_factors
+        idx = torch.as_tensor(indices)
+        if idx.dtype == torch.bool:
+            if idx.shape != (m,):
+                raise ValueError(
+                    f"a boolean mask must have shape ({m},), got {tuple(idx.shape)}"
+                )
+            idx = idx.nonzero().reshape(-1)
+        if idx.ndim != 1 or idx.numel() == 0:
+            raise ValueError(f"indices must be a non-empty 1-d sequence, got {indices!r}")
+        if idx.is_floating_point() or idx.is_complex():
+            raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+        idx = idx.long()
+        bad = (idx < -m) | (idx >= m)
+        if bool(bad.any()):
+            raise IndexError(
+                f"indices {idx[bad].tolist()} are out of range for {m} features (-{m} ≤ i < {m})"
+            )
+        idx = idx % m
+        return dataclasses.replace(
+            self,
+            U=self.U[:, idx.to(self.U.device)].clone(),
+            V=self.V[:, idx.to(self.V.device)].clone(),
+            alpha=self.alpha[idx.to(self.alpha.device)].clone(),
+        )
+
+    def order_by(self, scores: Sequence[float] | Tensor, descending: bool = True) -> Features:
+        """A new :class:`Features` sorted by ``scores`` (shape (n_factors,)); ties keep their order.
+
+        E.g. ``features.order_by(features.alpha ** 2)``.
+        """
+        s = torch.as_tensor(scores).detach().reshape(-1).to("cpu", torch.float64)
+        if s.numel() != self.n_factors:
+            raise ValueError(f"need one score per feature ({self.n_factors}), got {s.numel()}")
+        if bool(torch.isnan(s).any()):
+            raise ValueError(f"scores contain NaN at {torch.isnan(s).nonzero().reshape(-1).tolist()}")
+        order = torch.sort(s, descending=descending, stable=True).indices
+        return self.subset(order)
+
+    # ------------------------------------------------------------------ provenance
+
+    @classmethod
+    def from_fit(
+        cls,
+        result: Any,
+        *,
+        source_layer: int,
+        target_layer: int,
+        model: nn.Module | dict[str, Any] | None = None,
+        prompts: Sequence[Any] | None = None,
+        positions: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Features:
+        """Wrap a :class:`melbo.fit.result.FitResult` (anything with ``U, V, alpha, R, method``
+        and optionally ``objective, n_iter, converged``) with its provenance.
+
+        ``model`` may be the model (it is fingerprinted) or a fingerprint dict; ``prompts``
+        are hashed with :func:`prompts_hash`.
+        """
+        fp: dict[str, Any] = {}
+        if isinstance(model, nn.Module):
+            fp = model_fingerprint(model)
+        elif isinstance(model, dict):
+            fp = dict(model)
+        ext: dict[str, Any] = {}
+        for key in ("n_iter", "converged"):
+            if hasattr(result, key):
+                ext[key] = getattr(result, key)
+        ext.update(extra or {})
+        return cls(
+            U=result.U.detach(),
+            V=result.V.detach(),
+            alpha=result.alpha.detach(),
+            R=float(result.R),
+            method=str(result.method),
+            source_layer=source_layer,
+            target_layer=target_layer,
+            positions=positions,
+            objective=list(getattr(result, "objective", [])),
+            prompts_hash=prompts_hash(prompts) if prompts is not None else "",
+            model=fp,
+            extra=ext,
+        )
+
+    def check_model(self, model: nn.Module, force: bool = False) -> None:
+        """Raise :class:`ModelMismatchError` unless ``model`` matches the stored fingerprint.
+
+        With ``force=True`` a mismatch (or a missing fingerprint) is only logged.
+        """
+        fp = model_fingerprint(model)
+        if self.model and same_model(self.model, fp):
+            return
+        if not self.model:
+            msg = "these features carry no model fingerprint, so the model cannot be checked"
+        else:
+            msg = (
+                "these features were fitted on a different model:\n"
+                f"  features: {describe_fingerprint(self.model)}\n"
+                f"  model:    {describe_fingerprint(fp)}"
+            )
+        if force:
+            logger.warning("%s (ignored: force=True)", msg)
+            return
+        raise ModelMismatchError(
+            msg + "\nIf this is the same model in another dtype or quantisation, pass force=True."
+        )
+
+    # ------------------------------------------------------------------ I/O
+
+    def to_config(self) -> dict[str, Any]:
+        """The JSON-able metadata written to ``config.json``."""
+        return {
+            "R": self.R,
+            "method": self.method,
+            "source_layer": self.source_layer,
+            "target_layer": self.target_layer,
+            "positions": self.positions,
+            "objective": list(self.objective),
+            "prompts_hash": self.prompts_hash,
+            "model": self.model,
+            "extra": self.extra,
+            "melbo_version": self.melbo_version,
+            "format_version": FORMAT_VERSION,
+        }
+
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``features.safetensors`` and ``config.json`` into ``directory`` (created if
+        needed) and return its path.
+
+        Each file is written to a temporary file in the same directory and moved into place
+        with :func:`os.replace`, so a reader never sees a half-written file.
+
+        Raises
+        ------
+        FileExistsError
+            if either file exists and ``overwrite`` is False (nothing is written then).
+        """
+        out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out} exists and is not a directory")
+        paths = (out / TENSORS_FILE, out / CONFIG_FILE)
+        if not overwrite:
+            for p in paths:
+                if p.exists():
+                    raise FileExistsError(
+                        f"{p} already exists; pass overwrite=True to replace it or choose another directory"
+                    )
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "U": self.U.detach().to("cpu").contiguous(),
+            "V": self.V.detach().to("cpu").contiguous(),
+            "alpha": self.alpha.detach().to("cpu").contiguous(),
+        }
+        meta = {"format": "pt", "melbo_format_version": str(FORMAT_VERSION)}
+        _atomic_write(paths[0], lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        text = json.dumps(self.to_config(), indent=2, allow_nan=False) + "\n"
+        _atomic_write(paths[1], lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        logger.info("saved %d features (d=%d) to %s", self.n_factors, self.d_model, out)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Features:
+        """Read features written by :meth:`save`; tensors are loaded on the CPU.
+
+        Raises
+        ------
+        FileNotFoundError
+            naming a missing file.
+        ValueError
+            for an unsupported ``format_version``, missing keys or inconsistent shapes
+            (the message names the file).
+        """
+        src = Path(directory)
+        tpath, cpath = src / TENSORS_FILE, src / CONFIG_FILE
+        for p in (tpath, cpath):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found: {src} is not a saved Features directory")
+        try:
+            cfg = json.loads(cpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cpath} is not valid JSON: {err}") from err
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{cpath} must hold a JSON object, got {type(cfg).__name__}")
+        missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in cfg]
+        if missing:
+            raise ValueError(f"{cpath} lacks the keys {missing}")
+        fv = cfg["format_version"]
+        if fv not in SUPPORTED_FORMAT_VERSIONS:
+            newer = isinstance(fv, int) and fv > max(SUPPORTED_FORMAT_VERSIONS)
+            raise ValueError(
+                f"{cpath} has format_version={fv!r}; this melbo ({melbo_version()}) reads "
+                f"format_version in {sorted(SUPPORTED_FORMAT_VERSIONS)}"
+                + ("; upgrade melbo to read it" if newer else "")
+            )
+        unknown = sorted(set(cfg) - set(_CONFIG_KEYS))
+        if unknown:
+            logger.warning("%s: ignoring unknown keys %s", cpath, unknown)
+        saved_version = str(cfg.get("melbo_version", "0+unknown"))
+        ours = melbo_version()
+        if _major(saved_version) is not None and _major(saved_version) != _major(ours):
+            warnings.warn(
+                f"{src} was written by melbo {saved_version}, this is melbo {ours} "
+                "(different major version); check the results",
+                UserWarning,
+                stacklevel=2,
+            )
+        try:
+            tensors = load_file(str(tpath), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{tpath} is not a readable safetensors file: {err}") from err
+        absent = [k for k in ("U", "V", "alpha") if k not in tensors]
+        if absent:
+            raise ValueError(f"{tpath} lacks the tensors {absent}; it holds {sorted(tensors)}")
+        try:
+            return cls(
+                U=tensors["U"],
+                V=tensors["V"],
+                alpha=tensors["alpha"],
+                R=cfg["R"],
+                method=cfg["method"],
+                source_layer=cfg["source_layer"],
+                target_layer=cfg["target_layer"],
+                positions=cfg.get("positions"),
+                objective=cfg.get("objective", []),
+                prompts_hash=cfg.get("prompts_hash", ""),
+                model=cfg.get("model", {}),
+                extra=cfg.get("extra", {}),
+                melbo_version=saved_version,
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{src} holds invalid features: {err}") from err
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it onto ``path``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

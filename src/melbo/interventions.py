@@ -1,0 +1,329 @@
+"""Steering and directional ablation as context managers around removable hooks.
+
+Nothing here edits a weight: every intervention registers hooks on entry and removes them
+on exit — also when the body raises — so the model is bit-for-bit what it was before.
+Interventions nest and compose freely.
+
+Where things happen (``hidden_states[i]`` = the residual stream entering decoder layer i,
+as in ``output_hidden_states``):
+
+* :func:`steer` / :func:`steering` add ``scale * vector`` to ``hidden_states[layer]`` at every
+  position, through a forward *pre*-hook on ``layers[layer]``. The hook runs on every
+  forward, so under KV-cache generation each new token is steered too.
+  :func:`steer_features` adds ``R * V[:, k]`` at ``source_layer`` — exactly where Δ was
+  trained (``method.md`` §1). (The publication's code adds the vector as a bias one
+  sub-layer later; melbo adds it at the layer input.)
+* :func:`ablate` projects unit directions out of every write into the residual stream:
+  the outputs of ``attn_out(i)`` and ``mlp_out(i)`` of every layer (post-norm families:
+  the post-norms), equivalent to the weight edit ``W ← W − w wᵀ W`` (bias included).
+  ``include_embedding=True`` also projects them out of the stream entering layer 0
+  (token and, where the model has them, learned position embeddings). That pre-hook is
+  placed before any other pre-hook on layer 0, so a steering vector added at layer 0 is
+  never ablated, whichever context was entered first.
+
+Caveat: ``output_hidden_states`` records ``hidden_states[i]`` (i ≥ 1) as the *output* of
+layer i−1, before a steering pre-hook on layer i runs, so the recorded stream does not
+include the steering vector (``hidden_states[0]`` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from melbo.models.access import LayerAccess, get_layer_access
+
+if TYPE_CHECKING:
+    from melbo.features import Features
+
+__all__ = ["ablate", "orthonormal_basis", "steer", "steer_features", "steering"]
+
+logger = logging.getLogger(__name__)
+
+
+def _access(model: nn.Module, access: LayerAccess | None) -> LayerAccess:
+    if access is None:
+        return get_layer_access(model)
+    if access.model is not model:
+        raise ValueError("access was built for another model (access.model is not model)")
+    return access
+
+
+def _check_vector(name: str, v: object, d: int) -> Tensor:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape ({d},), got {type(v).__name__}")
+    if not v.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {v.dtype}")
+    if tuple(v.shape) != (d,):
+        raise ValueError(f"{name} must have shape (d_model,) = ({d},), got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} has non-finite values")
+    return v
+
+
+def _map_hidden_states(
+    args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[[Tensor], Tensor], where: str
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Apply ``fn`` to a decoder layer's ``hidden_states`` argument, positional or keyword."""
+    if args and isinstance(args[0], Tensor):
+        return (fn(args[0]), *args[1:]), kwargs
+    hs = kwargs.get("hidden_states")
+    if isinstance(hs, Tensor):
+        new_kwargs = dict(kwargs)
+        new_kwargs["hidden_states"] = fn(hs)
+        return args, new_kwargs
+    raise RuntimeError(
+        f"{where} was called without a hidden_states tensor (neither as first positional "
+        f"argument nor as keyword 'hidden_states'); got {len(args)} positional args and "
+        f"keywords {sorted(kwargs)}"
+    )
+
+
+def _remove(handles: list[RemovableHandle]) -> None:
+    for h in reversed(handles):
+        h.remove()
+    handles.clear()
+
+
+@contextmanager
+def steering(
+    model: nn.Module,
+    additions: Sequence[tuple[int, Tensor]],
+    *,
+    scale: float = 1.0,
+    access: LayerAccess | None = None,
+) -> Iterator[None]:
+    """Add ``scale * vector`` to the residual stream entering ``layers[layer]`` for every
+    ``(layer, vector)`` pair, at every position, while the context is open.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A decoder-only model that :func:`~melbo.models.access.get_layer_access` understands
+        (or pass ``access``).
+    additions : sequence of (int, Tensor of shape (d_model,))
+        Layer index 0 ≤ layer < n_layers and the vector to add there. Several pairs may name
+        the same layer (their vectors add up). The vector is cast to the hidden states'
+        dtype and device on every forward; gradients flow to it.
+    scale : float
+        Multiplies every vector.
+    access : LayerAccess, optional
+        Layer map of ``model``; found by name when omitted.
+    """
+    acc = _access(model, access)
+    n, d = acc.n_layers, acc.d_model
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    checked: list[tuple[int, Tensor]] = []
+    for j, pair in enumerate(additions):
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise TypeError(f"additions[{j}] must be a (layer, vector) pair, got {pair!r}")
+        layer, vec = pair
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"additions[{j}]: layer must be an int, got {layer!r}")
+        if not 0 <= layer < n:
+            raise ValueError(
+                f"additions[{j}]: layer={layer} is out of range: this model has {n} layers, "
+                f"so 0 ≤ layer ≤ {n - 1}"
+            )
+        checked.append((layer, _check_vector(f"additions[{j}] vector", vec, d)))
+
+    handles: list[RemovableHandle] = []
+
+    def make_hook(layer: int, vec: Tensor) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
+        def add(h: Tensor) -> Tensor:
+            return h + scale * vec.to(dtype=h.dtype, device=h.device)  # (B, T, d)
+
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return _map_hidden_states(args, kwargs, add, f"layers[{layer}]")
+
+        return hook
+
+    try:
+        for layer, vec in checked:
+            handles.append(
+                acc.layers[layer].register_forward_pre_hook(make_hook(layer, vec), with_kwargs=True)
+            )
+        logger.debug("steering at layers %s (scale=%s)", [la for la, _ in checked], scale)
+        yield
+    finally:
+        _remove(handles)
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    vector: Tensor,
+    *,
+    layer: int,
+    scale: float = 1.0,
+    access: LayerAccess | None = None,
+) -> Iterator[None]:
+    """Add ``scale * vector`` (shape (d_model,)) to the residual stream entering
+    ``layers[layer]``, at every position, prompt and generated tokens alike.
+
+    Example
+    -------
+    >>> with steer(model, v, layer=4, scale=8.0):
+    ...     out = model.generate(ids, max_new_tokens=20)
+    """
+    with steering(model, [(layer, vector)], scale=scale, access=access):
+        yield
+
+
+@contextmanager
+def steer_features(
+    model: nn.Module,
+    features: Features,
+    k: int,
+    scale: float = 1.0,
+    *,
+    force: bool = False,
+    access: LayerAccess | None = None,
+) -> Iterator[None]:
+    """Steer with feature ``k``: add ``scale * R * V[:, k]`` to the residual stream entering
+    layer ``features.source_layer``, where Δ was trained.
+
+    When the features carry a model fingerprint it is checked first
+    (:meth:`~melbo.features.Features.check_model`; ``force=True`` only logs a mismatch).
+    """
+    if features.model:
+        features.check_model(model, force=force)
+    with steering(
+        model, [(features.source_layer, features.steering_vector(k))], scale=scale, access=access
+    ):
+        yield
+
+
+def orthonormal_basis(directions: Tensor, d: int) -> Tensor:
+    """Orthonormal columns spanning ``directions``.
+
+    Parameters
+    ----------
+    directions : Tensor, shape (d,) or (d, r)
+        One or r directions (any norm, linearly independent).
+    d : int
+        Expected dimension.
+
+    Returns
+    -------
+    Tensor, shape (d, r), float32
+        Q of the QR decomposition (computed in float64).
+    """
+    if not isinstance(directions, Tensor):
+        raise TypeError(f"directions must be a torch.Tensor, got {type(directions).__name__}")
+    if not directions.is_floating_point():
+        raise TypeError(f"directions must be floating point, got dtype {directions.dtype}")
+    w = directions.detach()
+    if w.ndim == 1:
+        w = w[:, None]
+    if w.ndim != 2 or w.shape[0] != d:
+        raise ValueError(
+            f"directions must have shape (d_model,) or (d_model, r) with d_model = {d}, "
+            f"got {tuple(directions.shape)}"
+        )
+    if w.shape[1] == 0:
+        raise ValueError("directions has no columns")
+    if w.shape[1] > d:
+        raise ValueError(f"cannot ablate {w.shape[1]} > d_model = {d} directions")
+    w64 = w.to(torch.float64)
+    if not bool(torch.isfinite(w64).all()):
+        raise ValueError("directions has non-finite values")
+    norms = w64.norm(dim=0)
+    zero = (norms == 0).nonzero().reshape(-1).tolist()
+    if zero:
+        raise ValueError(f"directions has zero columns {zero}; a zero vector has no direction")
+    q, r = torch.linalg.qr(w64 / norms)
+    diag = r.diagonal().abs()
+    dependent = (diag < 1e-6).nonzero().reshape(-1).tolist()
+    if dependent:
+        raise ValueError(
+            f"directions are linearly dependent: columns {dependent} lie (numerically) in the "
+            "span of the earlier ones"
+        )
+    return q.to(torch.float32)
+
+
+def _project_out(x: Tensor, q: Tensor) -> Tensor:
+    """``x − (x Q) Qᵀ`` in float32, cast back to x's dtype. x: (..., d), Q: (d, r)."""
+    qq = q.to(device=x.device)
+    xf = x.to(torch.float32)
+    return (xf - (xf @ qq) @ qq.T).to(x.dtype)
+
+
+@contextmanager
+def ablate(
+    model: nn.Module,
+    directions: Tensor,
+    *,
+    include_embedding: bool = False,
+    access: LayerAccess | None = None,
+) -> Iterator[Tensor]:
+    """Project ``directions`` out of every write into the residual stream while open.
+
+    Forward hooks on ``attn_out(i)`` and ``mlp_out(i)`` of every layer replace their output
+    (the first element when it is a tuple) with ``out − (out Q) Qᵀ``, Q the orthonormalised
+    directions; for an nn.Linear write this equals the weight edit ``W ← W − Q Qᵀ W``,
+    ``b ← b − Q Qᵀ b``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A decoder-only model (or pass ``access``).
+    directions : Tensor, shape (d_model,) or (d_model, r)
+        Directions to remove (need not be unit norm or orthogonal; must be independent).
+    include_embedding : bool
+        Also project them out of the residual stream entering layer 0.
+    access : LayerAccess, optional
+        Layer map of ``model``; found by name when omitted.
+
+    Yields
+    ------
+    Tensor, shape (d_model, r), float32
+        The orthonormal basis that is projected out.
+    """
+    acc = _access(model, access)
+    q = orthonormal_basis(directions, acc.d_model)
+
+    def out_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if isinstance(output, Tensor):
+            return _project_out(output, q)
+        if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+            return (_project_out(output[0], q), *output[1:])
+        raise TypeError(
+            f"cannot ablate the output of {type(module).__name__}: expected a Tensor or a tuple "
+            f"starting with one, got {type(output).__name__}"
+        )
+
+    def embed_hook(
+        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return _map_hidden_states(args, kwargs, lambda h: _project_out(h, q), "layers[0]")
+
+    handles: list[RemovableHandle] = []
+    try:
+        if include_embedding:
+            handles.append(
+                acc.layers[0].register_forward_pre_hook(embed_hook, with_kwargs=True, prepend=True)
+            )
+        for i in range(acc.n_layers):
+            handles.append(acc.attn_out(i).register_forward_hook(out_hook))
+            handles.append(acc.mlp_out(i).register_forward_hook(out_hook))
+        logger.debug(
+            "ablating %d direction(s) from %d writes%s",
+            q.shape[1],
+            2 * acc.n_layers,
+            " and the embedding" if include_embedding else "",
+        )
+        yield q
+    finally:
+        _remove(handles)
