@@ -7,6 +7,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
 
 logger = logging.getLogger("melbo")
 
@@ -47,6 +51,107 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from melbo.models.loading import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _chat(args: argparse.Namespace) -> bool | str:
+    if args.chat == "auto":
+        return "auto"
+    return bool(args.chat == "yes")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from melbo.prompt_files import read_prompts
+    from melbo.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
+        n_factors=args.factors, iters=args.iters, lam=args.lam, R=args.R, seed=args.seed,
+        positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
+        beta=args.beta, init=args.init,
+    )
+    cfg.validate()
+    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    model, tok = _load(args)
+    feats = train(model, tok, prompts, cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress)
+    sys.stdout.write(
+        f"{feats.n_factors} {feats.method} features, R = {feats.R:.4g}, layers {feats.source_layer}→{feats.target_layer}"
+        f", final objective {feats.objective[-1] if feats.objective else float('nan'):.4g} → {args.out}\n"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from melbo.features import Features
+
+    feats = Features.load(args.dir)
+    info = {k: v for k, v in feats.to_config().items() if k not in ("objective",)}
+    info["n_factors"] = feats.n_factors
+    info["d_model"] = feats.d_model
+    info["objective_first_last"] = [feats.objective[0], feats.objective[-1]] if feats.objective else []
+    top = torch.argsort(feats.alpha ** 2, descending=True)[: args.top].tolist()
+    info["top_by_alpha"] = [{"feature": k, "alpha": float(feats.alpha[k])} for k in top]
+    sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from melbo.features import Features
+    from melbo.rank import rank_by_alpha, readout_scores
+
+    feats = Features.load(args.dir)
+    if args.by == "alpha":
+        order = rank_by_alpha(feats.alpha)
+        scores = feats.alpha[order] ** 2
+    else:
+        from melbo.prompt_files import read_prompts
+
+        if args.prompts is None:
+            raise ValueError("--by readout needs --prompts FILE")
+        model, tok = _load(args)
+        feats.check_model(model, force=args.force)
+        prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+        s = readout_scores(model, tok, prompts, feats.V, R=feats.R * args.scale, source_layer=feats.source_layer,
+                           token_a=args.token_a, token_b=args.token_b, chat=_chat(args), system_prompt=args.system_prompt)
+        order = torch.argsort(s, descending=True)
+        scores = s[order]
+    rows = [{"rank": i, "feature": int(k), "score": float(v)} for i, (k, v) in enumerate(zip(order.tolist(), scores.tolist()))]
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    for r in rows[: args.top]:
+        sys.stdout.write(f"{r['rank']:>4}  feature {r['feature']:>5}  {args.by} {r['score']:.4g}\n")
+    return 0
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    from melbo.features import Features
+    from melbo.generation import generate
+    from melbo.interventions import steer_features
+
+    feats = Features.load(args.dir)
+    model, tok = _load(args)
+    feats.check_model(model, force=args.force)
+    prompts = list(args.prompt)
+    kw = {"max_new_tokens": args.max_new_tokens, "chat": _chat(args), "system_prompt": args.system_prompt}
+    plain = generate(model, tok, prompts, **kw)  # type: ignore[arg-type]
+    with steer_features(model, feats, args.feature, scale=args.scale, force=args.force):
+        steered = generate(model, tok, prompts, **kw)  # type: ignore[arg-type]
+    for p, a, b in zip(prompts, plain, steered):
+        sys.stdout.write(f"=== {p}\n--- unsteered:\n{a.strip()}\n--- feature {args.feature} (scale {args.scale}, R {feats.R:.4g}):\n{b.strip()}\n\n")
+    return 0
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat", choices=("auto", "yes", "no"), default="yes",
+                   help="frame prompts as a user turn with the chat template (yes), keep raw (no)")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    p.add_argument("--n-prompts", type=int, default=None, help="use only the first N prompts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from melbo import __version__
 
@@ -59,6 +164,60 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--source-layer", type=int, default=4)
     demo.add_argument("--target-layer", type=int, default=10)
     demo.set_defaults(func=cmd_demo)
+
+    from melbo.train import METHODS
+
+    tr = sub.add_parser("train", help="fit deep causal transcoder features")
+    _add_model_args(tr)
+    _add_prompt_args(tr)
+    tr.add_argument("--prompts", required=True, help=".txt (one per line), .json/.jsonl, or .csv")
+    tr.add_argument("--source-layer", type=int, required=True)
+    tr.add_argument("--target-layer", type=int, required=True)
+    tr.add_argument("--method", choices=METHODS, default="exponential")
+    tr.add_argument("--factors", type=int, default=256, help="number m of features")
+    tr.add_argument("--iters", type=int, default=10)
+    g = tr.add_mutually_exclusive_group()
+    g.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
+    g.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--positions", type=int, default=3, help="last k tokens of each prompt")
+    tr.add_argument("--beta", type=float, default=1.0, help="OGI damping in (0, 1]")
+    tr.add_argument("--init", default="projected", help="OGI init: projected | random")
+    tr.add_argument("--out", required=True, help="output directory")
+    tr.add_argument("--force", action="store_true", help="overwrite features in a non-empty --out")
+    tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ins = sub.add_parser("inspect", help="summarise a features directory")
+    ins.add_argument("dir")
+    ins.add_argument("--top", type=int, default=10)
+    ins.set_defaults(func=cmd_inspect)
+
+    rk = sub.add_parser("rank", help="rank features by alpha² or by a readout (logit A − logit B)")
+    rk.add_argument("dir")
+    _add_model_args(rk)
+    _add_prompt_args(rk)
+    rk.add_argument("--by", choices=("alpha", "readout"), default="alpha")
+    rk.add_argument("--prompts", default=None)
+    rk.add_argument("--token-a", default="Sure")
+    rk.add_argument("--token-b", default="Sorry")
+    rk.add_argument("--scale", type=float, default=1.0, help="score at scale·R")
+    rk.add_argument("--top", type=int, default=20)
+    rk.add_argument("--out", default=None, help="write the full ranking as JSON")
+    rk.add_argument("--force", action="store_true", help="allow features from a different model")
+    rk.set_defaults(func=cmd_rank)
+
+    st = sub.add_parser("steer", help="steered vs unsteered completions for one feature")
+    st.add_argument("dir")
+    _add_model_args(st)
+    _add_prompt_args(st)
+    st.add_argument("--feature", type=int, required=True)
+    st.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    st.add_argument("--scale", type=float, default=1.0)
+    st.add_argument("--max-new-tokens", type=int, default=32)
+    st.add_argument("--force", action="store_true", help="allow features from a different model")
+    st.set_defaults(func=cmd_steer)
     return parser
 
 

@@ -1,0 +1,187 @@
+"""The training runner behind ``melbo train``: prompts → Δ → R → fit → Features on disk,
+with a checkpoint after every iteration and resume.
+
+Kept apart from argument parsing so it can be driven from Python and tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from melbo.causal_map import TransformerCausalMap
+from melbo.features import Features
+from melbo.fingerprint import model_fingerprint
+from melbo.prompts import PromptLike
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("exponential", "quadratic", "linear", "linear-projected")
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a fit (recorded in the output's ``config.json``)."""
+
+    source_layer: int
+    target_layer: int
+    method: str = "exponential"
+    n_factors: int = 256
+    iters: int = 10
+    lam: float = 0.5
+    R: float | None = None
+    seed: int = 0
+    positions: int = 3
+    chat: bool | str = "auto"
+    system_prompt: str | None = None
+    beta: float = 1.0
+    init: str = "projected"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+        for name in ("n_factors", "iters", "positions"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
+        if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
+            raise ValueError(f"R={self.R!r}: must be a finite number > 0")
+        if not self.lam > 0:
+            raise ValueError(f"lam={self.lam!r}: must be > 0")
+
+
+def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
+    if resume:
+        if not (out / CHECKPOINT / "state.json").is_file():
+            raise FileNotFoundError(f"nothing to resume: {str(out / CHECKPOINT)!r} has no checkpoint")
+        return
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(
+            f"output directory {str(out)!r} is not empty; pass --force to overwrite the features in it "
+            "or --resume to continue its checkpoint"
+        )
+
+
+def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, objective: list[float], meta: dict[str, Any]) -> None:
+    ck = out / CHECKPOINT
+    ck.mkdir(parents=True, exist_ok=True)
+    tmp = ck / "state.safetensors.tmp"
+    save_file({"U": U.detach().cpu().contiguous(), "V": V.detach().cpu().contiguous()}, str(tmp))
+    os.replace(tmp, ck / "state.safetensors")
+    tmpj = ck / "state.json.tmp"
+    tmpj.write_text(json.dumps({"iteration": it, "R": R, "objective": objective, **meta}, indent=1))
+    os.replace(tmpj, ck / "state.json")
+
+
+def train(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[PromptLike],
+    cfg: TrainConfig,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    on_iteration: Callable[[int, float], None] | None = None,
+) -> Features:
+    """Fit features and (if ``out`` is given) save them there with per-iteration checkpoints."""
+    from melbo.fit.calibrate import calibrate_R
+
+    cfg.validate()
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        _check_out_dir(out_dir, force=force, resume=resume)
+    delta = TransformerCausalMap(
+        model, prompts, cfg.source_layer, cfg.target_layer, tokenizer=tokenizer,
+        positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt,
+    )
+    fp = model_fingerprint(model)
+    meta = {"config": asdict(cfg), "model": fp}
+    init: Any = cfg.init
+    start_it = 0
+    objective0: list[float] = []
+    R = cfg.R
+    if resume and out_dir is not None:
+        state = json.loads((out_dir / CHECKPOINT / "state.json").read_text())
+        if state.get("config") != meta["config"] or state.get("model") != fp:
+            raise ValueError(
+                "the checkpoint was made with a different configuration or model; "
+                f"checkpoint config: {state.get('config')}, now: {meta['config']}"
+            )
+        tensors = load_file(str(out_dir / CHECKPOINT / "state.safetensors"))
+        init = (tensors["U"].to(delta.device, delta.dtype), tensors["V"].to(delta.device, delta.dtype))
+        start_it, objective0, R = int(state["iteration"]), list(state["objective"]), float(state["R"])
+        logger.info("resuming from iteration %d of %d", start_it, cfg.iters)
+    if R is None:
+        cal = calibrate_R(delta, lam=cfg.lam, seed=cfg.seed)
+        R = float(cal.R)
+        logger.info("calibrated R = %.4g (E(R) = %.3g, target λ = %.3g)", R, cfg.lam, cfg.lam)
+    remaining = cfg.iters - start_it
+    bar = None
+    if progress and cfg.method in ("exponential", "quadratic") and remaining > 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iters, initial=start_it, desc=f"{cfg.method} DCT", unit="it")
+
+    def callback(i: int, st: Any) -> bool:
+        it = start_it + len(objective_seen) + 1
+        if out_dir is not None:
+            _write_checkpoint(out_dir, it, st.U, st.V, float(R), objective0 + [*objective_seen, st.objective], meta)
+        objective_seen.append(float(st.objective))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(objective=f"{st.objective:.4g}")
+        if on_iteration is not None:
+            on_iteration(it, float(st.objective))
+        return False
+
+    objective_seen: list[float] = []
+    try:
+        result = _fit(delta, cfg, R, init, max(remaining, 1) if cfg.method in ("exponential", "quadratic") else 0, callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    feats = Features.from_fit(
+        result, source_layer=cfg.source_layer, target_layer=cfg.target_layer, model=fp,
+        prompts=list(prompts), positions=cfg.positions,
+        extra={"seed": cfg.seed, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts), **cfg.extra},
+    )
+    if objective0:
+        feats = Features(**{**feats.__dict__, "objective": objective0 + list(feats.objective)})
+    if out_dir is not None:
+        feats.save(out_dir, overwrite=force or resume)
+        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    return feats
+
+
+def _fit(delta: TransformerCausalMap, cfg: TrainConfig, R: float, init: Any, iters: int, callback: Callable[[int, Any], bool]) -> Any:
+    if cfg.method == "exponential":
+        from melbo.fit.exponential import exponential_dct
+
+        return exponential_dct(
+            delta, cfg.n_factors, R=R, max_iter=iters, beta=cfg.beta, init=init,
+            random_state=cfg.seed, callback=callback,
+        )
+    if cfg.method == "quadratic":
+        from melbo.fit.quadratic import quadratic_dct
+
+        return quadratic_dct(delta, cfg.n_factors, R=R, max_iter=iters, init=init, random_state=cfg.seed, callback=callback)
+    from melbo.fit.linear import linear_dct
+
+    which = "full" if cfg.method == "linear" else "projected"
+    return linear_dct(delta, cfg.n_factors, R=R, method=which, random_state=cfg.seed)

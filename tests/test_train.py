@@ -1,0 +1,115 @@
+"""melbo train / inspect / rank / steer on a tiny model saved to disk."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from melbo.cli import main
+from melbo.features import Features
+from melbo.testing import tiny_tokenizer
+from melbo.train import CHECKPOINT, TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    tok = tiny_tokenizer(with_chat_template=True)
+    model = tiny_model("llama", vocab=len(tok))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    (root / "prompts.txt").write_text("hello there\nwrite a poem about cats\nhow do I make tea\n")
+    return root / "model", root / "prompts.txt"
+
+
+def _train_args(model: Path, prompts: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(model), "--prompts", str(prompts), "--source-layer", "1", "--target-layer", "3",
+            "--factors", "6", "--iters", "4", "--out", str(out), "--no-progress", *extra]
+
+
+def test_train_writes_features_and_refuses_to_overwrite(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, prompts = tiny
+    out = tmp_path / "run"
+    assert main(_train_args(model, prompts, out)) == 0
+    feats = Features.load(out)
+    assert feats.n_factors == 6 and feats.method == "exponential" and len(feats.objective) == 4
+    assert not (out / CHECKPOINT).exists()
+    before = (out / "features.safetensors").read_bytes()
+    with pytest.raises(SystemExit):
+        main(_train_args(model, prompts, out))
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "features.safetensors").read_bytes() == before
+    assert main(_train_args(model, prompts, out, "--force", "--seed", "1")) == 0
+    assert (out / "features.safetensors").read_bytes() != before
+
+
+def test_same_seed_gives_identical_features(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model, prompts = tiny
+    for name in ("a", "b"):
+        assert main(_train_args(model, prompts, tmp_path / name)) == 0
+    a, b = Features.load(tmp_path / "a"), Features.load(tmp_path / "b")
+    assert torch.equal(a.V, b.V) and torch.equal(a.U, b.U) and a.R == b.R
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from melbo.models.loading import load_model
+
+    model_dir, prompts_file = tiny
+    model, tok = load_model(model_dir)
+    prompts = prompts_file.read_text().split("\n")[:3]
+    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True)
+    full = train(model, tok, prompts, cfg)
+
+    def stop_at_2(it: int, obj: float) -> None:
+        if it == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tok, prompts, cfg, out, on_iteration=stop_at_2)
+    state = json.loads((out / CHECKPOINT / "state.json").read_text())
+    assert state["iteration"] == 2 and len(state["objective"]) == 2
+    resumed = train(model, tok, prompts, cfg, out, resume=True)
+    torch.testing.assert_close(resumed.V, full.V, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(resumed.U, full.U, rtol=1e-5, atol=1e-6)
+    assert resumed.objective == pytest.approx(full.objective, rel=1e-5)
+    with pytest.raises(ValueError, match="different configuration"):
+        cfg2 = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True, seed=5)
+        out.joinpath(CHECKPOINT).mkdir()
+        out.joinpath(CHECKPOINT, "state.json").write_text(json.dumps(state))
+        train(model, tok, prompts, cfg2, out, resume=True)
+
+
+def test_inspect_rank_and_steer(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, prompts = tiny
+    out = tmp_path / "run"
+    assert main(_train_args(model, prompts, out, "--R", "4.0")) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_factors"] == 6 and info["R"] == 4.0
+    assert main(["rank", str(out), "--by", "readout", "--model", str(model), "--prompts", str(prompts),
+                 "--token-a", "a", "--token-b", "b", "--out", str(tmp_path / "rank.json")]) == 0
+    ranking = json.loads((tmp_path / "rank.json").read_text())
+    assert sorted(r["feature"] for r in ranking) == list(range(6))
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    capsys.readouterr()
+    assert main(["steer", str(out), "--model", str(model), "--feature", "0", "--prompt", "hello there",
+                 "--scale", "50", "--max-new-tokens", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "--- unsteered:" in text and "--- feature 0" in text
+
+
+@pytest.mark.parametrize(("flag", "value", "match"), [("--factors", "0", "n_factors=0"), ("--method", "cubic", "invalid choice"), ("--R", "-1", "R=-1")])
+def test_bad_train_arguments_are_clear_errors(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, match: str) -> None:
+    model, prompts = tiny
+    args = _train_args(model, prompts, tmp_path / "x")
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert match in capsys.readouterr().err
