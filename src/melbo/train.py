@@ -116,6 +116,7 @@ def train(
     start_it = 0
     objective0: list[float] = []
     R = cfg.R
+    calibration: dict[str, Any] = {}
     if resume and out_dir is not None:
         state = json.loads((out_dir / CHECKPOINT / "state.json").read_text())
         if state.get("config") != meta["config"] or state.get("model") != fp:
@@ -130,7 +131,7 @@ def train(
     if R is None:
         cal = calibrate_R(delta, lam=cfg.lam, seed=cfg.seed)
         R = float(cal.R)
-        logger.info("calibrated R = %.4g (E(R) = %.3g, target λ = %.3g)", R, cfg.lam, cfg.lam)
+        calibration = {"E": cal.error, "history": [list(h) for h in cal.history]}
     remaining = cfg.iters - start_it
     bar = None
     if progress and cfg.method in ("exponential", "quadratic") and remaining > 0:
@@ -159,7 +160,7 @@ def train(
     feats = Features.from_fit(
         result, source_layer=cfg.source_layer, target_layer=cfg.target_layer, model=fp,
         prompts=list(prompts), positions=cfg.positions,
-        extra={"seed": cfg.seed, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts), **cfg.extra},
+        extra={"seed": cfg.seed, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts), **({"calibration": calibration} if calibration else {}), **cfg.extra},
     )
     if objective0:
         feats = Features(**{**feats.__dict__, "objective": objective0 + list(feats.objective)})
