@@ -1,0 +1,1 @@
+"""Fitting algorithms (placeholder, finalised below)."""

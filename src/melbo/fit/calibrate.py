@@ -1,0 +1,206 @@
+"""Calibrating the steering norm R (``method.md`` §3, "Calibrating R").
+
+    E(R) = sqrt( mean_c ‖Δ(R v_c) − R J(0) v_c‖² / ‖R J(0) v_c‖² )
+
+is the relative size of the non-linear part of Δ along random unit directions v_c; R is
+the root of E(R) = λ. J(0) v_c does not depend on R, so the JVPs are computed once and
+every evaluation of E costs one batched forward pass of ``n_dirs`` points.
+
+The root is bracketed in log R (widening the bracket geometrically until E − λ changes
+sign) and refined with the Illinois variant of regula falsi, which keeps the bracket and
+converges superlinearly — no scipy needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from melbo.fit._common import (
+    RandomState,
+    check_delta,
+    check_positive_int,
+    make_generator,
+    normalize_columns,
+    randn,
+)
+from melbo.protocol import CausalMap
+
+__all__ = ["CalibrationError", "CalibrationResult", "calibrate_R", "nonlinearity_ratio"]
+
+logger = logging.getLogger(__name__)
+
+
+class CalibrationError(ValueError):
+    """E(R) = λ has no root in the widened bracket (e.g. Δ is linear, or J(0) v = 0)."""
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Outcome of :func:`calibrate_R`.
+
+    Attributes
+    ----------
+    R : float
+        The calibrated steering norm.
+    error : float
+        E(R) at the returned R.
+    lam : float
+        The target λ.
+    history : tuple of (R, E(R)) pairs
+        Every evaluation, in order.
+    """
+
+    R: float
+    error: float
+    lam: float
+    history: tuple[tuple[float, float], ...]
+
+    @property
+    def n_evals(self) -> int:
+        """Number of evaluations of E (batched forward passes)."""
+        return len(self.history)
+
+
+def nonlinearity_ratio(delta: CausalMap, R: float, V: Tensor, JV: Tensor) -> float:
+    """E(R) for unit directions V (d, n) with precomputed JV = J(0) V (d, n).
+
+    Returns ``inf`` when Δ(R V) is not finite (overflow counts as "very non-linear").
+    """
+    D = delta.value(R * V)  # (d, n)
+    num = (D - R * JV).square().sum(dim=0)  # (n,)
+    den = (R * JV).square().sum(dim=0)  # (n,)
+    e = math.sqrt(float((num / den).mean()))
+    return e if math.isfinite(e) else math.inf
+
+
+def _fmt(history: list[tuple[float, float]]) -> str:
+    return ", ".join(f"E({r:.4g})={e:.4g}" for r, e in history)
+
+
+def calibrate_R(
+    delta: CausalMap,
+    lam: float = 0.5,
+    n_dirs: int = 30,
+    seed: RandomState = 0,
+    bracket: tuple[float, float] = (1e-3, 1e2),
+    *,
+    widen: float = 10.0,
+    max_widen: int = 8,
+    rtol: float = 1e-4,
+    max_evals: int = 60,
+) -> CalibrationResult:
+    """Find R with E(R) = λ.
+
+    Parameters
+    ----------
+    delta : CausalMap
+    lam : float
+        Target relative size λ > 0 of the non-linear part (0.5 in the publication).
+    n_dirs : int
+        Number of random unit directions v_c (≥ 1).
+    seed : int, torch.Generator or None
+        Randomness of the directions (drawn on the CPU in float64, then cast/moved).
+    bracket : (float, float)
+        Initial 0 < R_lo < R_hi. Widened by ``widen``× at the end that does not yet
+        straddle λ, at most ``max_widen`` times.
+    rtol : float
+        Stop when the bracket is narrower than a factor 1 + rtol, or |E − λ| ≤ rtol·λ.
+    max_evals : int
+        Hard cap on evaluations of E.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    CalibrationError
+        If J(0) v_c = 0 for some direction, or no sign change of E − λ was found; the
+        message quotes every (R, E(R)) tried.
+    ValueError
+        For invalid arguments.
+    """
+    delta = check_delta(delta)
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    n_dirs = check_positive_int("n_dirs", n_dirs)
+    lo, hi = (float(x) for x in bracket)
+    if not (0 < lo < hi < math.inf):
+        raise ValueError(f"bracket must satisfy 0 < lo < hi < inf, got {bracket}")
+    if not widen > 1:
+        raise ValueError(f"widen must be > 1, got {widen}")
+    check_positive_int("max_widen", max_widen, minimum=0)
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    check_positive_int("max_evals", max_evals, minimum=2)
+
+    V = normalize_columns(randn(delta.d_model, n_dirs, make_generator(seed), delta))  # (d, n)
+    JV = delta.jvp0(V)  # (d, n), independent of R
+    jnorm = JV.norm(dim=0)
+    if not bool((jnorm > 0).all()) or not bool(jnorm.isfinite().all()):
+        raise CalibrationError(
+            f"J(0) v_c vanishes or is not finite for some calibration direction "
+            f"(norms min={float(jnorm.min()):.3g}, max={float(jnorm.max()):.3g}); E(R) is undefined"
+        )
+
+    history: list[tuple[float, float]] = []
+
+    def f(R: float) -> float:
+        e = nonlinearity_ratio(delta, R, V, JV)
+        history.append((R, e))
+        logger.debug("calibrate_R: E(%.6g) = %.6g", R, e)
+        return e - lam
+
+    f_lo, f_hi = f(lo), f(hi)
+    n_widen = 0
+    while f_lo != 0 and f_hi != 0 and (f_lo > 0) == (f_hi > 0):
+        if n_widen >= max_widen:
+            raise CalibrationError(
+                f"E(R) = lam = {lam} has no root between R = {min(r for r, _ in history):.4g} and "
+                f"{max(r for r, _ in history):.4g} (E - lam does not change sign; a (nearly) linear Δ "
+                f"never reaches lam). Tried: {_fmt(history)}"
+            )
+        n_widen += 1
+        if f_lo > 0:  # too non-linear already at lo: look at smaller R
+            hi, f_hi = lo, f_lo
+            lo = lo / widen
+            f_lo = f(lo)
+        else:  # not non-linear enough at hi: look at larger R
+            lo, f_lo = hi, f_hi
+            hi = hi * widen
+            f_hi = f(hi)
+    if f_lo == 0:
+        return CalibrationResult(lo, lam + f_lo, lam, tuple(history))
+    if f_hi == 0:
+        return CalibrationResult(hi, lam + f_hi, lam, tuple(history))
+
+    # Illinois regula falsi in x = log R on a bracket with f(a) f(b) < 0.
+    a, b = math.log(lo), math.log(hi)
+    fa, fb = f_lo, f_hi
+    fx = min(fa, fb, key=abs)
+    while len(history) < max_evals:
+        if abs(b - a) < math.log1p(rtol) or abs(fx) <= rtol * lam:
+            break
+        if math.isinf(fa) or math.isinf(fb):
+            x = 0.5 * (a + b)  # bisect while an end overflowed
+        else:
+            x = (a * fb - b * fa) / (fb - fa)
+            if not min(a, b) < x < max(a, b):
+                x = 0.5 * (a + b)
+        fx = f(math.exp(x))
+        if fx == 0:
+            break
+        if (fx > 0) != (fb > 0):
+            a, fa = b, fb
+        else:
+            fa *= 0.5  # Illinois: the retained end's value is halved
+        b, fb = x, fx
+    else:
+        logger.warning("calibrate_R: stopped after max_evals=%d evaluations", max_evals)
+    R_best, e_best = min(history, key=lambda re: abs(re[1] - lam))
+    logger.info("calibrate_R: R = %.6g, E(R) = %.6g (lam = %g, %d evaluations)", R_best, e_best, lam, len(history))
+    return CalibrationResult(R_best, e_best, lam, tuple(history))

@@ -1,0 +1,275 @@
+"""Exponential DCT: Orthogonalised Gradient Iteration (OGI), ``method.md`` §3 algorithm 3.
+
+Each iteration, from unit factors U, V (d, m):
+
+1. V ← Q of QR(V), signs fixed so diag(R) ≥ 0     (inputs only, never U)
+2. G_U ← Δ_R(V)                                   (column ℓ = Δ(R v_ℓ))
+3. G_V ← R · J(R V)ᵀ U                            (column ℓ = R J(R v_ℓ)ᵀ u_ℓ)
+4. U ← normalise(β Ĝ_U + (1−β) U),  V ← normalise(β Ĝ_V + (1−β) V)
+
+Steps 2–3 are one :meth:`CausalMap.value_and_vjp` call (one forward + one backward).
+Ĝ = normalise(G): damping mixes unit vectors, so β means the same whatever the scale of
+Δ (``method.md`` mixes the raw G; identical for the default β = 1).
+
+The objective Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ is recorded at the factors each iteration starts from
+(after step 1). The fit stops when no factor moves more than ``tol`` (max over ℓ of
+‖u_ℓ − u_ℓ'‖ and ‖v_ℓ − v_ℓ'‖ between consecutive iterates) or after ``max_iter``
+iterations, with a :class:`ConvergenceWarning`. The returned V is the last update
+(step 4), not re-orthogonalised. α solves K α = b (:func:`melbo.fit.alphas.exponential_alphas`).
+
+``ortho_iters`` is the orthogonalisation schedule: step 1 runs in the first
+``ortho_iters`` iterations only (None: every iteration, as published). Orthogonalising
+spreads the factors over the input space; once they have separated, plain gradient
+iterations let each v_ℓ settle on its own fixed point, which need not be orthogonal to the
+others (as in Sharan & Valiant's Orth-ALS, which drops orthogonalisation after a few steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from melbo.fit._common import (
+    ConvergenceWarning,
+    RandomState,
+    check_delta,
+    check_positive_int,
+    check_R,
+    check_unit_interval,
+    column_movement,
+    make_generator,
+    normalize_columns,
+    qr_columns,
+)
+from melbo.fit.alphas import exponential_alphas
+from melbo.fit.init import Init, initial_factors
+from melbo.fit.result import FitResult, IterationState
+from melbo.protocol import CausalMap
+
+__all__ = ["Callback", "ExponentialDCT", "OGIStep", "exponential_dct", "ogi_step"]
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[int, IterationState], "bool | None"]
+"""``callback(iteration, state)``, called after every iteration (0-based); return True to stop."""
+
+
+@dataclass(frozen=True)
+class OGIStep:
+    """Result of one :func:`ogi_step`.
+
+    U, V : Tensor, shape (d, m) — updated unit factors.
+    value : Tensor, shape (d, m) — G_U = Δ_R(V_in).
+    objective : float — Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ at the input factors.
+    """
+
+    U: Tensor
+    V: Tensor
+    value: Tensor
+    objective: float
+
+
+def ogi_step(delta: CausalMap, U: Tensor, V: Tensor, R: float, beta: float = 1.0) -> OGIStep:
+    """Steps 2–4 of OGI from (U, V) (V as given: orthogonalise before if wanted).
+
+    Parameters
+    ----------
+    U, V : Tensor, shape (d, m)
+        Current unit factors.
+    R : float
+        Steering norm.
+    beta : float
+        Damping in (0, 1]; 1 = undamped.
+    """
+    G_U, G_V = delta.value_and_vjp(R * V, U)  # (d, m), (d, m)
+    G_V = R * G_V
+    objective = float((U * G_U).sum())
+    U_new, V_new = normalize_columns(G_U), normalize_columns(G_V)
+    if beta != 1.0:
+        U_new = normalize_columns(beta * U_new + (1.0 - beta) * U)
+        V_new = normalize_columns(beta * V_new + (1.0 - beta) * V)
+    return OGIStep(U_new, V_new, G_U, objective)
+
+
+def exponential_dct(
+    delta: CausalMap,
+    n_factors: int = 512,
+    *,
+    R: float,
+    max_iter: int = 10,
+    beta: float = 1.0,
+    tol: float = 1e-4,
+    init: Init = "projected",
+    ortho_iters: int | None = None,
+    random_state: RandomState = None,
+    d_proj: int = 32,
+    callback: Callback | None = None,
+    rcond: float = 1e-6,
+) -> FitResult:
+    """Fit an exponential transcoder with OGI (see module docstring).
+
+    Parameters
+    ----------
+    delta : CausalMap
+    n_factors : int
+        m ≥ 1 (m ≤ d while orthogonalising).
+    R : float
+        Steering norm (see :func:`melbo.fit.calibrate_R`).
+    max_iter : int
+        τ ≥ 1, the iteration limit (10 in the publication).
+    beta : float
+        Damping in (0, 1].
+    tol : float
+        Convergence threshold on factor movement (≥ 0; 0 never stops early).
+    init : {"projected", "backward", "random"} or (U, V)
+        See :mod:`melbo.fit.init`.
+    ortho_iters : int or None
+        Orthogonalise V in the first ``ortho_iters`` iterations only; None = always.
+    random_state : int, torch.Generator or None
+    d_proj : int
+        Projection size of the ``"projected"`` init.
+    callback : callable, optional
+        ``callback(iteration, IterationState)`` after each iteration; return True to stop
+        (e.g. after writing a checkpoint of ``state.U``, ``state.V``).
+    rcond : float
+        Relative eigenvalue cutoff of the α solve.
+
+    Returns
+    -------
+    FitResult
+        method ``"exponential"``; U, V of shape (d, m), α ≥ 0 of shape (m,).
+    """
+    delta = check_delta(delta)
+    m = check_positive_int("n_factors", n_factors)
+    R = check_R(R)
+    max_iter = check_positive_int("max_iter", max_iter)
+    beta = check_unit_interval("beta", beta)
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    if ortho_iters is not None:
+        ortho_iters = check_positive_int("ortho_iters", ortho_iters, minimum=0)
+    if m > delta.d_model and ortho_iters != 0:
+        raise ValueError(
+            f"n_factors must be <= d_model = {delta.d_model} to orthogonalise, got {m} "
+            "(or pass ortho_iters=0)"
+        )
+    generator = make_generator(random_state)
+    U, V = initial_factors(delta, m, init, R=R, generator=generator, d_proj=d_proj)
+
+    objective: list[float] = []
+    movement: list[float] = []
+    converged = False
+    stopped = False
+    for it in range(max_iter):
+        Vo = qr_columns(V) if ortho_iters is None or it < ortho_iters else V
+        step = ogi_step(delta, U, Vo, R, beta)
+        move = max(column_movement(step.U, U), column_movement(step.V, V))
+        U, V = step.U, step.V
+        objective.append(step.objective)
+        movement.append(move)
+        logger.debug("OGI iteration %d: objective %.6g, movement %.3g", it, step.objective, move)
+        if callback is not None and callback(it, IterationState(U, V, step.objective, move)):
+            stopped = True
+            break
+        if move < tol:
+            converged = True
+            break
+    n_iter = len(objective)
+    if not converged and not stopped:
+        warnings.warn(
+            f"OGI did not converge in max_iter={max_iter} iterations "
+            f"(last factor movement {movement[-1]:.3g} > tol={tol:g})",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    alpha = exponential_alphas(delta, U, V, R, rcond=rcond)
+    logger.info("OGI: %d iterations, objective %.6g, converged=%s", n_iter, objective[-1], converged)
+    return FitResult(
+        U=U,
+        V=V,
+        alpha=alpha,
+        R=R,
+        method="exponential",
+        objective=objective,
+        n_iter=n_iter,
+        converged=converged,
+        movement=movement,
+    )
+
+
+class ExponentialDCT:
+    """Estimator wrapper of :func:`exponential_dct` (sklearn style).
+
+    ``__init__`` only stores the arguments; :meth:`fit` validates them, resolves
+    ``random_state`` and, if ``R`` is None, calibrates it with
+    :func:`melbo.fit.calibrate_R` at ``lam`` first.
+
+    Attributes (after fit)
+    ----------------------
+    factors_ : (U, V), each a Tensor of shape (d, m)
+    alpha_ : Tensor, shape (m,)
+    R_ : float
+    objective_ : list of float, one per iteration
+    n_iter_ : int
+    converged_ : bool
+    result_ : FitResult
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 512,
+        *,
+        R: float | None = None,
+        lam: float = 0.5,
+        max_iter: int = 10,
+        beta: float = 1.0,
+        tol: float = 1e-4,
+        init: Init = "projected",
+        ortho_iters: int | None = None,
+        random_state: RandomState = None,
+        d_proj: int = 32,
+        callback: Callback | None = None,
+    ) -> None:
+        self.n_factors = n_factors
+        self.R = R
+        self.lam = lam
+        self.max_iter = max_iter
+        self.beta = beta
+        self.tol = tol
+        self.init = init
+        self.ortho_iters = ortho_iters
+        self.random_state = random_state
+        self.d_proj = d_proj
+        self.callback = callback
+
+    def fit(self, delta: CausalMap) -> ExponentialDCT:
+        """Fit on Δ; returns self."""
+        from melbo.fit.calibrate import calibrate_R
+
+        generator = make_generator(self.random_state)
+        R = self.R if self.R is not None else calibrate_R(delta, self.lam, seed=generator).R
+        res = exponential_dct(
+            delta,
+            self.n_factors,
+            R=R,
+            max_iter=self.max_iter,
+            beta=self.beta,
+            tol=self.tol,
+            init=self.init,
+            ortho_iters=self.ortho_iters,
+            random_state=generator,
+            d_proj=self.d_proj,
+            callback=self.callback,
+        )
+        self.result_ = res
+        self.factors_ = (res.U, res.V)
+        self.alpha_ = res.alpha
+        self.R_ = res.R
+        self.objective_ = list(res.objective)
+        self.n_iter_ = res.n_iter
+        self.converged_ = res.converged
+        return self
