@@ -84,8 +84,11 @@ def check_factors(delta: CausalMap, U: Tensor, V: Tensor, m: int | None = None) 
         raise ValueError(f"init factors U and V must have the same shape, got {tuple(U.shape)}, {tuple(V.shape)}")
     if m is not None and U.shape[1] != m:
         raise ValueError(f"init factors have {U.shape[1]} columns but n_factors={m}")
-    kw = {"dtype": delta.dtype, "device": delta.device}
-    return normalize_columns(U.detach().to(**kw)), normalize_columns(V.detach().to(**kw))  # type: ignore[arg-type]
+    dt, dev = delta.dtype, delta.device
+    return (
+        normalize_columns(U.detach().to(device=dev, dtype=dt)),
+        normalize_columns(V.detach().to(device=dev, dtype=dt)),
+    )
 
 
 # ---------------------------------------------------------------- randomness
