@@ -151,3 +151,17 @@ def test_model_parameters_bit_identical_after_every_call_and_after_errors() -> N
     assert [p.grad for p in cm.model.parameters()] == grads_before
     for mod in cm.model.modules():
         assert not mod._forward_hooks and not mod._forward_pre_hooks
+
+
+def test_bf16_autocast_matches_fp32_closely_and_returns_fp32() -> None:
+    model = tiny_model("llama", attn="sdpa")
+    full = TransformerCausalMap(model, _batch(), 1, 3)
+    half = TransformerCausalMap(model, _batch(), 1, 3, compute_dtype="bfloat16")
+    V, U = _units(full.d_model, 4, 11).float(), _units(full.d_model, 4, 12).float()
+    (a, ga), (b, gb) = full.value_and_vjp(2 * V, U), half.value_and_vjp(2 * V, U)
+    assert b.dtype == torch.float32 and gb.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(a, b, dim=0).min() > 0.99 and cos(ga, gb, dim=0).min() > 0.99
+    assert not torch.equal(a, b)  # autocast really ran in bf16
+    with pytest.raises(ValueError, match="compute_dtype='int8'"):
+        TransformerCausalMap(model, _batch(), 1, 3, compute_dtype="int8")

@@ -43,6 +43,21 @@ def _math_sdpa() -> Iterator[None]:
         yield
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def _resolve_compute_dtype(dtype: torch.dtype | str | None, model_dtype: torch.dtype) -> torch.dtype:
+    if dtype is None:
+        return model_dtype
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"compute_dtype={dtype!r}: choose one of {', '.join(_DTYPES)}")
+        return _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"compute_dtype={dtype!r}: choose one of {', '.join(_DTYPES)}")
+    return dtype
+
+
 class TransformerCausalMap:
     """Δ for a Hugging Face decoder model; implements :class:`melbo.protocol.CausalMap`.
 
@@ -55,6 +70,9 @@ class TransformerCausalMap:
     positions : target positions (last k tokens, default 3, or per-prompt index lists)
     memory_budget : bytes of activations one chunk of factors may use
     chunk_size : factors per chunk (overrides the budget)
+    compute_dtype : run the slice's matmuls in this dtype under ``torch.autocast`` (e.g.
+        ``"bfloat16"`` on GPUs and AVX-512-BF16 CPUs); Δ and every update are still
+        accumulated in fp32. Default: the model's own dtype, no autocast.
     """
 
     def __init__(
@@ -71,6 +89,7 @@ class TransformerCausalMap:
         access: LayerAccess | None = None,
         memory_budget: int | None = None,
         chunk_size: int | None = None,
+        compute_dtype: torch.dtype | str | None = None,
     ) -> None:
         self.access = access if access is not None else get_layer_access(model)
         self.access.check_layer_range(source_layer, target_layer)
@@ -108,6 +127,7 @@ class TransformerCausalMap:
         self._y_target = self.slice.y[rows, batch.positions].to(self._dtype)  # (n, k, d)
         self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
         self.chunk_size = chunk_size
+        self.compute_dtype = _resolve_compute_dtype(compute_dtype, self._model_dtype)
 
     # -- protocol properties ---------------------------------------------------------
     @property
@@ -125,6 +145,11 @@ class TransformerCausalMap:
     @property
     def n_prompts(self) -> int:
         return self.slice.n_prompts
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.compute_dtype == self._model_dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     # -- chunking ----------------------------------------------------------------------
     def bytes_per_factor(self, order: int = 1) -> int:
@@ -152,7 +177,8 @@ class TransformerCausalMap:
         x = self.slice.x  # (n, T, d)
         shift = theta.T.to(self._model_dtype).repeat_interleave(n, dim=0)  # (c*n, d)
         h = x.repeat(c, 1, 1) + shift[:, None, :]  # (c*n, T, d)
-        out = self.slice(h)  # (c*n, T, d)
+        with self._autocast():
+            out = self.slice(h)  # (c*n, T, d)
         pos = self._pos.repeat(c, 1)  # (c*n, k)
         rows = torch.arange(c * n, device=out.device)[:, None].expand_as(pos)
         picked = out[rows, pos].to(self._dtype)  # (c*n, k, d)
@@ -259,7 +285,8 @@ class TransformerCausalMap:
             for sl in self._chunks(theta.shape[1], 0):
                 c = sl.stop - sl.start
                 shift = theta[:, sl].T.to(self._model_dtype).repeat_interleave(n, dim=0)
-                h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :])
+                with self._autocast():
+                    h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :])
                 pos = self._pos.repeat(c, 1)
                 rows = torch.arange(c * n, device=h.device)[:, None].expand_as(pos)
                 scores = fn(h[rows, pos]).to(self._dtype) - base.repeat(c, 1)  # (c*n, k)
@@ -276,6 +303,7 @@ class TransformerCausalMap:
             "target_positions": int(self._pos.shape[1]),
             "d_model": self.d_model,
             "model_dtype": str(self._model_dtype).replace("torch.", ""),
+            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
             "template": self.prompts.template,
         }
 
