@@ -100,3 +100,14 @@ def test_prompt_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "p.yaml").write_text("x")
     with pytest.raises(ValueError, match="unsupported prompt file type"):
         read_prompts(tmp_path / "p.yaml")
+
+
+def test_left_padding_does_not_shift_absolute_positions_of_gpt2() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", vocab=len(tok), attn="sdpa")
+    short, long = "a b c d", "a much longer prompt with several words"
+    V = torch.nn.functional.normalize(torch.randn(32, 2, generator=torch.Generator().manual_seed(0)), dim=0)
+    alone = TransformerCausalMap(model, build_prompts(tok, [short]), 1, 3).value(V)
+    both = TransformerCausalMap(model, build_prompts(tok, [short, long], padding_side="left"), 1, 3)
+    long_alone = TransformerCausalMap(model, build_prompts(tok, [long]), 1, 3).value(V)
+    torch.testing.assert_close(both.value(V), (alone + long_alone) / 2, rtol=1e-4, atol=1e-5)

@@ -136,6 +136,14 @@ class LayerSlice:
         return h
 
 
+def padded_position_ids(attention_mask: Tensor | None, shape: torch.Size | tuple[int, ...]) -> Tensor | None:
+    """Positions counted over real tokens only (as ``generate`` does), so a left-padded
+    prompt sees the same positions as unpadded; padding gets position 0. (n, T) → (n, T)."""
+    if attention_mask is None:
+        return None
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
 def capture_slice(
     access: LayerAccess,
     input_ids: Tensor,
@@ -144,6 +152,9 @@ def capture_slice(
     target_layer: int,
 ) -> LayerSlice:
     """Run the model once on a prompt batch and record what layers ``s..t-1`` receive.
+
+    Position ids count real tokens only (see :func:`padded_position_ids`), so models with
+    absolute position embeddings (GPT-2) see a left-padded prompt as they see it unpadded.
 
     Parameters
     ----------
@@ -182,7 +193,12 @@ def capture_slice(
         handles.append(layers[target_layer - 1].register_forward_hook(post_hook))
         with torch.no_grad():
             try:
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=padded_position_ids(attention_mask, input_ids.shape),
+                    use_cache=False,
+                )
             except _StopForward:
                 pass
     finally:
