@@ -19,14 +19,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.causal_map import TransformerCausalMap
-from melbo.features import Features
+from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.prompts import PromptLike
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("exponential", "quadratic", "linear", "linear-projected")
+METHODS = ("exponential", "quadratic", "linear", "linear-projected", "melbo-v1", "one-shot", "mean-diff", "random")
+BASELINES = ("melbo-v1", "one-shot", "mean-diff", "random")  # melbo.baselines; steered at the same R
 CHECKPOINT = "checkpoint"
 
 
@@ -48,6 +50,13 @@ class TrainConfig:
     beta: float = 1.0
     init: str = "projected"
     extra: dict[str, Any] = field(default_factory=dict)
+    # baselines (melbo.baselines): one-shot's example, optimiser settings of melbo-v1 / one-shot
+    completion: str | None = None  # one-shot: promoted (suppressed in mode "suppress")
+    suppress: str | None = None  # one-shot, mode "mixed": the completion to suppress
+    one_shot_mode: str = "promote"
+    steps: int | None = None  # melbo-v1: steps per vector (default 300); one-shot: steps (100)
+    lr: float | None = None  # melbo-v1: 1e-3; one-shot: 0.01
+    orthogonal: bool = True  # melbo-v1: each vector orthogonal to the earlier ones
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -60,6 +69,28 @@ class TrainConfig:
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         if not self.lam > 0:
             raise ValueError(f"lam={self.lam!r}: must be > 0")
+        if self.one_shot_mode not in ONE_SHOT_MODES:
+            raise ValueError(f"one_shot_mode={self.one_shot_mode!r}: choose one of {', '.join(ONE_SHOT_MODES)}")
+        if self.method == "one-shot" and not self.completion:
+            raise ValueError("method 'one-shot' needs a completion (--completion TEXT)")
+        if self.method == "one-shot" and self.one_shot_mode == "mixed" and not self.suppress:
+            raise ValueError("one-shot mode 'mixed' needs a completion to suppress (--suppress TEXT)")
+        if self.method != "one-shot" and (self.completion is not None or self.suppress is not None):
+            raise ValueError(f"completion/suppress are only used by method 'one-shot', not {self.method!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
+            raise ValueError(f"steps={self.steps!r}: must be an integer ≥ 1")
+        if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
+            raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
+        if self.method not in ("melbo-v1", "one-shot") and (self.steps is not None or self.lr is not None):
+            raise ValueError(f"steps/lr are only used by methods 'melbo-v1' and 'one-shot', not {self.method!r}")
+
+
+def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] | None) -> None:
+    """mean-diff needs the contrast set B; every other method refuses one."""
+    if method == "mean-diff" and not contrast_prompts:
+        raise ValueError("method 'mean-diff' needs a contrast prompt set B (--contrast-prompts FILE)")
+    if method != "mean-diff" and contrast_prompts is not None:
+        raise ValueError(f"contrast prompts are only used by method 'mean-diff', not {method!r}")
 
 
 def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
@@ -98,11 +129,18 @@ def train(
     resume: bool = False,
     progress: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
+    contrast_prompts: Sequence[PromptLike] | None = None,
 ) -> Features:
-    """Fit features and (if ``out`` is given) save them there with per-iteration checkpoints."""
+    """Fit features and (if ``out`` is given) save them there with per-iteration checkpoints.
+
+    ``contrast_prompts`` (the set B) is required by ``mean-diff`` and refused otherwise.
+    Baselines get no checkpoints; like the DCT methods they use R (given, else calibrated):
+    melbo-v1 and random vectors at norm R, mean-diff steered at R, one-shot capped at R.
+    """
     from melbo.fit.calibrate import calibrate_R
 
     cfg.validate()
+    check_contrast_prompts(cfg.method, contrast_prompts)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         _check_out_dir(out_dir, force=force, resume=resume)
@@ -153,14 +191,15 @@ def train(
 
     objective_seen: list[float] = []
     try:
-        result = _fit(delta, cfg, R, init, max(remaining, 1) if cfg.method in ("exponential", "quadratic") else 0, callback)
+        result = _fit(delta, cfg, R, init, max(remaining, 1) if cfg.method in ("exponential", "quadratic") else 0, callback,
+                      tokenizer=tokenizer, prompts=prompts, contrast_prompts=contrast_prompts)
     finally:
         if bar is not None:
             bar.close()
     feats = Features.from_fit(
         result, source_layer=cfg.source_layer, target_layer=cfg.target_layer, model=fp,
         prompts=list(prompts), positions=cfg.positions,
-        extra={"seed": cfg.seed, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts), **({"calibration": calibration} if calibration else {}), **cfg.extra},
+        extra={"seed": cfg.seed, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts), **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts), **cfg.extra},
     )
     if objective0:
         feats = Features(**{**feats.__dict__, "objective": objective0 + list(feats.objective)})
@@ -170,7 +209,44 @@ def train(
     return feats
 
 
-def _fit(delta: TransformerCausalMap, cfg: TrainConfig, R: float, init: Any, iters: int, callback: Callable[[int, Any], bool]) -> Any:
+def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | None) -> dict[str, Any]:
+    if cfg.method == "mean-diff" and contrast_prompts:
+        return {"contrast_prompts_hash": prompts_hash(list(contrast_prompts)), "n_contrast_prompts": len(contrast_prompts)}
+    if cfg.method == "one-shot":
+        return {"completion": cfg.completion, "suppress": cfg.suppress, "one_shot_mode": cfg.one_shot_mode}
+    if cfg.method == "melbo-v1":
+        return {"orthogonal": cfg.orthogonal}
+    return {}
+
+
+def _fit_baseline(delta: TransformerCausalMap, cfg: TrainConfig, R: float, tokenizer: Any, prompts: Sequence[PromptLike],
+                  contrast_prompts: Sequence[PromptLike] | None) -> Any:
+    opt: dict[str, Any] = {k: v for k, v in (("n_steps", cfg.steps), ("lr", cfg.lr)) if v is not None}
+    if cfg.method == "melbo-v1":
+        from melbo.baselines.melbo_v1 import melbo_v1
+
+        return melbo_v1(delta, cfg.n_factors, R=R, orthogonal=cfg.orthogonal, random_state=cfg.seed, **opt)
+    if cfg.method == "random":
+        from melbo.baselines.random_vectors import random_vectors
+
+        return random_vectors(delta, cfg.n_factors, R=R, random_state=cfg.seed)
+    if cfg.method == "mean-diff":
+        from melbo.baselines.mean_diff import mean_difference
+
+        assert contrast_prompts is not None  # checked in train()
+        return mean_difference(delta.model, prompts, contrast_prompts, layer=cfg.source_layer, tokenizer=tokenizer,
+                               chat=cfg.chat, system_prompt=cfg.system_prompt, R=R, delta=delta)  # type: ignore[arg-type]
+    from melbo.baselines.one_shot import one_shot
+
+    return one_shot(delta.model, tokenizer, prompts[0], str(cfg.completion), layer=cfg.source_layer,
+                    mode=cfg.one_shot_mode, suppress=cfg.suppress, max_norm=R, chat=cfg.chat,  # type: ignore[arg-type]
+                    system_prompt=cfg.system_prompt, random_state=cfg.seed, delta=delta, **opt)
+
+
+def _fit(delta: TransformerCausalMap, cfg: TrainConfig, R: float, init: Any, iters: int, callback: Callable[[int, Any], bool],
+         *, tokenizer: Any = None, prompts: Sequence[PromptLike] = (), contrast_prompts: Sequence[PromptLike] | None = None) -> Any:
+    if cfg.method in BASELINES:
+        return _fit_baseline(delta, cfg, R, tokenizer, prompts, contrast_prompts)
     if cfg.method == "exponential":
         from melbo.fit.exponential import exponential_dct
 

@@ -1,0 +1,53 @@
+"""Baselines DCT is compared with (``method.md`` §6), on the same Δ and the same interfaces.
+
+Each is a pure function returning a :class:`melbo.fit.result.FitResult` (so
+:meth:`melbo.features.Features.from_fit` wraps it and every steering, ablation and ranking
+tool applies), plus a thin sklearn-style estimator:
+
+* ``"melbo-v1"`` — :func:`melbo_v1` / :class:`MelboV1`: needs a
+  :class:`~melbo.causal_map.TransformerCausalMap` (per-prompt effects) and R.
+* ``"one-shot"`` — :func:`one_shot` / :class:`OneShotSteering`: model, tokenizer, one
+  prompt and a completion to promote (and/or one to suppress).
+* ``"mean-diff"`` — :func:`mean_difference` / :class:`MeanDifference`: model and two
+  prompt sets (A and the contrast set B).
+* ``"random"`` — :func:`random_vectors` / :class:`RandomVectors`: any
+  :class:`~melbo.protocol.CausalMap` and R.
+
+Every V is applied as ``R * V[:, ℓ]`` added to the residual stream entering the source
+layer, at every position — where Δ is trained and DCT features are applied.
+"""
+
+from melbo.baselines.mean_diff import (
+    MeanDifference,
+    layer_input_activations,
+    mean_activation,
+    mean_difference,
+)
+from melbo.baselines.melbo_v1 import MelboV1, melbo_v1, melbo_v1_objective, per_prompt_delta
+from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
+from melbo.baselines.one_shot import (
+    OneShotSteering,
+    completion_log_probs,
+    encode_completions,
+    one_shot,
+)
+from melbo.baselines.random_vectors import RandomVectors, output_directions, random_vectors
+
+__all__ = [
+    "MeanDifference",
+    "MelboV1",
+    "ONE_SHOT_MODES",
+    "OneShotSteering",
+    "RandomVectors",
+    "completion_log_probs",
+    "encode_completions",
+    "layer_input_activations",
+    "mean_activation",
+    "mean_difference",
+    "melbo_v1",
+    "melbo_v1_objective",
+    "one_shot",
+    "output_directions",
+    "per_prompt_delta",
+    "random_vectors",
+]

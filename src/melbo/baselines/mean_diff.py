@@ -1,0 +1,305 @@
+"""Contrastive mean difference (CAA; the "refusal direction"), ``method.md`` §6.
+
+    μ_A = mean over prompts a ∈ A, positions p ∈ P_a of hidden_states[s]_a[p]
+    μ_B = the same over B
+    v   = (μ_A − μ_B) / ‖μ_A − μ_B‖
+
+``hidden_states[s]`` is the residual stream entering decoder layer s (as in
+``output_hidden_states``), where melbo adds steering vectors. P_a = the last k tokens of
+prompt a (k = 1 by default); padding never counts: prompts are padded in batches and run
+with ``position_ids`` counted over real tokens only, so each prompt's activations are
+those of the prompt alone (up to rounding) for every position-embedding scheme.
+
+A supervised baseline: it needs the contrast set B, which DCT does not. R defaults to
+‖μ_A − μ_B‖, so ``R * v`` is the raw difference (CAA's steering vector); pass R to steer
+at another norm (e.g. the calibrated R of the DCT features it is compared with).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from melbo.baselines.random_vectors import output_directions
+from melbo.fit._common import check_positive_int
+from melbo.fit.result import FitResult
+from melbo.models.access import LayerAccess, get_layer_access
+from melbo.prompts import PromptBatch, PromptLike, build_prompts
+from melbo.protocol import CausalMap
+
+__all__ = ["MeanDifference", "layer_input_activations", "mean_activation", "mean_difference"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised by the capture hook once layer ``s``'s input is recorded."""
+
+
+def _resolve_access(model: nn.Module, access: LayerAccess | None) -> LayerAccess:
+    if access is None:
+        return get_layer_access(model)
+    if access.model is not model:
+        raise ValueError("access was built for another model (access.model is not model)")
+    return access
+
+
+def _check_layer(layer: object, acc: LayerAccess) -> int:
+    n = acc.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+        raise ValueError(f"layer={layer!r} is out of range: this model has {n} layers, so 0 ≤ layer ≤ {n - 1}")
+    return layer
+
+
+def layer_input_activations(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    layer: int,
+    *,
+    access: LayerAccess | None = None,
+) -> Tensor:
+    """``hidden_states[layer]`` of a padded batch, run with padding-free position ids.
+
+    The forward pass stops at layer ``layer`` (a pre-hook records its input and aborts),
+    so later layers and the unembedding are never computed.
+
+    Parameters
+    ----------
+    input_ids, attention_mask : Tensor, shape (B, T)
+        Left- or right-padded tokens; mask 1 = token, 0 = padding.
+    layer : int
+        0 ≤ layer < n_layers.
+
+    Returns
+    -------
+    Tensor, shape (B, T, d), model dtype (rows at padding are meaningless).
+    """
+    acc = _resolve_access(model, access)
+    layer = _check_layer(layer, acc)
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)  # (B, T)
+    store: dict[str, Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        h = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("hidden_states")
+        if not isinstance(h, Tensor):
+            raise RuntimeError(f"layers[{layer}] was called without a hidden_states tensor")
+        store["h"] = h.detach()
+        raise _Stop
+
+    handle = acc.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "h" not in store:
+        raise RuntimeError(f"the model's forward pass never reached layers[{layer}]")
+    return store["h"]
+
+
+def mean_activation(
+    model: nn.Module,
+    prompts: Sequence[PromptLike] | PromptBatch,
+    layer: int,
+    *,
+    tokenizer: Any = None,
+    positions: int = 1,
+    chat: bool | Literal["auto"] = "auto",
+    system_prompt: str | None = None,
+    padding_side: Literal["left", "right"] = "left",
+    batch_size: int = 32,
+    access: LayerAccess | None = None,
+) -> Tensor:
+    """Mean of ``hidden_states[layer]`` over prompts and their target positions.
+
+    Parameters
+    ----------
+    prompts : prompts (tokenised with ``tokenizer`` by :func:`melbo.prompts.build_prompts`,
+        in batches of ``batch_size``), or a ready :class:`PromptBatch` (used as one batch,
+        with its own positions).
+    positions : int
+        The last k ≥ 1 tokens of each prompt (ignored for a PromptBatch).
+
+    Returns
+    -------
+    Tensor, shape (d,), float32 (float64 for a float64 model), on the model's device.
+    """
+    acc = _resolve_access(model, access)
+    layer = _check_layer(layer, acc)
+    batch_size = check_positive_int("batch_size", batch_size)
+    param = next(model.parameters())
+    out_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    if isinstance(prompts, PromptBatch):
+        batches = [prompts]
+    else:
+        if isinstance(prompts, str | bytes):
+            raise TypeError("prompts must be a list of prompts, not a single string")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("the prompt list is empty: give at least one prompt")
+        if tokenizer is None:
+            raise ValueError("prompts given as text need a tokenizer (tokenizer=...)")
+        positions = check_positive_int("positions", positions)
+        batches = [
+            build_prompts(
+                tokenizer,
+                prompts[i : i + batch_size],
+                chat=chat,
+                system_prompt=system_prompt,
+                positions=positions,
+                padding_side=padding_side,
+                model_config=getattr(model, "config", None),
+            )
+            for i in range(0, len(prompts), batch_size)
+        ]
+    total = torch.zeros(acc.d_model, dtype=out_dtype, device=param.device)
+    count = 0
+    for b in batches:
+        b = b.to(param.device)
+        h = layer_input_activations(model, b.input_ids, b.attention_mask, layer, access=acc)  # (B, T, d)
+        rows = torch.arange(b.n, device=h.device)[:, None].expand_as(b.positions)
+        picked = h[rows, b.positions].to(out_dtype)  # (B, k, d)
+        total += picked.sum(dim=(0, 1))
+        count += picked.shape[0] * picked.shape[1]
+    return total / count
+
+
+def mean_difference(
+    model: nn.Module,
+    prompts_a: Sequence[PromptLike] | PromptBatch,
+    prompts_b: Sequence[PromptLike] | PromptBatch,
+    *,
+    layer: int,
+    tokenizer: Any = None,
+    positions: int = 1,
+    chat: bool | Literal["auto"] = "auto",
+    system_prompt: str | None = None,
+    padding_side: Literal["left", "right"] = "left",
+    batch_size: int = 32,
+    R: float | None = None,
+    delta: CausalMap | None = None,
+    access: LayerAccess | None = None,
+) -> FitResult:
+    """The normalised difference of mean layer-``layer`` inputs on A and on B.
+
+    Parameters
+    ----------
+    model : a causal LM
+    prompts_a, prompts_b : the two contrast sets (see :func:`mean_activation`)
+    layer : int
+        Source layer s, 0 ≤ s < n_layers: the residual stream entering it is averaged.
+    positions : int
+        Last k tokens of each prompt (1 = last token).
+    padding_side : "left" or "right"
+        How batches are padded (the result does not depend on it up to rounding).
+    R : float, optional
+        Steering norm; default ‖μ_A − μ_B‖.
+    delta : CausalMap, optional
+        A causal map with source layer ``layer``: U = normalised Δ_R(v), α = ‖Δ_R(v)‖.
+        Without it U = V and α = [‖μ_A − μ_B‖] (the method has no target-layer direction).
+
+    Returns
+    -------
+    FitResult
+        method ``"mean-diff"``, m = 1: V (d, 1) = v; empty objective, ``n_iter = 0``.
+    """
+    acc = _resolve_access(model, access)
+    layer = _check_layer(layer, acc)
+    if delta is not None and getattr(delta, "source_layer", layer) != layer:
+        raise ValueError(f"delta has source_layer={getattr(delta, 'source_layer', None)} but layer={layer}")
+    kw: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "positions": positions,
+        "chat": chat,
+        "system_prompt": system_prompt,
+        "padding_side": padding_side,
+        "batch_size": batch_size,
+        "access": acc,
+    }
+    diff = mean_activation(model, prompts_a, layer, **kw) - mean_activation(model, prompts_b, layer, **kw)  # (d,)
+    norm = float(diff.norm())
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ValueError(f"the mean activations of the two prompt sets are identical (‖μ_A − μ_B‖ = {norm}); no direction")
+    if R is not None and (isinstance(R, bool) or not isinstance(R, int | float) or not math.isfinite(R) or R <= 0):
+        raise ValueError(f"R must be a finite number > 0 or None, got {R!r}")
+    R_ = float(R) if R is not None else norm
+    V = (diff / norm)[:, None]  # (d, 1)
+    if delta is not None:
+        U, alpha = output_directions(delta, V, R_)
+        V = V.to(dtype=delta.dtype, device=delta.device)
+    else:
+        U, alpha = V.clone(), torch.tensor([norm], dtype=V.dtype, device=V.device)
+    logger.info("mean-diff at layer %d: ‖μ_A − μ_B‖ = %.4g, R = %.4g", layer, norm, R_)
+    return FitResult(U=U, V=V, alpha=alpha, R=R_, method="mean-diff")
+
+
+class MeanDifference:
+    """Estimator wrapper of :func:`mean_difference` (sklearn style): ``__init__`` stores
+    the arguments, :meth:`fit` does the work.
+
+    Attributes (after fit)
+    ----------------------
+    direction_ : Tensor, shape (d,) — the unit difference v
+    factors_ : (U, V), each a Tensor of shape (d, 1)
+    alpha_ : Tensor, shape (1,)
+    R_ : float
+    result_ : FitResult
+    """
+
+    def __init__(
+        self,
+        layer: int,
+        *,
+        positions: int = 1,
+        chat: bool | Literal["auto"] = "auto",
+        system_prompt: str | None = None,
+        padding_side: Literal["left", "right"] = "left",
+        batch_size: int = 32,
+        R: float | None = None,
+    ) -> None:
+        self.layer = layer
+        self.positions = positions
+        self.chat = chat
+        self.system_prompt = system_prompt
+        self.padding_side = padding_side
+        self.batch_size = batch_size
+        self.R = R
+
+    def fit(
+        self,
+        model: nn.Module,
+        prompts_a: Sequence[PromptLike] | PromptBatch,
+        prompts_b: Sequence[PromptLike] | PromptBatch,
+        *,
+        tokenizer: Any = None,
+        delta: CausalMap | None = None,
+    ) -> MeanDifference:
+        """Compute the direction from the contrast sets; returns self."""
+        res = mean_difference(
+            model,
+            prompts_a,
+            prompts_b,
+            layer=self.layer,
+            tokenizer=tokenizer,
+            positions=self.positions,
+            chat=self.chat,
+            system_prompt=self.system_prompt,
+            padding_side=self.padding_side,
+            batch_size=self.batch_size,
+            R=self.R,
+            delta=delta,
+        )
+        self.result_ = res
+        self.direction_ = res.V[:, 0]
+        self.factors_ = (res.U, res.V)
+        self.alpha_ = res.alpha
+        self.R_ = res.R
+        return self

@@ -1,0 +1,25 @@
+"""Self-contained HTML reports of fitted features (inline CSS and SVG, no network at view time).
+
+* :func:`write_report` renders what it is given (no model): configuration, objective curve,
+  cosine histograms, α, scores, the adding-vs-ablating analysis and completion tables.
+* :func:`make_report` first computes scores and completions with a model
+  (:func:`compute_report_data`).
+"""
+
+from melbo.report.html import (
+    Completions,
+    ReportData,
+    compute_report_data,
+    make_report,
+    render_report,
+    write_report,
+)
+
+__all__ = [
+    "Completions",
+    "ReportData",
+    "compute_report_data",
+    "make_report",
+    "render_report",
+    "write_report",
+]
