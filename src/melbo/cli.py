@@ -30,24 +30,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from melbo.demo import run_demo
 
-    result = run_demo(
-        model=args.model,
-        source_layer=args.source_layer,
-        target_layer=args.target_layer,
-        dtype=args.dtype,
-        device=args.device,
-        trust_remote_code=args.trust_remote_code,
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    run_demo(
+        model=args.model, source_layer=args.source_layer, target_layer=args.target_layer,
+        n_factors=args.factors, iters=args.iters, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+        out=args.out, report=args.report, dtype=args.dtype, device=args.device,
+        trust_remote_code=args.trust_remote_code, force=args.force, progress=not args.no_progress, say=say,
+        token_a=args.token_a, token_b=args.token_b,
     )
-    out = sys.stdout
-    out.write("Layer map\n")
-    for k, v in result["layer_map"].items():
-        out.write(f"  {k:>12}: {v}\n")
-    out.write(f"\nCausal map Δ: {json.dumps(result['causal_map'])}\n")
-    out.write(f"Model loaded in {result['load_seconds']:.1f} s; unsteered run cached in {result['capture_seconds']:.2f} s\n\n")
-    out.write("  R        mean ‖Δ(Rv)‖   mean ‖R·J(0)v‖   E(R) (non-linear share)\n")
-    for row in result["evaluation"]:
-        out.write(f"  {row['R']:<8.3g} {row['delta_norm']:<14.4g} {row['linear_norm']:<16.4g} {row['E']:.3f}\n")
-    out.write(f"\n({result['n_directions']} random unit directions; Δ + J(0)v in {result['eval_seconds']:.2f} s)\n")
     return 0
 
 
@@ -226,10 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"melbo {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="load the default model, show its layer map and evaluate Δ")
+    demo = sub.add_parser("demo", help="the main job end to end: calibrate, fit, rank, steer, report")
     _add_model_args(demo)
     demo.add_argument("--source-layer", type=int, default=4)
     demo.add_argument("--target-layer", type=int, default=10)
+    demo.add_argument("--factors", type=int, default=64)
+    demo.add_argument("--iters", type=int, default=8)
+    demo.add_argument("--top-k", type=int, default=4, help="features shown with steered completions")
+    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--out", default="melbo-demo", help="directory for the features")
+    demo.add_argument("-o", "--report", default="report.html")
+    demo.add_argument("--force", action="store_true", help="overwrite outputs not written by a previous demo")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--token-a", default="Sure", help="score = logit(A) − logit(B) at the first generated token")
+    demo.add_argument("--token-b", default="Sorry")
     demo.set_defaults(func=cmd_demo)
 
     from melbo.train import METHODS, ONE_SHOT_MODES

@@ -449,6 +449,7 @@ def render_report(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="melbo {_e(melbo_version())}">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
     )
