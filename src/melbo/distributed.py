@@ -1,0 +1,267 @@
+"""Fits sharded over factors with ``torch.distributed`` (one process per GPU).
+
+Design
+------
+:class:`ShardedCausalMap` wraps a rank's :class:`~melbo.protocol.CausalMap` and splits
+every batched primitive by columns: with k ranks and m factors, rank r computes the
+columns ``[r·b, min(m, (r+1)·b))``, b = ⌈m/k⌉, of Δ, its VJPs (and J(0)v, T⁽²⁾…) on its
+own device, and an ``all_gather`` returns the full (d, m) result to every rank (a rank
+with fewer or no columns pads its block with zeros, dropped after the gather). Since
+column ℓ of every primitive depends only on column ℓ of its inputs, the result equals the
+single-process one up to float rounding.
+
+Everything outside the primitives is replicated: every rank holds the full (d, m) U and
+V (a few MiB) and runs the unchanged :func:`melbo.fit.exponential.exponential_dct` loop on
+the wrapped map — the QR of V is computed by every rank on the same gathered matrix, the
+objective Σ_ℓ⟨u_ℓ, G_U[:, ℓ]⟩ from the same gathered G_U (so it needs no separate
+all-reduce), and the init draws come from the same seed. Ranks therefore run the same
+deterministic computation on bit-identical inputs and stay in step without broadcasts.
+Per iteration the communication is one all-gather of (2d, m) values (G_U and G_V
+together); the forward and backward of the slice — all the FLOPs — are split k ways.
+:func:`melbo.fit.calibrate_R` and :func:`melbo.fit.init.initial_factors` shard the same
+way when given the wrapped map.
+
+Launching on a multi-GPU box
+----------------------------
+One process per GPU, started by ``torchrun``, each loading the whole model on its GPU::
+
+    torchrun --standalone --nproc-per-node 8 fit_sharded.py
+
+    # fit_sharded.py
+    import torch.distributed as dist
+    from melbo.causal_map import TransformerCausalMap
+    from melbo.distributed import ShardedCausalMap, distributed_exponential_dct, init_distributed
+    from melbo.fit.calibrate import calibrate_R
+    from melbo.models.loading import load_model
+
+    rank, world_size, device = init_distributed()          # NCCL on GPUs, gloo on CPUs
+    model, tok = load_model("Qwen/Qwen1.5-7B-Chat", dtype="bfloat16", device=device)
+    cmap = TransformerCausalMap(model, prompts, 10, 20, tokenizer=tok)
+    R = calibrate_R(ShardedCausalMap(cmap), 0.5, seed=0).R  # same R on every rank
+    res = distributed_exponential_dct(cmap, 512, R=R, random_state=0)
+    if rank == 0:
+        ...  # save res (identical on every rank)
+    dist.destroy_process_group()
+
+Models larger than one GPU (``device_map="auto"``)
+--------------------------------------------------
+A model dispatched by accelerate (``from_pretrained(..., device_map="auto")``) carries a
+hook on every decoder layer that moves the layer's inputs (the residual stream and every
+keyword argument: masks, rotary cos/sin) to that layer's device before it runs, so
+:class:`melbo.models.slice.LayerSlice`, which calls the layer modules themselves, walks the
+residual across the GPUs without change. What does need a change is the read-out in
+:class:`melbo.causal_map.TransformerCausalMap`: the slice's output lives on the device of
+layer t−1 while the target positions, U and θ live on the first parameter's device, so
+``_delta`` must index with ``positions.to(out.device)`` and move the picked rows back
+(``out[rows, pos].to(device=self.device, dtype=self._dtype)``, differentiable), and the
+same in ``readout``. With both, sharding composes with model parallelism: give each rank
+its own group of GPUs (e.g. 8 GPUs, 2 ranks × 4: launch 2 processes and load with
+``device_map="auto", max_memory={g: "75GiB" for g in my_gpus}``), and set the process
+group's device to the rank's first GPU, where the gathered results live.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from melbo.fit._common import RandomState, check_delta, make_generator
+from melbo.fit.exponential import Callback, exponential_dct
+from melbo.fit.init import Init
+from melbo.fit.result import FitResult
+from melbo.protocol import CausalMap
+
+__all__ = ["ShardedCausalMap", "distributed_exponential_dct", "init_distributed", "shard_bounds"]
+
+logger = logging.getLogger(__name__)
+
+
+def shard_bounds(m: int, world_size: int, rank: int) -> tuple[int, int, int]:
+    """Columns ``[start, stop)`` that ``rank`` owns of m, and the block size b = ⌈m/k⌉."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {world_size}, {rank}")
+    block = -(-m // world_size)
+    start = min(m, rank * block)
+    return start, min(m, start + block), block
+
+
+def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+class ShardedCausalMap:
+    """A :class:`~melbo.protocol.CausalMap` whose primitives are split by columns over the
+    ranks of ``group`` and all-gathered (module docstring). Without an initialised process
+    group it is the wrapped map (one rank).
+
+    Every rank must call every primitive with the same arguments, in the same order.
+
+    Parameters
+    ----------
+    delta : CausalMap — this rank's map (same model, prompts and layers on every rank)
+    group : ProcessGroup, optional — default: the world
+    """
+
+    def __init__(self, delta: CausalMap, group: dist.ProcessGroup | None = None) -> None:
+        self.delta = check_delta(delta)
+        self.group = group
+
+    @property
+    def d_model(self) -> int:
+        return self.delta.d_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.delta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.delta.device
+
+    @property
+    def world_size(self) -> int:
+        return _world(self.group)[0]
+
+    @property
+    def rank(self) -> int:
+        return _world(self.group)[1]
+
+    def _sharded(self, fn: Callable[..., Tensor], *mats: Tensor, n_out: int = 1) -> Tensor:
+        """fn on this rank's columns of ``mats`` (each (d, m)); gathered, shape (n_out·d, m)."""
+        d, m = self.d_model, mats[0].shape[1]
+        for name, X in zip(("first", "second"), mats):
+            if X.ndim != 2 or X.shape != (d, m):
+                raise ValueError(f"{name} argument must have shape (d_model={d}, m={m}), got {tuple(X.shape)}")
+        world, rank = _world(self.group)
+        if world == 1:
+            return fn(*mats)
+        start, stop, block = shard_bounds(m, world, rank)
+        if stop > start:
+            local = fn(*(X[:, start:stop] for X in mats))  # (n_out·d, stop-start)
+        else:
+            local = torch.zeros(n_out * d, 0, dtype=self.dtype, device=self.device)
+        padded = torch.zeros(n_out * d, block, dtype=self.dtype, device=self.device)
+        padded[:, : stop - start] = local.to(device=self.device, dtype=self.dtype)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat(parts, dim=1)[:, :m]  # (n_out·d, m)
+
+    def value(self, theta: Tensor) -> Tensor:
+        """Δ at m points, sharded. (d, m) → (d, m)."""
+        return self._sharded(self.delta.value, theta)
+
+    def value_and_vjp(self, theta: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
+        """(Δ(θ_ℓ), J(θ_ℓ)ᵀ u_ℓ), sharded; one all-gather for both. (d, m) ×2 → (d, m) ×2."""
+
+        def both(th: Tensor, u: Tensor) -> Tensor:
+            val, g = self.delta.value_and_vjp(th, u)
+            return torch.cat([val, g], dim=0)  # (2d, c)
+
+        out = self._sharded(both, theta, U, n_out=2)
+        d = self.d_model
+        return out[:d], out[d:]
+
+    def vjp(self, theta: Tensor, U: Tensor) -> Tensor:
+        """J(θ_ℓ)ᵀ u_ℓ, sharded. (d, m), (d, m) → (d, m)."""
+        return self._sharded(self.delta.vjp, theta, U)
+
+    def jvp0(self, V: Tensor) -> Tensor:
+        """J(0) v_ℓ, sharded. (d, m) → (d, m)."""
+        return self._sharded(self.delta.jvp0, V)
+
+    def hvv0(self, V: Tensor) -> Tensor:
+        """T⁽²⁾(·, v_ℓ, v_ℓ), sharded. (d, m) → (d, m)."""
+        return self._sharded(self.delta.hvv0, V)
+
+    def uhv0(self, U: Tensor, V: Tensor) -> Tensor:
+        """T⁽²⁾(u_ℓ, v_ℓ, ·), sharded. (d, m), (d, m) → (d, m)."""
+        return self._sharded(self.delta.uhv0, U, V)
+
+
+def _common_seed(random_state: RandomState, device: torch.device, group: dist.ProcessGroup | None) -> RandomState:
+    """None → a fresh seed drawn on rank 0 and broadcast, so every rank draws the same init."""
+    world, rank = _world(group)
+    if random_state is not None or world == 1:
+        return random_state
+    seed = torch.tensor([int(make_generator(None).initial_seed()) % 2**62 if rank == 0 else 0], device=device)
+    dist.broadcast(seed, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    return int(seed.item())
+
+
+def distributed_exponential_dct(
+    delta: CausalMap,
+    n_factors: int = 512,
+    *,
+    R: float,
+    max_iter: int = 10,
+    beta: float = 1.0,
+    tol: float = 1e-4,
+    init: Init = "projected",
+    ortho_iters: int | None = None,
+    random_state: RandomState = None,
+    d_proj: int = 32,
+    callback: Callback | None = None,
+    rcond: float = 1e-6,
+    group: dist.ProcessGroup | None = None,
+) -> FitResult:
+    """:func:`melbo.fit.exponential.exponential_dct` with the factors sharded over ranks.
+
+    Call it on every rank of ``group`` with the same arguments; every rank returns the
+    same :class:`~melbo.fit.result.FitResult`, equal to the single-process fit with the
+    same seed up to float rounding. ``random_state=None`` draws one seed on rank 0 and
+    broadcasts it; a :class:`torch.Generator` must be in the same state on every rank.
+    ``callback`` runs on every rank (check ``dist.get_rank() == 0`` to write checkpoints).
+    Other parameters as in :func:`~melbo.fit.exponential.exponential_dct`.
+    """
+    sharded = ShardedCausalMap(delta, group)
+    seed = _common_seed(random_state, sharded.device, group)
+    logger.info("OGI sharded over %d ranks (this is rank %d)", sharded.world_size, sharded.rank)
+    return exponential_dct(
+        sharded,
+        n_factors,
+        R=R,
+        max_iter=max_iter,
+        beta=beta,
+        tol=tol,
+        init=init,
+        ortho_iters=ortho_iters,
+        random_state=seed,
+        d_proj=d_proj,
+        callback=callback,
+        rcond=rcond,
+    )
+
+
+def init_distributed(
+    backend: str | None = None, timeout: datetime.timedelta | None = None
+) -> tuple[int, int, torch.device]:
+    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` in the environment).
+
+    backend : default ``"nccl"`` when CUDA is available, else ``"gloo"``.
+    Returns (rank, world_size, device): ``cuda:LOCAL_RANK`` (made current) or the CPU.
+    """
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this build of torch")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+        kwargs: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        if device.type == "cuda":
+            kwargs["device_id"] = device
+        dist.init_process_group(backend=backend, **kwargs)  # type: ignore[arg-type]
+    return dist.get_rank(), dist.get_world_size(), device
