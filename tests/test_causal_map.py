@@ -166,3 +166,44 @@ def test_bf16_autocast_matches_fp32_closely_and_returns_fp32() -> None:
     assert not torch.equal(a, b)  # autocast really ran in bf16
     with pytest.raises(ValueError, match="compute_dtype='int8'"):
         TransformerCausalMap(model, _batch(), 1, 3, compute_dtype="int8")
+
+
+def test_out_of_memory_halves_the_chunk_and_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = _map("llama", chunk_size=1)
+    cm = _map("llama")
+    real = cm._delta
+    sizes: list[int] = []  # chunk sizes that ran
+    failed: list[int] = []  # and those that ran out of memory
+
+    def delta_with_small_memory(theta: torch.Tensor) -> torch.Tensor:
+        if theta.shape[1] > 2:
+            failed.append(theta.shape[1])
+            raise torch.OutOfMemoryError("simulated: more than 2 factors do not fit")
+        sizes.append(theta.shape[1])
+        return real(theta)
+
+    monkeypatch.setattr(cm, "_delta", delta_with_small_memory)
+    d = cm.d_model
+    V, U = _units(d, 7, 3), _units(d, 7, 4)
+    vals, grads = cm.value_and_vjp(0.5 * V, U)
+    want_vals, want_grads = ref.value_and_vjp(0.5 * V, U)
+    assert failed[0] == 7 and sum(sizes) == 7 and max(sizes) <= 2  # tried all 7, halved until it fit
+    assert torch.allclose(vals, want_vals, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(grads, want_grads, rtol=1e-12, atol=1e-14)
+    failed.clear()
+    assert torch.allclose(cm.value(0.5 * V), ref.value(0.5 * V), rtol=1e-12, atol=1e-14)
+    assert failed and failed[0] == 7  # order 0 has its own chunk size: it tries big first
+    failed.clear()
+    cm.value_and_vjp(0.5 * V, U)
+    assert not failed  # the reduced size is remembered for order 1
+
+
+def test_out_of_memory_with_one_factor_per_chunk_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    cm = _map("llama")
+
+    def no_memory(theta: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(cm, "_delta", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        cm.value(_units(cm.d_model, 3, 5))

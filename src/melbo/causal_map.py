@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from melbo.models.slice import LayerSlice, capture_slice
 from melbo.prompts import Positions, PromptBatch, PromptLike, build_prompts
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations per chunk
 
@@ -122,9 +123,11 @@ class TransformerCausalMap:
         self._model_dtype = self.slice.x.dtype
         self._dtype = torch.float64 if self._model_dtype == torch.float64 else torch.float32
         n, k = batch.positions.shape
-        rows = torch.arange(n, device=param.device)[:, None].expand(n, k)
+        y = self.slice.y
+        rows = torch.arange(n, device=y.device)[:, None].expand(n, k)
         self._pos = batch.positions  # (n, k)
-        self._y_target = self.slice.y[rows, batch.positions].to(self._dtype)  # (n, k, d)
+        self._y_target = y[rows, batch.positions.to(y.device)].to(device=param.device, dtype=self._dtype)  # (n, k, d)
+        self._oom_cap: dict[int, int] = {}
         self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
         self.chunk_size = chunk_size
         self.compute_dtype = _resolve_compute_dtype(compute_dtype, self._model_dtype)
@@ -164,10 +167,41 @@ class TransformerCausalMap:
         per_token = 16 * d + 4 * ffn + 2 * heads * T
         return int(n * T * L * per_token * elem * (1 + order))
 
+    def _chunk_len(self, order: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        c = max(1, self.memory_budget // max(1, self.bytes_per_factor(order)))
+        return min(c, self._oom_cap.get(order, c))
+
     def _chunks(self, m: int, order: int = 1) -> Iterator[slice]:
-        c = self.chunk_size or max(1, self.memory_budget // max(1, self.bytes_per_factor(order)))
+        c = self._chunk_len(order)
         for start in range(0, m, c):
             yield slice(start, min(m, start + c))
+
+    def _run_chunks(self, fn: Callable[[slice], _T], m: int, order: int) -> list[_T]:
+        """``[fn(chunk) for chunk in chunks]``, halving the chunk on out-of-memory.
+
+        A smaller chunk changes only how the columns are batched, never the result; the
+        reduced size is kept for later calls of the same derivative order.
+        """
+        c = self._chunk_len(order)
+        outs: list[_T] = []
+        start = 0
+        while start < m:
+            sl = slice(start, min(m, start + c))
+            try:
+                outs.append(fn(sl))
+            except torch.OutOfMemoryError:
+                if c == 1:
+                    raise
+                c = max(1, c // 2)
+                self._oom_cap[order] = c
+                logger.warning("out of memory with %d factors per chunk; retrying with %d", 2 * c, c)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start = sl.stop
+        return outs
 
     # -- the map -------------------------------------------------------------------------
     def _delta(self, theta: Tensor) -> Tensor:
@@ -179,9 +213,10 @@ class TransformerCausalMap:
         h = x.repeat(c, 1, 1) + shift[:, None, :]  # (c*n, T, d)
         with self._autocast():
             out = self.slice(h)  # (c*n, T, d)
-        pos = self._pos.repeat(c, 1)  # (c*n, k)
+        pos = self._pos.to(out.device).repeat(c, 1)  # (c*n, k)
         rows = torch.arange(c * n, device=out.device)[:, None].expand_as(pos)
-        picked = out[rows, pos].to(self._dtype)  # (c*n, k, d)
+        # with device_map the slice ends on the last layer's device: bring the rows home
+        picked = out[rows, pos].to(device=self.device, dtype=self._dtype)  # (c*n, k, d)
         diff = picked - self._y_target.repeat(c, 1, 1)
         return diff.reshape(c, n * pos.shape[1], d).mean(dim=1).T  # (d, c)
 
@@ -191,7 +226,7 @@ class TransformerCausalMap:
         return M.to(device=self.device, dtype=self._dtype)
 
     def _map_chunks(self, fn: Callable[[slice], Tensor], m: int, order: int) -> Tensor:
-        outs = [fn(sl) for sl in self._chunks(m, order)]
+        outs = self._run_chunks(fn, m, order)
         return torch.cat(outs, dim=1) if outs else torch.zeros(self.d_model, 0, dtype=self._dtype, device=self.device)
 
     def value(self, theta: Tensor) -> Tensor:
@@ -206,16 +241,19 @@ class TransformerCausalMap:
         U = self._check("U", U)
         if U.shape != theta.shape:
             raise ValueError(f"U has shape {tuple(U.shape)} but theta has {tuple(theta.shape)}")
-        vals: list[Tensor] = []
-        grads: list[Tensor] = []
-        for sl in self._chunks(theta.shape[1], 1):
+
+        def chunk(sl: slice) -> tuple[Tensor, Tensor]:
             th = theta[:, sl].detach().requires_grad_(True)
             with torch.enable_grad():
                 dl = self._delta(th)
                 (g,) = torch.autograd.grad((dl * U[:, sl]).sum(), th)
-            vals.append(dl.detach())
-            grads.append(g)
-        return torch.cat(vals, dim=1), torch.cat(grads, dim=1)
+            return dl.detach(), g
+
+        outs = self._run_chunks(chunk, theta.shape[1], 1)
+        if not outs:
+            empty = torch.zeros(self.d_model, 0, dtype=self._dtype, device=self.device)
+            return empty, empty.clone()
+        return torch.cat([v for v, _ in outs], dim=1), torch.cat([g for _, g in outs], dim=1)
 
     def vjp(self, theta: Tensor, U: Tensor) -> Tensor:
         """J(θ_ℓ)ᵀ u_ℓ for every column. (d, m), (d, m) → (d, m)."""
@@ -280,18 +318,21 @@ class TransformerCausalMap:
         theta = self._check("theta", theta)
         n, k = self._pos.shape
         base = fn(self._y_target.to(self._model_dtype)).to(self._dtype)  # (n, k)
-        outs = []
+
+        def chunk(sl: slice) -> Tensor:
+            c = sl.stop - sl.start
+            shift = theta[:, sl].T.to(self._model_dtype).repeat_interleave(n, dim=0)
+            with self._autocast():
+                h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :])
+            pos = self._pos.to(h.device).repeat(c, 1)
+            rows = torch.arange(c * n, device=h.device)[:, None].expand_as(pos)
+            picked = h[rows, pos].to(self.device)
+            scores = fn(picked).to(self._dtype) - base.repeat(c, 1)  # (c*n, k)
+            return scores.reshape(c, n * k).mean(dim=1)
+
         with torch.no_grad():
-            for sl in self._chunks(theta.shape[1], 0):
-                c = sl.stop - sl.start
-                shift = theta[:, sl].T.to(self._model_dtype).repeat_interleave(n, dim=0)
-                with self._autocast():
-                    h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :])
-                pos = self._pos.repeat(c, 1)
-                rows = torch.arange(c * n, device=h.device)[:, None].expand_as(pos)
-                scores = fn(h[rows, pos]).to(self._dtype) - base.repeat(c, 1)  # (c*n, k)
-                outs.append(scores.reshape(c, n * k).mean(dim=1))
-        return torch.cat(outs)
+            outs = self._run_chunks(chunk, theta.shape[1], 0)
+        return torch.cat(outs) if outs else torch.zeros(0, dtype=self._dtype, device=self.device)
 
     def describe(self) -> dict[str, Any]:
         n, T = self.prompts.input_ids.shape
