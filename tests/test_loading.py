@@ -238,6 +238,24 @@ def test_device_argument_moves_model(saved_llama: tuple[Path, LlamaForCausalLM])
     assert model.device == torch.device("cpu")
 
 
+def test_device_map_is_accepted_and_the_causal_map_still_runs(saved_llama: tuple[Path, LlamaForCausalLM]) -> None:
+    from melbo.causal_map import TransformerCausalMap
+
+    directory, original = saved_llama
+    model, tok = load_model(directory, device_map={"": "cpu"}, progress=False)
+    for name, tensor in original.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    ref = TransformerCausalMap(original, ["the quick fox"], 0, 2, tokenizer=tok, chat=False)
+    cm = TransformerCausalMap(model, ["the quick fox"], 0, 2, tokenizer=tok, chat=False)
+    V = torch.nn.functional.normalize(torch.randn(cm.d_model, 3, generator=torch.Generator().manual_seed(0)), dim=0)
+    assert torch.equal(cm.value(V), ref.value(V))
+
+
+def test_device_and_device_map_together_is_an_error(saved_llama: tuple[Path, LlamaForCausalLM]) -> None:
+    with pytest.raises(ValueError, match="device_map='auto'"):
+        load_model(saved_llama[0], device="cpu", device_map="auto", progress=False)
+
+
 def test_attn_implementation_is_passed_to_transformers(
     saved_llama: tuple[Path, LlamaForCausalLM],
 ) -> None:

@@ -49,12 +49,9 @@ A model dispatched by accelerate (``from_pretrained(..., device_map="auto")``) c
 hook on every decoder layer that moves the layer's inputs (the residual stream and every
 keyword argument: masks, rotary cos/sin) to that layer's device before it runs, so
 :class:`melbo.models.slice.LayerSlice`, which calls the layer modules themselves, walks the
-residual across the GPUs without change. What does need a change is the read-out in
-:class:`melbo.causal_map.TransformerCausalMap`: the slice's output lives on the device of
-layer t−1 while the target positions, U and θ live on the first parameter's device, so
-``_delta`` must index with ``positions.to(out.device)`` and move the picked rows back
-(``out[rows, pos].to(device=self.device, dtype=self._dtype)``, differentiable), and the
-same in ``readout``. With both, sharding composes with model parallelism: give each rank
+residual across the GPUs without change, and :class:`melbo.causal_map.TransformerCausalMap`
+reads the target rows on the device of layer t−1 and moves only those (n·k rows of d) back to
+the first device, where θ, U and V live. Sharding composes with model parallelism: give each rank
 its own group of GPUs (e.g. 8 GPUs, 2 ranks × 4: launch 2 processes and load with
 ``device_map="auto", max_memory={g: "75GiB" for g in my_gpus}``), and set the process
 group's device to the rank's first GPU, where the gathered results live.

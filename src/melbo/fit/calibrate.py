@@ -7,8 +7,11 @@ the root of E(R) = λ. J(0) v_c does not depend on R, so the JVPs are computed o
 every evaluation of E costs one batched forward pass of ``n_dirs`` points.
 
 The root is bracketed in log R (widening the bracket geometrically until E − λ changes
-sign) and refined with the Illinois variant of regula falsi, which keeps the bracket and
-converges superlinearly — no scipy needed.
+sign) and refined with the Illinois variant of regula falsi on log E − log λ, which keeps
+the bracket and converges superlinearly — no scipy needed. (log E is close to linear in
+log R — E ∝ R where the quadratic term dominates — whereas E itself can span many orders
+of magnitude over the bracket, e.g. exponentially for an exponential Δ, which stalls
+regula falsi on E − λ for dozens of evaluations.)
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ def calibrate_R(
         e = nonlinearity_ratio(delta, R, V, JV)
         history.append((R, e))
         logger.debug("calibrate_R: E(%.6g) = %.6g", R, e)
-        return e - lam
+        return (math.log(e) if e > 0 else -math.inf) - math.log(lam)  # same sign as e - lam
 
     f_lo, f_hi = f(lo), f(hi)
     n_widen = 0
@@ -174,16 +177,16 @@ def calibrate_R(
             hi = hi * widen
             f_hi = f(hi)
     if f_lo == 0:
-        return CalibrationResult(lo, lam + f_lo, lam, tuple(history))
+        return CalibrationResult(lo, lam, lam, tuple(history))
     if f_hi == 0:
-        return CalibrationResult(hi, lam + f_hi, lam, tuple(history))
+        return CalibrationResult(hi, lam, lam, tuple(history))
 
-    # Illinois regula falsi in x = log R on a bracket with f(a) f(b) < 0.
+    # Illinois regula falsi in x = log R on f = log E - log lam, a bracket with f(a) f(b) < 0.
     a, b = math.log(lo), math.log(hi)
     fa, fb = f_lo, f_hi
     fx = min(fa, fb, key=abs)
     while len(history) < max_evals:
-        if abs(b - a) < math.log1p(rtol) or abs(fx) <= rtol * lam:
+        if abs(b - a) < math.log1p(rtol) or abs(fx) <= math.log1p(rtol):
             break
         if math.isinf(fa) or math.isinf(fb):
             x = 0.5 * (a + b)  # bisect while an end overflowed

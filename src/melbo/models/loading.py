@@ -209,6 +209,7 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     progress: bool = True,
+    device_map: str | dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal language model and its tokenizer, offline.
 
@@ -244,6 +245,10 @@ def load_model(
     attn_implementation
         Passed to transformers (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, …);
         ``None`` lets transformers choose.
+    device_map
+        Spread the layers over several devices (``"auto"``, or a dict as accelerate takes
+        it); needs accelerate and excludes ``device``. melbo's slice follows each layer to
+        its device.
     progress
         Show progress bars (the one-off conversion, transformers' weight loading).
         melbo's messages go to :mod:`logging` (logger ``melbo.models.loading``) either way.
@@ -277,6 +282,13 @@ def load_model(
     """
     resolved_dtype = resolve_dtype(dtype)
     target_device = _resolve_device(device)
+    if device_map is not None:
+        if target_device is not None:
+            raise ValueError(f"give device={device!r} or device_map={device_map!r}, not both")
+        if not isinstance(device_map, (str, dict)):
+            raise TypeError(f"device_map must be a str such as 'auto' or a dict, got {type(device_map).__name__}")
+        if importlib.util.find_spec("accelerate") is None:
+            raise ImportError("device_map needs accelerate, which is not installed: pip install accelerate")
     if gguf_file is not None and not isinstance(gguf_file, str):
         raise TypeError(f"gguf_file must be a file name (str), got {type(gguf_file).__name__}")
     if not isinstance(name_or_path, (str, os.PathLike)):
@@ -298,6 +310,7 @@ def load_model(
             dtype=resolved_dtype,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
+            device_map=device_map,
         )
     if source.gguf_file is not None:
         _forget_gguf_quantizer(model)
@@ -544,6 +557,7 @@ def _load_causal_lm(
     dtype: torch.dtype | None,
     trust_remote_code: bool,
     attn_implementation: str | None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
@@ -553,6 +567,8 @@ def _load_causal_lm(
     kwargs["dtype"] = dtype if dtype is not None else "auto"
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if source.gguf_file is not None:
         _require_gguf_support()
         gguf_config = _dequantizing_gguf_config()
