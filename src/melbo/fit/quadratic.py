@@ -154,8 +154,14 @@ def quadratic_dct(
     FitResult
         method ``"quadratic"``; U, V of shape (d, m), α ≥ 0 of shape (m,).
     """
+    delta = check_delta(delta)
     m = check_positive_int("n_factors", n_factors)
     R = check_R(R)
+    if m > 2 * delta.d_model:
+        raise ValueError(
+            f"n_factors must be <= 2 * d_model = {2 * delta.d_model} for quadratic DCT "
+            f"(ceil(m/2) orthogonalised ALS factors and their negations), got {m}"
+        )
     k = math.ceil(m / 2)
     U, V, objective, movement, converged = quadratic_als(
         delta,
