@@ -25,6 +25,7 @@ from melbo.fit._common import ConvergenceWarning, make_generator, qr_columns
 from melbo.fit.alphas import (
     exponential_alphas,
     exponential_gram,
+    kkt_residual,
     quadratic_alphas,
     quadratic_gram,
     solve_alphas,
@@ -47,6 +48,21 @@ from melbo.synthetic import SyntheticMap
 F64 = torch.float64
 Fn = Callable[[Tensor], Tensor]
 
+
+
+def _nnqp(K: Tensor, b: Tensor) -> Tensor:
+    """argmin over α ≥ 0 of ½αᵀKα − bᵀα by enumerating the active sets (small m only):
+    the best feasible solution of K_SS α_S = b_S over every support S."""
+    m = b.shape[0]
+    best, best_f = torch.zeros_like(b), 0.0
+    for mask in range(1, 2**m):
+        S = [i for i in range(m) if mask >> i & 1]
+        a = torch.zeros_like(b)
+        a[S] = torch.linalg.lstsq(K[S][:, S], b[S]).solution
+        f = float(0.5 * a @ K @ a - b @ a)
+        if bool((a >= 0).all()) and f < best_f - 1e-15:
+            best, best_f = a, f
+    return best
 
 # ================================================================== maps and ground truth
 class FunctionMap:
@@ -263,8 +279,8 @@ def test_quadratic_dct_interleaves_signs_and_solves_alphas(synth) -> None:  # ty
     # α from the formula: K α = ½R² b, K = (UᵀU)⊙(VᵀV)², b_ℓ = T(u_ℓ, v_ℓ, v_ℓ)
     K = (U3.T @ U3) * (V3.T @ V3) ** 2
     b = 0.5 * R**2 * torch.stack([_uvv_autograd(f, U3[:, j], V3[:, j]) for j in range(3)])
-    a = torch.linalg.solve(K, b).clamp_min(0)
-    torch.testing.assert_close(res.alpha, torch.stack([a, a], 1).reshape(6)[:5], rtol=1e-8, atol=1e-10)
+    a = _nnqp(K, b)
+    torch.testing.assert_close(res.alpha, torch.stack([a, a], 1).reshape(6)[:5], rtol=1e-6, atol=1e-8)
 
 
 # ================================================================== 2. linear DCT
@@ -415,7 +431,7 @@ def test_exponential_dct_orthogonalises_v_as_scheduled(synth, ortho_iters: int |
     assert torch.equal(res.V, states[-1][1]) and torch.equal(res.U, states[-1][0])
     K = (U.T @ U) * torch.expm1(V.T @ V)
     b = (U * _cols(f, R * V)).sum(dim=0)
-    torch.testing.assert_close(res.alpha, torch.linalg.solve(K, b).clamp_min(0), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(res.alpha, _nnqp(K, b), rtol=1e-6, atol=1e-8)
     if ortho_iters != 0:  # with QR, the factors the first step starts from are orthonormal
         Vq = qr_columns(_normalise(V0))
         torch.testing.assert_close(Vq, _gram_schmidt(_normalise(V0)), rtol=1e-10, atol=1e-12)
@@ -458,7 +474,8 @@ def test_exponential_alphas_of_a_planted_transcoder_are_the_planted_scales() -> 
 def test_alphas_solve_K_alpha_b_from_the_documented_formulas(cmap, aligned: bool) -> None:  # type: ignore[no-untyped-def]
     """K and b recomputed entry by entry from method.md §3 / alphas.py. With u aligned to
     the factor's own response (as after a fit) every α > 0 and K α = b exactly; with random
-    u some raw solutions are negative and α is the documented clip at 0 of K⁻¹b."""
+    u some raw solutions are negative and α is the minimiser of the loss over α ≥ 0 (found by
+    enumerating active sets), which is not the clip of K⁻¹b."""
     delta, f = cmap
     d, R, m = delta.d_model, 1.8, 5
     V = _units(d, m, 14)
@@ -473,12 +490,14 @@ def test_alphas_solve_K_alpha_b_from_the_documented_formulas(cmap, aligned: bool
         torch.testing.assert_close(gram(U, V), K, rtol=1e-12, atol=1e-14)
         got = alphas(delta, U, V, R)
         raw = torch.linalg.solve(K, b)
-        torch.testing.assert_close(got, raw.clamp_min(0), rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(got, _nnqp(K, b), rtol=1e-6, atol=1e-8)
         if aligned:
             assert bool((got > 0).all())
+            torch.testing.assert_close(got, raw, rtol=1e-8, atol=1e-10)
             torch.testing.assert_close(K @ got, b, rtol=1e-8, atol=1e-10)
         else:
-            assert bool((raw < 0).any()) and bool((raw > 0).any())  # the clip is exercised
+            assert bool((raw < 0).any()) and bool((raw > 0).any())  # the constraint is active
+            assert not torch.allclose(got, raw.clamp_min(0), rtol=1e-3, atol=1e-6)  # and clipping is not the answer
 
 
 def test_alphas_with_duplicated_factors_are_the_min_norm_split(synth) -> None:  # type: ignore[no-untyped-def]
@@ -502,6 +521,23 @@ def test_alphas_with_duplicated_factors_are_the_min_norm_split(synth) -> None:  
     # all-zero factors: K = 0, α = 0 (not NaN)
     Z = torch.zeros(12, 3, dtype=F64)
     assert torch.equal(exponential_alphas(delta, Z, Z, 1.0), torch.zeros(3, dtype=F64))
+
+
+def test_nonnegative_alphas_keep_the_strongest_planted_feature_on_top() -> None:
+    """Many more factors than planted features: the factors that found the strongest
+    feature carry the largest total α (clipping K⁻¹b gave them α = 0 here)."""
+    delta, Vs, _ = SyntheticMap.planted(64, 4, alpha=[1, 1.5, 2, 2.5], seed=25, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = ExponentialDCT(64, lam=0.5, init="random", random_state=1025, max_iter=10, ortho_iters=1).fit(delta)
+    U, V = est.factors_
+    found = (Vs.T @ V) > 0.99  # (4, 64)
+    assert bool(found.any(dim=1).all())
+    totals = torch.stack([est.alpha_[row].sum() for row in found])
+    assert bool((totals[1:] > totals[:-1]).all()), totals  # ordered as the planted scales
+    K, b = exponential_gram(U, V), (U * delta.value(est.R_ * V)).sum(dim=0)
+    assert kkt_residual(K, b, est.alpha_) < 1e-6
+    assert bool((est.alpha_ >= 0).all())
 
 
 def test_solve_alphas_clips_and_validates() -> None:

@@ -14,12 +14,18 @@ quadratic in α; its normal equations are K α = b with
 K is a Gram matrix (positive semi-definite) and is ill-conditioned whenever factors
 nearly coincide (e.g. m ≫ the number of real features), so it is solved by a truncated
 symmetric eigendecomposition in float64: eigenvalues below ``rcond · λ_max`` are dropped
-(the minimum-norm least-squares solution). Finally α is clipped at 0: a negative α says
-that factor's own response is already explained by overlapping factors, and the model's
-activations are meant to be non-negative scales; clipped factors rank last.
+(the minimum-norm least-squares solution). The transcoder's scales are α ≥ 0 (``method.md``
+§2), so when that solution has a negative entry α is the minimiser of the same loss over
+α ≥ 0 — the convex problem min ½αᵀKα − bᵀα, α ≥ 0 — found by accelerated projected gradient
+(FISTA with adaptive restart) from the clipped solution, to a relative KKT residual of
+``tol``. Clipping alone is not that minimiser: with many more factors than features, the
+spare factors near a strong feature get large negative and positive raw α that cancel, and
+clipping can leave the factors that found the strongest feature at α = 0.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -30,17 +36,23 @@ from melbo.protocol import CausalMap
 __all__ = [
     "exponential_alphas",
     "exponential_gram",
+    "kkt_residual",
+    "nonnegative_qp",
     "quadratic_alphas",
     "quadratic_gram",
     "solve_alphas",
 ]
 
 
-def solve_alphas(K: Tensor, b: Tensor, *, rcond: float = 1e-6, nonnegative: bool = True) -> Tensor:
-    """Solve K α = b for symmetric PSD K (m, m), b (m,), robust to ill-conditioning.
+def solve_alphas(
+    K: Tensor, b: Tensor, *, rcond: float = 1e-6, nonnegative: bool = True, tol: float = 1e-9, max_iter: int = 20000
+) -> Tensor:
+    """Least-squares scales: K α = b for symmetric PSD K (m, m), b (m,), robust to ill-conditioning.
 
     Computed in float64 through K = Q Λ Qᵀ; eigenvalues λ ≤ rcond·λ_max are treated as 0
-    (pseudo-inverse). With ``nonnegative`` the result is clipped at 0 afterwards.
+    (pseudo-inverse, the minimum-norm solution). With ``nonnegative`` and a negative entry
+    in that solution, α minimises ½αᵀKα − bᵀα over α ≥ 0 instead (see the module doc);
+    when the unconstrained solution is already ≥ 0 it is returned unchanged.
     Returns α of shape (m,) in the dtype and device of ``b``.
     """
     if K.ndim != 2 or K.shape[0] != K.shape[1] or b.shape != (K.shape[0],):
@@ -51,14 +63,55 @@ def solve_alphas(K: Tensor, b: Tensor, *, rcond: float = 1e-6, nonnegative: bool
         return b.clone()
     K64 = K.to(torch.float64)
     K64 = 0.5 * (K64 + K64.T)
+    b64 = b.to(torch.float64)
     lam, Q = torch.linalg.eigh(K64)  # ascending
     lam_max = float(lam.abs().max())
     keep = lam > rcond * lam_max if lam_max > 0 else torch.zeros_like(lam, dtype=torch.bool)
     inv = torch.where(keep, 1.0 / torch.where(keep, lam, torch.ones_like(lam)), torch.zeros_like(lam))
-    alpha = Q @ (inv * (Q.T @ b.to(torch.float64)))
-    if nonnegative:
-        alpha = alpha.clamp_min(0.0)
+    alpha = Q @ (inv * (Q.T @ b64))
+    if nonnegative and bool((alpha < 0).any()):
+        alpha = nonnegative_qp(K64, b64, alpha.clamp_min(0.0), lipschitz=lam_max, tol=tol, max_iter=max_iter)
     return alpha.to(dtype=b.dtype)
+
+
+def kkt_residual(K: Tensor, b: Tensor, alpha: Tensor) -> float:
+    """Largest violation of the optimality conditions of min ½αᵀKα − bᵀα over α ≥ 0,
+    relative to max|b|: the projected gradient (g = Kα − b where α > 0, min(g, 0) where α = 0)."""
+    g = K @ alpha - b
+    pg = torch.where(alpha > 0, g, g.clamp_max(0.0))
+    return float(pg.abs().max()) / max(float(b.abs().max()), 1e-300)
+
+
+def nonnegative_qp(
+    K: Tensor, b: Tensor, x0: Tensor, *, lipschitz: float | None = None, tol: float = 1e-9, max_iter: int = 20000
+) -> Tensor:
+    """argmin over α ≥ 0 of ½αᵀKα − bᵀα for PSD K (float64), from x0 ≥ 0.
+
+    FISTA (projected gradient with Nesterov momentum, step 1/λ_max(K)) with a restart
+    whenever the objective goes up; stops when :func:`kkt_residual` ≤ ``tol``.
+    """
+    L = lipschitz if lipschitz is not None else float(torch.linalg.eigvalsh(K).max())
+    if not L > 0:
+        return torch.zeros_like(b)
+    x = x0.clamp_min(0.0)
+    y, t = x.clone(), 1.0
+
+    def objective(a: Tensor) -> float:
+        return float(0.5 * a @ (K @ a) - b @ a)
+
+    f_x = objective(x)
+    for it in range(max_iter):
+        x_new = (y - (K @ y - b) / L).clamp_min(0.0)
+        f_new = objective(x_new)
+        if f_new > f_x:  # adaptive restart: drop the momentum
+            y, t = x.clone(), 1.0
+            continue
+        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        y = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        x, t, f_x = x_new, t_new, f_new
+        if it % 20 == 0 and kkt_residual(K, b, x) <= tol:
+            break
+    return x
 
 
 def exponential_gram(U: Tensor, V: Tensor) -> Tensor:
