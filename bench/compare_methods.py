@@ -48,6 +48,7 @@ from melbo.train import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 logger = logging.getLogger("compare_methods")
+D_PROJ = 32  # melbo train's linear-projected: ±v of the top 32 directions, so 64 features at most
 
 
 def _stats(x: torch.Tensor) -> dict[str, float]:
@@ -65,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-test", type=int, default=16)
     ap.add_argument("--s", type=int, default=4, help="source layer")
     ap.add_argument("--t", type=int, default=10, help="target layer")
-    ap.add_argument("--m", type=int, default=128, help="factors of the DCTs and random vectors")
-    ap.add_argument("--m-v1", type=int, default=16, help="melbo-v1 vectors (sequential: costly)")
-    ap.add_argument("--v1-steps", type=int, default=150, help="melbo-v1 AMSGrad steps per vector")
+    ap.add_argument("--m", type=int, default=64, help="factors of the DCTs and random vectors")
+    ap.add_argument("--m-v1", type=int, default=8, help="melbo-v1 vectors (sequential: costly)")
+    ap.add_argument("--v1-steps", type=int, default=100, help="melbo-v1 AMSGrad steps per vector")
     ap.add_argument("--iters", type=int, default=10, help="OGI iterations")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--methods", nargs="+", default=["exponential", "linear-projected", "melbo-v1", "mean-diff", "random"])
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--save-dir", default=None,
+                    help="keep each method's features in DIR/<method> and reuse them when the run is repeated")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     torch.manual_seed(args.seed)
@@ -98,13 +101,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for method in args.methods:
         t1 = time.perf_counter()
-        m = {"melbo-v1": args.m_v1, "mean-diff": 1}.get(method, args.m)
+        m = {"melbo-v1": args.m_v1, "mean-diff": 1, "linear-projected": min(args.m, 2 * D_PROJ)}.get(method, args.m)
         cfg = TrainConfig(
             source_layer=args.s, target_layer=args.t, method=method, n_factors=m, iters=args.iters,
             lam=args.lam, R=R, seed=args.seed, steps=args.v1_steps if method == "melbo-v1" else None,
         )
-        logger.info("fitting %s (m=%d)", method, m)
-        feats: Features = train(model, tok, train_p, cfg, contrast_prompts=harmless if method == "mean-diff" else None)
+        saved = Path(args.save_dir) / method if args.save_dir else None
+        if saved is not None and (saved / "config.json").is_file():
+            feats: Features = Features.load(saved)
+            if feats.n_factors != m or feats.source_layer != args.s or feats.target_layer != args.t:
+                raise SystemExit(f"{saved} holds other features ({feats.n_factors} at {feats.source_layer}->{feats.target_layer}); "
+                                 "use another --save-dir")
+            logger.info("reusing %s from %s", method, saved)
+        else:
+            logger.info("fitting %s (m=%d)", method, m)
+            feats = train(model, tok, train_p, cfg, saved, contrast_prompts=harmless if method == "mean-diff" else None,
+                          on_iteration=lambda it, obj: logger.info("iteration %d: objective %.5g", it, obj))
         if R is None:
             R, calibration = feats.R, feats.extra.get("calibration")
         fit_s = time.perf_counter() - t1
