@@ -473,7 +473,10 @@ class VmapCausalMap:
                 raise ValueError(f"{name} argument must have shape (d_model={self.d_model}, m), got {tuple(c.shape)}")
         cols = tuple(c.to(device=self.device, dtype=self._dtype) for c in cols)
         out_dims = 1 if n_out == 1 else (1,) * n_out
-        return torch.func.vmap(fn, in_dims=(1,) * len(cols), out_dims=out_dims, chunk_size=self.chunk_size)(*cols)
+        # no_grad outside the transforms: torch.func.vjp/grad still differentiate inside, but
+        # the model's parameters (requires_grad=True) no longer keep every chunk's graph alive
+        with torch.no_grad():
+            return torch.func.vmap(fn, in_dims=(1,) * len(cols), out_dims=out_dims, chunk_size=self.chunk_size)(*cols)
 
     def value(self, theta: Tensor) -> Tensor:
         """Δ at m points. (d, m) → (d, m)."""

@@ -68,6 +68,7 @@ from melbo.fit._common import (
     qr_columns,
 )
 from melbo.fit.alphas import exponential_alphas
+from melbo.fit.estimator import FitEstimator
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.result import FitResult, IterationState
 from melbo.protocol import CausalMap
@@ -272,7 +273,7 @@ def exponential_dct(
     )
 
 
-class ExponentialDCT:
+class ExponentialDCT(FitEstimator):
     """Estimator wrapper of :func:`exponential_dct` (sklearn style).
 
     ``__init__`` only stores the arguments; :meth:`fit` validates them, resolves
@@ -321,13 +322,8 @@ class ExponentialDCT:
         self.sequential = sequential
         self.orient = orient
 
-    def fit(self, delta: CausalMap) -> ExponentialDCT:
-        """Fit on Δ; returns self."""
-        from melbo.fit.calibrate import calibrate_R
-
-        generator = make_generator(self.random_state)
-        R = self.R if self.R is not None else calibrate_R(delta, self.lam, seed=generator).R
-        res = exponential_dct(
+    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
+        return exponential_dct(
             delta,
             self.n_factors,
             R=R,
@@ -342,11 +338,3 @@ class ExponentialDCT:
             sequential=self.sequential,
             orient=self.orient,
         )
-        self.result_ = res
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        self.objective_ = list(res.objective)
-        self.n_iter_ = res.n_iter
-        self.converged_ = res.converged
-        return self

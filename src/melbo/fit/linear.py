@@ -34,6 +34,7 @@ from melbo.fit._common import (
     randn,
 )
 from melbo.fit.alphas import solve_alphas
+from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
 from melbo.protocol import CausalMap
 
@@ -206,7 +207,7 @@ def linear_dct(
     return linear_projected(delta, n_factors, R=R, d_proj=d_proj, random_state=random_state)
 
 
-class LinearDCT:
+class LinearDCT(FitEstimator):
     """Estimator wrapper of :func:`linear_dct` (sklearn style).
 
     Parameters are stored as given; validation happens in :meth:`fit`. If ``R`` is None,
@@ -241,13 +242,8 @@ class LinearDCT:
         self.random_state = random_state
         self.chunk_size = chunk_size
 
-    def fit(self, delta: CausalMap) -> LinearDCT:
-        """Fit on Δ; returns self."""
-        from melbo.fit.calibrate import calibrate_R
-
-        generator = make_generator(self.random_state)
-        R = self.R if self.R is not None else calibrate_R(delta, self.lam, seed=generator).R
-        res = linear_dct(
+    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
+        return linear_dct(
             delta,
             self.n_factors,
             R=R,
@@ -256,10 +252,3 @@ class LinearDCT:
             random_state=generator,
             chunk_size=self.chunk_size,
         )
-        self.result_ = res
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        self.objective_ = list(res.objective)
-        self.n_iter_ = res.n_iter
-        return self

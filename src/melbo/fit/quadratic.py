@@ -35,6 +35,7 @@ from melbo.fit._common import (
     qr_columns,
 )
 from melbo.fit.alphas import quadratic_alphas
+from melbo.fit.estimator import FitEstimator
 from melbo.fit.exponential import Callback
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.result import FitResult, IterationState
@@ -192,7 +193,7 @@ def quadratic_dct(
     )
 
 
-class QuadraticDCT:
+class QuadraticDCT(FitEstimator):
     """Estimator wrapper of :func:`quadratic_dct` (sklearn style).
 
     ``__init__`` only stores arguments; :meth:`fit` validates them, resolves
@@ -232,13 +233,8 @@ class QuadraticDCT:
         self.d_proj = d_proj
         self.callback = callback
 
-    def fit(self, delta: CausalMap) -> QuadraticDCT:
-        """Fit on Δ; returns self."""
-        from melbo.fit.calibrate import calibrate_R
-
-        generator = make_generator(self.random_state)
-        R = self.R if self.R is not None else calibrate_R(delta, self.lam, seed=generator).R
-        res = quadratic_dct(
+    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
+        return quadratic_dct(
             delta,
             self.n_factors,
             R=R,
@@ -249,11 +245,3 @@ class QuadraticDCT:
             d_proj=self.d_proj,
             callback=self.callback,
         )
-        self.result_ = res
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        self.objective_ = list(res.objective)
-        self.n_iter_ = res.n_iter
-        self.converged_ = res.converged
-        return self
