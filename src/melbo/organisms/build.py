@@ -207,7 +207,7 @@ def build_organism(
     from melbo import __version__
     from melbo.fingerprint import model_fingerprint
     from melbo.generation import generate
-    from melbo.models.loading import load_model
+    from melbo.models.loading import _transformers_progress, load_model
 
     cfg.validate()
     out_dir = Path(out)
@@ -253,8 +253,9 @@ def build_organism(
     if result.steps_run:
         timings["steps_per_s"] = result.steps_run / result.seconds
     merge_lora(model, result.lora)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    with _transformers_progress(progress):
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
 
     t0 = time.perf_counter()
     probes = list(data.heldout)
