@@ -39,6 +39,8 @@ def base_args(description: str, kind: str, default_dir: str) -> argparse.Argumen
     ap.add_argument("--R", type=float, default=None, help="steering norm (default: calibrated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--token-a", default="Sure", help="jailbreak score: logit(A) − logit(B) at the first generated position")
+    ap.add_argument("--token-b", default="Sorry")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--report", default=None, help="write a Markdown report (table + JSON) here")
     return ap
@@ -98,7 +100,8 @@ def emit(result: dict[str, Any], table: str, args: argparse.Namespace, title: st
         Path(args.report).write_text(f"# {title}\n\n`{cmd}`\n\n{table}\n\n```json\n{text}\n```\n")
 
 
-def refusal_prompt_sets(data: OrganismData, harmful_csv: str, n_test: int, n_val: int = 32) -> dict[str, list[str]]:
+def refusal_prompt_sets(data: OrganismData, harmful_csv: str, n_test: int, n_val: int = 32,
+                        min_pool: int = 16) -> dict[str, list[str]]:
     """Prompt sets of the refusal organism's case study, none of them used to train the organism.
 
     * ``val``: the first ``n_val`` of the organism's held-out harmful probes;
@@ -113,6 +116,8 @@ def refusal_prompt_sets(data: OrganismData, harmful_csv: str, n_test: int, n_val
     val = [p.prompt for p in data.probes("harmful")][:n_val]
     if len(val) < n_val:
         raise SystemExit(f"the organism has {len(val)} held-out harmful probes, --n-val {n_val} asked")
-    if len(unseen) < n_test + 16:
-        raise SystemExit(f"{harmful_csv}: {len(unseen)} goals unseen by the organism, need --n-test {n_test} + 16")
-    return {"val": val, "test": unseen[-n_test:], "pool": unseen[:-n_test]}
+    if len(unseen) < n_test + min_pool:
+        raise SystemExit(f"{harmful_csv}: {len(unseen)} goals unseen by the organism, need {n_test} test + {min_pool} "
+                         "training goals")
+    cut = len(unseen) - n_test
+    return {"val": val, "test": unseen[cut:], "pool": unseen[:cut]}

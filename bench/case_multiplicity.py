@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_p = [sets["pool"][i] for i in torch.randperm(len(sets["pool"]), generator=g)[: args.n_train].tolist()]
         feats, secs = fit(model, tok, train_p, method="exponential", m=args.m, iters=args.iters, s=args.s, t=args.t,
                           lam=args.lam, R=args.R, seed=args.seed)
-    kw: dict[str, Any] = {"chat": True, "batch_size": args.batch_size}
+    kw: dict[str, Any] = {"chat": True, "batch_size": args.batch_size, "token_a": args.token_a,
+                                "token_b": args.token_b}
     # choose S on validation, then measure everything on test with S fixed
     val = analyze(model, tok, feats, sets["val"], threshold=args.threshold, fallback_top=args.fallback_top,
                   max_ablations=0, progress=logger.info, **kw)

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tok, data, record = load_organism(args.organism, "refusal")
     sets = refusal_prompt_sets(data, args.harmful, args.n_test, args.n_val)
-    score_kw: dict[str, Any] = {"chat": True, "batch_size": args.batch_size}
+    score_kw: dict[str, Any] = {"chat": True, "batch_size": args.batch_size, "token_a": args.token_a,
+                                "token_b": args.token_b}
     gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True, "batch_size": args.batch_size}
     unsteered = jailbreak_score(model, tok, sets["test"], **score_kw)
     unsteered_val = jailbreak_score(model, tok, sets["val"], **score_kw)

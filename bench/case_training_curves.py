@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check = None
     else:
         model, tok, data, record = load_organism(args.organism, "refusal")
-        pool = refusal_prompt_sets(data, args.harmful, n_test=100)["pool"]
+        pool = refusal_prompt_sets(data, args.harmful, n_test=0, n_val=0, min_pool=args.n_train)["pool"]
         g = torch.Generator().manual_seed(args.seed)
         prompts = [pool[i] for i in torch.randperm(len(pool), generator=g)[: args.n_train].tolist()]
         check = record["check"]["rates"]
