@@ -14,7 +14,8 @@ and unembedding play no part in the slice). Prompts are ``n`` random token seque
 Modes, run one after the other in the same process:
 
 * ``melbo``: :class:`melbo.causal_map.TransformerCausalMap` on a model in ``--dtype`` with
-  ``--attn`` attention: :func:`melbo.fit.calibrate_R`, the ``--init`` initialiser, then
+  ``--attn`` attention (``--compile``: layers through ``torch.compile``, compiled once
+  before the timings and reported as ``seconds_compile``): :func:`melbo.fit.calibrate_R`, the ``--init`` initialiser, then
   ``--iters`` OGI iterations (QR of V + :func:`melbo.fit.exponential.ogi_step`).
 * ``vmap``: the way the publication's code computes the same quantities — fp32, eager
   attention, ``torch.func.vmap`` over factors of a ``torch.func.vjp`` of a per-factor Δ on the
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--vmap-chunk", type=int, default=None, help="vmap factors per chunk")
     ap.add_argument("--last-layer-queries", default="all", choices=("all", "targets"),
                     help="FLOP count of melbo's last layer: all T queries, or the k targets only")
+    ap.add_argument("--compile", action="store_true",
+                    help="melbo mode: torch.compile the slice layers (compile time reported as seconds_compile)")
     ap.add_argument("--vocab", type=int, default=256, help="vocabulary of random-init models")
     ap.add_argument("--peak-sizes", type=int, nargs="+", default=None, help="matmul sizes for the peak")
     ap.add_argument("--seed", type=int, default=0)
@@ -244,9 +247,17 @@ def run_melbo(args: argparse.Namespace, device: torch.device, peak: float) -> tu
     batch = random_prompts(model, args, device)
     budget = int(args.memory_budget_gib * 1024**3) if args.memory_budget_gib else None
     t0 = timed(device)
-    cmap = TransformerCausalMap(model, batch, args.s, args.t, memory_budget=budget, chunk_size=args.chunk_size)
+    cmap = TransformerCausalMap(model, batch, args.s, args.t, memory_budget=budget, chunk_size=args.chunk_size,
+                                compile=args.compile)
     out["seconds_setup"] = timed(device) - t0
     out["chunk_size"] = cmap.chunk_size or max(1, cmap.memory_budget // max(1, cmap.bytes_per_factor(1)))
+    out["compile"] = args.compile
+    if args.compile:  # compile the forward and forward+backward graphs once, outside the timings
+        t0 = timed(device)
+        w = torch.nn.functional.normalize(torch.randn(cmap.d_model, min(args.m, out["chunk_size"]), device=device), dim=0)
+        cmap.value_and_vjp(w, w)
+        cmap.value(w)
+        out["seconds_compile"] = timed(device) - t0
     R = calibrate(cmap, args, device, out)
     t0 = timed(device)
     U, V = initial_factors(cmap, args.m, args.init, R=R, generator=make_generator(args.seed))

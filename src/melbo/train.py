@@ -57,6 +57,7 @@ class TrainConfig:
     steps: int | None = None  # melbo-v1: steps per vector (default 300); one-shot: steps (100)
     lr: float | None = None  # melbo-v1: 1e-3; one-shot: 0.01
     orthogonal: bool = True  # melbo-v1: each vector orthogonal to the earlier ones
+    compile: bool = False  # torch.compile the slice layers (pays on long fits; see TransformerCausalMap)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ValueError("one-shot mode 'mixed' needs a completion to suppress (--suppress TEXT)")
         if self.method != "one-shot" and (self.completion is not None or self.suppress is not None):
             raise ValueError(f"completion/suppress are only used by method 'one-shot', not {self.method!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile={self.compile!r}: must be True or False")
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
             raise ValueError(f"steps={self.steps!r}: must be an integer ≥ 1")
         if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
@@ -146,7 +149,7 @@ def train(
         _check_out_dir(out_dir, force=force, resume=resume)
     delta = TransformerCausalMap(
         model, prompts, cfg.source_layer, cfg.target_layer, tokenizer=tokenizer,
-        positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt,
+        positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt, compile=cfg.compile,
     )
     fp = model_fingerprint(model)
     meta = {"config": asdict(cfg), "model": fp}
@@ -157,7 +160,10 @@ def train(
     calibration: dict[str, Any] = {}
     if resume and out_dir is not None:
         state = json.loads((out_dir / CHECKPOINT / "state.json").read_text())
-        if state.get("config") != meta["config"] or state.get("model") != fp:
+        # compile changes speed, not results: a fit may be resumed with or without it
+        same = {k: v for k, v in (state.get("config") or {}).items() if k != "compile"} == \
+            {k: v for k, v in meta["config"].items() if k != "compile"}
+        if not same or state.get("model") != fp:
             raise ValueError(
                 "the checkpoint was made with a different configuration or model; "
                 f"checkpoint config: {state.get('config')}, now: {meta['config']}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -81,6 +82,14 @@ def _cast_float(obj: Any, dtype: torch.dtype) -> Any:
     return obj
 
 
+def _detached_call(layer: nn.Module, h: Tensor, *args: Any, **kwargs: Any) -> Any:
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    return torch.func.functional_call(layer, params, (h, *args), kwargs)
+
+
+_COMPILED_CALL = torch.compile(_detached_call, dynamic=None)
+
+
 @dataclass
 class LayerSlice:
     """Layers ``source_layer .. target_layer-1`` of a model with their recorded inputs.
@@ -100,6 +109,24 @@ class LayerSlice:
     x: Tensor
     y: Tensor
     _calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(repr=False)
+    _compiled: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def compile_layers(self, backend: str = "inductor") -> None:
+        """Replay the slice's layers through ``torch.compile`` (the compiled callables are
+        kept here; the model's modules are not replaced). Each layer runs under
+        ``torch.func.functional_call`` with *detached* parameters, so a compiled backward
+        computes input gradients only, never weight gradients, whatever the parameters'
+        ``requires_grad``. ``dynamic=None``: a second chunk shape compiles one shape-generic
+        version instead of one per shape. ``backend``: a ``torch.compile`` backend
+        (``"aot_eager"`` traces and differentiates the same way without generating code)."""
+        call = _COMPILED_CALL if backend == "inductor" else torch.compile(_detached_call, dynamic=None, backend=backend)
+        for idx in range(self.source_layer, self.target_layer):
+            if idx not in self._compiled:
+                self._compiled[idx] = partial(call, self.access.layers[idx])
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._compiled)
 
     @property
     def n_prompts(self) -> int:
@@ -132,7 +159,8 @@ class LayerSlice:
             args, kwargs = self._calls[k]
             args = _cast_float(_repeat_batch(args, n, c), h.dtype)
             kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
-            h = _layer_output(layers[idx](h, *args, **kwargs))
+            layer = self._compiled.get(idx, layers[idx])
+            h = _layer_output(layer(h, *args, **kwargs))
         return h
 
 
