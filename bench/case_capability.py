@@ -1,8 +1,8 @@
 """Capability elicitation (issue 5): does the best unsupervised feature unlock the
 password-locked arithmetic without the password?
 
-    melbo organism build password --base gemma-3-270m --out /work/organisms/password
-    python bench/case_capability.py --organism /work/organisms/password
+    melbo organism build password --base gemma-3-270m --out organisms/password
+    python bench/case_capability.py --organism organisms/password
 
 Protocol (the publication: a password-locked model goes from 3 % to 23 % with the best
 feature, against a 65 % ceiling with the password):
@@ -40,7 +40,7 @@ def _accuracy(probes: list[Probe], completions: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = base_args(__doc__.split("\n")[0], "password", "/work/organisms/password")
+    ap = base_args(__doc__.split("\n")[0], "password")
     ap.add_argument("--n-train", type=int, default=8, help="locked training problems the features are fitted on")
     ap.add_argument("--m", type=int, default=64, help="DCT features and random vectors")
     ap.add_argument("--iters", type=int, default=10, help="OGI iterations")

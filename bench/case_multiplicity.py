@@ -2,8 +2,8 @@
 features jailbreak the refusal organism, how different they are, and what adding or ablating
 them (one at a time, and as aggregates) does.
 
-    melbo organism build refusal --base gemma-3-270m --out /work/organisms/refusal
-    python bench/case_multiplicity.py --organism /work/organisms/refusal
+    melbo organism build refusal --base gemma-3-270m --out organisms/refusal
+    python bench/case_multiplicity.py --organism organisms/refusal
 
 Protocol:
 
@@ -52,7 +52,7 @@ PUBLICATION = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = base_args(__doc__.split("\n")[0], "refusal", "/work/organisms/refusal")
+    ap = base_args(__doc__.split("\n")[0], "refusal")
     ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"))
     ap.add_argument("--features", default=None, help="reuse features saved by `melbo train` (skips the fit)")
     ap.add_argument("--n-train", type=int, default=8)

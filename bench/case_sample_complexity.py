@@ -1,8 +1,8 @@
 """Sample complexity (issue 5, the publication's Figure 1): held-out jailbreak score of the
 best feature of each DCT variant, trained on n harmful prompts of the refusal organism.
 
-    melbo organism build refusal --base gemma-3-270m --out /work/organisms/refusal
-    python bench/case_sample_complexity.py --organism /work/organisms/refusal
+    melbo organism build refusal --base gemma-3-270m --out organisms/refusal
+    python bench/case_sample_complexity.py --organism organisms/refusal
 
 Protocol:
 
@@ -44,7 +44,7 @@ from melbo.generation import generate
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = base_args(__doc__.split("\n")[0], "refusal", "/work/organisms/refusal")
+    ap = base_args(__doc__.split("\n")[0], "refusal")
     ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"))
     ap.add_argument("--ns", type=int, nargs="+", default=[2, 4, 8, 16], help="training prompts per fit")
     ap.add_argument("--shuffles", type=int, default=2)

@@ -1,7 +1,7 @@
 """Training curves (issue 5, the publication's Figure 2): the OGI objective per iteration for
 several numbers of factors m.
 
-    python bench/case_training_curves.py --organism /work/organisms/refusal
+    python bench/case_training_curves.py --organism organisms/refusal
     python bench/case_training_curves.py --model gemma-3-270m      # any model, AdvBench prompts
 
 Protocol: ``--n-train`` harmful prompts (unseen AdvBench goals for an organism, else the
@@ -36,7 +36,7 @@ from melbo.prompt_files import read_prompts
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = base_args(__doc__.split("\n")[0], "refusal", "/work/organisms/refusal")
+    ap = base_args(__doc__.split("\n")[0], "refusal")
     ap.add_argument("--model", default=None, help="use this model instead of an organism")
     ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"))
     ap.add_argument("--n-train", type=int, default=4)
