@@ -9,7 +9,7 @@ first AdvBench goals); R is calibrated once (E(R) = ``--lam``) and shared; for e
 ``--ms`` the exponential DCT runs ``--iters`` OGI iterations from the projected-Jacobian
 init with the same seed. Reported per m: the objective Σ_ℓ α_ℓ² ‖…‖ as the fit reports it
 after each iteration (``objective``), the same divided by its final value
-(``relative``), the first iteration within 1 % of the final value, the objective per
+(``relative``), the iteration from which it stays within 1 % of the final value, the objective per
 factor, and seconds per iteration. The publication: with m = 512 the objective converges in
 about 10 iterations, and more factors converge faster.
 """
@@ -71,15 +71,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         R = float(feats.R)
         final = objective[-1]
         rel = [o / final for o in objective]
-        within = next(i for i, r in enumerate(rel) if abs(r - 1) <= 0.01)
+        # settled: the first iteration from which every later objective stays within 1 % of the final one
+        within = next(i for i in range(len(rel)) if all(abs(r - 1) <= 0.01 for r in rel[i:]))
         steps = [b - a for a, b in zip(stamps, stamps[1:])]
         curves[str(m)] = {
-            "objective": objective, "relative": rel, "first_within_1pct": within + 1,
+            "objective": objective, "relative": rel, "settled_within_1pct": within + 1,
             "objective_per_factor": final / m, "seconds_fit": secs,
             "seconds_per_iter": sum(steps) / len(steps) if steps else None,
             "seconds_before_first_iter": stamps[0] - t1 if stamps else None,
         }
-        logger.info("m=%d: objective %s; within 1%% of final at iteration %d", m,
+        logger.info("m=%d: objective %s; within 1%% of the final value from iteration %d on", m,
                     [round(o, 4) for o in objective], within + 1)
     result = {
         "bench": "case_training_curves", "model": args.model or args.organism, "organism_check": check,
@@ -92,13 +93,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = [
         f"Objective after each OGI iteration divided by its final value; n = {args.n_train} prompts, R = {R:.3g}.",
         "",
-        "| m | " + " | ".join(str(i) for i in its) + " | within 1 % at | objective / m | s / iter |",
+        "| m | " + " | ".join(str(i) for i in its) + " | within 1 % from | objective / m | s / iter |",
         "|---:|" + "---:|" * (args.iters + 3),
     ]
     for m, c in curves.items():
         spi = "–" if c["seconds_per_iter"] is None else f"{c['seconds_per_iter']:.1f}"
         lines.append(f"| {m} | " + " | ".join(f"{r:.3f}" for r in c["relative"]) +
-                     f" | {c['first_within_1pct']} | {c['objective_per_factor']:.4g} | {spi} |")
+                     f" | {c['settled_within_1pct']} | {c['objective_per_factor']:.4g} | {spi} |")
     emit(result, "\n".join(lines), args, "Training curves")
     return result
 
