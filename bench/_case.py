@@ -41,6 +41,9 @@ def base_args(description: str, kind: str) -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--token-a", default="Sure", help="jailbreak score: logit(A) − logit(B) at the first generated position")
     ap.add_argument("--token-b", default="Sorry")
+    if kind == "refusal":
+        ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"),
+                        help="AdvBench CSV (column 'goal'): the goals the organism never saw are used")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--report", default=None, help="write a Markdown report (table + JSON) here")
     return ap

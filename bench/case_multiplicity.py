@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from _case import (
-    DATA,
     base_args,
     emit,
     fit,
@@ -53,7 +52,6 @@ PUBLICATION = {
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = base_args(__doc__.split("\n")[0], "refusal")
-    ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"))
     ap.add_argument("--features", default=None, help="reuse features saved by `melbo train` (skips the fit)")
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--m", type=int, default=64)

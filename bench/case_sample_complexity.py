@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from _case import (
-    DATA,
     base_args,
     emit,
     fit,
@@ -45,7 +44,6 @@ from melbo.generation import generate
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = base_args(__doc__.split("\n")[0], "refusal")
-    ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"))
     ap.add_argument("--ns", type=int, nargs="+", default=[2, 4, 8, 16], help="training prompts per fit")
     ap.add_argument("--shuffles", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["exponential", "quadratic", "linear-projected", "linear"])

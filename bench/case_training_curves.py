@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from _case import (
-    DATA,
     base_args,
     emit,
     fit,
@@ -38,7 +37,6 @@ from melbo.prompt_files import read_prompts
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = base_args(__doc__.split("\n")[0], "refusal")
     ap.add_argument("--model", default=None, help="use this model instead of an organism")
-    ap.add_argument("--harmful", default=str(DATA / "advbench_harmful_behaviors.csv"))
     ap.add_argument("--n-train", type=int, default=4)
     ap.add_argument("--ms", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--iters", type=int, default=10)

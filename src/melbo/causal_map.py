@@ -76,8 +76,8 @@ class TransformerCausalMap:
         accumulated in fp32. Default: the model's own dtype, no autocast.
     compile : run each slice layer through ``torch.compile`` (wrappers held by the slice;
         the model is not changed). Fuses the elementwise work around the matmuls, which is
-        what keeps bf16 from its matmul peak on CPUs. Compiling costs about a minute per
-        distinct chunk shape, so it pays on long fits (many factors or iterations), not
+        what keeps bf16 from its matmul peak on CPUs. Compiling costs about a minute (and
+        once more for a shape-generic graph when a second chunk shape appears), so it pays on long fits (many factors or iterations), not
         on a few calls. Results equal the eager ones up to rounding. A string names the
         ``torch.compile`` backend (``True`` is ``"inductor"``).
     """
@@ -99,7 +99,7 @@ class TransformerCausalMap:
         compute_dtype: torch.dtype | str | None = None,
         compile: bool | str = False,
     ) -> None:
-        if not isinstance(compile, (bool, str)) or compile in ("", "false", "true"):
+        if not isinstance(compile, (bool, str)):
             raise ValueError(f"compile={compile!r}: must be True, False or a torch.compile backend name")
         if isinstance(compile, str) and compile not in torch._dynamo.list_backends(exclude_tags=()):
             raise ValueError(f"compile={compile!r}: not a torch.compile backend; "
