@@ -40,6 +40,11 @@ def test_compiled_slice_matches_eager_and_leaves_the_model_alone(family: str, ba
         torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(comp.value(V), d0, rtol=1e-4, atol=1e-5)
+    # higher-order primitives (create_graph) bypass the compiled layers: a compiled backward
+    # donates its buffers and cannot be differentiated again (RuntimeError on CUDA)
+    torch.testing.assert_close(comp.jvp0(V), eager.jvp0(V), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(comp.hvv0(V), eager.hvv0(V), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(comp.uhv0(U, V), eager.uhv0(U, V), rtol=1e-4, atol=1e-5)
     # parameters require grad, yet none was computed or accumulated
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     assert list(model.modules()) == modules

@@ -218,15 +218,17 @@ class TransformerCausalMap:
         return outs
 
     # -- the map -------------------------------------------------------------------------
-    def _delta(self, theta: Tensor) -> Tensor:
-        """Δ for one chunk, differentiable. theta: (d, c) → (d, c) in self.dtype."""
+    def _delta(self, theta: Tensor, *, eager: bool = False) -> Tensor:
+        """Δ for one chunk, differentiable. theta: (d, c) → (d, c) in self.dtype.
+
+        ``eager``: bypass compiled layers (needed for higher-order derivatives)."""
         d, c = theta.shape
         n = self.n_prompts
         x = self.slice.x  # (n, T, d)
         shift = theta.T.to(self._model_dtype).repeat_interleave(n, dim=0)  # (c*n, d)
         h = x.repeat(c, 1, 1) + shift[:, None, :]  # (c*n, T, d)
         with self._autocast():
-            out = self.slice(h)  # (c*n, T, d)
+            out = self.slice(h, eager=eager)  # (c*n, T, d)
         pos = self._pos.to(out.device).repeat(c, 1)  # (c*n, k)
         rows = torch.arange(c * n, device=out.device)[:, None].expand_as(pos)
         # with device_map the slice ends on the last layer's device: bring the rows home
@@ -282,7 +284,7 @@ class TransformerCausalMap:
             eps = torch.zeros(v.shape[1], dtype=self._dtype, device=self.device, requires_grad=True)
             w = torch.zeros_like(v, requires_grad=True)
             with torch.enable_grad(), _math_sdpa():
-                dl = self._delta(v * eps)
+                dl = self._delta(v * eps, eager=True)
                 (g,) = torch.autograd.grad((dl * w).sum(), eps, create_graph=True)  # ⟨w_ℓ, J v_ℓ⟩
                 (jv,) = torch.autograd.grad(g.sum(), w)
             return jv
@@ -298,7 +300,7 @@ class TransformerCausalMap:
             eps = torch.zeros(v.shape[1], dtype=self._dtype, device=self.device, requires_grad=True)
             w = torch.zeros_like(v, requires_grad=True)
             with torch.enable_grad(), _math_sdpa():
-                dl = self._delta(v * eps)
+                dl = self._delta(v * eps, eager=True)
                 (g1,) = torch.autograd.grad((dl * w).sum(), eps, create_graph=True)
                 (g2,) = torch.autograd.grad(g1.sum(), eps, create_graph=True)  # ⟨w_ℓ, T(·,v,v)⟩
                 (t2,) = torch.autograd.grad(g2.sum(), w)
@@ -316,7 +318,7 @@ class TransformerCausalMap:
         def chunk(sl: slice) -> Tensor:
             theta = torch.zeros_like(V[:, sl], requires_grad=True)
             with torch.enable_grad(), _math_sdpa():
-                dl = self._delta(theta)
+                dl = self._delta(theta, eager=True)
                 (g,) = torch.autograd.grad((dl * U[:, sl]).sum(), theta, create_graph=True)  # Jᵀu
                 (h,) = torch.autograd.grad((g * V[:, sl]).sum(), theta)
             return h

@@ -132,7 +132,7 @@ class LayerSlice:
     def n_prompts(self) -> int:
         return int(self.x.shape[0])
 
-    def __call__(self, h: Tensor, *, stop: int | None = None) -> Tensor:
+    def __call__(self, h: Tensor, *, stop: int | None = None, eager: bool = False) -> Tensor:
         """Run the slice on a residual stream.
 
         Parameters
@@ -141,6 +141,10 @@ class LayerSlice:
             residual stream entering ``source_layer`` (``c`` copies of the prompt batch).
         stop : int, optional
             run only up to (not including) this layer; default ``target_layer``.
+        eager : bool
+            run the model's own layers even where compiled ones exist. Higher-order
+            derivatives (``create_graph=True``) need it: a compiled backward donates its
+            buffers and cannot itself be differentiated (a RuntimeError on CUDA).
 
         Returns
         -------
@@ -159,7 +163,7 @@ class LayerSlice:
             args, kwargs = self._calls[k]
             args = _cast_float(_repeat_batch(args, n, c), h.dtype)
             kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
-            layer = self._compiled.get(idx, layers[idx])
+            layer = layers[idx] if eager else self._compiled.get(idx, layers[idx])
             h = _layer_output(layer(h, *args, **kwargs))
         return h
 
