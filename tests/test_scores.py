@@ -19,7 +19,7 @@ from melbo.evaluate.scores import (
     steered_scores,
 )
 from melbo.features import Features
-from melbo.generation import generate
+from melbo.generation import generate, generate_steered
 from melbo.interventions import ablate, steer, steer_features
 from melbo.prompts import build_prompts
 from melbo.testing import tiny_tokenizer
@@ -163,6 +163,28 @@ def test_generate_for_features_matches_generation_inside_steer_features(llama: t
     with steer_features(llama, feats, 2):
         want = generate(llama, tok, PROMPTS[:2], max_new_tokens=4, chat=True)
     assert out[2] == want
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])  # batches that split features and prompts unevenly
+def test_batched_steered_generation_is_token_identical_to_one_vector_at_a_time(
+    llama: torch.nn.Module, tok: Any, batch_size: int
+) -> None:
+    g = torch.Generator().manual_seed(5)
+    vecs = torch.randn(32, 3, generator=g) * 8
+    vecs[:, 1] = 0.0  # an unsteered row among steered ones
+    got = generate_steered(llama, tok, PROMPTS, vecs, layer=1, scale=1.5, max_new_tokens=6, chat=True,
+                           batch_size=batch_size)
+    assert len(got) == 3 and all(len(c) == len(PROMPTS) for c in got)
+    plain = generate(llama, tok, PROMPTS, max_new_tokens=6, chat=True)
+    for j in range(3):
+        with steer(llama, vecs[:, j], layer=1, scale=1.5):
+            want = generate(llama, tok, PROMPTS, max_new_tokens=6, chat=True)
+        assert got[j] == want
+    assert got[1] == plain and got[0] != plain  # the steering does change the text
+    with pytest.raises(ValueError, match="vectors must have shape"):
+        generate_steered(llama, tok, PROMPTS, vecs[:5], layer=1)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        generate_steered(llama, tok, PROMPTS, vecs, layer=1, batch_size=0)
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ from melbo.models.access import LayerAccess, get_layer_access
 if TYPE_CHECKING:
     from melbo.features import Features
 
-__all__ = ["ablate", "orthonormal_basis", "steer", "steer_features", "steering"]
+__all__ = ["ablate", "orthonormal_basis", "row_steering", "steer", "steer_features", "steering"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,42 @@ def steering(
         yield
     finally:
         _remove(handles)
+
+
+@contextmanager
+def row_steering(model: nn.Module, layer: int, rows: Tensor, *, access: LayerAccess | None = None) -> Iterator[None]:
+    """Add ``rows[b]`` to row ``b`` of the residual stream entering ``layers[layer]``, at every
+    position, while the context is open: a different steering vector for every row of a
+    batch (features × prompts folded into one batch). Under KV-cache generation every new
+    token of row ``b`` gets ``rows[b]`` too.
+
+    Parameters
+    ----------
+    rows : Tensor, shape (B, d_model)
+        One vector per batch row; a forward with another batch size raises.
+    """
+    acc = _access(model, access)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < acc.n_layers:
+        raise ValueError(f"layer={layer!r} is out of range: 0 ≤ layer ≤ {acc.n_layers - 1}")
+    if not isinstance(rows, Tensor) or rows.ndim != 2 or rows.shape[1] != acc.d_model:
+        shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+        raise ValueError(f"rows must have shape (batch, d_model) = (B, {acc.d_model}), got {shape}")
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError("rows has non-finite values")
+
+    def add(h: Tensor) -> Tensor:
+        if h.shape[0] != rows.shape[0]:
+            raise RuntimeError(f"row steering for {rows.shape[0]} rows got a batch of {h.shape[0]}")
+        return h + rows.to(dtype=h.dtype, device=h.device)[:, None, :]  # (B, T, d)
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return _map_hidden_states(args, kwargs, add, f"layers[{layer}]")
+
+    handle = acc.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager

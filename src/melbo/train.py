@@ -49,6 +49,8 @@ class TrainConfig:
     system_prompt: str | None = None
     beta: float = 1.0
     init: str = "projected"
+    sequential: bool = False  # exponential: G_V from the updated U (melbo.fit.exponential)
+    orient: bool = False  # exponential: flip each factor to the side of larger ‖Δ_R(±v)‖
     extra: dict[str, Any] = field(default_factory=dict)
     # baselines (melbo.baselines): one-shot's example, optimiser settings of melbo-v1 / one-shot
     completion: str | None = None  # one-shot: promoted (suppressed in mode "suppress")
@@ -78,8 +80,11 @@ class TrainConfig:
             raise ValueError("one-shot mode 'mixed' needs a completion to suppress (--suppress TEXT)")
         if self.method != "one-shot" and (self.completion is not None or self.suppress is not None):
             raise ValueError(f"completion/suppress are only used by method 'one-shot', not {self.method!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile={self.compile!r}: must be True or False")
+        for name in ("compile", "sequential", "orient"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
+        if self.method != "exponential" and (self.sequential or self.orient):
+            raise ValueError(f"sequential/orient are options of method 'exponential', not {self.method!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
             raise ValueError(f"steps={self.steps!r}: must be an integer ≥ 1")
         if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
@@ -258,7 +263,7 @@ def _fit(delta: TransformerCausalMap, cfg: TrainConfig, R: float, init: Any, ite
 
         return exponential_dct(
             delta, cfg.n_factors, R=R, max_iter=iters, beta=cfg.beta, init=init,
-            random_state=cfg.seed, callback=callback,
+            random_state=cfg.seed, callback=callback, sequential=cfg.sequential, orient=cfg.orient,
         )
     if cfg.method == "quadratic":
         from melbo.fit.quadratic import quadratic_dct

@@ -44,15 +44,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from melbo.generation import generate
-from melbo.interventions import _map_hidden_states, ablate, steer, steer_features
+from melbo.generation import generate_steered
+from melbo.interventions import ablate, row_steering, steer
 from melbo.models.access import LayerAccess, get_layer_access
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 from melbo.rank import resolve_token
@@ -379,25 +379,6 @@ def score_edit(
         return jailbreak_score(model, tokenizer, prompts, access=access, **kwargs)
 
 
-@contextlib.contextmanager
-def _row_steering(access: LayerAccess, layer: int, rows: Tensor) -> Iterator[None]:
-    """Add ``rows[b]`` (shape (B, d)) to row b of the stream entering ``layers[layer]``."""
-
-    def add(h: Tensor) -> Tensor:
-        if h.shape[0] != rows.shape[0]:
-            raise RuntimeError(f"row steering for {rows.shape[0]} rows got a batch of {h.shape[0]}")
-        return h + rows.to(dtype=h.dtype, device=h.device)[:, None, :]  # (B, T, d)
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return _map_hidden_states(args, kwargs, add, f"layers[{layer}]")
-
-    handle = access.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def steered_scores(
     model: nn.Module,
     tokenizer: Any,
@@ -452,7 +433,7 @@ def steered_scores(
         pi, vi = p % n, p // n
         ids, mask = _trim(batch.input_ids[pi], batch.attention_mask[pi])
         rows = vec[:, vi.to(vec.device)].T  # (B, d)
-        with _row_steering(acc, layer, rows):
+        with row_steering(model, layer, rows, access=acc):
             z = last_position_logits(model, ids, mask, a.ids + b.ids, access=acc)
         out[start : start + p.numel()] = _combine(z, a, b).cpu()
     return out.reshape(k, n)
@@ -510,13 +491,17 @@ def generate_for_features(
     do_sample: bool = False,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 64,
     force: bool = False,
+    progress: bool = False,
 ) -> dict[int, list[str]]:
     """Completions of ``prompts`` steered by each feature in ``indices``.
 
-    Each feature runs :func:`melbo.generation.generate` (greedy, or seeded sampling with
-    ``do_sample``) inside :func:`melbo.interventions.steer_features` at ``scale``.
+    One batched job (:func:`melbo.generation.generate_steered`): (feature, prompt) pairs are
+    folded into batches of ``batch_size`` rows, each row steered by its own feature,
+    ``scale * R * V[:, k]`` at ``features.source_layer`` (as
+    :func:`melbo.interventions.steer_features` adds it); greedy, or seeded sampling with
+    ``do_sample``.
 
     Returns
     -------
@@ -524,12 +509,12 @@ def generate_for_features(
     """
     if features.model:
         features.check_model(model, force=force)
-    out: dict[int, list[str]] = {}
-    for k in indices:
-        with steer_features(model, features, int(k), scale=scale, force=True):
-            out[int(k)] = generate(
-                model, tokenizer, prompts, max_new_tokens=max_new_tokens, chat=chat,
-                system_prompt=system_prompt, do_sample=do_sample, temperature=temperature,
-                seed=seed, batch_size=batch_size,
-            )
-    return out
+    idx = [features._check_index(i) for i in indices]
+    if not idx:
+        return {}
+    texts = generate_steered(
+        model, tokenizer, prompts, features.V[:, idx] * features.R, layer=features.source_layer, scale=scale,
+        max_new_tokens=max_new_tokens, chat=chat, system_prompt=system_prompt, do_sample=do_sample,
+        temperature=temperature, seed=seed, batch_size=batch_size, progress=progress,
+    )
+    return dict(zip(idx, texts))

@@ -1,0 +1,319 @@
+"""``melbo discover``: fit → steer → generate on held-out prompts → rank and group → report.
+
+The whole unsupervised search in one resumable job, knowing nothing of what to look for:
+
+1. the prompts are split into ``n_train`` training prompts and ``n_eval`` held-out ones (or a
+   separate held-out list is given);
+2. R is calibrated and an exponential DCT with ``n_factors`` features is fitted on the training
+   prompts (:func:`melbo.train.train`; checkpointed every iteration in ``OUT/features``);
+3. every feature steers greedy generation on the held-out prompts at every scale in
+   ``scales`` (multiples of R), as one batched job (:func:`melbo.generation.generate_steered`);
+   so do ``n_random`` random unit vectors at the same norm — the noise floor;
+4. each (feature, scale) is scored by what it does across prompts and the features are grouped
+   into behaviours (:mod:`melbo.evaluate.behaviours`);
+5. ``OUT/behaviours.json`` and ``OUT/report.md`` list the behaviours found: signature phrase,
+   rate, member features and scales, examples, and how many random vectors do the same.
+
+``OUT/completions.json`` caches the generations: a rerun with ``resume=True`` reuses every stage
+already done (features, completions) when the settings that made it are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from melbo.evaluate.behaviours import (
+    BehaviourGroup,
+    VectorBehaviour,
+    group_behaviours,
+    vector_behaviour,
+)
+from melbo.features import Features, _atomic_write
+from melbo.generation import generate_steered
+from melbo.models.access import get_layer_access
+from melbo.prompts import PromptLike
+
+__all__ = ["DISCOVER_MARKER", "DiscoverConfig", "Discovery", "default_layers", "discover"]
+
+logger = logging.getLogger(__name__)
+
+DISCOVER_MARKER = ".melbo-discover"
+
+
+def default_layers(n_layers: int) -> tuple[int, int]:
+    """Source and target layer when the user names none: s ≈ 2/9 and t ≈ 5/9 of the depth
+    (4 → 10 on Gemma-3-270M's 18 layers, where the organisms' hidden behaviours were found)."""
+    if n_layers < 3:
+        raise ValueError(f"a model with {n_layers} layers is too shallow for a DCT (needs ≥ 3)")
+    s = max(1, round(n_layers * 2 / 9))
+    t = min(n_layers - 1, max(s + 1, round(n_layers * 5 / 9)))
+    return s, t
+
+
+@dataclass
+class DiscoverConfig:
+    """Settings of one discovery run (recorded in ``OUT/discover.json``)."""
+
+    source_layer: int | None = None
+    target_layer: int | None = None
+    n_factors: int = 64
+    iters: int = 10
+    n_train: int = 8
+    n_eval: int = 16
+    scales: tuple[float, ...] = (1.0,)
+    max_new_tokens: int = 16
+    n_random: int = 32
+    lam: float = 0.5
+    R: float | None = None
+    seed: int = 0
+    chat: bool | str = "auto"
+    min_consistency: float = 0.25
+    batch_size: int = 64
+    sequential: bool = False
+    orient: bool = False
+    beta: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, n_layers: int | None = None) -> None:
+        for name in ("n_factors", "iters", "n_train", "n_eval", "max_new_tokens", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
+        if isinstance(self.n_random, bool) or not isinstance(self.n_random, int) or self.n_random < 0:
+            raise ValueError(f"n_random={self.n_random!r}: must be an integer ≥ 0")
+        if not self.scales or any(isinstance(s, bool) or not isinstance(s, int | float) or not (s == s) or s == 0
+                                  or abs(s) > 100 for s in self.scales):
+            raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ 100")
+        if not 0 <= self.min_consistency <= 1:
+            raise ValueError(f"min_consistency={self.min_consistency!r}: must be in [0, 1]")
+        if not 0 < self.beta <= 1:
+            raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
+        if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
+            raise ValueError(f"R={self.R!r}: must be a finite number > 0")
+        if n_layers is not None:
+            s, t = self.layers(n_layers)
+            if not 0 <= s < t <= n_layers:
+                raise ValueError(f"layers {s} → {t}: need 0 ≤ source < target ≤ {n_layers} (the model has {n_layers} layers)")
+
+    def layers(self, n_layers: int) -> tuple[int, int]:
+        ds, dt = default_layers(n_layers)
+        s = ds if self.source_layer is None else self.source_layer
+        t = (dt if self.source_layer is None else min(n_layers - 1, s + (dt - ds))) if self.target_layer is None else self.target_layer
+        return s, t
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The result of :func:`discover`."""
+
+    groups: list[BehaviourGroup]
+    behaviours: list[VectorBehaviour]
+    controls: list[VectorBehaviour]
+    features: Features
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    unsteered: list[str]
+    completions: dict[tuple[int, float], list[str]]
+    control_completions: dict[tuple[int, float], list[str]]
+    seconds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "groups": [g.to_json() for g in self.groups],
+            "features": [b.to_json() for b in self.behaviours],
+            "random": [b.to_json() for b in self.controls],
+            "R": self.features.R, "source_layer": self.features.source_layer, "target_layer": self.features.target_layer,
+            "n_features": self.features.n_factors, "train_prompts": self.train_prompts, "eval_prompts": self.eval_prompts,
+            "unsteered": self.unsteered, "seconds": self.seconds,
+        }
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8"))
+
+
+def check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
+    """Refuse a non-empty ``out`` that no discover run wrote, and a finished run without force/resume."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / DISCOVER_MARKER).exists():
+        raise FileExistsError(f"{str(out)!r} is not empty and was not written by melbo discover; choose another --out")
+    if not (force or resume):
+        raise FileExistsError(f"{str(out)!r} holds an earlier discover run; pass --resume to continue it "
+                              "(finished stages are reused) or --force to start over")
+
+
+def random_directions(d: int, k: int, seed: int) -> torch.Tensor:
+    """(d, k) float32 random unit vectors (Gaussian, normalised), seeded."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    V = torch.randn(d, k, generator=g)
+    return V / V.norm(dim=0, keepdim=True)
+
+
+def discover(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[PromptLike],
+    cfg: DiscoverConfig,
+    out: str | Path | None = None,
+    *,
+    heldout: Sequence[PromptLike] | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    say: Callable[[str], None] = lambda s: None,
+) -> Discovery:
+    """Run the discovery pipeline (module docstring); write ``out`` if given.
+
+    ``prompts``: the first ``cfg.n_train`` are the training prompts; the held-out prompts are
+    ``heldout`` if given, else the next ``cfg.n_eval`` of ``prompts``. Nothing here knows what
+    behaviour to look for.
+    """
+    from melbo.train import TrainConfig, train
+
+    access = get_layer_access(model)
+    cfg.validate(access.n_layers)
+    s, t = cfg.layers(access.n_layers)
+    prompts = list(prompts)
+    train_p = prompts[: cfg.n_train]
+    eval_p = list(heldout)[: cfg.n_eval] if heldout is not None else prompts[cfg.n_train : cfg.n_train + cfg.n_eval]
+    if len(train_p) < cfg.n_train:
+        raise ValueError(f"{len(prompts)} prompts given, n_train={cfg.n_train} needed for training")
+    if len(eval_p) < 2:
+        raise ValueError(f"{len(eval_p)} held-out prompts: give at least 2 (more prompts, or a held-out list) — "
+                         "a behaviour is what a vector does across prompts")
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        check_out_dir(out_dir, force=force, resume=resume)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DISCOVER_MARKER).write_text("written by melbo discover\n")
+    seconds: dict[str, float] = {}
+
+    # 1. features (resumable through train's own checkpoint)
+    t0 = time.perf_counter()
+    tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, iters=cfg.iters, lam=cfg.lam, R=cfg.R,
+                       seed=cfg.seed, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta,
+                       extra={"discover": True})
+    feat_dir = out_dir / "features" if out_dir is not None else None
+    feats: Features | None = None
+    fkey = _key(asdict(tcfg), [str(p) for p in train_p])
+    if feat_dir is not None and resume and (feat_dir / "config.json").is_file():
+        loaded = Features.load(feat_dir)
+        if loaded.extra.get("discover_key") == fkey:
+            feats = loaded
+            say(f"features: reusing {feat_dir}")
+    if feats is None:
+        say(f"fitting {cfg.n_factors} exponential DCT features, layers {s} → {t}, on {len(train_p)} prompts…")
+        tcfg.extra["discover_key"] = fkey
+        ck = feat_dir is not None and (feat_dir / "checkpoint" / "state.json").is_file()
+        feats = train(model, tokenizer, train_p, tcfg, feat_dir, force=True, resume=bool(resume and ck), progress=progress)
+    seconds["fit"] = time.perf_counter() - t0
+    say(f"  R = {feats.R:.4g}")
+
+    # 2. completions (cached per settings)
+    t0 = time.perf_counter()
+    gkey = _key(fkey, [str(p) for p in eval_p], cfg.scales, cfg.max_new_tokens, cfg.n_random, cfg.seed, str(cfg.chat))
+    cache_path = out_dir / "completions.json" if out_dir is not None else None
+    cache: dict[str, Any] = {}
+    if cache_path is not None and resume and cache_path.is_file():
+        old = json.loads(cache_path.read_text(encoding="utf-8"))
+        if old.get("key") == gkey:
+            cache = old
+            say("completions: reusing the cached generations")
+    cache.setdefault("key", gkey)
+    gen_kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size,
+                              "layer": s, "progress": progress}
+    d = feats.d_model
+    zero = torch.zeros(d, 1)
+    if "unsteered" not in cache:
+        cache["unsteered"] = generate_steered(model, tokenizer, eval_p, zero, **gen_kw)[0]
+    unsteered: list[str] = cache["unsteered"]
+    directions = {"features": feats.V.to(torch.float32) / feats.V.to(torch.float32).norm(dim=0, keepdim=True),
+                  "random": random_directions(d, cfg.n_random, cfg.seed)}
+    results: dict[str, dict[tuple[int, float], list[str]]] = {"features": {}, "random": {}}
+    for kind, V in directions.items():
+        if V.shape[1] == 0:
+            continue
+        for scale in cfg.scales:
+            name = f"{kind}@{scale:g}"
+            if name not in cache:
+                say(f"generating: {V.shape[1]} {kind} vectors × {len(eval_p)} prompts at {scale:g}·R…")
+                cache[name] = generate_steered(model, tokenizer, eval_p, V * float(feats.R), scale=float(scale), **gen_kw)
+                if cache_path is not None:
+                    _write_json(cache_path, cache)
+            for j, texts in enumerate(cache[name]):
+                results[kind][(j, float(scale))] = texts
+    if cache_path is not None:
+        _write_json(cache_path, cache)
+    seconds["generate"] = time.perf_counter() - t0
+
+    # 3. rank and group
+    t0 = time.perf_counter()
+    eval_text = [str(p) for p in eval_p]
+    behaviours = [vector_behaviour(texts, unsteered, eval_text, vector=j, scale=sc) for (j, sc), texts in results["features"].items()]
+    controls = [vector_behaviour(texts, unsteered, eval_text, vector=j, scale=sc) for (j, sc), texts in results["random"].items()]
+    groups = group_behaviours(
+        behaviours, min_consistency=cfg.min_consistency, completions=results["features"], unsteered=unsteered,
+        prompts=eval_text, controls=controls, control_completions=list(results["random"].values()),
+    )
+    seconds["rank"] = time.perf_counter() - t0
+    result = Discovery(groups, behaviours, controls, feats, [str(p) for p in train_p], eval_text, unsteered,
+                       results["features"], results["random"], seconds)
+    if out_dir is not None:
+        record = {"config": {**asdict(cfg), "source_layer": s, "target_layer": t}, **result.to_json()}
+        _write_json(out_dir / "behaviours.json", record)
+        _atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(format_report(result), encoding="utf-8"))
+    return result
+
+
+def _q(text: str, n: int = 160) -> str:
+    t = " ".join(text.split())
+    t = t if len(t) <= n else t[: n - 1] + "…"
+    return json.dumps(t, ensure_ascii=False)
+
+
+def format_report(result: Discovery, top: int = 10) -> str:
+    """A Markdown report of a discovery run: the behaviours found, best first."""
+    f = result.features
+    floor = max((c.consistency for c in result.controls), default=None)
+    lines = [
+        "# melbo discover", "",
+        f"{f.n_factors} exponential DCT features, layers {f.source_layer} → {f.target_layer}, R = {f.R:.4g}, fitted on "
+        f"{len(result.train_prompts)} prompts; each steered greedy generation on {len(result.eval_prompts)} held-out prompts. "
+        "A behaviour is a phrase that a vector makes the model say on many different prompts (and that the "
+        "unsteered model does not say there).", "",
+    ]
+    if floor is not None:
+        lines += [f"Noise floor: {len(result.controls)} random (vector, scale) pairs at the same norm reach a consistency "
+                  f"of at most {floor:.0%}.", ""]
+    if not result.groups:
+        lines.append("No feature makes the model do the same new thing on several prompts.")
+    else:
+        lines += ["| rank | behaviour (signature) | rate | consistency | features (scale) | random vectors saying it | above noise |",
+                  "|---:|---|---:|---:|---|---:|---|"]
+        for g in result.groups[:top]:
+            members = ", ".join(f"{v} ({s:g}R)" for v, s in g.members[:6]) + (" …" if len(g.members) > 6 else "")
+            rh = "–" if g.random_hits is None else f"{g.random_hits}/{g.n_random}"
+            above = "–" if g.above_random is None else ("yes" if g.above_random else "no")
+            lines.append(f"| {g.rank} | {_q(g.signature, 60)} | {g.best.rate:.0%} | {g.best.consistency:.0%} | {members} | {rh} | {above} |")
+        for g in result.groups[:top]:
+            lines += ["", f"## {g.rank}. {_q(g.signature, 80)} — feature {g.best.vector} at {g.best.scale:g}·R", ""]
+            for p, u, s in g.examples:
+                lines += [f"* prompt: {_q(p, 100)}", f"  * unsteered: {_q(u)}", f"  * steered: {_q(s)}"]
+    return "\n".join(lines) + "\n"

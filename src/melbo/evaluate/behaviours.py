@@ -1,0 +1,229 @@
+"""Ranking steering vectors without a target: what does each one make the model *do*?
+
+A behaviour generalises: steered by a vector that elicits one, the model does the same new
+thing whatever the prompt (says the same phrase, switches to the same language, refuses the
+same way). Noise does not: a random push garbles each prompt's continuation differently. So a
+vector is scored on its steered completions of several held-out prompts, naming no token:
+
+* **signature** — the word n-gram (1–8 words, case and punctuation ignored) that the largest
+  number of *different* prompts' steered completions contain, counting a prompt only when its
+  *unsteered* completion does not contain it and the prompt itself does not (so echoing the
+  prompt or the model's usual continuation is not a behaviour). Ties go to the longer phrase.
+* **rate** — the fraction of prompts whose steered completion contains the signature;
+  **consistency** — the same, net of the prompts that already said it unsteered.
+* **change** — the mean share of steered words not in the unsteered completion of the same
+  prompt (0: nothing changed, 1: all new).
+
+Vectors (at every scale tried) are then **grouped** by their shared phrases, so the top of the
+list holds distinct behaviours, each with its members and examples. Random unit vectors at the
+same norm, scored the same way, give the *noise floor*: a group is reported as above chance
+only when its consistency exceeds every random vector's.
+
+Everything here is a pure function of strings; generating the completions is the caller's job
+(:func:`melbo.generation.generate_steered`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "BehaviourGroup",
+    "VectorBehaviour",
+    "group_behaviours",
+    "phrase_rate",
+    "vector_behaviour",
+    "words",
+]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+MAX_N = 8
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters, digits, underscore; any script)."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _ngrams(ws: Sequence[str], n_max: int = MAX_N) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for n in range(1, n_max + 1):
+        for i in range(len(ws) - n + 1):
+            out.add(tuple(ws[i : i + n]))
+    return out
+
+
+def _contains(ws: Sequence[str], phrase: tuple[str, ...]) -> bool:
+    n = len(phrase)
+    return n > 0 and any(tuple(ws[i : i + n]) == phrase for i in range(len(ws) - n + 1))
+
+
+def phrase_rate(completions: Sequence[str], phrase: str) -> float:
+    """Fraction of ``completions`` that contain ``phrase`` (as whole words, case-insensitive)."""
+    p = tuple(words(phrase))
+    if not completions or not p:
+        return 0.0
+    return sum(_contains(words(c), p) for c in completions) / len(completions)
+
+
+@dataclass(frozen=True)
+class VectorBehaviour:
+    """What one steering vector (at one scale) does across the held-out prompts."""
+
+    vector: int
+    scale: float
+    signature: str
+    rate: float
+    base_rate: float
+    consistency: float
+    change: float
+    phrases: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def score(self) -> float:
+        """Ranking key: consistency first, then how much the text changed."""
+        return self.consistency + 1e-3 * self.change
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["phrases"] = list(self.phrases)
+        d["score"] = self.score
+        return d
+
+
+def vector_behaviour(
+    completions: Sequence[str],
+    unsteered: Sequence[str],
+    prompts: Sequence[str] = (),
+    *,
+    vector: int = 0,
+    scale: float = 1.0,
+    min_prompts: int = 2,
+    max_phrases: int = 32,
+) -> VectorBehaviour:
+    """Score one vector's steered ``completions`` against the ``unsteered`` ones (one per prompt).
+
+    ``phrases`` keeps the (up to ``max_phrases``) shared phrases of 2+ words said on at least
+    ``min_prompts`` prompts, most widespread first; they are what :func:`group_behaviours`
+    compares.
+    """
+    n = len(completions)
+    if n == 0 or len(unsteered) != n or (prompts and len(prompts) != n):
+        raise ValueError(f"need one unsteered completion (and prompt) per steered one: got {n} steered, "
+                         f"{len(unsteered)} unsteered, {len(prompts)} prompts")
+    steered_w = [words(c) for c in completions]
+    base_w = [words(c) for c in unsteered]
+    prompt_w = [words(str(p)) for p in prompts] if prompts else [[] for _ in range(n)]
+    count: dict[tuple[str, ...], int] = {}
+    for sw, bw, pw in zip(steered_w, base_w, prompt_w):
+        excluded = _ngrams(bw) | _ngrams(pw)
+        for g in _ngrams(sw) - excluded:
+            count[g] = count.get(g, 0) + 1
+    change = sum(len([w for w in sw if w not in set(bw)]) / max(1, len(sw)) for sw, bw in zip(steered_w, base_w)) / n
+    if not count:
+        return VectorBehaviour(vector, float(scale), "", 0.0, 0.0, 0.0, change)
+    best = max(count.items(), key=lambda kv: (kv[1], len(kv[0])))[0]
+    rate = sum(_contains(sw, best) for sw in steered_w) / n
+    base_rate = sum(_contains(bw, best) for bw in base_w) / n
+    shared = sorted((g for g, c in count.items() if c >= min_prompts and len(g) >= 2),
+                    key=lambda g: (-count[g], -len(g)))[:max_phrases]
+    consistency = count[best] / n if count[best] >= min_prompts else 0.0
+    return VectorBehaviour(vector, float(scale), " ".join(best), rate, base_rate, consistency, change,
+                           tuple(" ".join(g) for g in shared))
+
+
+@dataclass(frozen=True)
+class BehaviourGroup:
+    """Vectors whose steered completions share phrases: one behaviour.
+
+    ``members`` are (vector, scale) pairs, best first; ``best`` is the first member's
+    :class:`VectorBehaviour`; ``random_hits`` counts control vectors (random, same norm) that
+    reach half the group's rate on its signature (None when no controls were run).
+    """
+
+    rank: int
+    signature: str
+    best: VectorBehaviour
+    members: tuple[tuple[int, float], ...]
+    examples: tuple[tuple[str, str, str], ...] = ()
+    random_hits: int | None = None
+    n_random: int | None = None
+    above_random: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "signature": self.signature, "rate": self.best.rate,
+            "consistency": self.best.consistency, "change": self.best.change, "best": self.best.to_json(),
+            "members": [{"vector": v, "scale": s} for v, s in self.members],
+            "examples": [{"prompt": p, "unsteered": u, "steered": s} for p, u, s in self.examples],
+            "random_hits": self.random_hits, "n_random": self.n_random, "above_random": self.above_random,
+        }
+
+
+def _similar(a: VectorBehaviour, b: VectorBehaviour, min_overlap: float) -> bool:
+    if a.signature and a.signature == b.signature:
+        return True
+    pa, pb = set(a.phrases), set(b.phrases)
+    if not pa or not pb:
+        return False
+    return len(pa & pb) / min(len(pa), len(pb)) >= min_overlap
+
+
+def group_behaviours(
+    behaviours: Sequence[VectorBehaviour],
+    *,
+    min_consistency: float = 0.25,
+    min_overlap: float = 0.3,
+    completions: dict[tuple[int, float], Sequence[str]] | None = None,
+    unsteered: Sequence[str] = (),
+    prompts: Sequence[str] = (),
+    controls: Sequence[VectorBehaviour] = (),
+    control_completions: Sequence[Sequence[str]] = (),
+    n_examples: int = 3,
+) -> list[BehaviourGroup]:
+    """Group the vectors whose consistency is ≥ ``min_consistency`` into distinct behaviours.
+
+    Greedy, best score first: a vector joins the first group whose best member has the same
+    signature or shares at least ``min_overlap`` of the smaller set of shared phrases; else it
+    starts a new group. Groups are ranked by their best member's score. With ``completions``
+    (keyed by (vector, scale)), ``unsteered`` and ``prompts``, each group carries
+    ``n_examples`` (prompt, unsteered, steered) triples of its best member. With ``controls``
+    (random vectors scored the same way) and their ``control_completions``, each group says
+    how many controls say its signature on at least half its rate, and whether its consistency
+    is above every control's.
+    """
+    if not 0 <= min_consistency <= 1:
+        raise ValueError(f"min_consistency={min_consistency!r}: must be in [0, 1]")
+    if not 0 < min_overlap <= 1:
+        raise ValueError(f"min_overlap={min_overlap!r}: must be in (0, 1]")
+    ranked = sorted((b for b in behaviours if b.consistency >= min_consistency and b.signature),
+                    key=lambda b: -b.score)
+    groups: list[list[VectorBehaviour]] = []
+    for b in ranked:
+        for g in groups:
+            if _similar(g[0], b, min_overlap):
+                g.append(b)
+                break
+        else:
+            groups.append([b])
+    floor = max((c.consistency for c in controls), default=None)
+    out: list[BehaviourGroup] = []
+    for rank, g in enumerate(groups, 1):
+        best = g[0]
+        examples: tuple[tuple[str, str, str], ...] = ()
+        if completions is not None and unsteered and prompts:
+            texts = completions[(best.vector, best.scale)]
+            order = sorted(range(len(texts)), key=lambda i: not _contains(words(texts[i]), tuple(words(best.signature))))
+            examples = tuple((str(prompts[i]), unsteered[i], texts[i]) for i in order[:n_examples])
+        hits = None
+        if control_completions:
+            hits = sum(phrase_rate(c, best.signature) >= best.rate / 2 for c in control_completions)
+        out.append(BehaviourGroup(
+            rank, best.signature, best, tuple((b.vector, b.scale) for b in g), examples, hits,
+            len(control_completions) if control_completions else None,
+            None if floor is None else best.consistency > floor,
+        ))
+    return out

