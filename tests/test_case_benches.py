@@ -103,7 +103,7 @@ def test_sample_complexity_has_a_cell_per_method_and_n(bench: Any, organisms: di
             assert r["summary"][method][n]["test_score"]["mean"] == pytest.approx(sum(runs) / 2)
     # training prompts come from goals the organism never saw, and differ between shuffles
     data = json.loads((organisms["refusal"] / "data.json").read_text())
-    assert r["n_test"] == 4 and len(data["heldout"]) == 72
+    assert r["n_test"] == 4 and sum(p["tag"] in ("harmful", "harmless") for p in data["heldout"]) == 72
 
 
 def test_multiplicity_and_training_curves(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
