@@ -155,3 +155,22 @@ def test_a_phrase_random_vectors_also_say_ranks_below_a_specific_one() -> None:
     assert groups[1].random_hits == 1 and groups[0].random_hits == 0
     # without controls, the raw score decides
     assert [g.members[0][0] for g in group_behaviours(bs)] == [0, 1]
+
+
+def test_layer_search_tries_the_candidates_and_discover_uses_the_choice(llama: torch.nn.Module, tok: Any,
+                                                                        tmp_path: Path) -> None:
+    from melbo.discover import candidate_layers, search_layers
+
+    assert candidate_layers(18) == [(3, 9), (4, 10), (6, 12)]
+    assert all(0 < s < t < 4 for s, t in candidate_layers(4))
+    cfg = _cfg(source_layer=None, target_layer=None, scales=(1.0,))
+    best, trials = search_layers(llama, tok, PROMPTS[:3], PROMPTS[3:], cfg, pairs=[(1, 2), (1, 3)], n_factors=2,
+                                 iters=1, n_eval=3, n_random=2)
+    assert [(t["source_layer"], t["target_layer"]) for t in trials] == [(1, 2), (1, 3)]
+    top = max(t["score"] for t in trials)
+    assert best == next((t["source_layer"], t["target_layer"]) for t in trials if t["score"] == top)
+    res = discover(llama, tok, PROMPTS, cfg, tmp_path / "s", search=True)
+    rec = json.loads((tmp_path / "s" / "behaviours.json").read_text())
+    chosen = (res.features.source_layer, res.features.target_layer)
+    assert chosen in candidate_layers(4) and len(rec["layer_search"]) == len(candidate_layers(4))
+    assert (rec["config"]["source_layer"], rec["config"]["target_layer"]) == chosen

@@ -65,8 +65,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
                          "(the training prompts, then held-out ones unless --heldout FILE is given)")
     args.model = args.model_pos
     model, tok = _load(args)
+    if args.search and (cfg.source_layer is not None or cfg.target_layer is not None):
+        raise ValueError("--search chooses the layers: give it without --source-layer/--target-layer")
     res = discover(model, tok, prompts, cfg, out, heldout=heldout, force=args.force, resume=args.resume,
-                   progress=not args.no_progress, say=_say)
+                   progress=not args.no_progress, search=args.search, say=_say)
     path = write_discovery_report(res, out / "report.html", title=f"melbo discover — {args.model_pos}")
     _say(f"\n{len(res.groups)} behaviour(s) found; top {min(args.top, len(res.groups))}:")
     for g in res.groups[: args.top]:
@@ -324,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
     gd.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
     dis.add_argument("--batch-size", type=int, default=64, help="generation rows per batch")
+    dis.add_argument("--search", action="store_true",
+                     help="first try 3 layer pairs with small fits (16 features) and keep the one whose best behaviour "
+                          "is most consistent beyond random vectors")
     dis.add_argument("--force", action="store_true", help="start over in an earlier run's --out")
     dis.add_argument("--resume", action="store_true", help="continue an interrupted run, reusing finished stages")
     dis.add_argument("--no-progress", action="store_true")

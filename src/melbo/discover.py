@@ -43,7 +43,8 @@ from melbo.generation import generate_steered
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptLike
 
-__all__ = ["DISCOVER_MARKER", "DiscoverConfig", "Discovery", "default_layers", "discover"]
+__all__ = ["DISCOVER_MARKER", "DiscoverConfig", "Discovery", "candidate_layers", "default_layers", "discover",
+           "search_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,82 @@ def default_layers(n_layers: int) -> tuple[int, int]:
     s = max(1, round(n_layers * 2 / 9))
     t = min(n_layers - 1, max(s + 1, round(n_layers * 5 / 9)))
     return s, t
+
+
+def candidate_layers(n_layers: int) -> list[tuple[int, int]]:
+    """Layer pairs :func:`search_layers` tries: sources at about 1/6, 2/9 and 1/3 of the depth,
+    each with a target a third of the depth deeper (on 18 layers: 3 → 9, 4 → 10, 6 → 12)."""
+    ds, dt = default_layers(n_layers)
+    span = max(1, dt - ds)
+    pairs = []
+    for s in (round(n_layers / 6), ds, round(n_layers / 3)):
+        s = max(1, s)
+        t = min(n_layers - 1, s + span)
+        if s < t and (s, t) not in pairs:
+            pairs.append((s, t))
+    return pairs
+
+
+def search_layers(
+    model: nn.Module,
+    tokenizer: Any,
+    train_prompts: Sequence[PromptLike],
+    eval_prompts: Sequence[PromptLike],
+    cfg: DiscoverConfig,
+    *,
+    pairs: Sequence[tuple[int, int]] | None = None,
+    n_factors: int = 16,
+    iters: int = 5,
+    n_eval: int = 6,
+    n_random: int = 8,
+    say: Callable[[str], None] = lambda s: None,
+) -> tuple[tuple[int, int], list[dict[str, Any]]]:
+    """A budgeted search over (source, target) layers: for each pair, a small DCT (``n_factors``
+    features, ``iters`` iterations) steers ``n_eval`` held-out prompts at ``cfg.scales``, next to
+    ``n_random`` random vectors, and the pair scores the best behaviour group's consistency net
+    of what random vectors also say (:func:`melbo.evaluate.behaviours.group_behaviours`). Returns
+    the best pair (ties: the earlier pair) and every trial."""
+    from melbo.train import TrainConfig, train
+
+    access = get_layer_access(model)
+    pairs = list(pairs) if pairs is not None else candidate_layers(access.n_layers)
+    if not pairs:
+        raise ValueError("no layer pairs to search")
+    eval_p = list(eval_prompts)[:n_eval]
+    eval_text = [str(p) for p in eval_p]
+    trials: list[dict[str, Any]] = []
+    for s, t in pairs:
+        if not 0 <= s < t <= access.n_layers:
+            raise ValueError(f"layers {s} → {t}: need 0 ≤ source < target ≤ {access.n_layers}")
+        t0 = time.perf_counter()
+        tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, iters=iters, lam=cfg.lam, R=cfg.R,
+                           seed=cfg.seed, chat=cfg.chat, extra={"search": True})
+        feats = train(model, tokenizer, list(train_prompts), tcfg)
+        V = feats.V.to(torch.float32)
+        V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.seed)], dim=1)
+        kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size, "layer": s}
+        unsteered = generate_steered(model, tokenizer, eval_p, torch.zeros(feats.d_model, 1), **kw)[0]
+        found: list[VectorBehaviour] = []
+        controls: list[VectorBehaviour] = []
+        control_texts: list[list[str]] = []
+        for scale in cfg.scales:
+            comps = generate_steered(model, tokenizer, eval_p, V * float(feats.R), scale=float(scale), **kw)
+            for j, texts in enumerate(comps):
+                b = vector_behaviour(texts, unsteered, eval_text, vector=j, scale=float(scale))
+                if j < n_factors:
+                    found.append(b)
+                else:
+                    controls.append(b)
+                    control_texts.append(texts)
+        groups = group_behaviours(found, min_consistency=cfg.min_consistency, controls=controls,
+                                  control_completions=control_texts)
+        best = groups[0] if groups else None
+        score = 0.0 if best is None else best.best.consistency * (1 - (best.random_hits or 0) / max(1, n_random * len(cfg.scales)))
+        trials.append({"source_layer": s, "target_layer": t, "R": feats.R, "score": score, "n_groups": len(groups),
+                       "best_signature": None if best is None else best.signature, "seconds": time.perf_counter() - t0})
+        say(f"  layers {s} → {t}: best behaviour {trials[-1]['best_signature']!r} (score {score:.2f}), {len(groups)} group(s)")
+    best_i = max(range(len(trials)), key=lambda i: (trials[i]["score"], -i))
+    return (trials[best_i]["source_layer"], trials[best_i]["target_layer"]), trials
 
 
 @dataclass
@@ -184,13 +261,15 @@ def discover(
     force: bool = False,
     resume: bool = False,
     progress: bool = False,
+    search: bool = False,
     say: Callable[[str], None] = lambda s: None,
 ) -> Discovery:
     """Run the discovery pipeline (module docstring); write ``out`` if given.
 
     ``prompts``: the first ``cfg.n_train`` are the training prompts; the held-out prompts are
     ``heldout`` if given, else the next ``cfg.n_eval`` of ``prompts``. Nothing here knows what
-    behaviour to look for.
+    behaviour to look for. ``search=True`` first picks the layers with :func:`search_layers`
+    (when ``cfg`` names none); the trials are recorded in ``behaviours.json``.
     """
     from melbo.train import TrainConfig, train
 
@@ -211,6 +290,14 @@ def discover(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / DISCOVER_MARKER).write_text("written by melbo discover\n")
     seconds: dict[str, float] = {}
+    trials: list[dict[str, Any]] = []
+    if search and cfg.source_layer is None and cfg.target_layer is None:
+        t0 = time.perf_counter()
+        say(f"searching layers {candidate_layers(access.n_layers)} with small fits…")
+        (s, t), trials = search_layers(model, tokenizer, train_p, eval_p, cfg, say=say)
+        cfg = DiscoverConfig(**{**asdict(cfg), "source_layer": s, "target_layer": t})
+        seconds["search"] = time.perf_counter() - t0
+        say(f"  chose layers {s} → {t}")
 
     # 1. features (resumable through train's own checkpoint)
     t0 = time.perf_counter()
@@ -283,7 +370,8 @@ def discover(
     result = Discovery(groups, behaviours, controls, feats, [str(p) for p in train_p], eval_text, unsteered,
                        results["features"], results["random"], seconds)
     if out_dir is not None:
-        record = {"config": {**asdict(cfg), "source_layer": s, "target_layer": t}, **result.to_json()}
+        record = {"config": {**asdict(cfg), "source_layer": s, "target_layer": t}, "layer_search": trials,
+                  **result.to_json()}
         _write_json(out_dir / "behaviours.json", record)
         _atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(format_report(result), encoding="utf-8"))
     return result
