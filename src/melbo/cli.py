@@ -101,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
         one_shot_mode=args.one_shot_mode, steps=args.steps, lr=args.lr, compile=args.compile,
+        sequential=args.sequential, orient=args.orient,
     )
     cfg.validate()
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--positions", type=int, default=3, help="last k tokens of each prompt")
     tr.add_argument("--beta", type=float, default=1.0, help="OGI damping in (0, 1]")
     tr.add_argument("--init", default="projected", help="OGI init: projected | random")
+    tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
+    tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")
     tr.add_argument("--compile", action="store_true",
                     help="torch.compile the slice layers: ~1 min to compile, then faster iterations (long fits)")
     tr.add_argument("--contrast-prompts", default=None, help="mean-diff (required there): the contrast set B, same formats as --prompts")
