@@ -183,3 +183,42 @@ def test_options_must_be_bools(synth, name: str) -> None:  # type: ignore[no-unt
         ogi_step(delta, U, V, 1.0, **{name: 1})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=name):
         exponential_dct(delta, 2, R=1.0, init=(U, V), **{name: "yes"})  # type: ignore[arg-type]
+
+
+def test_polar_orthogonalisation_is_the_closest_orthonormal_matrix() -> None:
+    from melbo.fit._common import orthonormalize, polar_columns
+
+    V = _units(12, 5, 21) + 0.3 * _units(12, 5, 22)
+    P = polar_columns(V)
+    torch.testing.assert_close(P.T @ P, torch.eye(5, dtype=F64), rtol=0, atol=1e-12)
+    Q = qr_columns(V)
+    # same span as V (and as QR's Q), and never farther from V than QR's Q
+    torch.testing.assert_close(P @ P.T, Q @ Q.T, rtol=0, atol=1e-10)
+    assert float((P - V).norm()) <= float((Q - V).norm()) + 1e-12
+    # closest: no random orthonormal basis of the same span is closer to V
+    for s in range(20):
+        Z, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(s), dtype=F64))
+        assert float((P - V).norm()) <= float((Q @ Z - V).norm()) + 1e-12
+    # an orthonormal V is left as it is, whatever the column order (QR would also keep it, but
+    # bends later columns away from earlier ones as soon as they are not exactly orthogonal)
+    O = qr_columns(_units(12, 5, 23))
+    torch.testing.assert_close(polar_columns(O), O, rtol=0, atol=1e-12)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    torch.testing.assert_close(polar_columns(V[:, perm]), P[:, perm], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="ortho='gram'"):
+        orthonormalize(V, "gram")
+
+
+def test_exponential_dct_with_polar_orthogonalisation_steps_from_the_polar_factor(synth) -> None:  # type: ignore[no-untyped-def]
+    from melbo.fit._common import polar_columns
+
+    delta, _ = synth
+    U0, V0 = _units(16, 4, 13), _units(16, 4, 14)
+    states: list[tuple[Tensor, Tensor]] = []
+    with pytest.warns(ConvergenceWarning):
+        exponential_dct(delta, 4, R=1.2, max_iter=2, tol=0.0, init=(U0, V0), ortho="polar",
+                        callback=lambda it, s: states.append((s.U.clone(), s.V.clone())))
+    step = ogi_step(delta, U0, polar_columns(V0), 1.2)
+    torch.testing.assert_close(states[0][1], step.V, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="ortho='svd'"):
+        exponential_dct(delta, 4, R=1.2, ortho="svd")

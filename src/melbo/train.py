@@ -51,6 +51,7 @@ class TrainConfig:
     init: str = "projected"
     sequential: bool = False  # exponential: G_V from the updated U (melbo.fit.exponential)
     orient: bool = False  # exponential: flip each factor to the side of larger ‖Δ_R(±v)‖
+    ortho: str = "qr"  # exponential: "qr" (published) or "polar" (symmetric) orthogonalisation
     extra: dict[str, Any] = field(default_factory=dict)
     # baselines (melbo.baselines): one-shot's example, optimiser settings of melbo-v1 / one-shot
     completion: str | None = None  # one-shot: promoted (suppressed in mode "suppress")
@@ -83,8 +84,10 @@ class TrainConfig:
         for name in ("compile", "sequential", "orient"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
-        if self.method != "exponential" and (self.sequential or self.orient):
-            raise ValueError(f"sequential/orient are options of method 'exponential', not {self.method!r}")
+        if self.method != "exponential" and (self.sequential or self.orient or self.ortho != "qr"):
+            raise ValueError(f"sequential/orient/ortho are options of method 'exponential', not {self.method!r}")
+        if self.ortho not in ("qr", "polar"):
+            raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
             raise ValueError(f"steps={self.steps!r}: must be an integer ≥ 1")
         if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
@@ -263,7 +266,7 @@ def _fit(delta: TransformerCausalMap, cfg: TrainConfig, R: float, init: Any, ite
 
         return exponential_dct(
             delta, cfg.n_factors, R=R, max_iter=iters, beta=cfg.beta, init=init,
-            random_state=cfg.seed, callback=callback, sequential=cfg.sequential, orient=cfg.orient,
+            random_state=cfg.seed, callback=callback, sequential=cfg.sequential, orient=cfg.orient, ortho=cfg.ortho,
         )
     if cfg.method == "quadratic":
         from melbo.fit.quadratic import quadratic_dct

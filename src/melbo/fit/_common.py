@@ -21,6 +21,8 @@ __all__ = [
     "column_movement",
     "make_generator",
     "normalize_columns",
+    "orthonormalize",
+    "polar_columns",
     "qr_columns",
     "randn",
 ]
@@ -129,6 +131,30 @@ def qr_columns(V: Tensor) -> Tensor:
     s = torch.sign(torch.diagonal(Rm))
     s = torch.where(s == 0, torch.ones_like(s), s)
     return Q * s
+
+
+def polar_columns(V: Tensor) -> Tensor:
+    """The orthonormal matrix closest to V (d, m), m ≤ d, in Frobenius norm: the polar factor
+    P Wᵀ of the thin SVD V = P Σ Wᵀ (Löwdin's symmetric orthogonalisation).
+
+    Unlike :func:`qr_columns` it treats every column alike — no column is kept and the others
+    bent away from it in index order — so factors that are already nearly orthogonal barely
+    move, whatever their order. Spans the same space as V.
+    """
+    P, _, Wh = torch.linalg.svd(V, full_matrices=False)  # (d, m), (m,), (m, m)
+    return P @ Wh
+
+
+ORTHO = ("qr", "polar")
+
+
+def orthonormalize(V: Tensor, how: str) -> Tensor:
+    """:func:`qr_columns` (``"qr"``, as published) or :func:`polar_columns` (``"polar"``)."""
+    if how == "qr":
+        return qr_columns(V)
+    if how == "polar":
+        return polar_columns(V)
+    raise ValueError(f"ortho={how!r}: choose one of {', '.join(ORTHO)}")
 
 
 def column_movement(A: Tensor, B: Tensor) -> float:

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from melbo.fit._common import (
+    ORTHO,
     ConvergenceWarning,
     RandomState,
     check_delta,
@@ -65,7 +66,7 @@ from melbo.fit._common import (
     column_movement,
     make_generator,
     normalize_columns,
-    qr_columns,
+    orthonormalize,
 )
 from melbo.fit.alphas import exponential_alphas
 from melbo.fit.estimator import FitEstimator
@@ -175,6 +176,7 @@ def exponential_dct(
     rcond: float = 1e-6,
     sequential: bool = False,
     orient: bool = False,
+    ortho: str = "qr",
 ) -> FitResult:
     """Fit an exponential transcoder with OGI (see module docstring).
 
@@ -207,6 +209,10 @@ def exponential_dct(
         Take G_V with the updated U (Gauss–Seidel); False = as published.
     orient : bool
         Flip each factor to the side of larger ‖Δ_R(±v_ℓ)‖ before every step.
+    ortho : {"qr", "polar"}
+        How step 1 orthogonalises V: QR with fixed signs (as published; column ℓ is bent away
+        from columns 1..ℓ−1) or the closest orthonormal matrix (symmetric; see
+        :func:`melbo.fit._common.polar_columns`).
 
     Returns
     -------
@@ -224,6 +230,8 @@ def exponential_dct(
         ortho_iters = check_positive_int("ortho_iters", ortho_iters, minimum=0)
     _check_bool("sequential", sequential)
     _check_bool("orient", orient)
+    if ortho not in ORTHO:
+        raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
     if m > delta.d_model and ortho_iters != 0:
         raise ValueError(
             f"n_factors must be <= d_model = {delta.d_model} to orthogonalise, got {m} "
@@ -237,7 +245,7 @@ def exponential_dct(
     converged = False
     stopped = False
     for it in range(max_iter):
-        Vo = qr_columns(V) if ortho_iters is None or it < ortho_iters else V
+        Vo = orthonormalize(V, ortho) if ortho_iters is None or it < ortho_iters else V
         step = ogi_step(delta, U, Vo, R, beta, sequential=sequential, orient=orient)
         move = max(column_movement(step.U, U), column_movement(step.V, V))
         U, V = step.U, step.V
@@ -307,6 +315,7 @@ class ExponentialDCT(FitEstimator):
         callback: Callback | None = None,
         sequential: bool = False,
         orient: bool = False,
+        ortho: str = "qr",
     ) -> None:
         self.n_factors = n_factors
         self.R = R
@@ -321,6 +330,7 @@ class ExponentialDCT(FitEstimator):
         self.callback = callback
         self.sequential = sequential
         self.orient = orient
+        self.ortho = ortho
 
     def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
         return exponential_dct(
@@ -337,4 +347,5 @@ class ExponentialDCT(FitEstimator):
             callback=self.callback,
             sequential=self.sequential,
             orient=self.orient,
+            ortho=self.ortho,
         )
