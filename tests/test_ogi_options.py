@@ -201,8 +201,8 @@ def test_polar_orthogonalisation_is_the_closest_orthonormal_matrix() -> None:
         assert float((P - V).norm()) <= float((Q @ Z - V).norm()) + 1e-12
     # an orthonormal V is left as it is, whatever the column order (QR would also keep it, but
     # bends later columns away from earlier ones as soon as they are not exactly orthogonal)
-    O = qr_columns(_units(12, 5, 23))
-    torch.testing.assert_close(polar_columns(O), O, rtol=0, atol=1e-12)
+    Qo = qr_columns(_units(12, 5, 23))
+    torch.testing.assert_close(polar_columns(Qo), Qo, rtol=0, atol=1e-12)
     perm = torch.tensor([3, 0, 4, 1, 2])
     torch.testing.assert_close(polar_columns(V[:, perm]), P[:, perm], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="ortho='gram'"):
