@@ -159,6 +159,7 @@ class DiscoverConfig:
     sequential: bool = False
     orient: bool = False
     beta: float = 1.0
+    ortho: str = "qr"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
@@ -175,6 +176,8 @@ class DiscoverConfig:
             raise ValueError(f"min_consistency={self.min_consistency!r}: must be in [0, 1]")
         if not 0 < self.beta <= 1:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
+        if self.ortho not in ("qr", "polar"):
+            raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         for name in ("source_layer", "target_layer"):
@@ -302,7 +305,7 @@ def discover(
     # 1. features (resumable through train's own checkpoint)
     t0 = time.perf_counter()
     tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, iters=cfg.iters, lam=cfg.lam, R=cfg.R,
-                       seed=cfg.seed, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta,
+                       seed=cfg.seed, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
                        extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None
