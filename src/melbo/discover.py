@@ -341,7 +341,8 @@ def discover(
     if "unsteered" not in cache:
         cache["unsteered"] = generate_steered(model, tokenizer, eval_p, zero, **gen_kw)[0]
     unsteered: list[str] = cache["unsteered"]
-    directions = {"features": feats.V.to(torch.float32) / feats.V.to(torch.float32).norm(dim=0, keepdim=True),
+    V32 = feats.V.to(torch.float32)
+    directions = {"features": V32 / V32.norm(dim=0, keepdim=True),
                   "random": random_directions(d, cfg.n_random, cfg.seed)}
     results: dict[str, dict[tuple[int, float], list[str]]] = {"features": {}, "random": {}}
     for kind, V in directions.items():

@@ -122,7 +122,8 @@ def vector_behaviour(
         excluded = _ngrams(bw) | _ngrams(pw)
         for g in _ngrams(sw) - excluded:
             count[g] = count.get(g, 0) + 1
-    change = sum(len([w for w in sw if w not in set(bw)]) / max(1, len(sw)) for sw, bw in zip(steered_w, base_w)) / n
+    base_sets = [set(bw) for bw in base_w]
+    change = sum(sum(w not in bs for w in sw) / max(1, len(sw)) for sw, bs in zip(steered_w, base_sets)) / n
     if not count:
         return VectorBehaviour(vector, float(scale), "", 0.0, 0.0, 0.0, change)
     best = max(count.items(), key=lambda kv: (kv[1], len(kv[0])))[0]
