@@ -1,0 +1,75 @@
+"""The method registry: every fitting method melbo knows, registered once.
+
+Importing this module is cheap (no torch): the command line reads the names from here for
+``--method``'s choices. Each entry names its estimator class by import path; the class is
+imported only when asked for (:func:`estimator_class`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["MethodSpec", "REGISTRY", "estimator_class", "get_method", "method_names", "register"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method.
+
+    name : the name used everywhere (``melbo train --method``, ``Features.method``, reports)
+    estimator : ``"module:Class"`` of its estimator (imported lazily)
+    summary : one line for ``--help`` and reports
+    iterative : whether it runs iterations (gets checkpoints and a per-iteration history)
+    has_targets : whether it learns target-layer directions U (False: U is None)
+    """
+
+    name: str
+    estimator: str
+    summary: str
+    iterative: bool = False
+    has_targets: bool = True
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method (a name may be registered once)."""
+    if spec.name in REGISTRY:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered names, in registration order."""
+    return tuple(REGISTRY)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of ``name``; a ValueError naming the valid methods otherwise."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"method={name!r}: choose one of {', '.join(REGISTRY)}") from None
+
+
+def estimator_class(name: str) -> Any:
+    """The estimator class of ``name`` (imports its module)."""
+    module, _, cls = get_method(name).estimator.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+for _spec in (
+    MethodSpec("exponential", "melbo.fit.exponential:ExponentialDCT", "exponential DCT fitted by OGI", iterative=True),
+    MethodSpec("quadratic", "melbo.fit.quadratic:QuadraticDCT", "quadratic DCT fitted by ALS", iterative=True),
+    MethodSpec("linear", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the full Jacobian"),
+    MethodSpec("linear-projected", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the Jacobian projected on random directions"),
+    MethodSpec("melbo-v1", "melbo.baselines.melbo_v1:MelboV1", "original MELBO: maximise the target-layer change per vector"),
+    MethodSpec("one-shot", "melbo.baselines.one_shot:OneShotSteering", "one vector optimised on one (prompt, completion) example", has_targets=False),
+    MethodSpec("mean-diff", "melbo.baselines.mean_diff:MeanDifference", "difference of mean activations on two prompt sets", has_targets=False),
+    MethodSpec("random", "melbo.baselines.random_vectors:RandomVectors", "random unit vectors (the noise floor)"),
+):
+    register(_spec)
