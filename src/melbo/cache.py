@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
-
 __all__ = ["CACHE_ENV_VAR", "cache_dir"]
 
 CACHE_ENV_VAR = "MELBO_CACHE"
@@ -32,4 +30,6 @@ def cache_dir() -> Path:
     override = os.environ.get(CACHE_ENV_VAR, "").strip()
     if override:
         return Path(override).expanduser().absolute()
+    import platformdirs  # only here: with $MELBO_CACHE set melbo runs without it (e.g. on a bare GPU image)
+
     return Path(platformdirs.user_cache_dir("melbo", appauthor=False))
