@@ -16,10 +16,11 @@ from melbo.report.html import render_report, write_report
 from melbo.report.make import make_report
 
 __all__ = [
-    "Completions",
-    "ReportData",
-    "compute_report_data",
     "make_report",
     "render_report",
     "write_report",
+    # measured by melbo.evaluate.report_data; offered here too, where they always were
+    "Completions",
+    "ReportData",
+    "compute_report_data",
 ]
