@@ -3,7 +3,7 @@
 Everything is inline: the CSS in a ``<style>`` element, the figures as inline SVG (see
 :mod:`melbo.report.figures`); there is no script. A Content-Security-Policy ``<meta>``
 (``default-src 'none'``) makes the browser refuse any request the page might still try. The
-page is the jinja2 template ``templates/report.html`` (see :mod:`melbo.report.templating`),
+page is the jinja2 template ``templates/feature_report.html`` (see :mod:`melbo.report.templating`),
 autoescaped: all text from features, prompts and completions is escaped.
 
 This module only renders what it is given — no model. The scores and completions come from
@@ -199,7 +199,7 @@ def render_report(
     top = [{"feature": i, "score": scored[i] if scored is not None else None, "alpha": float(features.alpha[i])}
            for i in order[:top_k]]
     return render(
-        "report.html",
+        "feature_report.html",
         title=title,
         method=features.method,
         now=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
