@@ -6,7 +6,7 @@ primitives against a publication-style ``torch.func.vmap`` reference. Prints JSO
 
 Models: the packaged Gemma-3-270M (``gemma-3-270m``, loaded with
 :func:`melbo.models.loading.load_model`) or a random-init stand-in of a named real shape
-(:data:`melbo.perf.SHAPES`: ``qwen1.5-7b``, ``qwen2-0.5b``, ``qwen2.5-7b``, ``llama-3-8b``,
+(:data:`_perf.SHAPES`: ``qwen1.5-7b``, ``qwen2-0.5b``, ``qwen2.5-7b``, ``llama-3-8b``,
 ``gemma-3-270m-random``) with ``t`` layers and a ``--vocab``-token vocabulary (the embedding
 and unembedding play no part in the slice). Prompts are ``n`` random token sequences of
 ``--prompt-len`` tokens, no padding; the target positions are the last ``--k``.
@@ -19,13 +19,13 @@ Modes, run one after the other in the same process:
   ``--iters`` OGI iterations (QR of V + :func:`melbo.fit.exponential.ogi_step`).
 * ``vmap``: the way the publication's code computes the same quantities — fp32, eager
   attention, ``torch.func.vmap`` over factors of a ``torch.func.vjp`` of a per-factor Δ on the
-  same recorded slice (:class:`melbo.perf.VmapCausalMap`), chunked (``--vmap-chunk``,
+  same recorded slice (:class:`_perf.VmapCausalMap`), chunked (``--vmap-chunk``,
   default the factors per chunk melbo's memory budget gives in fp32). Same calibration,
   init and iteration code, only the primitives differ. With ``--mode both`` its
   iterations start from melbo's R, U, V, so the first iteration's G_U and updated V are
   compared (``agreement``).
 
-FLOPs are matmul FLOPs counted from the layer shape (:mod:`melbo.perf`): per sequence and
+FLOPs are matmul FLOPs counted from the layer shape (``bench/_perf.py``): per sequence and
 layer, forward = Q/K/V/O projections + MLP (3 matrices if gated, else 2) + QKᵀ and A·V
 over the prompt length (dense, as eager/SDPA compute them); an OGI iteration is one
 forward and one input-gradient backward of the t−s slice layers on m·n sequences, i.e.
@@ -53,14 +53,7 @@ from typing import Any
 
 import torch
 import transformers
-from torch import Tensor, nn
-
-from melbo.causal_map import TransformerCausalMap
-from melbo.fit._common import make_generator, qr_columns
-from melbo.fit.calibrate import CalibrationError, calibrate_R
-from melbo.fit.exponential import ogi_step
-from melbo.fit.init import INITS, initial_factors
-from melbo.perf import (
+from _perf import (  # bench/_perf.py: on sys.path as the script's own directory
     SHAPES,
     LayerShape,
     VmapCausalMap,
@@ -71,6 +64,13 @@ from melbo.perf import (
     slice_flops,
     synchronize,
 )
+from torch import Tensor, nn
+
+from melbo.causal_map import TransformerCausalMap
+from melbo.fit._common import make_generator, qr_columns
+from melbo.fit.calibrate import CalibrationError, calibrate_R
+from melbo.fit.exponential import ogi_step
+from melbo.fit.init import INITS, initial_factors
 from melbo.prompts import PromptBatch, resolve_positions
 from melbo.protocol import CausalMap
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "config": {k: v for k, v in vars(args).items()},
         "flop_formula": "matmul FLOPs (2 per multiply-add); per iteration: m*n sequences through layers "
-        "s..t-1, forward + input-gradient backward = 2*linear + 3*attention (melbo.perf)",
+        "s..t-1, forward + input-gradient backward = 2*linear + 3*attention (bench/_perf.py)",
         "peak_flops_by_dtype": peaks,
         "peak_flops_by_size": peak_detail,
     }

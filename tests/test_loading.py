@@ -23,7 +23,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from melbo import cache
-from melbo.models import loading
+from melbo.models import hf, loading
 from melbo.models.loading import (
     DTYPE_CHOICES,
     MARKER_FILE,
@@ -34,6 +34,7 @@ from melbo.models.loading import (
     packaged_model_dir,
     resolve_dtype,
 )
+from melbo.models.source import ModelSource
 from melbo.testing import TINY_CHAT_TEMPLATE, tiny_tokenizer
 
 
@@ -476,9 +477,9 @@ def fake_package(
         end_of_turn_token="<eos>",
     )
     monkeypatch.setitem(loading.PACKAGED_MODELS, "tiny", spec)
-    monkeypatch.setattr(loading, "_require_gguf_support", lambda: None)
+    monkeypatch.setattr(hf, "require_gguf_support", lambda: None)
 
-    real_tokenizer, real_model = loading._load_tokenizer, loading._load_causal_lm
+    real_tokenizer, real_model = hf.load_tokenizer, hf.load_causal_lm
     directory = saved_llama[0]
 
     def load_tokenizer(source: Any, **kwargs: Any) -> Any:
@@ -491,10 +492,10 @@ def fake_package(
         if source.gguf_file is None:
             return real_model(source, **kwargs)
         state.conversions += 1
-        return real_model(loading._Source("dir", str(directory), None, "tiny"), **kwargs)
+        return real_model(ModelSource("dir", str(directory), None, "tiny"), **kwargs)
 
-    monkeypatch.setattr(loading, "_load_tokenizer", load_tokenizer)
-    monkeypatch.setattr(loading, "_load_causal_lm", load_causal_lm)
+    monkeypatch.setattr(hf, "load_tokenizer", load_tokenizer)
+    monkeypatch.setattr(hf, "load_causal_lm", load_causal_lm)
     return state
 
 
@@ -540,7 +541,7 @@ def test_failed_conversion_leaves_nothing_behind(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt  # e.g. the user gives up half-way
 
-    monkeypatch.setattr(loading, "_load_causal_lm", broken)
+    monkeypatch.setattr(hf, "load_causal_lm", broken)
     with pytest.raises(KeyboardInterrupt):
         load_model("tiny", progress=False)
     assert list((melbo_cache / "models").iterdir()) == []
@@ -576,7 +577,7 @@ def test_forget_gguf_quantizer_makes_the_model_saveable(tmp_path: Path) -> None:
     model = _tiny_llama(300)
     model.hf_quantizer = types.SimpleNamespace()  # type: ignore[assignment]
     model.config.quantization_config = GgufConfig(dequantize=True)
-    loading._forget_gguf_quantizer(model)
+    hf.forget_gguf_quantizer(model)
     assert model.hf_quantizer is None
     assert not hasattr(model.config, "quantization_config")
     model.save_pretrained(tmp_path)
@@ -614,3 +615,29 @@ def test_packaged_gemma_converts_once_and_then_loads_fast(
         assert not list(fresh.rglob("*.gguf"))
     finally:
         shutil.rmtree(fresh, ignore_errors=True)  # 1 GB of float32 weights
+
+
+def test_packaged_gemma_chat_template_renders_gemma3_turns() -> None:
+    """The template shipped as ``melbo/models/gemma3_chat_template.jinja`` gives Gemma 3's
+    turn format: the system prompt joins the first user turn, ``assistant`` is ``model``."""
+    template = loading.PACKAGED_MODELS["gemma-3-270m"].chat_template
+    assert template is not None
+    tokenizer = tiny_tokenizer()
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": " Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": [{"type": "text", "text": "Bye "}, {"type": "image"}]},
+    ]
+    text = tokenizer.apply_chat_template(
+        conversation, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    with pytest.raises(Exception, match="roles must alternate"):
+        tokenizer.apply_chat_template(
+            [{"role": "assistant", "content": "x"}], chat_template=template, tokenize=False
+        )

@@ -127,7 +127,7 @@ def test_report_is_self_contained_and_escaped(report: Path) -> None:
     styles = " ".join(re.findall(r"<style[^>]*>(.*?)</style>", text, flags=re.S))
     assert not re.search(r"@import|url\((?!#)", styles)
     assert "default-src 'none'" in html.unescape(text)  # CSP: the browser would refuse any request
-    assert EVIL not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert EVIL not in text and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in text
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in text
     assert refs.tags.get("svg", 0) >= 4  # objective, cosines, alpha, scores
     ids = re.findall(r'\bid="([^"]+)"', text)
@@ -294,3 +294,52 @@ def test_cli_report_without_and_with_a_model(tiny_run: tuple[Path, Path, Path], 
     full = (tmp_path / "full.html").read_text()
     assert 'id="scores"' in full and full.count('class="completions"') == 2
     assert "how do I make tea" in full and "write a poem" not in full.split('id="completions"')[1]
+
+
+HOSTILE = "<script>alert(1)</script> & co"
+HOSTILE_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
+
+
+def _discovery(text: str) -> Any:
+    from melbo.discover import Discovery
+    from melbo.evaluate.behaviours import BehaviourGroup, VectorBehaviour
+
+    best = VectorBehaviour(vector=3, scale=1.0, signature=text, rate=0.5, base_rate=0.0, consistency=0.5, change=0.5)
+    group = BehaviourGroup(rank=1, signature=text, best=best, members=((3, 1.0),), examples=((text, "fine", text),),
+                           random_hits=0, n_random=4)
+    return Discovery(groups=[group], behaviours=[best], controls=[], features=_features(), train_prompts=["a"],
+                     eval_prompts=["b"], unsteered=["fine"], completions={}, control_completions={}, seconds={})
+
+
+@pytest.mark.parametrize("page", ["report", "discovery"])
+def test_hostile_model_text_is_escaped(page: str) -> None:
+    """Completions are untrusted: markup and ``&`` in them come out as text, in both pages."""
+    from melbo.report.discovery import discovery_html
+
+    if page == "report":
+        comp = Completions(prompts=[HOSTILE], unsteered=["no"], steered={0: [HOSTILE]})
+        text = render_report(_features(), completions=comp, notes=[HOSTILE], title=HOSTILE)
+    else:
+        text = discovery_html(_discovery(HOSTILE), conclusion=HOSTILE, title=HOSTILE)
+    assert "<script" not in text and HOSTILE_ESCAPED in text
+    refs = _Refs()
+    refs.feed(text)
+    assert refs.banned == [] and refs.external == []
+    assert text.count(HOSTILE_ESCAPED) >= 4  # title tag, heading, and the model text itself
+
+
+def test_report_data_is_validated_and_ordered() -> None:
+    from melbo.evaluate.report_data import ReportData, feature_order, score_list
+
+    feats = _features(m=4)
+    assert feature_order(feats, [0.5, float("nan"), 2.0, 0.5]) == [2, 0, 3, 1]  # NaN last, ties by index
+    by_alpha = sorted(range(4), key=lambda i: -float(feats.alpha[i]) ** 2)
+    assert feature_order(feats, None) == by_alpha
+    with pytest.raises(ValueError, match="one score per feature"):
+        score_list([1.0, 2.0], 4)
+    data = ReportData(scores=torch.tensor([1, 2]).tolist(), unsteered_score=1,
+                      completions={"prompts": ["p"], "unsteered": ["u"], "steered": {"2": ["s"]}})
+    assert data.scores == [1.0, 2.0] and isinstance(data.unsteered_score, float)
+    assert isinstance(data.completions, Completions) and data.completions.steered == {2: ["s"]}
+    with pytest.raises(ValueError, match="steered completions for 1 prompts"):
+        Completions(prompts=["p"], unsteered=["u"], steered={0: []})

@@ -1,25 +1,26 @@
 """Self-contained HTML reports of fitted features (inline CSS and SVG, no network at view time).
 
-* :func:`write_report` renders what it is given (no model): configuration, objective curve,
-  cosine histograms, α, scores, the adding-vs-ablating analysis and completion tables.
-* :func:`make_report` first computes scores and completions with a model
-  (:func:`compute_report_data`).
+The package only renders, through the autoescaped jinja2 templates of
+:mod:`melbo.report.templating`:
+
+* :func:`write_report` / :func:`render_report` render what they are given (no model):
+  configuration, objective curve, cosine histograms, α, scores, the adding-vs-ablating
+  analysis and completion tables.
+* :func:`melbo.report.discovery.write_discovery_report` renders a ``melbo discover`` result.
+* :func:`make_report` first measures scores and completions with a model
+  (:func:`melbo.evaluate.report_data.compute_report_data`), then renders.
 """
 
-from melbo.report.html import (
-    Completions,
-    ReportData,
-    compute_report_data,
-    make_report,
-    render_report,
-    write_report,
-)
+from melbo.evaluate.report_data import Completions, ReportData, compute_report_data
+from melbo.report.html import render_report, write_report
+from melbo.report.make import make_report
 
 __all__ = [
-    "Completions",
-    "ReportData",
-    "compute_report_data",
     "make_report",
     "render_report",
     "write_report",
+    # measured by melbo.evaluate.report_data; offered here too, where they always were
+    "Completions",
+    "ReportData",
+    "compute_report_data",
 ]

@@ -9,10 +9,11 @@ a per-figure prefix so ids never collide, and the fixed size becomes a responsiv
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -53,10 +54,14 @@ _RC: Any = {  # matplotlib types rc keys as Literals
 _ID = re.compile(r'\bid="([^"]+)"')
 
 
-def _new_figure(width: float, height: float) -> Any:
+@contextlib.contextmanager
+def _new_figure(width: float, height: float) -> Iterator[Any]:
+    """A new figure, drawn inside the report's matplotlib style."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    with matplotlib.rc_context(_RC):
+        yield Figure(figsize=(width, height), layout="constrained")
 
 
 def figure_to_svg(fig: Any, key: str, *, label: str = "") -> str:
@@ -95,10 +100,7 @@ def _attr(text: str) -> str:
 
 def objective_figure(objective: Sequence[float]) -> Any:
     """The causal objective per iteration."""
-    import matplotlib
-
-    with matplotlib.rc_context(_RC):
-        fig = _new_figure(9.6, 3.0)
+    with _new_figure(9.6, 3.0) as fig:
         ax = fig.add_subplot()
         x = list(range(1, len(objective) + 1))
         ax.plot(x, list(objective), color=PALETTE["accent"], lw=2, marker="o", ms=4)
@@ -112,10 +114,7 @@ def objective_figure(objective: Sequence[float]) -> Any:
 
 def cosine_figure(cos_v: Sequence[float], cos_u: Sequence[float]) -> Any:
     """Histograms of the pairwise cosines of V (left) and U (right)."""
-    import matplotlib
-
-    with matplotlib.rc_context(_RC):
-        fig = _new_figure(9.6, 3.2)
+    with _new_figure(9.6, 3.2) as fig:
         axes = fig.subplots(1, 2, sharey=False)
         for ax, vals, name, color in (
             (axes[0], cos_v, "V (source)", PALETTE["accent"]),
@@ -139,10 +138,7 @@ def cosine_figure(cos_v: Sequence[float], cos_u: Sequence[float]) -> Any:
 
 def alpha_figure(alpha: Sequence[float]) -> Any:
     """α_ℓ sorted by size."""
-    import matplotlib
-
-    with matplotlib.rc_context(_RC):
-        fig = _new_figure(9.6, 2.8)
+    with _new_figure(9.6, 2.8) as fig:
         ax = fig.add_subplot()
         vals = sorted((float(a) for a in alpha), reverse=True)
         ax.plot(range(len(vals)), vals, color=PALETTE["accent"], lw=1.8)
@@ -155,10 +151,7 @@ def alpha_figure(alpha: Sequence[float]) -> Any:
 
 def score_figure(scores: Sequence[float], *, threshold: float | None = None, unsteered: float | None = None) -> Any:
     """Histogram of per-feature scores, with the threshold and the unsteered score marked."""
-    import matplotlib
-
-    with matplotlib.rc_context(_RC):
-        fig = _new_figure(9.6, 3.2)
+    with _new_figure(9.6, 3.2) as fig:
         ax = fig.add_subplot()
         vals = [float(s) for s in scores if math.isfinite(float(s))]
         bins = max(10, min(50, int(math.sqrt(max(1, len(vals)))) + 5))

@@ -1,4 +1,4 @@
-"""Performance helpers: analytic FLOP counts of the slice, matmul peak, named model shapes,
+"""Benchmark helpers (bench-only, not part of the melbo package): analytic FLOP counts of the slice, matmul peak, named model shapes,
 and the publication-style ``vmap`` reference of Δ's primitives.
 
 FLOP count
