@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from melbo.features import _atomic_write, melbo_version
+from melbo.features import melbo_version
+from melbo.io import atomic_write_text
 from melbo.report.html import _e, page
 
 if TYPE_CHECKING:
@@ -58,5 +59,5 @@ def write_discovery_report(result: Discovery, path: str | os.PathLike[str], **kw
     """Write :func:`discovery_html` to ``path`` atomically; returns the path."""
     p = Path(path)
     text = discovery_html(result, **kwargs)  # type: ignore[arg-type]
-    _atomic_write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(p, text)
     return p
