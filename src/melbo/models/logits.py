@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 _MUL, _DIV = "mul", "div"
 
 # model_type → (config field, how it scales the logits), read from each family's forward.
-_SCALE_RULES: dict[str, tuple[str, Literal["mul", "div"]]] = {
+_SCALE_RULES: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("cohere", "cohere2", "cohere2_moe", "cohere_compass", "cohere_compass_text"), ("logit_scale", _MUL)),
     **dict.fromkeys(
         ("granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoeshared", "granitemoehybrid", "minicpm3"),

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from melbo.dtypes import resolve_dtype
 from melbo.io import atomic_write, atomic_write_text
 from melbo.models.logits import logit_postprocess
 from melbo.organisms.data import Example
@@ -183,7 +184,7 @@ def completion_loss(
     if not bool(keep.any()):
         raise ValueError("the batch has no completion tokens")
     decoder: Any = model.base_model
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(autocast or "")
+    dtype = resolve_dtype(autocast)
     with torch.autocast(input_ids.device.type, dtype=dtype, enabled=dtype is not None):
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         h = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, d)
