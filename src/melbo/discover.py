@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo import io
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
     VectorBehaviour,
@@ -41,7 +40,8 @@ from melbo.evaluate.behaviours import (
 )
 from melbo.features import Features
 from melbo.generation import generate_steered
-from melbo.io import atomic_write_text
+from melbo.io import atomic_write_text, claim_out_dir
+from melbo.io import check_out_dir as _check_out_dir
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptLike
 
@@ -238,7 +238,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
     """Refuse a non-empty ``out`` that no discover run wrote (even with ``force``), and an
     earlier run's ``out`` without ``force``/``resume`` (:func:`melbo.io.check_out_dir`)."""
-    io.check_out_dir(out, writer="melbo discover", force=force, resume=resume, marker=DISCOVER_MARKER, force_foreign=False)
+    _check_out_dir(out, writer="melbo discover", force=force, resume=resume, marker=DISCOVER_MARKER, force_foreign=False)
 
 
 def random_directions(d: int, k: int, seed: int) -> torch.Tensor:
@@ -285,7 +285,7 @@ def discover(
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_out_dir(out_dir, force=force, resume=resume)
-        io.claim_out_dir(out_dir, marker=DISCOVER_MARKER, writer="melbo discover")
+        claim_out_dir(out_dir, marker=DISCOVER_MARKER, writer="melbo discover")
     seconds: dict[str, float] = {}
     trials: list[dict[str, Any]] = []
     if search and cfg.source_layer is None and cfg.target_layer is None:

@@ -409,21 +409,20 @@ def generate_for_features(
     scale: float = 1.0,
     max_new_tokens: int = 32,
     chat: bool | str = True,
-    system_prompt: str | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 64,
     force: bool = False,
-    progress: bool = False,
+    **kwargs: Any,
 ) -> dict[int, list[str]]:
     """Completions of ``prompts`` steered by each feature in ``indices``.
 
     One batched job (:func:`melbo.generation.generate_steered`): (feature, prompt) pairs are
-    folded into batches of ``batch_size`` rows, each row steered by its own feature,
-    ``scale * R * V[:, k]`` at ``features.source_layer`` (as
-    :func:`melbo.interventions.steer_features` adds it); greedy, or seeded sampling with
-    ``do_sample``.
+    folded into batches, each row steered by its own feature, ``scale * R * V[:, k]`` at
+    ``features.source_layer`` (as :func:`melbo.interventions.steer_features` adds it).
+
+    Parameters
+    ----------
+    **kwargs
+        Passed to :func:`melbo.generation.generate_steered` (system_prompt, do_sample,
+        temperature, seed, batch_size, progress): greedy by default, or seeded sampling.
 
     Returns
     -------
@@ -436,7 +435,6 @@ def generate_for_features(
         return {}
     texts = generate_steered(
         model, tokenizer, prompts, features.V[:, idx] * features.R, layer=features.source_layer, scale=scale,
-        max_new_tokens=max_new_tokens, chat=chat, system_prompt=system_prompt, do_sample=do_sample,
-        temperature=temperature, seed=seed, batch_size=batch_size, progress=progress,
+        max_new_tokens=max_new_tokens, chat=chat, **kwargs,
     )
     return dict(zip(idx, texts))
