@@ -5,7 +5,7 @@ import torch
 from tiny_models import FAMILIES, tiny_model
 
 from melbo.causal_map import TransformerCausalMap, _math_sdpa
-from melbo.models.slice import padded_position_ids
+from melbo.hooks import position_ids
 from melbo.prompts import PromptBatch, resolve_positions
 
 F64 = torch.float64
@@ -98,7 +98,7 @@ def test_delta_is_zero_at_zero_and_uses_only_target_positions() -> None:
     h = cm.access.layers[1].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
-            hs = cm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=padded_position_ids(b.attention_mask, b.input_ids.shape), output_hidden_states=True, use_cache=False).hidden_states
+            hs = cm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids(b.attention_mask), output_hidden_states=True, use_cache=False).hidden_states
     finally:
         h.remove()
     rows = torch.arange(2)[:, None]

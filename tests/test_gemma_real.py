@@ -15,8 +15,9 @@ def gemma():  # type: ignore[no-untyped-def]
 
 
 def test_slice_reproduces_gemma_hidden_states_exactly(gemma) -> None:  # type: ignore[no-untyped-def]
+    from melbo.hooks import position_ids
     from melbo.models.access import get_layer_access
-    from melbo.models.slice import capture_slice, padded_position_ids
+    from melbo.models.slice import capture_slice
     from melbo.prompts import build_prompts
 
     model, tok = gemma
@@ -25,7 +26,7 @@ def test_slice_reproduces_gemma_hidden_states_exactly(gemma) -> None:  # type: i
     for side in ("left", "right"):
         b = build_prompts(tok, ["Hello there", "Write a long and winding poem about sliding windows."], padding_side=side)  # type: ignore[arg-type]
         with torch.no_grad():
-            hs = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=padded_position_ids(b.attention_mask, b.input_ids.shape), output_hidden_states=True, use_cache=False).hidden_states
+            hs = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=position_ids(b.attention_mask), output_hidden_states=True, use_cache=False).hidden_states
         for s, t in [(4, 10), (0, 6), (10, 17)]:
             sl = capture_slice(access, b.input_ids, b.attention_mask, s, t)
             with torch.no_grad():

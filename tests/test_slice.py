@@ -4,8 +4,9 @@ import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
 
+from melbo.hooks import position_ids
 from melbo.models.access import ArchitectureError, get_layer_access
-from melbo.models.slice import capture_slice, padded_position_ids
+from melbo.models.slice import capture_slice
 
 
 def _padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +29,7 @@ def test_slice_reproduces_hidden_states_exactly(family: str, attn: str) -> None:
     access = get_layer_access(model)
     ids, mask = _padded_batch()
     with torch.no_grad():
-        hs = model(input_ids=ids, attention_mask=mask, position_ids=padded_position_ids(mask, ids.shape), output_hidden_states=True, use_cache=False).hidden_states
+        hs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), output_hidden_states=True, use_cache=False).hidden_states
     for s, t in [(0, 1), (0, 3), (1, 3), (2, 4)]:
         sl = capture_slice(access, ids, mask, s, t)
         assert torch.equal(sl.x, hs[s])

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from melbo.dtypes import resolve_dtype
 from melbo.models.access import LayerAccess, get_layer_access
 from melbo.models.slice import LayerSlice, capture_slice
 from melbo.prompts import Positions, PromptBatch, PromptLike, build_prompts
@@ -44,19 +45,12 @@ def _math_sdpa() -> Iterator[None]:
         yield
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
-
 def _resolve_compute_dtype(dtype: torch.dtype | str | None, model_dtype: torch.dtype) -> torch.dtype:
-    if dtype is None:
-        return model_dtype
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"compute_dtype={dtype!r}: choose one of {', '.join(_DTYPES)}")
-        return _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise ValueError(f"compute_dtype={dtype!r}: choose one of {', '.join(_DTYPES)}")
-    return dtype
+    try:
+        resolved = resolve_dtype(dtype)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"compute_dtype={dtype!r}: {err}") from None
+    return model_dtype if resolved is None else resolved
 
 
 class TransformerCausalMap:

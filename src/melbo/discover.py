@@ -38,8 +38,10 @@ from melbo.evaluate.behaviours import (
     group_behaviours,
     vector_behaviour,
 )
-from melbo.features import Features, _atomic_write
+from melbo.features import Features
 from melbo.generation import generate_steered
+from melbo.io import atomic_write_text, claim_out_dir
+from melbo.io import check_out_dir as _check_out_dir
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptLike
 
@@ -230,20 +232,13 @@ def _key(*parts: Any) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8"))
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    """Refuse a non-empty ``out`` that no discover run wrote, and a finished run without force/resume."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not (out / DISCOVER_MARKER).exists():
-        raise FileExistsError(f"{str(out)!r} is not empty and was not written by melbo discover; choose another --out")
-    if not (force or resume):
-        raise FileExistsError(f"{str(out)!r} holds an earlier discover run; pass --resume to continue it "
-                              "(finished stages are reused) or --force to start over")
+    """Refuse a non-empty ``out`` that no discover run wrote (even with ``force``), and an
+    earlier run's ``out`` without ``force``/``resume`` (:func:`melbo.io.check_out_dir`)."""
+    _check_out_dir(out, writer="melbo discover", force=force, resume=resume, marker=DISCOVER_MARKER, force_foreign=False)
 
 
 def random_directions(d: int, k: int, seed: int) -> torch.Tensor:
@@ -290,8 +285,7 @@ def discover(
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_out_dir(out_dir, force=force, resume=resume)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / DISCOVER_MARKER).write_text("written by melbo discover\n")
+        claim_out_dir(out_dir, marker=DISCOVER_MARKER, writer="melbo discover")
     seconds: dict[str, float] = {}
     trials: list[dict[str, Any]] = []
     if search and cfg.source_layer is None and cfg.target_layer is None:
@@ -377,7 +371,7 @@ def discover(
         record = {"config": {**asdict(cfg), "source_layer": s, "target_layer": t}, "layer_search": trials,
                   **result.to_json()}
         _write_json(out_dir / "behaviours.json", record)
-        _atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(format_report(result), encoding="utf-8"))
+        atomic_write_text(out_dir / "report.md", format_report(result))
     return result
 
 

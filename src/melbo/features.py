@@ -17,16 +17,14 @@ On disk (``format_version`` 1)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
+from melbo.io import atomic_write, atomic_write_text
 
 __all__ = [
     "CONFIG_FILE",
@@ -411,9 +410,8 @@ class Features:
             "alpha": self.alpha.detach().to("cpu").contiguous(),
         }
         meta = {"format": "pt", "melbo_format_version": str(FORMAT_VERSION)}
-        _atomic_write(paths[0], lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-        text = json.dumps(self.to_config(), indent=2, allow_nan=False) + "\n"
-        _atomic_write(paths[1], lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(paths[0], lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        atomic_write_text(paths[1], json.dumps(self.to_config(), indent=2, allow_nan=False) + "\n")
         logger.info("saved %d features (d=%d) to %s", self.n_factors, self.d_model, out)
         return out
 
@@ -488,17 +486,3 @@ class Features:
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{src} holds invalid features: {err}") from err
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it onto ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

@@ -107,10 +107,10 @@ def generate_steered(
     import math
 
     from melbo.interventions import row_steering
-    from melbo.models.access import get_layer_access
+    from melbo.models.access import resolve_access
 
     _check_counts(max_new_tokens, batch_size)
-    acc = access if access is not None else get_layer_access(model)
+    acc = resolve_access(model, access)
     if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != acc.d_model:
         shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
         raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")

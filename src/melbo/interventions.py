@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from melbo.models.access import LayerAccess, get_layer_access
+from melbo.hooks import adding_to_inputs, map_layer_input, removing
+from melbo.models.access import LayerAccess, resolve_access
 
 if TYPE_CHECKING:
     from melbo.features import Features
@@ -46,14 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["ablate", "orthonormal_basis", "row_steering", "steer", "steer_features", "steering"]
 
 logger = logging.getLogger(__name__)
-
-
-def _access(model: nn.Module, access: LayerAccess | None) -> LayerAccess:
-    if access is None:
-        return get_layer_access(model)
-    if access.model is not model:
-        raise ValueError("access was built for another model (access.model is not model)")
-    return access
 
 
 def _check_vector(name: str, v: object, d: int) -> Tensor:
@@ -66,30 +58,6 @@ def _check_vector(name: str, v: object, d: int) -> Tensor:
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name} has non-finite values")
     return v
-
-
-def _map_hidden_states(
-    args: tuple[Any, ...], kwargs: dict[str, Any], fn: Callable[[Tensor], Tensor], where: str
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Apply ``fn`` to a decoder layer's ``hidden_states`` argument, positional or keyword."""
-    if args and isinstance(args[0], Tensor):
-        return (fn(args[0]), *args[1:]), kwargs
-    hs = kwargs.get("hidden_states")
-    if isinstance(hs, Tensor):
-        new_kwargs = dict(kwargs)
-        new_kwargs["hidden_states"] = fn(hs)
-        return args, new_kwargs
-    raise RuntimeError(
-        f"{where} was called without a hidden_states tensor (neither as first positional "
-        f"argument nor as keyword 'hidden_states'); got {len(args)} positional args and "
-        f"keywords {sorted(kwargs)}"
-    )
-
-
-def _remove(handles: list[RemovableHandle]) -> None:
-    for h in reversed(handles):
-        h.remove()
-    handles.clear()
 
 
 @contextmanager
@@ -117,8 +85,8 @@ def steering(
     access : LayerAccess, optional
         Layer map of ``model``; found by name when omitted.
     """
-    acc = _access(model, access)
-    n, d = acc.n_layers, acc.d_model
+    acc = resolve_access(model, access)
+    d = acc.d_model
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite float, got {scale!r}")
     checked: list[tuple[int, Tensor]] = []
@@ -126,37 +94,15 @@ def steering(
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise TypeError(f"additions[{j}] must be a (layer, vector) pair, got {pair!r}")
         layer, vec = pair
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise TypeError(f"additions[{j}]: layer must be an int, got {layer!r}")
-        if not 0 <= layer < n:
-            raise ValueError(
-                f"additions[{j}]: layer={layer} is out of range: this model has {n} layers, "
-                f"so 0 ≤ layer ≤ {n - 1}"
-            )
+        try:
+            acc.check_layer(layer)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"additions[{j}]: {err}") from None
         checked.append((layer, _check_vector(f"additions[{j}] vector", vec, d)))
 
-    handles: list[RemovableHandle] = []
-
-    def make_hook(layer: int, vec: Tensor) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
-        def add(h: Tensor) -> Tensor:
-            return h + scale * vec.to(dtype=h.dtype, device=h.device)  # (B, T, d)
-
-        def hook(
-            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return _map_hidden_states(args, kwargs, add, f"layers[{layer}]")
-
-        return hook
-
-    try:
-        for layer, vec in checked:
-            handles.append(
-                acc.layers[layer].register_forward_pre_hook(make_hook(layer, vec), with_kwargs=True)
-            )
-        logger.debug("steering at layers %s (scale=%s)", [la for la, _ in checked], scale)
+    logger.debug("steering at layers %s (scale=%s)", [la for la, _ in checked], scale)
+    with adding_to_inputs([(f"layers[{la}]", acc.layers[la], vec) for la, vec in checked], scale=scale):
         yield
-    finally:
-        _remove(handles)
 
 
 @contextmanager
@@ -171,28 +117,16 @@ def row_steering(model: nn.Module, layer: int, rows: Tensor, *, access: LayerAcc
     rows : Tensor, shape (B, d_model)
         One vector per batch row; a forward with another batch size raises.
     """
-    acc = _access(model, access)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < acc.n_layers:
-        raise ValueError(f"layer={layer!r} is out of range: 0 ≤ layer ≤ {acc.n_layers - 1}")
+    acc = resolve_access(model, access)
+    acc.check_layer(layer)
     if not isinstance(rows, Tensor) or rows.ndim != 2 or rows.shape[1] != acc.d_model:
         shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
         raise ValueError(f"rows must have shape (batch, d_model) = (B, {acc.d_model}), got {shape}")
     if not bool(torch.isfinite(rows).all()):
         raise ValueError("rows has non-finite values")
 
-    def add(h: Tensor) -> Tensor:
-        if h.shape[0] != rows.shape[0]:
-            raise RuntimeError(f"row steering for {rows.shape[0]} rows got a batch of {h.shape[0]}")
-        return h + rows.to(dtype=h.dtype, device=h.device)[:, None, :]  # (B, T, d)
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return _map_hidden_states(args, kwargs, add, f"layers[{layer}]")
-
-    handle = acc.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with adding_to_inputs([(f"layers[{layer}]", acc.layers[layer], rows)]):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -327,7 +261,7 @@ def ablate(
     Tensor, shape (d_model, r), float32
         The orthonormal basis that is projected out.
     """
-    acc = _access(model, access)
+    acc = resolve_access(model, access)
     q = orthonormal_basis(directions, acc.d_model)
 
     def out_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -343,10 +277,9 @@ def ablate(
     def embed_hook(
         module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return _map_hidden_states(args, kwargs, lambda h: _project_out(h, q), "layers[0]")
+        return map_layer_input(args, kwargs, lambda h: _project_out(h, q))
 
-    handles: list[RemovableHandle] = []
-    try:
+    with removing() as handles:
         if include_embedding:
             handles.append(
                 acc.layers[0].register_forward_pre_hook(embed_hook, with_kwargs=True, prepend=True)
@@ -361,5 +294,3 @@ def ablate(
             " and the embedding" if include_embedding else "",
         )
         yield q
-    finally:
-        _remove(handles)

@@ -23,6 +23,7 @@ from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.causal_map import TransformerCausalMap
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
+from melbo.io import atomic_write, atomic_write_text, check_out_dir
 from melbo.prompts import PromptLike
 
 logger = logging.getLogger(__name__)
@@ -104,29 +105,12 @@ def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] |
         raise ValueError(f"contrast prompts are only used by method 'mean-diff', not {method!r}")
 
 
-def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
-    if resume:
-        if not (out / CHECKPOINT / "state.json").is_file():
-            raise FileNotFoundError(f"nothing to resume: {str(out / CHECKPOINT)!r} has no checkpoint")
-        return
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(
-            f"output directory {str(out)!r} is not empty; pass --force to overwrite the features in it "
-            "or --resume to continue its checkpoint"
-        )
-
-
 def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, objective: list[float], meta: dict[str, Any]) -> None:
     ck = out / CHECKPOINT
     ck.mkdir(parents=True, exist_ok=True)
-    tmp = ck / "state.safetensors.tmp"
-    save_file({"U": U.detach().cpu().contiguous(), "V": V.detach().cpu().contiguous()}, str(tmp))
-    os.replace(tmp, ck / "state.safetensors")
-    tmpj = ck / "state.json.tmp"
-    tmpj.write_text(json.dumps({"iteration": it, "R": R, "objective": objective, **meta}, indent=1))
-    os.replace(tmpj, ck / "state.json")
+    tensors = {"U": U.detach().cpu().contiguous(), "V": V.detach().cpu().contiguous()}
+    atomic_write(ck / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_text(ck / "state.json", json.dumps({"iteration": it, "R": R, "objective": objective, **meta}, indent=1))
 
 
 def train(
@@ -154,7 +138,7 @@ def train(
     check_contrast_prompts(cfg.method, contrast_prompts)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        _check_out_dir(out_dir, force=force, resume=resume)
+        check_out_dir(out_dir, writer="melbo train", force=force, resume=resume, resume_file=f"{CHECKPOINT}/state.json")
     delta = TransformerCausalMap(
         model, prompts, cfg.source_layer, cfg.target_layer, tokenizer=tokenizer,
         positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt, compile=cfg.compile,

@@ -28,32 +28,14 @@ from torch import Tensor, nn
 from melbo.baselines.random_vectors import output_directions
 from melbo.fit._common import check_positive_int
 from melbo.fit.result import FitResult
-from melbo.models.access import LayerAccess, get_layer_access
+from melbo.hooks import forward_until
+from melbo.models.access import LayerAccess, resolve_access
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 from melbo.protocol import CausalMap
 
 __all__ = ["MeanDifference", "layer_input_activations", "mean_activation", "mean_difference"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """Raised by the capture hook once layer ``s``'s input is recorded."""
-
-
-def _resolve_access(model: nn.Module, access: LayerAccess | None) -> LayerAccess:
-    if access is None:
-        return get_layer_access(model)
-    if access.model is not model:
-        raise ValueError("access was built for another model (access.model is not model)")
-    return access
-
-
-def _check_layer(layer: object, acc: LayerAccess) -> int:
-    n = acc.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-        raise ValueError(f"layer={layer!r} is out of range: this model has {n} layers, so 0 ≤ layer ≤ {n - 1}")
-    return layer
 
 
 def layer_input_activations(
@@ -80,29 +62,9 @@ def layer_input_activations(
     -------
     Tensor, shape (B, T, d), model dtype (rows at padding are meaningless).
     """
-    acc = _resolve_access(model, access)
-    layer = _check_layer(layer, acc)
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)  # (B, T)
-    store: dict[str, Tensor] = {}
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        h = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("hidden_states")
-        if not isinstance(h, Tensor):
-            raise RuntimeError(f"layers[{layer}] was called without a hidden_states tensor")
-        store["h"] = h.detach()
-        raise _Stop
-
-    handle = acc.layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "h" not in store:
-        raise RuntimeError(f"the model's forward pass never reached layers[{layer}]")
-    return store["h"]
+    acc = resolve_access(model, access)
+    layer = acc.check_layer(layer)
+    return forward_until(model, acc.layers[layer], where="input", input_ids=input_ids, attention_mask=attention_mask)
 
 
 def mean_activation(
@@ -132,8 +94,8 @@ def mean_activation(
     -------
     Tensor, shape (d,), float32 (float64 for a float64 model), on the model's device.
     """
-    acc = _resolve_access(model, access)
-    layer = _check_layer(layer, acc)
+    acc = resolve_access(model, access)
+    layer = acc.check_layer(layer)
     batch_size = check_positive_int("batch_size", batch_size)
     param = next(model.parameters())
     out_dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -211,8 +173,8 @@ def mean_difference(
     FitResult
         method ``"mean-diff"``, m = 1: V (d, 1) = v; empty objective, ``n_iter = 0``.
     """
-    acc = _resolve_access(model, access)
-    layer = _check_layer(layer, acc)
+    acc = resolve_access(model, access)
+    layer = acc.check_layer(layer)
     if delta is not None and getattr(delta, "source_layer", layer) != layer:
         raise ValueError(f"delta has source_layer={getattr(delta, 'source_layer', None)} but layer={layer}")
     kw: dict[str, Any] = {

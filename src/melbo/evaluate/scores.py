@@ -12,10 +12,11 @@ A forward hook on the last decoder layer captures its output at the last positio
 the forward pass there (no full-vocabulary logits are ever formed). The final norm
 (``access.final_norm``) is applied and the result is dotted, in float32, with only the
 unembedding rows of the tokens involved (plus their bias, if the unembedding has one). Then
-the model's own logit post-processing is applied to each logit separately, as the model
-would: Gemma-style ``final_logit_softcapping`` (``cap · tanh(z / cap)``), Cohere's
-``logit_scale`` (×) and Granite's ``logits_scaling`` (÷). Softcapping is monotone but changes
-the difference, so it must be applied before subtracting.
+the model's own logit post-processing (:func:`melbo.models.logits.logit_postprocess`) is
+applied to each logit separately, as the model would: e.g. Gemma-style
+``final_logit_softcapping`` (``cap · tanh(z / cap)``), Cohere's ``logit_scale`` (×) and
+Granite's ``logits_scaling`` (÷). Softcapping is monotone but changes the difference, so it
+must be applied before subtracting.
 
 Edits
 -----
@@ -44,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,8 +53,10 @@ import torch
 from torch import Tensor, nn
 
 from melbo.generation import generate_steered
+from melbo.hooks import forward_until
 from melbo.interventions import ablate, row_steering, steer
-from melbo.models.access import LayerAccess, get_layer_access
+from melbo.models.access import LayerAccess, resolve_access
+from melbo.models.logits import logit_postprocess
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 from melbo.rank import resolve_token
 
@@ -65,7 +68,6 @@ __all__ = [
     "TokenSet",
     "feature_scores",
     "generate_for_features",
-    "generation_position_ids",
     "jailbreak_score",
     "last_position_logits",
     "resolve_score_tokens",
@@ -77,10 +79,6 @@ logger = logging.getLogger(__name__)
 
 SpaceRule = Literal["exact", "auto", "both"]
 SPACE_RULES: tuple[str, ...] = ("exact", "auto", "both")
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook to end the forward pass after the last decoder layer."""
 
 
 @dataclass(frozen=True)
@@ -132,82 +130,6 @@ def resolve_score_tokens(tokenizer: Any, text: str, space: SpaceRule = "exact") 
 # ------------------------------------------------------------------------- core readout
 
 
-def _text_config(model: nn.Module) -> Any:
-    cfg = getattr(model, "config", None)
-    get = getattr(cfg, "get_text_config", None)
-    if callable(get):
-        with contextlib.suppress(Exception):
-            return get()
-    return cfg
-
-
-def _logit_postprocess(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The per-logit transform the model applies after the unembedding (identity if none)."""
-    cfg = _text_config(model)
-    family = str(getattr(cfg, "model_type", "")).lower()
-
-    def number(name: str) -> float | None:
-        v = getattr(cfg, name, None)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    mul = number("logit_scale") if family.startswith("cohere") else None
-    div = number("logits_scaling") if family.startswith("granite") else None
-    cap = number("final_logit_softcapping")
-
-    def apply(z: Tensor) -> Tensor:
-        if mul is not None and mul != 1:
-            z = z * mul
-        if div is not None and div not in (0, 1):
-            z = z / div
-        if cap is not None and cap > 0:
-            z = torch.tanh(z / cap) * cap
-        return z
-
-    return apply
-
-
-def _layer_output(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"unexpected decoder layer output of type {type(out).__name__}")
-
-
-def generation_position_ids(attention_mask: Tensor) -> Tensor:
-    """``cumsum(mask) − 1`` with padding set to 0, as ``model.generate`` computes them. (n, T)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
-
-
-def _final_hidden(
-    model: nn.Module, access: LayerAccess, input_ids: Tensor, attention_mask: Tensor
-) -> Tensor:
-    """Output of the last decoder layer at the last position, shape (B, d), model dtype."""
-    store: dict[str, Tensor] = {}
-
-    def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        store["h"] = _layer_output(out)[:, -1, :].detach()
-        raise _StopForward
-
-    handle = access.layers[access.n_layers - 1].register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=generation_position_ids(attention_mask),
-                use_cache=False,
-            )
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "h" not in store:
-        raise RuntimeError("the forward pass never reached the last decoder layer")
-    return store["h"]
-
-
 def last_position_logits(
     model: nn.Module,
     input_ids: Tensor,
@@ -231,7 +153,7 @@ def last_position_logits(
         Equal to ``model(...).logits[:, -1, token_ids]`` (with generation position ids),
         soft-capping and logit scaling included.
     """
-    acc = access if access is not None else get_layer_access(model)
+    acc = resolve_access(model, access)
     if attention_mask.shape != input_ids.shape:
         raise ValueError(
             f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}"
@@ -247,7 +169,8 @@ def last_position_logits(
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:
         raise ValueError(f"token ids {bad} are outside the unembedding's vocabulary of {vocab}")
-    h = _final_hidden(model, acc, input_ids, attention_mask)  # (B, d)
+    h = forward_until(model, acc.layers[acc.n_layers - 1], where="output", input_ids=input_ids,
+                      attention_mask=attention_mask)[:, -1, :]  # (B, d), output of the last decoder layer
     with torch.no_grad():
         normed = acc.final_norm(h).float()  # (B, d)
         idx = torch.tensor(ids, device=W.device)
@@ -256,7 +179,7 @@ def last_position_logits(
         bias = getattr(unembed, "bias", None)
         if isinstance(bias, Tensor):
             z = z + bias.detach().index_select(0, idx.to(bias.device)).to(z.device, torch.float32)
-        return _logit_postprocess(model)(z)
+        return logit_postprocess(model)(z)
 
 
 def _combine(z: Tensor, a: TokenSet, b: TokenSet) -> Tensor:
@@ -326,7 +249,7 @@ def jailbreak_score(
     Tensor, shape (n_prompts,), float32, on CPU
     """
     _check_batch_size(batch_size)
-    acc = access if access is not None else get_layer_access(model)
+    acc = resolve_access(model, access)
     a = resolve_score_tokens(tokenizer, token_a, space)
     b = resolve_score_tokens(tokenizer, token_b, space)
     batch = _prepare(model, tokenizer, prompts, chat, system_prompt)
@@ -367,7 +290,7 @@ def score_edit(
         raise ValueError("steer_vector needs layer= (the layer whose input it is added to)")
     if steer_vector is None and layer is not None:
         raise ValueError(f"layer={layer} was given without a steer_vector")
-    access = kwargs.pop("access", None) or get_layer_access(model)
+    access = resolve_access(model, kwargs.pop("access", None))
     with contextlib.ExitStack() as stack:
         if ablate_directions is not None:
             stack.enter_context(
@@ -410,14 +333,13 @@ def steered_scores(
     Tensor, shape (k, n_prompts), float32, on CPU
     """
     _check_batch_size(batch_size)
-    acc = access if access is not None else get_layer_access(model)
+    acc = resolve_access(model, access)
     if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != acc.d_model:
         shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
         raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
     if not bool(torch.isfinite(vectors).all()):
         raise ValueError("vectors has non-finite values")
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < acc.n_layers:
-        raise ValueError(f"layer={layer!r} is out of range: 0 ≤ layer ≤ {acc.n_layers - 1}")
+    acc.check_layer(layer)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite float, got {scale!r}")
     a = resolve_score_tokens(tokenizer, token_a, space)
@@ -487,21 +409,20 @@ def generate_for_features(
     scale: float = 1.0,
     max_new_tokens: int = 32,
     chat: bool | str = True,
-    system_prompt: str | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 64,
     force: bool = False,
-    progress: bool = False,
+    **kwargs: Any,
 ) -> dict[int, list[str]]:
     """Completions of ``prompts`` steered by each feature in ``indices``.
 
     One batched job (:func:`melbo.generation.generate_steered`): (feature, prompt) pairs are
-    folded into batches of ``batch_size`` rows, each row steered by its own feature,
-    ``scale * R * V[:, k]`` at ``features.source_layer`` (as
-    :func:`melbo.interventions.steer_features` adds it); greedy, or seeded sampling with
-    ``do_sample``.
+    folded into batches, each row steered by its own feature, ``scale * R * V[:, k]`` at
+    ``features.source_layer`` (as :func:`melbo.interventions.steer_features` adds it).
+
+    Parameters
+    ----------
+    **kwargs
+        Passed to :func:`melbo.generation.generate_steered` (system_prompt, do_sample,
+        temperature, seed, batch_size, progress): greedy by default, or seeded sampling.
 
     Returns
     -------
@@ -514,7 +435,6 @@ def generate_for_features(
         return {}
     texts = generate_steered(
         model, tokenizer, prompts, features.V[:, idx] * features.R, layer=features.source_layer, scale=scale,
-        max_new_tokens=max_new_tokens, chat=chat, system_prompt=system_prompt, do_sample=do_sample,
-        temperature=temperature, seed=seed, batch_size=batch_size, progress=progress,
+        max_new_tokens=max_new_tokens, chat=chat, **kwargs,
     )
     return dict(zip(idx, texts))

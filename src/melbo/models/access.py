@@ -191,17 +191,29 @@ class LayerAccess:
         assert mod is not None
         return mod
 
+    def check_layer(self, layer: object, name: str = "layer") -> int:
+        """Validate one layer index 0 ≤ layer < n_layers (a message that states the valid range).
+
+        Raises
+        ------
+        TypeError
+            for anything but an int (bool included).
+        ValueError
+            for an index out of range.
+        """
+        n = self.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"{name} must be an int, got {layer!r}")
+        if not 0 <= layer < n:
+            raise ValueError(f"{name}={layer} is out of range: this model has {n} layers, so 0 ≤ {name} ≤ {n - 1}")
+        return layer
+
     def check_layer_range(self, source_layer: int, target_layer: int) -> None:
         """Validate 0 ≤ s < t ≤ n_layers with a message that states the valid range."""
         n = self.n_layers
-        for name, v in (("source_layer", source_layer), ("target_layer", target_layer)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-        if not 0 <= source_layer < n:
-            raise ValueError(
-                f"source_layer={source_layer} is out of range: this model has {n} layers, "
-                f"so 0 ≤ source_layer ≤ {n - 1}"
-            )
+        self.check_layer(source_layer, "source_layer")
+        if isinstance(target_layer, bool) or not isinstance(target_layer, int):
+            raise TypeError(f"target_layer must be an int, got {target_layer!r}")
         if not source_layer < target_layer <= n:
             raise ValueError(
                 f"target_layer={target_layer} is invalid for source_layer={source_layer}: "
@@ -284,4 +296,14 @@ def get_layer_access(
         mlp_out_path=mlp_path,
     )
     logger.debug("layer access for %s: %s", family, access.describe())
+    return access
+
+
+def resolve_access(model: nn.Module, access: LayerAccess | None = None) -> LayerAccess:
+    """``access`` when it was built for ``model`` (an error otherwise), else
+    :func:`get_layer_access` of ``model``."""
+    if access is None:
+        return get_layer_access(model)
+    if access.model is not model:
+        raise ValueError("access was built for another model (access.model is not model)")
     return access

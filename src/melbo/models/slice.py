@@ -22,34 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from melbo.hooks import forward_until, layer_input, layer_output
 from melbo.models.access import LayerAccess
 
 logger = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook after the last needed layer, to skip the rest of the model."""
-
-
-def _hidden_from_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-    if args:
-        h = args[0]
-    else:
-        h = kwargs.get("hidden_states")
-    if not isinstance(h, Tensor):
-        raise RuntimeError("could not find the hidden states among a decoder layer's inputs")
-    return h
-
-
-def _layer_output(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    hs = getattr(out, "hidden_states", None)
-    if isinstance(hs, Tensor):
-        return hs
-    raise RuntimeError(f"unexpected decoder-layer output of type {type(out).__name__}")
 
 
 def _repeat_batch(obj: Any, n: int, c: int) -> Any:
@@ -164,16 +140,8 @@ class LayerSlice:
             args = _cast_float(_repeat_batch(args, n, c), h.dtype)
             kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
             layer = layers[idx] if eager else self._compiled.get(idx, layers[idx])
-            h = _layer_output(layer(h, *args, **kwargs))
+            h = layer_output(layer(h, *args, **kwargs))
         return h
-
-
-def padded_position_ids(attention_mask: Tensor | None, shape: torch.Size | tuple[int, ...]) -> Tensor | None:
-    """Positions counted over real tokens only (as ``generate`` does), so a left-padded
-    prompt sees the same positions as unpadded; padding gets position 0. (n, T) → (n, T)."""
-    if attention_mask is None:
-        return None
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def capture_slice(
@@ -185,7 +153,7 @@ def capture_slice(
 ) -> LayerSlice:
     """Run the model once on a prompt batch and record what layers ``s..t-1`` receive.
 
-    Position ids count real tokens only (see :func:`padded_position_ids`), so models with
+    Position ids count real tokens only (see :func:`melbo.hooks.position_ids`), so models with
     absolute position embeddings (GPT-2) see a left-padded prompt as they see it unpadded.
 
     Parameters
@@ -194,14 +162,13 @@ def capture_slice(
     attention_mask : Tensor, shape (n, T), optional (1 = token, 0 = padding)
     """
     access.check_layer_range(source_layer, target_layer)
-    model = access.model
     layers = access.layers
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     store: dict[str, Tensor] = {}
 
-    def pre_hook(idx: int):
+    def recorder(idx: int):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            h = _hidden_from_call(args, kwargs)
+            h = layer_input(args, kwargs)
             if idx == source_layer:
                 store["x"] = h.detach().clone()
             rest_args = args[1:] if args else ()
@@ -214,29 +181,11 @@ def capture_slice(
 
         return hook
 
-    def post_hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        store["y"] = _layer_output(out).detach().clone()
-        raise _StopForward
-
-    handles = []
-    try:
-        for idx in range(source_layer, target_layer):
-            handles.append(layers[idx].register_forward_pre_hook(pre_hook(idx), with_kwargs=True))
-        handles.append(layers[target_layer - 1].register_forward_hook(post_hook))
-        with torch.no_grad():
-            try:
-                model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=padded_position_ids(attention_mask, input_ids.shape),
-                    use_cache=False,
-                )
-            except _StopForward:
-                pass
-    finally:
-        for hd in handles:
-            hd.remove()
-    if "y" not in store or len(calls) != target_layer - source_layer:
+    store["y"] = forward_until(
+        access.model, layers[target_layer - 1], where="output", input_ids=input_ids, attention_mask=attention_mask,
+        extra_hooks=[(layers[idx], recorder(idx)) for idx in range(source_layer, target_layer)],
+    ).clone()
+    if "x" not in store or len(calls) != target_layer - source_layer:
         raise RuntimeError(
             "the model's forward pass did not run the decoder layers as expected "
             f"(recorded {len(calls)} of {target_layer - source_layer} layers)"

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from melbo.io import atomic_write_text, check_out_dir
 from melbo.organisms.checks import (
     TARGETS,
     CheckResult,
@@ -241,24 +242,16 @@ def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
 
 
 def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
-    if resume:
-        if not (out / CHECKPOINT / "state.json").is_file():
-            done = " (the organism there is complete, see organism.json)" if (out / "organism.json").is_file() else ""
-            raise FileNotFoundError(f"nothing to resume: {str(out / CHECKPOINT)!r} has no checkpoint{done}")
-        return
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(
-            f"output directory {str(out)!r} is not empty; pass --force to overwrite it "
-            "or --resume to continue its checkpoint"
-        )
+    try:
+        check_out_dir(out, writer="melbo organism build", force=force, resume=resume, resume_file=f"{CHECKPOINT}/state.json")
+    except FileNotFoundError as err:
+        if (out / "organism.json").is_file():
+            raise FileNotFoundError(f"{err} (the organism there is complete, see organism.json)") from None
+        raise
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def build_organism(

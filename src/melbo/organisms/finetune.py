@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from melbo.dtypes import resolve_dtype
+from melbo.io import atomic_write, atomic_write_text
+from melbo.models.logits import logit_postprocess
 from melbo.organisms.data import Example
 from melbo.organisms.lora import LoRA, init_lora
 from melbo.prompts import FALLBACK_TEMPLATE, format_chat
@@ -167,25 +170,6 @@ def batch_schedule(n: int, steps: int, batch_size: int, seed: int) -> list[list[
 # ---------------------------------------------------------------- loss
 
 
-def _logit_transform(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    cfg = getattr(model, "config", None)
-    text_cfg = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
-    cap = getattr(text_cfg, "final_logit_softcapping", None)
-    scale = getattr(text_cfg, "logit_scale", None)  # Cohere multiplies
-    div = getattr(text_cfg, "logits_scaling", None)  # Granite divides
-
-    def f(logits: Tensor) -> Tensor:
-        if scale:
-            logits = logits * scale
-        if div:
-            logits = logits / div
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    return f
-
-
 def completion_loss(
     model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, autocast: str | None = None
 ) -> Tensor:
@@ -200,35 +184,24 @@ def completion_loss(
     if not bool(keep.any()):
         raise ValueError("the batch has no completion tokens")
     decoder: Any = model.base_model
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(autocast or "")
+    dtype = resolve_dtype(autocast)
     with torch.autocast(input_ids.device.type, dtype=dtype, enabled=dtype is not None):
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         h = out[0] if isinstance(out, tuple) else out.last_hidden_state  # (B, T, d)
         rows = h[:, :-1][keep]  # (N, d)
         head = model.get_output_embeddings()  # type: ignore[operator]
-        logits = _logit_transform(model)(head(rows))  # (N, V)
+        logits = logit_postprocess(model)(head(rows))  # (N, V)
     return F.cross_entropy(logits.float(), targets[keep])
 
 
 # ---------------------------------------------------------------- loop
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 def _save_checkpoint(ck: Path, lora: LoRA, opt: torch.optim.Optimizer, step: int, losses: list[float], meta: dict[str, Any]) -> None:
     ck.mkdir(parents=True, exist_ok=True)
-    _atomic_write(ck / "lora.safetensors", lambda p: save_file(lora.state_dict(), str(p)))
-    _atomic_write(ck / "optimizer.pt", lambda p: torch.save(opt.state_dict(), p))
-    state = {"step": step, "losses": losses, **meta}
-    _atomic_write(ck / "state.json", lambda p: _write_text(p, json.dumps(state, indent=1)))
+    atomic_write(ck / "lora.safetensors", lambda p: save_file(lora.state_dict(), str(p)))
+    atomic_write(ck / "optimizer.pt", lambda p: torch.save(opt.state_dict(), p))
+    atomic_write_text(ck / "state.json", json.dumps({"step": step, "losses": losses, **meta}, indent=1))
 
 
 def finetune(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from melbo.hooks import removing
 from melbo.models.access import get_layer_access
 
 __all__ = ["LoRA", "init_lora", "lora_targets", "merge_lora"]
@@ -79,14 +80,10 @@ class LoRA:
         targets = lora_targets(model)
         if set(targets) != set(self.A):
             raise ValueError("these adapters were made for a model with other linear layers")
-        handles = []
-        try:
+        with removing() as handles:
             for name, mod in targets.items():
                 handles.append(mod.register_forward_hook(_hook(self.A[name], self.B[name], self.scale)))
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
 
 def _hook(A: nn.Parameter, B: nn.Parameter, scale: float):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from melbo.features import _atomic_write
+from melbo.io import atomic_write_text
 from melbo.report.templating import render
 
 if TYPE_CHECKING:
@@ -54,5 +54,5 @@ def write_discovery_report(result: Discovery, path: str | os.PathLike[str], **kw
     """Write :func:`discovery_html` to ``path`` atomically; returns the path."""
     p = Path(path)
     text = discovery_html(result, **kwargs)
-    _atomic_write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(p, text)
     return p
