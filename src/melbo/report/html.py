@@ -420,7 +420,7 @@ def render_report(
 
     body.append('<h2 id="geometry">Geometry</h2>')
     cos_v = pairwise_cosines(features.V).tolist() if m > 1 else []
-    cos_u = pairwise_cosines(features.U).tolist() if m > 1 else []
+    cos_u = pairwise_cosines(features.U).tolist() if m > 1 and features.U is not None else []
     svg = figures.figure_to_svg(figures.cosine_figure(cos_v, cos_u), "cosines",
                                 label="histograms of pairwise cosines of V and U")
     body.append(_figure(svg, f"Pairwise cosines of the {m} source directions v and target directions u "
