@@ -42,9 +42,9 @@ import torch
 
 from melbo.evaluate.scores import jailbreak_score, steered_scores
 from melbo.features import Features
+from melbo.methods import get_method
 from melbo.models.loading import load_model
 from melbo.prompt_files import read_prompts
-from melbo.methods import get_method
 from melbo.train import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
