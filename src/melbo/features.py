@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -530,6 +531,22 @@ class Features:
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{src} holds invalid features: {err}") from err
+
+
+_dataclass_init = Features.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_objective(self: Features, *args: Any, objective: Sequence[float] | None = None, **kwargs: Any) -> None:
+    """The dataclass ``__init__``, also accepting format 1's ``objective=`` (the training curve) for ``history=``."""
+    if objective is not None:
+        if "history" in kwargs:
+            raise TypeError("give history= or its old name objective=, not both")
+        kwargs["history"] = objective
+    _dataclass_init(self, *args, **kwargs)
+
+
+Features.__init__ = _init_accepting_objective  # type: ignore[method-assign]
 
 
 def _has_targets(method: str) -> bool:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
-from melbo.fit._common import RandomState, check_positive_int
+from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
 from melbo.models.access import LayerAccess, get_layer_access
@@ -264,10 +264,6 @@ class MeanDifference(FitEstimator):
     positions: int = 1
     padding_side: Literal["left", "right"] = "left"
     batch_size: int = 32
-    R: float | None = None
-    lam: float = 0.5
-    n_cal: int = 30
-    random_state: RandomState = None
 
     needs_model = True
 

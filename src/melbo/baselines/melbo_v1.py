@@ -277,9 +277,6 @@ class MelboV1(FitEstimator):
 
     n_factors: int = 32
     _: KW_ONLY
-    R: float | None = None
-    lam: float = 0.5
-    n_cal: int = 30
     max_iter: int = 300
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
@@ -287,7 +284,6 @@ class MelboV1(FitEstimator):
     q: float | None = None
     orthogonal: bool = True
     tol: float = 0.0
-    random_state: RandomState = None
     callback: StepCallback | None = None
 
     needs_model = True

@@ -336,15 +336,11 @@ class OneShotSteering(FitEstimator):
     _: KW_ONLY
     mode: Mode = "promote"
     suppress: str | None = None
-    R: float | None = None
-    lam: float = 0.5
-    n_cal: int = 30
     lr: float = 0.01
     max_iter: int = 100
     tol: float = 0.0
     init_norm: float = 0.0
     one_minus: bool = True
-    random_state: RandomState = None
     callback: Callable[[int, float], None] | None = None
 
     needs_model = True

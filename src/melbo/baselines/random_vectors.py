@@ -97,9 +97,5 @@ class RandomVectors(FitEstimator):
 
     n_factors: int = 512
     _: KW_ONLY
-    R: float | None = None
-    lam: float = 0.5
-    n_cal: int = 30
-    random_state: RandomState = None
 
     _fit_function = staticmethod(random_vectors)

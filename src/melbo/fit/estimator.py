@@ -16,8 +16,9 @@
   given).
 * :meth:`FitEstimator.to_features` wraps the fit as :class:`melbo.features.Features`.
 
-A subclass is a dataclass (``eq=False``) whose fields are its constructor arguments, so
-``__init__`` is generated and only stores them. It names its pure function in
+A subclass is a dataclass (``eq=False``) whose fields are its constructor arguments (its own
+and the shared ``R``, ``lam``, ``n_cal``, ``random_state``), so ``__init__`` is generated and
+only stores them. It names its pure function in
 ``_fit_function``: the default :meth:`FitEstimator._run` calls it with every field except
 the calibration settings (``R``, ``lam``, ``n_cal``), plus ``R=`` and
 ``random_state=generator``. Methods whose function takes other inputs override ``_run``.
@@ -44,16 +45,20 @@ __all__ = ["FitEstimator"]
 _E = TypeVar("_E", bound="FitEstimator")
 
 
+@dataclasses.dataclass(eq=False)
 class FitEstimator:
-    """Base of melbo's estimators (module docstring)."""
+    """Base of melbo's estimators (module docstring). The arguments every method shares,
+    keyword-only: ``R`` (None: calibrated), ``lam`` (λ of the calibration), ``n_cal``
+    (its number of directions) and ``random_state`` (seeds calibration and fit)."""
 
     needs_model: ClassVar[bool] = False
     """True: ``fit`` needs a :class:`~melbo.causal_map.TransformerCausalMap` (model, prompts)."""
 
-    R: float | None
-    lam: float
-    n_cal: int
-    random_state: RandomState
+    _: dataclasses.KW_ONLY
+    R: float | None = None
+    lam: float = 0.5
+    n_cal: int = 30
+    random_state: RandomState = None
 
     _fit_function: ClassVar[Callable[..., FitResult] | None] = None
     _not_passed: ClassVar[frozenset[str]] = frozenset({"R", "lam", "n_cal", "random_state"})
@@ -83,7 +88,7 @@ class FitEstimator:
         self.calibration_: CalibrationResult | None = None
         R = self.R
         if R is None:  # before the fit, so a callback can read the R it runs at
-            self.calibration_ = calibrate_R(delta, self.lam, getattr(self, "n_cal", 30), generator)
+            self.calibration_ = calibrate_R(delta, self.lam, self.n_cal, generator)
             R = self.calibration_.R
         res = self._run(delta, R, generator)
         self.result_ = res

@@ -297,15 +297,11 @@ class ExponentialDCT(FitEstimator):
 
     n_factors: int = 512
     _: KW_ONLY
-    R: float | None = None
-    lam: float = 0.5
-    n_cal: int = 30
     max_iter: int = 10
     beta: float = 1.0
     tol: float = 1e-4
     init: Init = "projected"
     ortho_iters: int | None = None
-    random_state: RandomState = None
     d_proj: int = 32
     callback: Callback | None = None
     rcond: float = 1e-6

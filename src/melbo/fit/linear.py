@@ -214,11 +214,7 @@ class LinearDCT(FitEstimator):
     n_factors: int = 64
     _: KW_ONLY
     method: str = "projected"
-    R: float | None = None
-    lam: float = 0.5
-    n_cal: int = 30
     d_proj: int = 32
-    random_state: RandomState = None
     chunk_size: int = 256
 
     _fit_function = staticmethod(linear_dct)
