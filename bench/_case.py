@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from melbo.features import Features
+from melbo.methods import get_method
 from melbo.models.loading import load_model
 from melbo.organisms.data import OrganismData
 from melbo.train import TrainConfig, train
@@ -71,12 +72,19 @@ def load_organism(path: str, kind: str) -> tuple[Any, Any, OrganismData, dict[st
 
 def fit(model: Any, tok: Any, prompts: Sequence[str], *, method: str, m: int, iters: int, s: int, t: int,
         lam: float, R: float | None, seed: int, on_iteration: Callable[[int, float], None] | None = None,
-        steps: int | None = None) -> tuple[Features, float]:
-    """Features of ``method`` on ``prompts`` and the seconds the fit took."""
-    cfg = TrainConfig(source_layer=s, target_layer=t, method=method, n_factors=m, iters=iters, lam=lam, R=R,
-                      seed=seed, steps=steps)
+        steps: int | None = None, contrast_prompts: Sequence[str] | None = None, **options: Any) -> tuple[Features, float]:
+    """Features of ``method`` on ``prompts`` and the seconds the fit took.
+
+    ``iters`` is τ of the iterative DCT methods, ``steps`` that of melbo-v1 and one-shot
+    (None: the method's default); ``options`` are further :class:`TrainConfig` fields.
+    """
+    spec = get_method(method)
+    max_iter = iters if spec.iterative else steps
+    cfg = TrainConfig(source_layer=s, target_layer=t, method=method, n_factors=m, max_iter=max_iter, lam=lam, R=R,
+                      random_state=seed, **options)
     t0 = time.perf_counter()
-    feats = train(model, tok, list(prompts), cfg, on_iteration=on_iteration)
+    feats = train(model, tok, list(prompts), cfg, on_iteration=on_iteration,
+                  contrast_prompts=list(contrast_prompts) if contrast_prompts is not None else None)
     return feats, time.perf_counter() - t0
 
 

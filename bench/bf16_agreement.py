@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from melbo.causal_map import TransformerCausalMap
-from melbo.fit._common import ConvergenceWarning
+from melbo.fit import ConvergenceWarning
 from melbo.fit.calibrate import calibrate_R
 from melbo.fit.exponential import exponential_dct
 from melbo.models.loading import load_model
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, cdt in (("float32", None), ("bfloat16", "bfloat16")):
         cmap = TransformerCausalMap(model, prompts, args.s, args.t, tokenizer=tok, compute_dtype=cdt)
         if R is None:
-            R = calibrate_R(cmap, 0.5, seed=args.seed).R
+            R = calibrate_R(cmap, 0.5, random_state=args.seed).R
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cos_v": {"mean": statistics.fmean(cos_v), "median": statistics.median(cos_v), "min": min(cos_v)},
         "cos_u_same_match": {"mean": statistics.fmean(cos_u), "median": statistics.median(cos_u), "min": min(cos_u)},
         "distinct_fp32_matches": len(set(best.tolist())),
-        "objective_fp32": a.objective[-1], "objective_bf16": b.objective[-1],
-        "objective_rel_diff": abs(a.objective[-1] - b.objective[-1]) / abs(a.objective[-1]),
+        "objective_fp32": a.history[-1], "objective_bf16": b.history[-1],
+        "objective_rel_diff": abs(a.history[-1] - b.history[-1]) / abs(a.history[-1]),
         "seconds_fit_fp32": ta, "seconds_fit_bf16": tb,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }

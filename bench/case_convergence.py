@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = [pool[i] for i in torch.randperm(len(pool), generator=g)[: args.n_train].tolist()]
     delta = TransformerCausalMap(model, prompts, args.s, args.t, tokenizer=tok, chat=True,
                                  compute_dtype=args.compute_dtype)
-    R = args.R if args.R is not None else float(calibrate_R(delta, lam=args.lam, seed=args.seed).R)
+    R = args.R if args.R is not None else float(calibrate_R(delta, lam=args.lam, random_state=args.seed).R)
     logger.info("R = %.4g", R)
     rows: list[dict[str, Any]] = []
     for m in args.m:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 res = exponential_dct(delta, m, R=R, max_iter=args.iters, tol=0.0, random_state=args.seed,
                                       callback=track, **opts)
-            obj = [float(o) for o in res.objective]
+            obj = [float(o) for o in res.history]
             row = {
                 "variant": name, "m": m, "options": opts, "objective": obj, "movement": list(res.movement),
                 "last_rel_change": abs(obj[-1] - obj[-2]) / abs(obj[-1]) if len(obj) > 1 else None,

@@ -33,6 +33,7 @@ from _case import base_args, emit, load_organism, logger, refusal_prompt_sets, s
 from melbo.evaluate.behaviours import words
 from melbo.evaluate.refusal import is_refusal
 from melbo.generation import generate, generate_steered
+from melbo.methods import get_method
 from melbo.train import TrainConfig, train
 
 
@@ -80,10 +81,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             prompts = [e.prompt for e in data.train if e.tag == "harmless"][:64]
             contrast = [e.prompt for e in data.train if e.tag == "harmful"][:64]
         if method == "one-shot":
-            extra = {"completion": args.completion, "steps": args.one_shot_steps}
+            extra = {"completion": args.completion, "max_iter": args.one_shot_steps}
         m = 1 if method in ("mean-diff", "one-shot") else args.m
-        cfg = TrainConfig(source_layer=args.s, target_layer=args.t, method=method, n_factors=m, iters=args.iters,
-                          lam=args.lam, R=R, seed=args.seed, chat=True, **extra)
+        if get_method(method).iterative:
+            extra["max_iter"] = args.iters
+        cfg = TrainConfig(source_layer=args.s, target_layer=args.t, method=method, n_factors=m,
+                          lam=args.lam, R=R, random_state=args.seed, chat=True, **extra)
         t1 = time.perf_counter()
         feats = train(model, tok, prompts, cfg, contrast_prompts=contrast)
         R = float(feats.R)

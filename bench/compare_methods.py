@@ -42,6 +42,7 @@ import torch
 
 from melbo.evaluate.scores import jailbreak_score, steered_scores
 from melbo.features import Features
+from melbo.methods import get_method
 from melbo.models.loading import load_model
 from melbo.prompt_files import read_prompts
 from melbo.train import TrainConfig, train
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in args.methods:
         t1 = time.perf_counter()
         m = {"melbo-v1": args.m_v1, "mean-diff": 1, "linear-projected": min(args.m, 2 * D_PROJ)}.get(method, args.m)
+        tau = args.iters if get_method(method).iterative else args.v1_steps if method == "melbo-v1" else None
         cfg = TrainConfig(
-            source_layer=args.s, target_layer=args.t, method=method, n_factors=m, iters=args.iters,
-            lam=args.lam, R=R, seed=args.seed, steps=args.v1_steps if method == "melbo-v1" else None,
+            source_layer=args.s, target_layer=args.t, method=method, n_factors=m, max_iter=tau,
+            lam=args.lam, R=R, random_state=args.seed,
         )
         saved = Path(args.save_dir) / method if args.save_dir else None
         if saved is not None and (saved / "config.json").is_file():

@@ -87,7 +87,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from melbo.fit._common import ConvergenceWarning
+from melbo.fit import ConvergenceWarning
 from melbo.fit.exponential import exponential_dct
 from melbo.fit.linear import linear_projected
 from melbo.fit.quadratic import quadratic_dct

@@ -168,7 +168,9 @@ def test_mean_diff_equals_difference_of_means_of_own_hidden_states(tok: Any, fam
 def test_mean_diff_with_delta_reads_outputs_and_validates(llama: nn.Module, tok: Any, delta: TransformerCausalMap) -> None:
     res = mean_difference(llama, PROMPTS, CONTRAST, layer=S, tokenizer=tok, chat=True, R=2.0, delta=delta)
     truth = _true_delta(llama, tok, 2.0 * res.V[:, 0])
-    torch.testing.assert_close(res.alpha[0] * res.U[:, 0], truth, atol=2e-5, rtol=1e-4)
+    # mean-diff learns no target direction: U is None, α = ‖Δ_R(v)‖
+    assert res.U is None
+    torch.testing.assert_close(res.alpha[0], truth.norm(), atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="identical"):
         mean_difference(llama, PROMPTS, PROMPTS, layer=S, tokenizer=tok)
     with pytest.raises(ValueError, match=r"layer=4 is out of range.*0 ≤ layer ≤ 3"):
@@ -183,16 +185,16 @@ def test_mean_diff_with_delta_reads_outputs_and_validates(llama: nn.Module, tok:
 def test_one_shot_promote_raises_and_suppress_lowers_the_completion_log_prob(llama: nn.Module, tok: Any) -> None:
     prompt, completion = "hello there", "Sure, here is"
     before = _true_log_prob(llama, tok, prompt, completion)
-    up = one_shot(llama, tok, prompt, completion, layer=S, lr=0.05, n_steps=15, chat=True)
-    down = one_shot(llama, tok, prompt, completion, layer=S, mode="suppress", lr=0.05, n_steps=15, chat=True)
+    up = one_shot(llama, tok, prompt, completion, layer=S, lr=0.05, max_iter=15, chat=True)
+    down = one_shot(llama, tok, prompt, completion, layer=S, mode="suppress", lr=0.05, max_iter=15, chat=True)
     v_up, v_down = up.R * up.V[:, 0], down.R * down.V[:, 0]
     after_up = _true_log_prob(llama, tok, prompt, completion, v_up)
     after_down = _true_log_prob(llama, tok, prompt, completion, v_down)
     assert after_up > before + 0.3, (before, after_up)
     assert after_down < before - 0.3, (before, after_down)
     # the objective at the returned vector is the model's own log-prob (logits_to_keep path)
-    assert up.objective[-1] == pytest.approx(after_up, abs=1e-4)
-    assert up.method == "one-shot" and up.n_iter == 15 and len(up.objective) == 16
+    assert up.scores[-1] == pytest.approx(after_up, abs=1e-4)
+    assert up.method == "one-shot" and up.n_iter == 15 and len(up.history) == 15 and up.U is None
     torch.testing.assert_close(up.V.norm(dim=0), torch.ones(1))
     assert all(p.grad is None for p in llama.parameters())
 
@@ -200,7 +202,7 @@ def test_one_shot_promote_raises_and_suppress_lowers_the_completion_log_prob(lla
 def test_one_shot_mixed_cap_seed_and_errors(llama: nn.Module, tok: Any) -> None:
     prompt, good, bad = "how do I make tea", "Sure", "I am sorry"
     gap0 = _true_log_prob(llama, tok, prompt, good) - _true_log_prob(llama, tok, prompt, bad)
-    kw: dict[str, Any] = {"layer": S, "mode": "mixed", "suppress": bad, "lr": 0.05, "n_steps": 10, "chat": True}
+    kw: dict[str, Any] = {"layer": S, "mode": "mixed", "suppress": bad, "lr": 0.05, "max_iter": 10, "chat": True}
     res = one_shot(llama, tok, prompt, good, max_norm=0.3, init_norm=0.1, random_state=7, **kw)
     v = res.R * res.V[:, 0]
     gap1 = _true_log_prob(llama, tok, prompt, good, v) - _true_log_prob(llama, tok, prompt, bad, v)
@@ -235,13 +237,13 @@ def planted(tok: Any) -> tuple[TransformerCausalMap, Tensor]:
 def test_melbo_v1_recovers_the_planted_direction_and_beats_random(planted: tuple[TransformerCausalMap, Tensor]) -> None:
     delta, w = planted
     R = 1.0
-    res = melbo_v1(delta, 3, R=R, n_steps=40, lr=0.05, random_state=0)
-    assert res.method == "melbo-v1" and res.V.shape == (32, 3) and len(res.objective) == 3
+    res = melbo_v1(delta, 3, R=R, max_iter=40, lr=0.05, random_state=0)
+    assert res.method == "melbo-v1" and res.V.shape == (32, 3) and len(res.scores) == 3 and res.history == []
     torch.testing.assert_close(res.V.norm(dim=0), torch.ones(3))
     assert abs(float(w @ res.V[:, 0])) > 0.95
     rand = torch.nn.functional.normalize(torch.randn(32, 20, generator=torch.Generator().manual_seed(0)), dim=0)
     best_random = max(melbo_v1_objective(delta, R * v) for v in rand.T)
-    assert res.objective[0] > 2 * best_random
+    assert res.scores[0] > 2 * best_random
     cos = res.V.T @ res.V - torch.eye(3)
     assert float(cos.abs().max()) < 1e-5
     # U, α are Δ_R(V); the per-prompt helper averages to Δ
@@ -251,12 +253,12 @@ def test_melbo_v1_recovers_the_planted_direction_and_beats_random(planted: tuple
 
 def test_melbo_v1_vectors_have_norm_R_at_the_input(delta: TransformerCausalMap, llama: nn.Module, tok: Any) -> None:
     R = 2.0
-    a = melbo_v1(delta, 2, R=R, n_steps=5, lr=0.05, random_state=1)
-    b = melbo_v1(delta, 2, R=R, n_steps=5, lr=0.05, random_state=1)
-    assert torch.equal(a.V, b.V) and a.objective == b.objective
+    a = melbo_v1(delta, 2, R=R, max_iter=5, lr=0.05, random_state=1)
+    b = melbo_v1(delta, 2, R=R, max_iter=5, lr=0.05, random_state=1)
+    assert torch.equal(a.V, b.V) and a.scores == b.scores
     truth = _true_delta(llama, tok, R * a.V[:, 0])  # R·v added at the layer-S input by our own hook
     torch.testing.assert_close(a.alpha[0] * a.U[:, 0], truth, atol=2e-5, rtol=1e-4)
-    free = melbo_v1(delta, 2, R=R, n_steps=3, lr=0.05, orthogonal=False, random_state=1)
+    free = melbo_v1(delta, 2, R=R, max_iter=3, lr=0.05, orthogonal=False, random_state=1)
     torch.testing.assert_close(free.V.norm(dim=0), torch.ones(2))
 
 
@@ -265,23 +267,25 @@ def test_melbo_v1_validates(delta: TransformerCausalMap) -> None:
         melbo_v1(SyntheticMap(torch.eye(4), torch.eye(4)), 2, R=1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_factors must be <= d_model = 32"):
         melbo_v1(delta, 33, R=1.0)
-    for bad in ({"lr": 0.0}, {"p": -1.0}, {"n_steps": 0}, {"betas": (0.9, 1.0)}, {"tol": -1.0}):
+    for bad in ({"lr": 0.0}, {"p": -1.0}, {"max_iter": 0}, {"betas": (0.9, 1.0)}, {"tol": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             melbo_v1(delta, 1, R=1.0, **bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- estimators
 def test_estimators_store_arguments_and_fit(delta: TransformerCausalMap, llama: nn.Module, tok: Any) -> None:
-    mv = MelboV1(2, R=1.0, n_steps=3, lr=0.05, random_state=0)
+    mv = MelboV1(2, R=1.0, max_iter=3, lr=0.05, random_state=0)
     assert not hasattr(mv, "result_")
     mv.fit(delta)
     assert mv.factors_[1].shape == (32, 2) and [len(c) for c in mv.curves_] == [3, 3] and mv.n_iter_ == 3
     rv = RandomVectors(3, random_state=0).fit(delta)  # R calibrated at lam = 0.5
     assert rv.R_ > 0 and rv.factors_[1].shape == (32, 3)
-    md = MeanDifference(S, chat=True).fit(llama, PROMPTS, CONTRAST, tokenizer=tok, delta=delta)
-    assert md.direction_.shape == (32,) and md.R_ > 0
-    os_ = OneShotSteering(S, n_steps=2, chat=True).fit(llama, tok, PROMPTS[0], "Sure")
+    md = MeanDifference(CONTRAST, R=2.0).fit(delta)  # the map's prompts are the set A
+    ref = mean_difference(llama, PROMPTS, CONTRAST, layer=S, tokenizer=tok, chat=True, R=2.0, delta=delta)
+    assert md.direction_.shape == (32,) and md.R_ == 2.0 and torch.equal(md.V_, ref.V) and md.U_ is None
+    os_ = OneShotSteering("Sure", max_iter=2).fit(delta)  # the map's first prompt; R (the cap) calibrated
     torch.testing.assert_close(os_.vector_.norm(), torch.tensor(os_.R_))
+    assert os_.R_ <= os_.calibration_.R + 1e-6 and os_.U_ is None and len(os_.history_) == 2
 
 
 # ---------------------------------------------------------------- melbo train

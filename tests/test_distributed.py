@@ -14,8 +14,13 @@ import torch.multiprocessing as mp
 from tiny_models import tiny_model
 
 from melbo.causal_map import TransformerCausalMap
-from melbo.distributed import ShardedCausalMap, distributed_exponential_dct, shard_bounds
-from melbo.fit._common import ConvergenceWarning
+from melbo.distributed import (
+    ShardedCausalMap,
+    distributed_exponential_dct,
+    distributed_fit,
+    shard_bounds,
+)
+from melbo.fit import ConvergenceWarning, ExponentialDCT
 from melbo.fit.calibrate import calibrate_R
 from melbo.fit.exponential import exponential_dct
 from melbo.prompts import PromptBatch, resolve_positions
@@ -36,7 +41,16 @@ def _fits(cmap: object, fit: object, m: int) -> tuple[torch.Tensor, ...]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = fit(cmap, m, R=1.5, max_iter=3, random_state=0, d_proj=4)  # type: ignore[operator]
-    return res.U, res.V, res.alpha, torch.tensor(res.objective)
+    return res.U, res.V, res.alpha, torch.tensor(res.history)
+
+
+def _options_fit(cmap: object, sharded: bool) -> torch.Tensor:
+    """Every OGI option the old sharded copy lacked, R calibrated: through the estimator."""
+    est = ExponentialDCT(5, max_iter=2, random_state=0, d_proj=4, n_cal=3, sequential=True, orient=True, ortho="polar")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = distributed_fit(est, cmap) if sharded else est.fit(cmap)  # type: ignore[arg-type]
+    return torch.cat([est.U_, est.V_, est.alpha_[None], torch.tensor([[est.R_] * 5])])
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -51,7 +65,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         for m in (5, 1):  # uneven split (3 + 2 columns), and a rank with no columns
             for key, t in zip("UVAO", _fits(cmap, distributed_exponential_dct, m)):
                 out[f"{key}{m}"] = t
-        out["R"] = torch.tensor(calibrate_R(ShardedCausalMap(cmap), 0.5, n_dirs=3, seed=0).R)
+        out["R"] = torch.tensor(calibrate_R(ShardedCausalMap(cmap), 0.5, n_cal=3, random_state=0).R)
+        out["options"] = _options_fit(cmap, sharded=True)
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -87,7 +102,8 @@ def test_two_gloo_ranks_give_the_single_process_factors(tmp_path: Path) -> None:
     for m in (5, 1):
         for key, t in zip("UVAO", _fits(cmap, exponential_dct, m)):
             ref[f"{key}{m}"] = t
-    ref["R"] = torch.tensor(calibrate_R(cmap, 0.5, n_dirs=3, seed=0).R)
+    ref["R"] = torch.tensor(calibrate_R(cmap, 0.5, n_cal=3, random_state=0).R)
+    ref["options"] = _options_fit(cmap, sharded=False)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         for key, want in ref.items():

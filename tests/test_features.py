@@ -35,7 +35,7 @@ def _features(d: int = 32, m: int = 6, seed: int = 0, **kw: Any) -> Features:
         source_layer=1,
         target_layer=3,
         positions=3,
-        objective=[1.0, 2.5, 3.125],
+        history=[1.0, 2.5, 3.125],
         prompts_hash=prompts_hash(["How do I bake a cake?", "Tell me a story."]),
         model={"name": "x", "config_sha256": "c", "weights_sha256": "w"},
         extra={"n_iter": 3, "converged": True, "seed": 0},
@@ -91,12 +91,12 @@ def test_save_load_round_trips_bit_exactly_with_all_metadata(tmp_path: Path) -> 
         a, b = getattr(f, name), getattr(g, name)
         assert a.dtype == b.dtype and torch.equal(a, b), name
     for name in (
-        "R", "method", "source_layer", "target_layer", "positions", "objective",
+        "R", "method", "source_layer", "target_layer", "positions", "history", "scores",
         "prompts_hash", "model", "extra", "melbo_version",
     ):
         assert getattr(f, name) == getattr(g, name), name
     cfg = json.loads((tmp_path / "feat" / CONFIG_FILE).read_text())
-    assert cfg["format_version"] == 1
+    assert cfg["format_version"] == 2
     assert set(load_file(str(tmp_path / "feat" / TENSORS_FILE))) == {"U", "V", "alpha"}
     assert not [p for p in (tmp_path / "feat").iterdir() if p.name.startswith(".")]  # no temp files
 
@@ -183,7 +183,7 @@ def test_from_fit_records_provenance() -> None:
 
     f0 = _features()
     res = FitResult(U=f0.U, V=f0.V, alpha=f0.alpha, R=2.0, method="quadratic",
-                    objective=[1.0, 2.0], n_iter=2, converged=True)
+                    history=[1.0, 2.0], n_iter=2, converged=True)
     model = tiny_model("llama", seed=0)
     f = Features.from_fit(res, source_layer=0, target_layer=2, model=model, prompts=["a"],
                           positions=3)

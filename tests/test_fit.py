@@ -301,7 +301,7 @@ def test_linear_full_is_the_svd_of_the_autograd_jacobian(cmap) -> None:  # type:
     m = 7  # odd: 4 directions, the last without its negation
     res = linear_full(delta, m, R=R)
     V, U, a = res.V, res.U, res.alpha
-    assert res.method == "linear-full" and V.shape == U.shape == (d, m) and res.n_iter == 0
+    assert res.method == "linear" and V.shape == U.shape == (d, m) and res.n_iter == 0
     torch.testing.assert_close(a[0::2] / R, s_ref[:4], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(a[1::2], a[0::2][:3], rtol=0, atol=0)
     torch.testing.assert_close(V[:, 1::2], -V[:, 0::2][:, :3], rtol=0, atol=0)
@@ -423,7 +423,7 @@ def test_exponential_dct_orthogonalises_v_as_scheduled(synth, ortho_iters: int |
         GV = torch.stack([vjp(f, R * Vo[:, j], U[:, j])[1] for j in range(4)], dim=1)
         torch.testing.assert_close(Us, _normalise(GU), rtol=1e-9, atol=1e-11)
         torch.testing.assert_close(Vs, _normalise(GV), rtol=1e-9, atol=1e-11)
-        assert obj == pytest.approx(float((U * GU).sum()), rel=1e-10) == pytest.approx(res.objective[it], rel=1e-12)
+        assert obj == pytest.approx(float((U * GU).sum()), rel=1e-10) == pytest.approx(res.history[it], rel=1e-12)
         assert mv == pytest.approx(max(float((Us - U).norm(dim=0).max()), float((Vs - V).norm(dim=0).max())), rel=1e-9)
         U, V = Us, Vs
     assert res.n_iter == 3 and not res.converged and res.movement == [s[3] for s in states]
@@ -702,7 +702,7 @@ def _bad_calls(delta: SyntheticMap) -> list[tuple[Callable[[], object], str]]:
         (lambda: linear_dct(delta, 2, R=1.0, method="svd"), "unknown linear method 'svd'"),
         (lambda: calibrate_R(delta, 0.0), "lam must be a finite number > 0, got 0.0"),
         (lambda: calibrate_R(delta, -0.5), "got -0.5"),
-        (lambda: calibrate_R(delta, 0.5, n_dirs=0), "n_dirs must be an integer >= 1, got 0"),
+        (lambda: calibrate_R(delta, 0.5, n_cal=0), "n_cal must be an integer >= 1, got 0"),
         (lambda: calibrate_R(delta, 0.5, bracket=(1.0, 0.5)), r"0 < lo < hi < inf, got \(1.0, 0.5\)"),
         (lambda: calibrate_R(delta, 0.5, rtol=0.0), r"rtol must be in \(0, 1\), got 0.0"),
         (lambda: calibrate_R(delta, 0.5, widen=1.0), "widen must be > 1, got 1.0"),
@@ -741,8 +741,8 @@ def test_estimators_set_fitted_attributes_like_the_functions(synth, kind: str) -
         assert est.fit(delta) is est
     U, V = est.factors_
     assert torch.equal(U, ref.U) and torch.equal(V, ref.V) and torch.equal(est.alpha_, ref.alpha)
-    assert est.R_ == 1.5 and est.n_iter_ == ref.n_iter and est.objective_ == ref.objective
-    assert isinstance(est.objective_, list) and len(est.objective_) == est.n_iter_
+    assert est.R_ == 1.5 and est.n_iter_ == ref.n_iter and est.history_ == ref.history
+    assert isinstance(est.history_, list) and len(est.history_) == est.n_iter_
     assert (est.n_iter_ == 3) if kind in ("exponential", "quadratic") else (est.n_iter_ == 0)
     assert est.alpha_.shape == (6,) and bool((est.alpha_ >= 0).all())
 

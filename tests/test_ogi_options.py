@@ -153,7 +153,7 @@ def test_exponential_dct_runs_the_options_in_every_iteration(synth) -> None:  # 
         step = ogi_step(delta, U, qr_columns(V), R, sequential=True, orient=True)
         torch.testing.assert_close(Us, step.U, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(Vs, step.V, rtol=1e-10, atol=1e-12)
-        assert obj == pytest.approx(step.objective, rel=1e-10) and obj == res.objective[it]
+        assert obj == pytest.approx(step.objective, rel=1e-10) and obj == res.history[it]
         U, V = Us, Vs
     est = ExponentialDCT(4, R=R, max_iter=3, tol=0.0, init=(U0, V0), sequential=True, orient=True)
     with pytest.warns(ConvergenceWarning):

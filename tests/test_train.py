@@ -70,7 +70,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny: tuple[Path
     with pytest.raises(KeyboardInterrupt):
         train(model, tok, prompts, cfg, out, on_iteration=stop_at_2)
     state = json.loads((out / CHECKPOINT / "state.json").read_text())
-    assert state["iteration"] == 2 and len(state["objective"]) == 2
+    assert state["iteration"] == 2 and len(state["history"]) == 2
     resumed = train(model, tok, prompts, cfg, out, resume=True)
     torch.testing.assert_close(resumed.V, full.V, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(resumed.U, full.U, rtol=1e-5, atol=1e-6)

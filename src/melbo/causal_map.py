@@ -74,6 +74,12 @@ class TransformerCausalMap:
         once more for a shape-generic graph when a second chunk shape appears), so it pays on long fits (many factors or iterations), not
         on a few calls. Results equal the eager ones up to rounding. A string names the
         ``torch.compile`` backend (``True`` is ``"inductor"``).
+
+    Public attributes besides the protocol: ``model``, ``access``, ``source_layer``,
+    ``target_layer``, ``prompts`` (the tokenised :class:`PromptBatch`), ``raw_prompts`` (the
+    prompts as given, None when a PromptBatch was given), ``tokenizer``, ``chat`` and
+    ``system_prompt`` (as given), ``positions`` (n, k) and ``targets`` (n, k, d): what the
+    methods that need more than Δ (:mod:`melbo.baselines`) read.
     """
 
     def __init__(
@@ -118,6 +124,10 @@ class TransformerCausalMap:
         if memory_budget is not None and memory_budget <= 0:
             raise ValueError(f"memory_budget={memory_budget!r}: must be a positive number of bytes")
         self.model = model
+        self.tokenizer = tokenizer
+        self.chat = chat
+        self.system_prompt = system_prompt
+        self.raw_prompts: tuple[PromptLike, ...] | None = None if isinstance(prompts, PromptBatch) else tuple(prompts)
         self.source_layer = source_layer
         self.target_layer = target_layer
         param = next(model.parameters())
@@ -156,6 +166,16 @@ class TransformerCausalMap:
     @property
     def n_prompts(self) -> int:
         return self.slice.n_prompts
+
+    @property
+    def positions(self) -> Tensor:
+        """Target positions P, shape (n, k): absolute token indices of each prompt (never padding)."""
+        return self._pos
+
+    @property
+    def targets(self) -> Tensor:
+        """Unsteered target activations y_i[p] at :attr:`positions`, shape (n, k, d), in :attr:`dtype`."""
+        return self._y_target
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.compute_dtype == self._model_dtype:

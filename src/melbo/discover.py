@@ -109,8 +109,8 @@ def search_layers(
         if not 0 <= s < t <= access.n_layers:
             raise ValueError(f"layers {s} → {t}: need 0 ≤ source < target ≤ {access.n_layers}")
         t0 = time.perf_counter()
-        tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, iters=iters, lam=cfg.lam, R=cfg.R,
-                           seed=cfg.seed, chat=cfg.chat, extra={"search": True})
+        tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, max_iter=iters, lam=cfg.lam, R=cfg.R,
+                           random_state=cfg.seed, chat=cfg.chat, extra={"search": True})
         feats = train(model, tokenizer, list(train_prompts), tcfg)
         V = feats.V.to(torch.float32)
         V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.seed)], dim=1)
@@ -298,8 +298,8 @@ def discover(
 
     # 1. features (resumable through train's own checkpoint)
     t0 = time.perf_counter()
-    tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, iters=cfg.iters, lam=cfg.lam, R=cfg.R,
-                       seed=cfg.seed, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
+    tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, max_iter=cfg.iters, lam=cfg.lam, R=cfg.R,
+                       random_state=cfg.seed, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
                        extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None

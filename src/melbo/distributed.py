@@ -11,8 +11,9 @@ column ℓ of every primitive depends only on column ℓ of its inputs, the resu
 single-process one up to float rounding.
 
 Everything outside the primitives is replicated: every rank holds the full (d, m) U and
-V (a few MiB) and runs the unchanged :func:`melbo.fit.exponential.exponential_dct` loop on
-the wrapped map — the QR of V is computed by every rank on the same gathered matrix, the
+V (a few MiB) and runs the unchanged single-process fit (:func:`distributed_fit` calls the
+estimator's own ``fit``, so every OGI option — ``sequential``, ``orient``, ``ortho``, … —
+works sharded) on the wrapped map — the QR of V is computed by every rank on the same gathered matrix, the
 objective Σ_ℓ⟨u_ℓ, G_U[:, ℓ]⟩ from the same gathered G_U (so it needs no separate
 all-reduce), and the init draws come from the same seed. Ranks therefore run the same
 deterministic computation on bit-identical inputs and stay in step without broadcasts.
@@ -30,17 +31,16 @@ One process per GPU, started by ``torchrun``, each loading the whole model on it
     # fit_sharded.py
     import torch.distributed as dist
     from melbo.causal_map import TransformerCausalMap
-    from melbo.distributed import ShardedCausalMap, distributed_exponential_dct, init_distributed
-    from melbo.fit.calibrate import calibrate_R
+    from melbo.distributed import distributed_fit, init_distributed
+    from melbo.fit import ExponentialDCT
     from melbo.models.loading import load_model
 
     rank, world_size, device = init_distributed()          # NCCL on GPUs, gloo on CPUs
     model, tok = load_model("Qwen/Qwen1.5-7B-Chat", dtype="bfloat16", device=device)
     cmap = TransformerCausalMap(model, prompts, 10, 20, tokenizer=tok)
-    R = calibrate_R(ShardedCausalMap(cmap), 0.5, seed=0).R  # same R on every rank
-    res = distributed_exponential_dct(cmap, 512, R=R, random_state=0)
+    est = distributed_fit(ExponentialDCT(512, random_state=0, orient=True), cmap)  # R calibrated, sharded
     if rank == 0:
-        ...  # save res (identical on every rank)
+        est.to_features().save("features")  # identical on every rank
     dist.destroy_process_group()
 
 Models larger than one GPU (``device_map="auto"``)
@@ -59,25 +59,28 @@ group's device to the rank's first GPU, where the gathered results live.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from melbo.fit._common import RandomState, check_delta, make_generator
-from melbo.fit.exponential import Callback, exponential_dct
-from melbo.fit.init import Init
+from melbo.fit.estimator import FitEstimator
+from melbo.fit.exponential import exponential_dct
 from melbo.fit.result import FitResult
 from melbo.protocol import CausalMap
 
-__all__ = ["ShardedCausalMap", "distributed_exponential_dct", "init_distributed", "shard_bounds"]
+__all__ = ["ShardedCausalMap", "distributed_exponential_dct", "distributed_fit", "init_distributed", "shard_bounds"]
 
 logger = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=FitEstimator)
 
 
 def shard_bounds(m: int, world_size: int, rank: int) -> tuple[int, int, int]:
@@ -194,48 +197,38 @@ def _common_seed(random_state: RandomState, device: torch.device, group: dist.Pr
     return int(seed.item())
 
 
-def distributed_exponential_dct(
-    delta: CausalMap,
-    n_factors: int = 512,
-    *,
-    R: float,
-    max_iter: int = 10,
-    beta: float = 1.0,
-    tol: float = 1e-4,
-    init: Init = "projected",
-    ortho_iters: int | None = None,
-    random_state: RandomState = None,
-    d_proj: int = 32,
-    callback: Callback | None = None,
-    rcond: float = 1e-6,
-    group: dist.ProcessGroup | None = None,
-) -> FitResult:
-    """:func:`melbo.fit.exponential.exponential_dct` with the factors sharded over ranks.
+def distributed_fit(estimator: _E, delta: CausalMap, group: dist.ProcessGroup | None = None) -> _E:
+    """``estimator.fit`` with the primitives sharded over the ranks of ``group``.
 
-    Call it on every rank of ``group`` with the same arguments; every rank returns the
-    same :class:`~melbo.fit.result.FitResult`, equal to the single-process fit with the
-    same seed up to float rounding. ``random_state=None`` draws one seed on rank 0 and
-    broadcasts it; a :class:`torch.Generator` must be in the same state on every rank.
-    ``callback`` runs on every rank (check ``dist.get_rank() == 0`` to write checkpoints).
-    Other parameters as in :func:`~melbo.fit.exponential.exponential_dct`.
+    The single-process code path on a :class:`ShardedCausalMap`: any estimator of
+    :mod:`melbo.methods` whose fit needs only the :class:`~melbo.protocol.CausalMap`
+    primitives (exponential with every OGI option, quadratic, linear, random), calibration
+    of R included. Call it on every rank with the same estimator settings; every rank ends
+    with the same fitted attributes, equal to the single-process fit with the same seed up
+    to float rounding. ``random_state=None`` draws one seed on rank 0 and broadcasts it
+    (a :class:`torch.Generator` must be in the same state on every rank); a ``callback``
+    runs on every rank (check ``dist.get_rank() == 0`` to write checkpoints).
     """
+    if getattr(estimator, "needs_model", False):
+        raise TypeError(f"{type(estimator).__name__} needs the model behind Δ and cannot be sharded by columns")
     sharded = ShardedCausalMap(delta, group)
-    seed = _common_seed(random_state, sharded.device, group)
+    seed = _common_seed(estimator.random_state, sharded.device, group)
+    if seed is not estimator.random_state:
+        estimator = dataclasses.replace(estimator, random_state=seed)  # type: ignore[type-var]
+    logger.info("%s sharded over %d ranks (this is rank %d)", type(estimator).__name__, sharded.world_size, sharded.rank)
+    return estimator.fit(sharded)
+
+
+def distributed_exponential_dct(
+    delta: CausalMap, n_factors: int = 512, *, group: dist.ProcessGroup | None = None, **options: Any
+) -> FitResult:
+    """:func:`melbo.fit.exponential.exponential_dct` (same arguments, every OGI option) with
+    the factors sharded over the ranks of ``group``: the same function on a
+    :class:`ShardedCausalMap` (:func:`distributed_fit` for the seed rule)."""
+    sharded = ShardedCausalMap(delta, group)
+    options["random_state"] = _common_seed(options.get("random_state"), sharded.device, group)
     logger.info("OGI sharded over %d ranks (this is rank %d)", sharded.world_size, sharded.rank)
-    return exponential_dct(
-        sharded,
-        n_factors,
-        R=R,
-        max_iter=max_iter,
-        beta=beta,
-        tol=tol,
-        init=init,
-        ortho_iters=ortho_iters,
-        random_state=seed,
-        d_proj=d_proj,
-        callback=callback,
-        rcond=rcond,
-    )
+    return exponential_dct(sharded, n_factors, **options)
 
 
 def init_distributed(

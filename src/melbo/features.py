@@ -7,17 +7,26 @@ direction, ``alpha[ℓ]`` its scale. Feature ℓ is applied as ``R * V[:, ℓ]``
 residual stream entering layer ``source_layer`` (:func:`melbo.interventions.steer_features`),
 exactly where Δ was trained.
 
-On disk (``format_version`` 1)::
+Methods that learn no target directions (one-shot, mean-diff: ``has_targets`` False in
+:mod:`melbo.methods`) have ``U = None``; what α, ``history`` and ``scores`` mean per method is
+the table of :mod:`melbo.fit.result`.
 
-    <dir>/features.safetensors   tensors U (d, m), V (d, m), alpha (m,)
+On disk (``format_version`` 2)::
+
+    <dir>/features.safetensors   tensors V (d, m), alpha (m,) and U (d, m) unless U is None
     <dir>/config.json            R, method, source_layer, target_layer, positions,
-                                 objective, prompts_hash, model (fingerprint), extra,
+                                 history, scores, prompts_hash, model (fingerprint), extra,
                                  melbo_version, format_version
+
+Format 1 (before history/scores were separated) is still read: its ``objective`` is the
+per-vector ``scores`` for melbo-v1 and the per-iteration ``history`` otherwise, and the U it
+stored for a method without target directions (a copy of V or Δ_R(v)) is dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -51,8 +60,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
 TENSORS_FILE = "features.safetensors"
 CONFIG_FILE = "config.json"
 _CONFIG_KEYS = (
@@ -61,7 +70,9 @@ _CONFIG_KEYS = (
     "source_layer",
     "target_layer",
     "positions",
-    "objective",
+    "history",
+    "scores",
+    "objective",  # format 1
     "prompts_hash",
     "model",
     "extra",
@@ -127,8 +138,9 @@ class Features:
 
     Attributes
     ----------
-    U : Tensor, shape (d_model, n_factors)
-        Output (target-layer) directions, one per column.
+    U : Tensor of shape (d_model, n_factors), or None
+        Output (target-layer) directions, one per column; None for a method that learns no
+        target directions (:meth:`require_targets` raises a clear error then).
     V : Tensor, shape (d_model, n_factors)
         Input (source-layer) directions, one per column (unit norm for every fitting
         method); feature ℓ steers with ``R * V[:, ℓ]``.
@@ -142,8 +154,11 @@ class Features:
         0 ≤ source_layer < target_layer: the residual streams entering these layers.
     positions : JSON-able
         Target positions the fit used, e.g. ``3`` (the last 3 tokens) or a list.
-    objective : list of float
-        Training curve, one value per iteration.
+    history : list of float
+        Training curve, one value per iteration (empty for non-iterative methods).
+    scores : list of float
+        One value per feature where the method has one (melbo-v1's objective, one-shot's
+        final objective), else empty.
     prompts_hash : str
         :func:`prompts_hash` of the training prompts ("" when unknown).
     model : dict
@@ -154,7 +169,7 @@ class Features:
         Version of melbo that made them.
     """
 
-    U: Tensor
+    U: Tensor | None
     V: Tensor
     alpha: Tensor
     R: float
@@ -162,32 +177,34 @@ class Features:
     source_layer: int
     target_layer: int
     positions: Any = None
-    objective: list[float] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
     prompts_hash: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     melbo_version: str = field(default_factory=melbo_version)
 
     def __post_init__(self) -> None:
-        for name in ("U", "V", "alpha"):
+        for name in self._tensor_names():
             t = getattr(self, name)
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
             if not t.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if self.U.ndim != 2 or self.V.ndim != 2 or self.U.shape != self.V.shape:
+        if self.V.ndim != 2 or (self.U is not None and (self.U.ndim != 2 or self.U.shape != self.V.shape)):
+            u = "None" if self.U is None else tuple(self.U.shape)
             raise ValueError(
-                "U and V must both have shape (d_model, n_factors), got "
-                f"U {tuple(self.U.shape)} and V {tuple(self.V.shape)}"
+                "U and V must both have shape (d_model, n_factors) (or U None), got "
+                f"U {u} and V {tuple(self.V.shape)}"
             )
-        d, m = self.U.shape
+        d, m = self.V.shape
         if d < 1 or m < 1:
-            raise ValueError(f"need d_model ≥ 1 and n_factors ≥ 1, got U {tuple(self.U.shape)}")
+            raise ValueError(f"need d_model ≥ 1 and n_factors ≥ 1, got V {tuple(self.V.shape)}")
         if tuple(self.alpha.shape) != (m,):
             raise ValueError(
                 f"alpha must have shape (n_factors,) = ({m},), got {tuple(self.alpha.shape)}"
             )
-        for name in ("U", "V", "alpha"):
+        for name in self._tensor_names():
             t = getattr(self, name)
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
@@ -209,11 +226,14 @@ class Features:
             raise ValueError(
                 f"need 0 ≤ source_layer < target_layer, got source_layer={s}, target_layer={t_}"
             )
-        try:
-            objective = [float(x) for x in self.objective]
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"objective must be a list of floats, got {self.objective!r}") from err
-        object.__setattr__(self, "objective", objective)
+        for name in ("history", "scores"):
+            try:
+                values = [float(x) for x in getattr(self, name)]
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{name} must be a list of floats, got {getattr(self, name)!r}") from err
+            object.__setattr__(self, name, values)
+        if self.scores and len(self.scores) != m:
+            raise ValueError(f"scores must hold one value per feature ({m}), got {len(self.scores)}")
         if not isinstance(self.prompts_hash, str):
             raise TypeError(f"prompts_hash must be a str, got {self.prompts_hash!r}")
         for name in ("model", "extra"):
@@ -225,17 +245,34 @@ class Features:
         if not isinstance(self.melbo_version, str):
             raise TypeError(f"melbo_version must be a str, got {self.melbo_version!r}")
 
+    def _tensor_names(self) -> tuple[str, ...]:
+        return ("V", "alpha") if self.U is None else ("U", "V", "alpha")
+
     # ------------------------------------------------------------------ sizes and views
 
     @property
     def n_factors(self) -> int:
         """Number m of features."""
-        return int(self.U.shape[1])
+        return int(self.V.shape[1])
 
     @property
     def d_model(self) -> int:
         """Residual-stream dimension d."""
-        return int(self.U.shape[0])
+        return int(self.V.shape[0])
+
+    @property
+    def objective(self) -> list[float]:
+        """The training curve: :attr:`history` (the name of format 1, kept for older code)."""
+        return self.history
+
+    def require_targets(self, purpose: str = "this") -> Tensor:
+        """U, or a ValueError saying that ``purpose`` needs target directions this method lacks."""
+        if self.U is None:
+            raise ValueError(
+                f"{purpose} needs target-layer directions U, but method {self.method!r} learns none "
+                "(U is None); use features of a method that has them (e.g. exponential)"
+            )
+        return self.U
 
     def __len__(self) -> int:
         return self.n_factors
@@ -277,7 +314,7 @@ class Features:
         idx = idx % m
         return dataclasses.replace(
             self,
-            U=self.U[:, idx.to(self.U.device)].clone(),
+            U=None if self.U is None else self.U[:, idx.to(self.U.device)].clone(),
             V=self.V[:, idx.to(self.V.device)].clone(),
             alpha=self.alpha[idx.to(self.alpha.device)].clone(),
         )
@@ -309,8 +346,8 @@ class Features:
         positions: Any = None,
         extra: dict[str, Any] | None = None,
     ) -> Features:
-        """Wrap a :class:`melbo.fit.result.FitResult` (anything with ``U, V, alpha, R, method``
-        and optionally ``objective, n_iter, converged``) with its provenance.
+        """Wrap a :class:`melbo.fit.FitResult` (anything with ``U, V, alpha, R, method``
+        and optionally ``history, scores, n_iter, converged``) with its provenance.
 
         ``model`` may be the model (it is fingerprinted) or a fingerprint dict; ``prompts``
         are hashed with :func:`prompts_hash`.
@@ -326,7 +363,7 @@ class Features:
                 ext[key] = getattr(result, key)
         ext.update(extra or {})
         return cls(
-            U=result.U.detach(),
+            U=None if result.U is None else result.U.detach(),
             V=result.V.detach(),
             alpha=result.alpha.detach(),
             R=float(result.R),
@@ -334,7 +371,8 @@ class Features:
             source_layer=source_layer,
             target_layer=target_layer,
             positions=positions,
-            objective=list(getattr(result, "objective", [])),
+            history=list(getattr(result, "history", [])),
+            scores=list(getattr(result, "scores", [])),
             prompts_hash=prompts_hash(prompts) if prompts is not None else "",
             model=fp,
             extra=ext,
@@ -373,7 +411,8 @@ class Features:
             "source_layer": self.source_layer,
             "target_layer": self.target_layer,
             "positions": self.positions,
-            "objective": list(self.objective),
+            "history": list(self.history),
+            "scores": list(self.scores),
             "prompts_hash": self.prompts_hash,
             "model": self.model,
             "extra": self.extra,
@@ -404,11 +443,7 @@ class Features:
                         f"{p} already exists; pass overwrite=True to replace it or choose another directory"
                     )
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "U": self.U.detach().to("cpu").contiguous(),
-            "V": self.V.detach().to("cpu").contiguous(),
-            "alpha": self.alpha.detach().to("cpu").contiguous(),
-        }
+        tensors = {name: getattr(self, name).detach().to("cpu").contiguous() for name in self._tensor_names()}
         meta = {"format": "pt", "melbo_format_version": str(FORMAT_VERSION)}
         atomic_write(paths[0], lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         atomic_write_text(paths[1], json.dumps(self.to_config(), indent=2, allow_nan=False) + "\n")
@@ -465,12 +500,19 @@ class Features:
             tensors = load_file(str(tpath), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{tpath} is not a readable safetensors file: {err}") from err
-        absent = [k for k in ("U", "V", "alpha") if k not in tensors]
+        absent = [k for k in ("U", "V", "alpha") if k not in tensors and (k != "U" or fv == 1)]
         if absent:
             raise ValueError(f"{tpath} lacks the tensors {absent}; it holds {sorted(tensors)}")
+        history, scores = cfg.get("history", []), cfg.get("scores", [])
+        U = tensors.get("U")
+        if fv == 1:  # one name for two meanings, and U stored for methods without targets
+            old = cfg.get("objective", [])
+            history, scores = ([], old) if cfg["method"] == "melbo-v1" else (old, [])
+            if not _has_targets(cfg["method"]):
+                U = None
         try:
             return cls(
-                U=tensors["U"],
+                U=U,
                 V=tensors["V"],
                 alpha=tensors["alpha"],
                 R=cfg["R"],
@@ -478,7 +520,8 @@ class Features:
                 source_layer=cfg["source_layer"],
                 target_layer=cfg["target_layer"],
                 positions=cfg.get("positions"),
-                objective=cfg.get("objective", []),
+                history=history,
+                scores=scores,
                 prompts_hash=cfg.get("prompts_hash", ""),
                 model=cfg.get("model", {}),
                 extra=cfg.get("extra", {}),
@@ -486,3 +529,27 @@ class Features:
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{src} holds invalid features: {err}") from err
+
+
+_dataclass_init = Features.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_objective(self: Features, *args: Any, objective: Sequence[float] | None = None, **kwargs: Any) -> None:
+    """The dataclass ``__init__``, also accepting format 1's ``objective=`` (the training curve) for ``history=``."""
+    if objective is not None:
+        if "history" in kwargs:
+            raise TypeError("give history= or its old name objective=, not both")
+        kwargs["history"] = objective
+    _dataclass_init(self, *args, **kwargs)
+
+
+Features.__init__ = _init_accepting_objective  # type: ignore[method-assign]
+
+
+def _has_targets(method: str) -> bool:
+    """Whether ``method`` learns target directions (unknown methods: assume so)."""
+    from melbo.methods import REGISTRY
+
+    spec = REGISTRY.get(method)
+    return True if spec is None else spec.has_targets

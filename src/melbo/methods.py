@@ -2,16 +2,33 @@
 
 Importing this module is cheap (no torch): the command line reads the names from here for
 ``--method``'s choices. Each entry names its estimator class by import path; the class is
-imported only when asked for (:func:`estimator_class`).
+imported only when asked for (:func:`estimator_class`, :func:`make_estimator`).
+
+Every estimator follows one contract (:mod:`melbo.fit.estimator`): the constructor stores
+its arguments, ``fit(delta)`` takes one :class:`~melbo.protocol.CausalMap`, the fitted
+attributes are the same (``U_``, ``V_``, ``alpha_``, ``R_``, ``history_``, ``scores_``,
+``n_iter_``, ``converged_``, ``result_``) and ``to_features()`` gives
+:class:`melbo.features.Features` whose ``method`` is the registry name. The meaning of U, α,
+``history`` and ``scores`` per method is the table in :mod:`melbo.fit.result`.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MethodSpec", "REGISTRY", "estimator_class", "get_method", "method_names", "register"]
+__all__ = [
+    "MethodSpec",
+    "REGISTRY",
+    "estimator_class",
+    "get_method",
+    "make_estimator",
+    "method_names",
+    "register",
+]
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,8 @@ class MethodSpec:
     summary : one line for ``--help`` and reports
     iterative : whether it runs iterations (gets checkpoints and a per-iteration history)
     has_targets : whether it learns target-layer directions U (False: U is None)
+    fixed : constructor arguments that make the estimator this method (e.g. the linear
+        estimator's ``method="full"``)
     """
 
     name: str
@@ -30,6 +49,15 @@ class MethodSpec:
     summary: str
     iterative: bool = False
     has_targets: bool = True
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def make(self, **options: Any) -> Any:
+        """The estimator of this method, built from ``options`` — those its constructor
+        accepts (the others are ignored, so one set of options serves every method) — and
+        :attr:`fixed`."""
+        cls = estimator_class(self.name)
+        accepted = inspect.signature(cls).parameters
+        return cls(**{k: v for k, v in options.items() if k in accepted}, **self.fixed)
 
 
 REGISTRY: dict[str, MethodSpec] = {}
@@ -62,11 +90,17 @@ def estimator_class(name: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
+def make_estimator(name: str, **options: Any) -> Any:
+    """The estimator of method ``name`` built from ``options`` (:meth:`MethodSpec.make`)."""
+    return get_method(name).make(**options)
+
+
 for _spec in (
     MethodSpec("exponential", "melbo.fit.exponential:ExponentialDCT", "exponential DCT fitted by OGI", iterative=True),
     MethodSpec("quadratic", "melbo.fit.quadratic:QuadraticDCT", "quadratic DCT fitted by ALS", iterative=True),
-    MethodSpec("linear", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the full Jacobian"),
-    MethodSpec("linear-projected", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the Jacobian projected on random directions"),
+    MethodSpec("linear", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the full Jacobian", fixed={"method": "full"}),
+    MethodSpec("linear-projected", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the Jacobian projected on random directions",
+               fixed={"method": "projected"}),
     MethodSpec("melbo-v1", "melbo.baselines.melbo_v1:MelboV1", "original MELBO: maximise the target-layer change per vector"),
     MethodSpec("one-shot", "melbo.baselines.one_shot:OneShotSteering", "one vector optimised on one (prompt, completion) example", has_targets=False),
     MethodSpec("mean-diff", "melbo.baselines.mean_diff:MeanDifference", "difference of mean activations on two prompt sets", has_targets=False),

@@ -1,17 +1,20 @@
-"""The training runner behind ``melbo train``: prompts → Δ → R → fit → Features on disk,
-with a checkpoint after every iteration and resume.
+"""The training runner behind ``melbo train``: prompts → Δ → the registered method's
+estimator (:mod:`melbo.methods`; it calibrates R) → Features on disk, with a checkpoint after
+every iteration of an iterative method and resume.
 
 Kept apart from argument parsing so it can be driven from Python and tested directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +27,35 @@ from melbo.causal_map import TransformerCausalMap
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.io import atomic_write, atomic_write_text, check_out_dir
+from melbo.methods import estimator_class, get_method, method_names
 from melbo.prompts import PromptLike
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("exponential", "quadratic", "linear", "linear-projected", "melbo-v1", "one-shot", "mean-diff", "random")
-BASELINES = ("melbo-v1", "one-shot", "mean-diff", "random")  # melbo.baselines; steered at the same R
+METHODS = method_names()
 CHECKPOINT = "checkpoint"
+_STEP_METHODS = ("melbo-v1", "one-shot")  # whose τ is optimiser steps (the deprecated `steps`)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a fit (recorded in the output's ``config.json``)."""
+    """Everything that defines a fit (recorded in the output's ``config.json``).
+
+    ``max_iter`` is τ, the iteration limit of the method (OGI/ALS iterations; melbo-v1:
+    steps per vector; one-shot: steps); None = the method's default (10, 300, 100).
+    ``random_state`` seeds calibration and fit (one generator, as the estimators do).
+    Deprecated spellings, mapped on construction: ``iters`` (τ of the DCT methods), ``steps``
+    (τ of melbo-v1 and one-shot), ``seed`` (``random_state``).
+    """
 
     source_layer: int
     target_layer: int
     method: str = "exponential"
     n_factors: int = 256
-    iters: int = 10
+    max_iter: int | None = None
     lam: float = 0.5
     R: float | None = None
-    seed: int = 0
+    random_state: int = 0
     positions: int = 3
     chat: bool | str = "auto"
     system_prompt: str | None = None
@@ -58,18 +69,42 @@ class TrainConfig:
     completion: str | None = None  # one-shot: promoted (suppressed in mode "suppress")
     suppress: str | None = None  # one-shot, mode "mixed": the completion to suppress
     one_shot_mode: str = "promote"
-    steps: int | None = None  # melbo-v1: steps per vector (default 300); one-shot: steps (100)
     lr: float | None = None  # melbo-v1: 1e-3; one-shot: 0.01
     orthogonal: bool = True  # melbo-v1: each vector orthogonal to the earlier ones
     compile: bool = False  # torch.compile the slice layers (pays on long fits; see TransformerCausalMap)
+    iters: InitVar[int | None] = None
+    steps: InitVar[int | None] = None
+    seed: InitVar[int | None] = None
+
+    def __post_init__(self, iters: int | None, steps: int | None, seed: int | None) -> None:
+        if seed is not None:
+            self.random_state = seed
+        self._steps_alias = steps
+        if self.max_iter is None:
+            if steps is not None and self.method in _STEP_METHODS:
+                self.max_iter = steps
+            elif iters is not None and self.method in METHODS and get_method(self.method).iterative:
+                self.max_iter = iters
+
+    def resolved_max_iter(self) -> int | None:
+        """τ: ``max_iter``, or the method's default (None for methods without iterations)."""
+        if self.max_iter is not None:
+            return self.max_iter
+        default = inspect.signature(estimator_class(self.method)).parameters.get("max_iter")
+        return None if default is None else int(default.default)
 
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
-        for name in ("n_factors", "iters", "positions"):
+        for name in ("n_factors", "positions"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
+        for name, v in (("max_iter", self.max_iter), ("steps", self._steps_alias)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
+        if self.max_iter is not None and "max_iter" not in inspect.signature(estimator_class(self.method)).parameters:
+            raise ValueError(f"max_iter is not used by method {self.method!r} (it has no iterations)")
         if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         if not self.lam > 0:
@@ -89,12 +124,24 @@ class TrainConfig:
             raise ValueError(f"sequential/orient/ortho are options of method 'exponential', not {self.method!r}")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
-        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
-            raise ValueError(f"steps={self.steps!r}: must be an integer ≥ 1")
         if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
             raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
-        if self.method not in ("melbo-v1", "one-shot") and (self.steps is not None or self.lr is not None):
+        if self.method not in _STEP_METHODS and (self._steps_alias is not None or self.lr is not None):
             raise ValueError(f"steps/lr are only used by methods 'melbo-v1' and 'one-shot', not {self.method!r}")
+
+    def estimator_options(self) -> dict[str, Any]:
+        """The constructor arguments of the method's estimator this configuration sets
+        (:meth:`melbo.methods.MethodSpec.make` keeps those the estimator accepts)."""
+        opts: dict[str, Any] = {
+            "n_factors": self.n_factors, "R": self.R, "lam": self.lam, "random_state": self.random_state,
+            "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
+            "ortho": self.ortho, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
+            "completion": self.completion, "suppress": self.suppress,
+        }
+        for name, v in (("max_iter", self.max_iter), ("lr", self.lr)):
+            if v is not None:
+                opts[name] = v
+        return opts
 
 
 def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] | None) -> None:
@@ -105,12 +152,12 @@ def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] |
         raise ValueError(f"contrast prompts are only used by method 'mean-diff', not {method!r}")
 
 
-def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, objective: list[float], meta: dict[str, Any]) -> None:
+def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, history: list[float], meta: dict[str, Any]) -> None:
     ck = out / CHECKPOINT
     ck.mkdir(parents=True, exist_ok=True)
     tensors = {"U": U.detach().cpu().contiguous(), "V": V.detach().cpu().contiguous()}
     atomic_write(ck / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_text(ck / "state.json", json.dumps({"iteration": it, "R": R, "objective": objective, **meta}, indent=1))
+    atomic_write_text(ck / "state.json", json.dumps({"iteration": it, "R": R, "history": history, **meta}, indent=1))
 
 
 def train(
@@ -128,14 +175,16 @@ def train(
 ) -> Features:
     """Fit features and (if ``out`` is given) save them there with per-iteration checkpoints.
 
-    ``contrast_prompts`` (the set B) is required by ``mean-diff`` and refused otherwise.
-    Baselines get no checkpoints; like the DCT methods they use R (given, else calibrated):
-    melbo-v1 and random vectors at norm R, mean-diff steered at R, one-shot capped at R.
+    The method's estimator comes from the registry (:mod:`melbo.methods`) and is fitted on
+    the causal map of ``prompts`` exactly as from Python: the same ``random_state`` gives
+    the same factors. ``contrast_prompts`` (the set B) is required by ``mean-diff`` and
+    refused otherwise. Iterative methods get a checkpoint after every iteration (resumable);
+    every method uses R (given, else calibrated): melbo-v1 and random vectors at norm R,
+    mean-diff steered at R, one-shot capped at R.
     """
-    from melbo.fit.calibrate import calibrate_R
-
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast_prompts)
+    spec = get_method(cfg.method)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_out_dir(out_dir, writer="melbo train", force=force, resume=resume, resume_file=f"{CHECKPOINT}/state.json")
@@ -145,11 +194,10 @@ def train(
     )
     fp = model_fingerprint(model)
     meta = {"config": asdict(cfg), "model": fp}
-    init: Any = cfg.init
+    options = cfg.estimator_options()
+    tau = cfg.resolved_max_iter()
     start_it = 0
-    objective0: list[float] = []
-    R = cfg.R
-    calibration: dict[str, Any] = {}
+    history0: list[float] = []
     if resume and out_dir is not None:
         state = json.loads((out_dir / CHECKPOINT / "state.json").read_text())
         # compile changes speed, not results: a fit may be resumed with or without it
@@ -161,25 +209,25 @@ def train(
                 f"checkpoint config: {state.get('config')}, now: {meta['config']}"
             )
         tensors = load_file(str(out_dir / CHECKPOINT / "state.safetensors"))
-        init = (tensors["U"].to(delta.device, delta.dtype), tensors["V"].to(delta.device, delta.dtype))
-        start_it, objective0, R = int(state["iteration"]), list(state["objective"]), float(state["R"])
-        logger.info("resuming from iteration %d of %d", start_it, cfg.iters)
-    if R is None:
-        cal = calibrate_R(delta, lam=cfg.lam, seed=cfg.seed)
-        R = float(cal.R)
-        calibration = {"E": cal.error, "history": [list(h) for h in cal.history]}
-    remaining = cfg.iters - start_it
+        options["init"] = (tensors["U"].to(delta.device, delta.dtype), tensors["V"].to(delta.device, delta.dtype))
+        start_it, history0, options["R"] = int(state["iteration"]), list(state.get("history", state.get("objective", []))), float(state["R"])
+        logger.info("resuming from iteration %d of %s", start_it, tau)
     bar = None
-    if progress and cfg.method in ("exponential", "quadratic") and remaining > 0:
-        from tqdm.auto import tqdm
+    if spec.iterative and tau is not None:
+        options["max_iter"] = max(tau - start_it, 1)
+        if progress and tau > start_it:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.iters, initial=start_it, desc=f"{cfg.method} DCT", unit="it")
+            bar = tqdm(total=tau, initial=start_it, desc=f"{cfg.method} DCT", unit="it")
+    seen: list[float] = []
+    est: Any = None
 
     def callback(i: int, st: Any) -> bool:
-        it = start_it + len(objective_seen) + 1
+        it = start_it + len(seen) + 1
         if out_dir is not None:
-            _write_checkpoint(out_dir, it, st.U, st.V, float(R), objective0 + [*objective_seen, st.objective], meta)
-        objective_seen.append(float(st.objective))
+            R_now = float(options["R"] if options["R"] is not None else est.calibration_.R)
+            _write_checkpoint(out_dir, it, st.U, st.V, R_now, history0 + [*seen, st.objective], meta)
+        seen.append(float(st.objective))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(objective=f"{st.objective:.4g}")
@@ -187,20 +235,25 @@ def train(
             on_iteration(it, float(st.objective))
         return False
 
-    objective_seen: list[float] = []
+    if spec.iterative:
+        options["callback"] = callback
+    if contrast_prompts is not None:
+        options["contrast_prompts"] = list(contrast_prompts)
+    est = spec.make(**options)
     try:
-        result = _fit(delta, cfg, R, init, max(remaining, 1) if cfg.method in ("exponential", "quadratic") else 0, callback,
-                      tokenizer=tokenizer, prompts=prompts, contrast_prompts=contrast_prompts)
+        est.fit(delta)
     finally:
         if bar is not None:
             bar.close()
-    feats = Features.from_fit(
-        result, source_layer=cfg.source_layer, target_layer=cfg.target_layer, model=fp,
-        prompts=list(prompts), positions=cfg.positions,
-        extra={"seed": cfg.seed, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts), **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts), **cfg.extra},
+    cal = est.calibration_
+    calibration = {"E": cal.error, "history": [list(h) for h in cal.history]} if cal is not None else {}
+    feats = est.to_features(
+        model=fp, prompts=list(prompts), positions=cfg.positions,
+        extra={"random_state": cfg.random_state, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts),
+               **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts), **cfg.extra},
     )
-    if objective0:
-        feats = Features(**{**feats.__dict__, "objective": objective0 + list(feats.objective)})
+    if history0:
+        feats = dataclasses.replace(feats, history=history0 + list(feats.history))
     if out_dir is not None:
         feats.save(out_dir, overwrite=force or resume)
         shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
@@ -215,48 +268,3 @@ def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | N
     if cfg.method == "melbo-v1":
         return {"orthogonal": cfg.orthogonal}
     return {}
-
-
-def _fit_baseline(delta: TransformerCausalMap, cfg: TrainConfig, R: float, tokenizer: Any, prompts: Sequence[PromptLike],
-                  contrast_prompts: Sequence[PromptLike] | None) -> Any:
-    opt: dict[str, Any] = {k: v for k, v in (("n_steps", cfg.steps), ("lr", cfg.lr)) if v is not None}
-    if cfg.method == "melbo-v1":
-        from melbo.baselines.melbo_v1 import melbo_v1
-
-        return melbo_v1(delta, cfg.n_factors, R=R, orthogonal=cfg.orthogonal, random_state=cfg.seed, **opt)
-    if cfg.method == "random":
-        from melbo.baselines.random_vectors import random_vectors
-
-        return random_vectors(delta, cfg.n_factors, R=R, random_state=cfg.seed)
-    if cfg.method == "mean-diff":
-        from melbo.baselines.mean_diff import mean_difference
-
-        assert contrast_prompts is not None  # checked in train()
-        return mean_difference(delta.model, prompts, contrast_prompts, layer=cfg.source_layer, tokenizer=tokenizer,
-                               chat=cfg.chat, system_prompt=cfg.system_prompt, R=R, delta=delta)  # type: ignore[arg-type]
-    from melbo.baselines.one_shot import one_shot
-
-    return one_shot(delta.model, tokenizer, prompts[0], str(cfg.completion), layer=cfg.source_layer,
-                    mode=cfg.one_shot_mode, suppress=cfg.suppress, max_norm=R, chat=cfg.chat,  # type: ignore[arg-type]
-                    system_prompt=cfg.system_prompt, random_state=cfg.seed, delta=delta, **opt)
-
-
-def _fit(delta: TransformerCausalMap, cfg: TrainConfig, R: float, init: Any, iters: int, callback: Callable[[int, Any], bool],
-         *, tokenizer: Any = None, prompts: Sequence[PromptLike] = (), contrast_prompts: Sequence[PromptLike] | None = None) -> Any:
-    if cfg.method in BASELINES:
-        return _fit_baseline(delta, cfg, R, tokenizer, prompts, contrast_prompts)
-    if cfg.method == "exponential":
-        from melbo.fit.exponential import exponential_dct
-
-        return exponential_dct(
-            delta, cfg.n_factors, R=R, max_iter=iters, beta=cfg.beta, init=init,
-            random_state=cfg.seed, callback=callback, sequential=cfg.sequential, orient=cfg.orient, ortho=cfg.ortho,
-        )
-    if cfg.method == "quadratic":
-        from melbo.fit.quadratic import quadratic_dct
-
-        return quadratic_dct(delta, cfg.n_factors, R=R, max_iter=iters, init=init, random_state=cfg.seed, callback=callback)
-    from melbo.fit.linear import linear_dct
-
-    which = "full" if cfg.method == "linear" else "projected"
-    return linear_dct(delta, cfg.n_factors, R=R, method=which, random_state=cfg.seed)

@@ -1,17 +1,19 @@
 """Baselines DCT is compared with (``method.md`` §6), on the same Δ and the same interfaces.
 
-Each is a pure function returning a :class:`melbo.fit.result.FitResult` (so
+Each is a pure function returning a :class:`melbo.fit.FitResult` (so
 :meth:`melbo.features.Features.from_fit` wraps it and every steering, ablation and ranking
-tool applies), plus a thin sklearn-style estimator:
+tool applies), plus an estimator with the one contract of :mod:`melbo.fit.estimator`
+(``fit(delta)``, the same fitted attributes, ``to_features()``), registered in
+:mod:`melbo.methods`:
 
 * ``"melbo-v1"`` — :func:`melbo_v1` / :class:`MelboV1`: needs a
-  :class:`~melbo.causal_map.TransformerCausalMap` (per-prompt effects) and R.
-* ``"one-shot"`` — :func:`one_shot` / :class:`OneShotSteering`: model, tokenizer, one
-  prompt and a completion to promote (and/or one to suppress).
-* ``"mean-diff"`` — :func:`mean_difference` / :class:`MeanDifference`: model and two
-  prompt sets (A and the contrast set B).
+  :class:`~melbo.causal_map.TransformerCausalMap` (per-prompt effects).
+* ``"one-shot"`` — :func:`one_shot` / :class:`OneShotSteering`: one prompt (the causal
+  map's first) and a completion to promote (and/or one to suppress), given to the estimator.
+* ``"mean-diff"`` — :func:`mean_difference` / :class:`MeanDifference`: the causal map's
+  prompts (set A) against a contrast set B, given to the estimator.
 * ``"random"`` — :func:`random_vectors` / :class:`RandomVectors`: any
-  :class:`~melbo.protocol.CausalMap` and R.
+  :class:`~melbo.protocol.CausalMap`.
 
 Every V is applied as ``R * V[:, ℓ]`` added to the residual stream entering the source
 layer, at every position — where Δ is trained and DCT features are applied.

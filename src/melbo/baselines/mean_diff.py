@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal
 
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
 from melbo.fit._common import check_positive_int
+from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
 from melbo.hooks import forward_until
 from melbo.models.access import LayerAccess, resolve_access
@@ -165,13 +167,13 @@ def mean_difference(
     R : float, optional
         Steering norm; default ‖μ_A − μ_B‖.
     delta : CausalMap, optional
-        A causal map with source layer ``layer``: U = normalised Δ_R(v), α = ‖Δ_R(v)‖.
-        Without it U = V and α = [‖μ_A − μ_B‖] (the method has no target-layer direction).
+        A causal map with source layer ``layer``: α = ‖Δ_R(v)‖ (without it α = [‖μ_A − μ_B‖]).
+        U is None either way: the method learns no target-layer direction.
 
     Returns
     -------
     FitResult
-        method ``"mean-diff"``, m = 1: V (d, 1) = v; empty objective, ``n_iter = 0``.
+        method ``"mean-diff"``, m = 1: U None, V (d, 1) = v; empty history, ``n_iter = 0``.
     """
     acc = resolve_access(model, access)
     layer = acc.check_layer(layer)
@@ -195,73 +197,49 @@ def mean_difference(
     R_ = float(R) if R is not None else norm
     V = (diff / norm)[:, None]  # (d, 1)
     if delta is not None:
-        U, alpha = output_directions(delta, V, R_)
+        _, alpha = output_directions(delta, V, R_)
         V = V.to(dtype=delta.dtype, device=delta.device)
     else:
-        U, alpha = V.clone(), torch.tensor([norm], dtype=V.dtype, device=V.device)
+        alpha = torch.tensor([norm], dtype=V.dtype, device=V.device)
     logger.info("mean-diff at layer %d: ‖μ_A − μ_B‖ = %.4g, R = %.4g", layer, norm, R_)
-    return FitResult(U=U, V=V, alpha=alpha, R=R_, method="mean-diff")
+    return FitResult(U=None, V=V, alpha=alpha, R=R_, method="mean-diff")
 
 
-class MeanDifference:
-    """Estimator wrapper of :func:`mean_difference` (sklearn style): ``__init__`` stores
-    the arguments, :meth:`fit` does the work.
+@dataclass(eq=False)
+class MeanDifference(FitEstimator):
+    """Estimator of :func:`mean_difference` (the contract of :mod:`melbo.fit.estimator`).
 
-    Attributes (after fit)
-    ----------------------
-    direction_ : Tensor, shape (d,) — the unit difference v
-    factors_ : (U, V), each a Tensor of shape (d, 1)
-    alpha_ : Tensor, shape (1,)
-    R_ : float
-    result_ : FitResult
+    ``fit(delta)`` needs a :class:`~melbo.causal_map.TransformerCausalMap`: its prompts are
+    the set A (re-tokenised with the map's ``tokenizer``, ``chat`` and ``system_prompt`` at
+    the last ``positions`` tokens when it was built from texts; its :class:`PromptBatch` as
+    is otherwise) and the activations are read at its source layer. ``contrast_prompts`` is
+    the set B. ``R`` None is calibrated at ``lam`` on ``n_cal`` directions, so mean-diff is
+    steered at the same R as the other methods (:func:`mean_difference` itself defaults to
+    ‖μ_A − μ_B‖).
+
+    Fitted attributes as every estimator: ``U_`` None (no target direction), ``alpha_`` =
+    [‖Δ_R(v)‖], ``history_`` and ``scores_`` empty; and ``direction_`` = v (shape (d,)).
     """
 
-    def __init__(
-        self,
-        layer: int,
-        *,
-        positions: int = 1,
-        chat: bool | Literal["auto"] = "auto",
-        system_prompt: str | None = None,
-        padding_side: Literal["left", "right"] = "left",
-        batch_size: int = 32,
-        R: float | None = None,
-    ) -> None:
-        self.layer = layer
-        self.positions = positions
-        self.chat = chat
-        self.system_prompt = system_prompt
-        self.padding_side = padding_side
-        self.batch_size = batch_size
-        self.R = R
+    contrast_prompts: Sequence[PromptLike] | PromptBatch = ()
+    _: KW_ONLY
+    positions: int = 1
+    padding_side: Literal["left", "right"] = "left"
+    batch_size: int = 32
 
-    def fit(
-        self,
-        model: nn.Module,
-        prompts_a: Sequence[PromptLike] | PromptBatch,
-        prompts_b: Sequence[PromptLike] | PromptBatch,
-        *,
-        tokenizer: Any = None,
-        delta: CausalMap | None = None,
-    ) -> MeanDifference:
-        """Compute the direction from the contrast sets; returns self."""
-        res = mean_difference(
-            model,
-            prompts_a,
-            prompts_b,
-            layer=self.layer,
-            tokenizer=tokenizer,
-            positions=self.positions,
-            chat=self.chat,
-            system_prompt=self.system_prompt,
-            padding_side=self.padding_side,
-            batch_size=self.batch_size,
-            R=self.R,
-            delta=delta,
+    needs_model = True
+
+    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
+        from melbo.causal_map import TransformerCausalMap
+
+        assert isinstance(delta, TransformerCausalMap)  # checked by fit
+        prompts_a: Sequence[PromptLike] | PromptBatch = (
+            list(delta.raw_prompts) if delta.raw_prompts is not None else delta.prompts
         )
-        self.result_ = res
+        res = mean_difference(
+            delta.model, prompts_a, self.contrast_prompts, layer=delta.source_layer, tokenizer=delta.tokenizer,
+            positions=self.positions, chat=delta.chat, system_prompt=delta.system_prompt,  # type: ignore[arg-type]
+            padding_side=self.padding_side, batch_size=self.batch_size, R=R, delta=delta, access=delta.access,
+        )
         self.direction_ = res.V[:, 0]
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        return self
+        return res

@@ -38,6 +38,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, fields
 
 import torch
 from torch import Tensor
@@ -45,15 +46,18 @@ from torch import Tensor
 from melbo.baselines.random_vectors import output_directions
 from melbo.causal_map import TransformerCausalMap
 from melbo.fit._common import (
-    ConvergenceWarning,
     RandomState,
     check_positive_int,
     check_R,
+    check_tol,
     make_generator,
     normalize_columns,
     randn,
 )
+from melbo.fit.estimator import FitEstimator
+from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.result import FitResult
+from melbo.protocol import CausalMap
 
 __all__ = ["MelboV1", "StepCallback", "melbo_v1", "melbo_v1_objective", "per_prompt_delta"]
 
@@ -88,10 +92,10 @@ def per_prompt_delta(delta: TransformerCausalMap, theta: Tensor) -> Tensor:
         raise ValueError(f"theta must be a tensor of shape (d_model,) = ({d},), got {shape}")
     x = delta.slice.x  # (n, T, d), model dtype
     out = delta.slice(x + theta.to(dtype=x.dtype, device=x.device)[None, None, :])  # (n, T, d)
-    pos = delta._pos  # (n, k)
+    pos = delta.positions.to(out.device)  # (n, k)
     rows = torch.arange(pos.shape[0], device=out.device)[:, None].expand_as(pos)
-    picked = out[rows, pos].to(delta.dtype)  # (n, k, d)
-    return (picked - delta._y_target).mean(dim=1)  # (n, d)
+    picked = out[rows, pos].to(device=delta.device, dtype=delta.dtype)  # (n, k, d)
+    return (picked - delta.targets).mean(dim=1)  # (n, d)
 
 
 def _objective(per_prompt: Tensor, p: float, q: float) -> Tensor:
@@ -126,7 +130,7 @@ def melbo_v1(
     n_factors: int = 32,
     *,
     R: float,
-    n_steps: int = 300,
+    max_iter: int = 300,
     lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.98),
     p: float = 2.0,
@@ -146,8 +150,8 @@ def melbo_v1(
         m ≥ 1 vectors (m ≤ d in orthogonal mode).
     R : float
         Norm of every vector at the layer-s input.
-    n_steps : int
-        AMSGrad steps per vector (300 in the publication).
+    max_iter : int
+        τ: AMSGrad steps per vector (300 in the publication).
     lr : float
         Learning rate > 0 (1e-3 in the publication; the step is ~lr per coordinate, so
         scale it with R / sqrt(d) when R is far from the publication's setting).
@@ -160,7 +164,7 @@ def melbo_v1(
     tol : float
         ≥ 0. A vector stops early once a step moves θ/R by less than ``tol``; 0 runs every
         step (the published procedure). With tol > 0 a vector that uses all its steps
-        triggers a :class:`~melbo.fit._common.ConvergenceWarning`.
+        triggers a :class:`melbo.fit.ConvergenceWarning`.
     random_state : int, torch.Generator or None
         Initial directions (same seed ⇒ same vectors).
     callback : callable, optional
@@ -170,8 +174,8 @@ def melbo_v1(
     -------
     FitResult
         method ``"melbo-v1"``; V (d, m) unit columns in learning order, U = normalised
-        Δ_R(V), α = ‖Δ_R(V)‖; ``objective[ℓ]`` = f(R v_ℓ) at the final v_ℓ (one value per
-        vector, not per step: use ``callback`` for the training curves); ``n_iter`` = the
+        Δ_R(V), α = ‖Δ_R(V)‖; ``scores[ℓ]`` = f(R v_ℓ) at the final v_ℓ (one value per
+        vector); ``history`` empty (use ``callback`` for the training curves); ``n_iter`` = the
         most steps any vector ran; ``movement[ℓ]`` = the last step's ‖Δθ‖/R of vector ℓ;
         ``converged`` = tol > 0 and every vector stopped early.
     """
@@ -181,7 +185,7 @@ def melbo_v1(
         )
     m = check_positive_int("n_factors", n_factors)
     R = check_R(R)
-    n_steps = check_positive_int("n_steps", n_steps)
+    max_iter = check_positive_int("max_iter", max_iter)
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if (
@@ -191,8 +195,7 @@ def melbo_v1(
     ):
         raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
     p, q = _check_pq(p, q)
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     d = delta.d_model
     if orthogonal and m > d:
         raise ValueError(f"n_factors must be <= d_model = {d} with orthogonal=True, got {m}")
@@ -209,7 +212,7 @@ def melbo_v1(
         opt = torch.optim.Adam([theta], lr=float(lr), betas=(float(betas[0]), float(betas[1])), amsgrad=True)
         move = math.inf
         step = 0
-        for step in range(n_steps):
+        for step in range(max_iter):
             with torch.enable_grad():
                 obj = _objective(per_prompt_delta(delta, theta), p, q)
                 (g,) = torch.autograd.grad(-obj, theta)
@@ -242,7 +245,7 @@ def melbo_v1(
     if tol > 0 and not converged:
         slow = [i for i, mv in enumerate(movement) if mv >= tol]
         warnings.warn(
-            f"melbo-v1: vectors {slow} used all n_steps={n_steps} steps without a step below tol={tol:g}",
+            f"melbo-v1: vectors {slow} used all max_iter={max_iter} steps without a step below tol={tol:g}",
             ConvergenceWarning,
             stacklevel=2,
         )
@@ -254,90 +257,50 @@ def melbo_v1(
         alpha=alpha,
         R=R,
         method="melbo-v1",
-        objective=finals,
+        scores=finals,
         n_iter=max(steps_run),
         converged=converged,
         movement=movement,
     )
 
 
-class MelboV1:
-    """Estimator wrapper of :func:`melbo_v1` (sklearn style).
+@dataclass(eq=False)
+class MelboV1(FitEstimator):
+    """Estimator of :func:`melbo_v1` (the contract of :mod:`melbo.fit.estimator`); ``fit``
+    needs a :class:`~melbo.causal_map.TransformerCausalMap`. ``R`` None is calibrated at
+    ``lam`` on ``n_cal`` directions.
 
-    ``__init__`` only stores the arguments; :meth:`fit` validates them, resolves
-    ``random_state`` and, if ``R`` is None, calibrates it with
-    :func:`melbo.fit.calibrate_R` at ``lam`` first.
-
-    Attributes (after fit)
-    ----------------------
-    factors_ : (U, V), each a Tensor of shape (d, m)
-    alpha_ : Tensor, shape (m,)
-    R_ : float
-    objective_ : list of float, final f(R v_ℓ) per vector
-    curves_ : list of list of float, per vector the objective at every step
-    n_iter_ : int
-    result_ : FitResult
+    Fitted attributes as every estimator, with ``history_`` empty (the vectors are learned
+    one after another: no single training curve), ``scores_`` the final f(R v_ℓ) per vector,
+    and ``curves_``: per vector, the objective before every step.
     """
 
-    def __init__(
-        self,
-        n_factors: int = 32,
-        *,
-        R: float | None = None,
-        lam: float = 0.5,
-        n_steps: int = 300,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.98),
-        p: float = 2.0,
-        q: float | None = None,
-        orthogonal: bool = True,
-        tol: float = 0.0,
-        random_state: RandomState = None,
-    ) -> None:
-        self.n_factors = n_factors
-        self.R = R
-        self.lam = lam
-        self.n_steps = n_steps
-        self.lr = lr
-        self.betas = betas
-        self.p = p
-        self.q = q
-        self.orthogonal = orthogonal
-        self.tol = tol
-        self.random_state = random_state
+    n_factors: int = 32
+    _: KW_ONLY
+    max_iter: int = 300
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    p: float = 2.0
+    q: float | None = None
+    orthogonal: bool = True
+    tol: float = 0.0
+    callback: StepCallback | None = None
 
-    def fit(self, delta: TransformerCausalMap) -> MelboV1:
-        """Learn the vectors on Δ; returns self."""
-        from melbo.fit.calibrate import calibrate_R
+    needs_model = True
+    _fit_function = staticmethod(melbo_v1)
 
-        generator = make_generator(self.random_state)
-        R = self.R if self.R is not None else calibrate_R(delta, self.lam, seed=generator).R
+    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
         curves: list[list[float]] = []
+        user = self.callback
 
         def record(vector: int, step: int, objective: float) -> None:
             if step == 0:
                 curves.append([])
             curves[vector].append(objective)
+            if user is not None:
+                user(vector, step, objective)
 
-        res = melbo_v1(
-            delta,
-            self.n_factors,
-            R=R,
-            n_steps=self.n_steps,
-            lr=self.lr,
-            betas=self.betas,
-            p=self.p,
-            q=self.q,
-            orthogonal=self.orthogonal,
-            tol=self.tol,
-            random_state=generator,
-            callback=record,
-        )
-        self.result_ = res
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        self.objective_ = list(res.objective)
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._not_passed}
+        res = melbo_v1(delta, R=R, random_state=generator, **{**kwargs, "callback": record})  # type: ignore[arg-type]
         self.curves_ = curves
-        self.n_iter_ = res.n_iter
-        return self
+        return res

@@ -14,7 +14,7 @@ tokens, via :func:`melbo.interventions.steer`, where DCT features are applied to
 Adam (lr 0.01 as in the paper) on v; after each step v is projected onto the ball
 ‖v‖ ≤ ``max_norm`` (when given). v starts at 0 (``init_norm=0``, deterministic) or at a
 seeded random direction of norm ``init_norm`` (the paper uses 1). The fit stops after
-``n_steps`` steps or once the objective changes by less than ``tol`` between steps.
+``max_iter`` steps or once the objective changes by less than ``tol`` between steps.
 
 The prompt is formatted as for Δ (:func:`melbo.prompts.build_prompts`: chat template and
 generation prompt for conversations or ``chat=True``); the completion is tokenised on its
@@ -31,7 +31,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Literal
 
 import torch
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
 from melbo.fit._common import RandomState, check_choice, check_positive_int, make_generator
+from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
 from melbo.interventions import steer
 from melbo.models.access import LayerAccess, get_layer_access
@@ -176,7 +177,7 @@ def one_shot(
     suppress: str | None = None,
     max_norm: float | None = None,
     lr: float = 0.01,
-    n_steps: int = 100,
+    max_iter: int = 100,
     tol: float = 0.0,
     init_norm: float = 0.0,
     one_minus: bool = True,
@@ -205,8 +206,8 @@ def one_shot(
         Project v onto ‖v‖ ≤ max_norm after every step (no cap when None).
     lr : float
         Adam learning rate > 0.
-    n_steps : int
-        Maximum number of steps ≥ 1.
+    max_iter : int
+        τ: the maximum number of steps ≥ 1.
     tol : float
         ≥ 0; stop once |objective change| < tol (0: run every step).
     init_norm : float
@@ -214,17 +215,17 @@ def one_shot(
     one_minus : bool
         Suppression objective Σ log(1 − p) (True) or −Σ log p (False).
     delta : CausalMap, optional
-        A causal map with source layer ``layer``: U = normalised Δ_R(V), α = ‖Δ_R(V)‖.
-        Without it U = V and α = [R] (the method has no target-layer direction).
+        A causal map with source layer ``layer``: α = ‖Δ_R(v)‖ (without it α = [R]).
+        U is None either way: the method learns no target-layer direction.
     callback : callable, optional
         ``callback(step, objective)`` after every step (objective before the step).
 
     Returns
     -------
     FitResult
-        method ``"one-shot"``, m = 1: V (d, 1) = v/‖v‖, R = ‖v‖; ``objective`` holds the
-        maximised objective before every step and, last, at the returned v
-        (``n_iter + 1`` values); ``converged`` = stopped by ``tol``.
+        method ``"one-shot"``, m = 1: U None, V (d, 1) = v/‖v‖, R = ‖v‖; ``history`` holds
+        the maximised objective before every step (``n_iter`` values), ``scores`` = [the
+        objective at the returned v]; ``converged`` = stopped by ``tol``.
     """
     acc = access if access is not None else get_layer_access(model)
     if acc.model is not model:
@@ -244,7 +245,7 @@ def one_shot(
         isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or not math.isfinite(max_norm) or max_norm <= 0
     ):
         raise ValueError(f"max_norm must be a finite number > 0 or None, got {max_norm!r}")
-    n_steps = check_positive_int("n_steps", n_steps)
+    max_iter = check_positive_int("max_iter", max_iter)
     if delta is not None and getattr(delta, "source_layer", layer) != layer:
         raise ValueError(f"delta has source_layer={getattr(delta, 'source_layer', None)} but layer={layer}")
     if model.training:
@@ -275,7 +276,7 @@ def one_shot(
     curve: list[float] = []
     converged = False
     with steer(model, v, layer=layer, access=acc):
-        for step in range(n_steps):
+        for step in range(max_iter):
             with torch.enable_grad():
                 obj = objective(completion_log_probs(model, batch))
                 (grad,) = torch.autograd.grad(-obj, v)
@@ -301,96 +302,65 @@ def one_shot(
         raise ValueError(f"one-shot optimisation produced a vector of norm {R}; no direction (try a larger lr)")
     V = (vec / R)[:, None]  # (d, 1)
     if delta is not None:
-        U, alpha = output_directions(delta, V, R)
+        _, alpha = output_directions(delta, V, R)
         V = V.to(dtype=delta.dtype, device=delta.device)
     else:
-        U, alpha = V.clone(), torch.tensor([R], dtype=V.dtype, device=V.device)
+        alpha = torch.tensor([R], dtype=V.dtype, device=V.device)
     logger.info(
         "one-shot (%s) at layer %d: objective %.4g → %.4g in %d steps, ‖v‖ = %.4g",
         mode, layer, curve[0], final, n_iter, R,
     )
     return FitResult(
-        U=U, V=V, alpha=alpha, R=R, method="one-shot", objective=[*curve, final], n_iter=n_iter, converged=converged
+        U=None, V=V, alpha=alpha, R=R, method="one-shot", history=curve, scores=[final], n_iter=n_iter,
+        converged=converged,
     )
 
 
-class OneShotSteering:
-    """Estimator wrapper of :func:`one_shot` (sklearn style): ``__init__`` stores the
-    arguments, :meth:`fit` validates them and optimises.
+@dataclass(eq=False)
+class OneShotSteering(FitEstimator):
+    """Estimator of :func:`one_shot` (the contract of :mod:`melbo.fit.estimator`).
 
-    Attributes (after fit)
-    ----------------------
-    vector_ : Tensor, shape (d,) — the steering vector v (= R_ · V[:, 0])
-    factors_ : (U, V), each a Tensor of shape (d, 1)
-    alpha_ : Tensor, shape (1,)
-    R_ : float
-    objective_ : list of float
-    n_iter_ : int
-    result_ : FitResult
+    ``fit(delta)`` needs a :class:`~melbo.causal_map.TransformerCausalMap` built from prompt
+    texts: the example is its first prompt (``delta.raw_prompts[0]``, formatted with the
+    map's ``tokenizer``, ``chat`` and ``system_prompt``) and v is added at its source layer.
+    ``completion``, ``mode`` and ``suppress`` are the example's other half. ``R`` caps ‖v‖
+    (``max_norm`` of :func:`one_shot`); None calibrates it at ``lam`` on ``n_cal``
+    directions, so one-shot is steered at the same R as the other methods.
+
+    Fitted attributes as every estimator: ``U_`` is None (one-shot learns no target
+    direction), ``R_`` = ‖v‖, ``alpha_`` = [‖Δ_R(v)‖], ``history_`` the objective before every
+    step, ``scores_`` = [the objective at v]; and ``vector_`` = v (shape (d,)).
     """
 
-    def __init__(
-        self,
-        layer: int,
-        *,
-        mode: Mode = "promote",
-        max_norm: float | None = None,
-        lr: float = 0.01,
-        n_steps: int = 100,
-        tol: float = 0.0,
-        init_norm: float = 0.0,
-        one_minus: bool = True,
-        chat: bool | Literal["auto"] = "auto",
-        system_prompt: str | None = None,
-        random_state: RandomState = None,
-    ) -> None:
-        self.layer = layer
-        self.mode = mode
-        self.max_norm = max_norm
-        self.lr = lr
-        self.n_steps = n_steps
-        self.tol = tol
-        self.init_norm = init_norm
-        self.one_minus = one_minus
-        self.chat = chat
-        self.system_prompt = system_prompt
-        self.random_state = random_state
+    completion: str = ""
+    _: KW_ONLY
+    mode: Mode = "promote"
+    suppress: str | None = None
+    lr: float = 0.01
+    max_iter: int = 100
+    tol: float = 0.0
+    init_norm: float = 0.0
+    one_minus: bool = True
+    callback: Callable[[int, float], None] | None = None
 
-    def fit(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        prompt: PromptLike,
-        completion: str,
-        *,
-        suppress: str | None = None,
-        delta: CausalMap | None = None,
-    ) -> OneShotSteering:
-        """Optimise on the example; returns self."""
+    needs_model = True
+
+    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
+        from melbo.causal_map import TransformerCausalMap
+
+        assert isinstance(delta, TransformerCausalMap)  # checked by fit
+        if not delta.raw_prompts or delta.tokenizer is None:
+            raise ValueError(
+                "one-shot needs the prompt text and tokenizer behind Δ: build the TransformerCausalMap "
+                "from prompt texts with tokenizer=... (not from a PromptBatch)"
+            )
         res = one_shot(
-            model,
-            tokenizer,
-            prompt,
-            completion,
-            layer=self.layer,
-            mode=self.mode,
-            suppress=suppress,
-            max_norm=self.max_norm,
-            lr=self.lr,
-            n_steps=self.n_steps,
-            tol=self.tol,
-            init_norm=self.init_norm,
-            one_minus=self.one_minus,
-            chat=self.chat,
-            system_prompt=self.system_prompt,
-            random_state=self.random_state,
-            delta=delta,
+            delta.model, delta.tokenizer, delta.raw_prompts[0], self.completion,
+            layer=delta.source_layer, mode=self.mode, suppress=self.suppress, max_norm=R, lr=self.lr,
+            max_iter=self.max_iter, tol=self.tol, init_norm=self.init_norm, one_minus=self.one_minus,
+            chat=delta.chat,  # type: ignore[arg-type]
+            system_prompt=delta.system_prompt, random_state=generator, delta=delta, access=delta.access,
+            callback=self.callback,
         )
-        self.result_ = res
         self.vector_ = res.R * res.V[:, 0]
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        self.objective_ = list(res.objective)
-        self.n_iter_ = res.n_iter
-        return self
+        return res

@@ -13,6 +13,7 @@ only input directions.
 from __future__ import annotations
 
 import logging
+from dataclasses import KW_ONLY, dataclass
 
 from torch import Tensor
 
@@ -25,6 +26,7 @@ from melbo.fit._common import (
     normalize_columns,
     randn,
 )
+from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
 from melbo.protocol import CausalMap
 
@@ -86,37 +88,14 @@ def random_vectors(delta: CausalMap, n_factors: int, *, R: float, random_state: 
     return FitResult(U=U, V=V, alpha=alpha, R=R, method="random")
 
 
-class RandomVectors:
-    """Estimator wrapper of :func:`random_vectors` (sklearn style).
-
-    ``__init__`` only stores the arguments; :meth:`fit` validates them and, if ``R`` is
-    None, calibrates it with :func:`melbo.fit.calibrate_R` at ``lam`` first.
-
-    Attributes (after fit)
-    ----------------------
-    factors_ : (U, V), each a Tensor of shape (d, m)
-    alpha_ : Tensor, shape (m,)
-    R_ : float
-    result_ : FitResult
+@dataclass(eq=False)
+class RandomVectors(FitEstimator):
+    """Estimator of :func:`random_vectors` (the contract of :mod:`melbo.fit.estimator`):
+    ``R`` None is calibrated at ``lam`` on ``n_cal`` directions, with the same generator
+    the directions are drawn from. Not iterative: ``history_``, ``scores_`` empty.
     """
 
-    def __init__(
-        self, n_factors: int = 512, *, R: float | None = None, lam: float = 0.5, random_state: RandomState = None
-    ) -> None:
-        self.n_factors = n_factors
-        self.R = R
-        self.lam = lam
-        self.random_state = random_state
+    n_factors: int = 512
+    _: KW_ONLY
 
-    def fit(self, delta: CausalMap) -> RandomVectors:
-        """Draw the directions for Δ; returns self."""
-        from melbo.fit.calibrate import calibrate_R
-
-        generator = make_generator(self.random_state)
-        R = self.R if self.R is not None else calibrate_R(delta, self.lam, seed=generator).R
-        res = random_vectors(delta, self.n_factors, R=R, random_state=generator)
-        self.result_ = res
-        self.factors_ = (res.U, res.V)
-        self.alpha_ = res.alpha
-        self.R_ = res.R
-        return self
+    _fit_function = staticmethod(random_vectors)

@@ -338,6 +338,7 @@ def analyze(
         "access": access,
     }
     R, s_layer = features.R, features.source_layer
+    U_all = features.require_targets("the target-direction analysis (U[:, S], ablating targets)")
 
     say(f"unsteered score on {batch.n} prompts")
     unsteered = float(jailbreak_score(model, tokenizer, batch, **common).mean())
@@ -354,7 +355,7 @@ def analyze(
             "no feature scores above %s; using the %d best features as the set", threshold, len(selected)
         )
     V_S = features.V[:, selected]  # (d, |S|)
-    U_S = features.U[:, selected]
+    U_S = U_all[:, selected]
     geometry = {"V": _geometry(V_S), "U": _geometry(U_S)}
 
     v_avg, v_svd = mean_direction(V_S), top_singular_direction(V_S)
@@ -387,7 +388,7 @@ def analyze(
     ablate_set = selected if max_ablations is None else selected[: max(0, max_ablations)]
     for side, M, avg, svd in (
         ("ablating_sources", features.V, v_avg, v_svd),
-        ("ablating_targets", features.U, u_avg, u_svd),
+        ("ablating_targets", U_all, u_avg, u_svd),
     ):
         say(f"{side.replace('_', ' ')}: {len(ablate_set)} features and 2 aggregates")
         ind = {i: ablated(M[:, i]) for i in ablate_set}

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from melbo.fit.exceptions import ConvergenceWarning  # noqa: F401  (re-exported for old imports)
 from melbo.protocol import CausalMap
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "check_factors",
     "check_positive_int",
     "check_R",
+    "check_tol",
     "column_movement",
+    "interleave",
     "make_generator",
     "normalize_columns",
     "orthonormalize",
@@ -29,10 +32,6 @@ __all__ = [
 
 RandomState = int | torch.Generator | None
 """A seed, a CPU generator (used as is), or None for a fresh nondeterministic seed."""
-
-
-class ConvergenceWarning(UserWarning):
-    """A fit stopped at its iteration limit before the factors stopped moving."""
 
 
 # ---------------------------------------------------------------- validation
@@ -66,6 +65,13 @@ def check_unit_interval(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return float(value)
+
+
+def check_tol(tol: object) -> float:
+    """The convergence threshold as a float >= 0."""
+    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    return float(tol)
 
 
 def check_delta(delta: object) -> CausalMap:
@@ -160,3 +166,14 @@ def orthonormalize(V: Tensor, how: str) -> Tensor:
 def column_movement(A: Tensor, B: Tensor) -> float:
     """max_ℓ ‖a_ℓ − b_ℓ‖ over columns of two (d, m) matrices of unit columns."""
     return float((A - B).norm(dim=0).max()) if A.numel() else 0.0
+
+
+def interleave(A: Tensor, B: Tensor, m: int) -> Tensor:
+    """Columns a_0, b_0, a_1, b_1, … of A, B (d, k) — or entries, for 1-d A, B (k,) —
+    truncated to m. Sign-symmetric methods store feature pairs this way: ``interleave(V, -V, m)``
+    (``V[:, 2i] = v_i``, ``V[:, 2i+1] = −v_i``) with ``interleave(U, U, m)`` and
+    ``interleave(alpha, alpha, m)``."""
+    if A.ndim == 1:
+        return torch.stack([A, B], dim=1).reshape(-1)[:m]
+    d, k = A.shape
+    return torch.stack([A, B], dim=2).reshape(d, 2 * k)[:, :m]

@@ -4,7 +4,7 @@
 
 is the relative size of the non-linear part of Δ along random unit directions v_c; R is
 the root of E(R) = λ. J(0) v_c does not depend on R, so the JVPs are computed once and
-every evaluation of E costs one batched forward pass of ``n_dirs`` points.
+every evaluation of E costs one batched forward pass of ``n_cal`` points.
 
 The root is bracketed in log R (widening the bracket geometrically until E − λ changes
 sign) and refined with the Illinois variant of regula falsi on log E − log λ, which keeps
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -35,6 +36,8 @@ from melbo.protocol import CausalMap
 __all__ = ["CalibrationError", "CalibrationResult", "calibrate_R", "nonlinearity_ratio"]
 
 logger = logging.getLogger(__name__)
+
+_UNSET: Any = object()
 
 
 class CalibrationError(ValueError):
@@ -87,14 +90,16 @@ def _fmt(history: list[tuple[float, float]]) -> str:
 def calibrate_R(
     delta: CausalMap,
     lam: float = 0.5,
-    n_dirs: int = 30,
-    seed: RandomState = 0,
+    n_cal: int = 30,
+    random_state: RandomState = 0,
     bracket: tuple[float, float] = (1e-3, 1e2),
     *,
     widen: float = 10.0,
     max_widen: int = 8,
     rtol: float = 1e-4,
     max_evals: int = 60,
+    n_dirs: int | None = None,
+    seed: Any = _UNSET,
 ) -> CalibrationResult:
     """Find R with E(R) = λ.
 
@@ -103,9 +108,9 @@ def calibrate_R(
     delta : CausalMap
     lam : float
         Target relative size λ > 0 of the non-linear part (0.5 in the publication).
-    n_dirs : int
-        Number of random unit directions v_c (≥ 1).
-    seed : int, torch.Generator or None
+    n_cal : int
+        Number n_cal of random unit directions v_c (≥ 1; 30 in the publication).
+    random_state : int, torch.Generator or None
         Randomness of the directions (drawn on the CPU in float64, then cast/moved).
     bracket : (float, float)
         Initial 0 < R_lo < R_hi. Widened by ``widen``× at the end that does not yet
@@ -114,6 +119,8 @@ def calibrate_R(
         Stop when the bracket is narrower than a factor 1 + rtol, or |E − λ| ≤ rtol·λ.
     max_evals : int
         Hard cap on evaluations of E.
+    n_dirs, seed
+        Deprecated names of ``n_cal`` and ``random_state``.
 
     Returns
     -------
@@ -127,10 +134,14 @@ def calibrate_R(
     ValueError
         For invalid arguments.
     """
+    if n_dirs is not None:
+        n_cal = n_dirs
+    if seed is not _UNSET:
+        random_state = seed
     delta = check_delta(delta)
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not (math.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
-    n_dirs = check_positive_int("n_dirs", n_dirs)
+    n_cal = check_positive_int("n_cal", n_cal)
     lo, hi = (float(x) for x in bracket)
     if not (0 < lo < hi < math.inf):
         raise ValueError(f"bracket must satisfy 0 < lo < hi < inf, got {bracket}")
@@ -141,7 +152,7 @@ def calibrate_R(
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
     check_positive_int("max_evals", max_evals, minimum=2)
 
-    V = normalize_columns(randn(delta.d_model, n_dirs, make_generator(seed), delta))  # (d, n)
+    V = normalize_columns(randn(delta.d_model, n_cal, make_generator(random_state), delta))  # (d, n)
     JV = delta.jvp0(V)  # (d, n), independent of R
     jnorm = JV.norm(dim=0)
     if not bool((jnorm > 0).all()) or not bool(jnorm.isfinite().all()):

@@ -50,18 +50,18 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 from torch import Tensor
 
 from melbo.fit._common import (
     ORTHO,
-    ConvergenceWarning,
     RandomState,
     check_delta,
     check_positive_int,
     check_R,
+    check_tol,
     check_unit_interval,
     column_movement,
     make_generator,
@@ -70,6 +70,7 @@ from melbo.fit._common import (
 )
 from melbo.fit.alphas import exponential_alphas
 from melbo.fit.estimator import FitEstimator
+from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.result import FitResult, IterationState
 from melbo.protocol import CausalMap
@@ -186,7 +187,7 @@ def exponential_dct(
     n_factors : int
         m ≥ 1 (m ≤ d while orthogonalising).
     R : float
-        Steering norm (see :func:`melbo.fit.calibrate_R`).
+        Steering norm (see :func:`melbo.fit.calibrate_R`; :class:`ExponentialDCT` calibrates it).
     max_iter : int
         τ ≥ 1, the iteration limit (10 in the publication).
     beta : float
@@ -214,18 +215,21 @@ def exponential_dct(
         from columns 1..ℓ−1) or the closest orthonormal matrix (symmetric; see
         :func:`melbo.fit._common.polar_columns`).
 
+    Every option works sharded over GPUs too: :func:`melbo.distributed.distributed_fit`
+    runs this function on a :class:`melbo.distributed.ShardedCausalMap`.
+
     Returns
     -------
     FitResult
-        method ``"exponential"``; U, V of shape (d, m), α ≥ 0 of shape (m,).
+        method ``"exponential"``; U, V of shape (d, m), α ≥ 0 of shape (m,); ``history``
+        the objective per iteration.
     """
     delta = check_delta(delta)
     m = check_positive_int("n_factors", n_factors)
     R = check_R(R)
     max_iter = check_positive_int("max_iter", max_iter)
     beta = check_unit_interval("beta", beta)
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     if ortho_iters is not None:
         ortho_iters = check_positive_int("ortho_iters", ortho_iters, minimum=0)
     _check_bool("sequential", sequential)
@@ -274,78 +278,35 @@ def exponential_dct(
         alpha=alpha,
         R=R,
         method="exponential",
-        objective=objective,
+        history=objective,
         n_iter=n_iter,
         converged=converged,
         movement=movement,
     )
 
 
+@dataclass(eq=False)
 class ExponentialDCT(FitEstimator):
-    """Estimator wrapper of :func:`exponential_dct` (sklearn style).
+    """Estimator of :func:`exponential_dct` (the contract of :mod:`melbo.fit.estimator`).
 
-    ``__init__`` only stores the arguments; :meth:`fit` validates them, resolves
-    ``random_state`` and, if ``R`` is None, calibrates it with
-    :func:`melbo.fit.calibrate_R` at ``lam`` first.
-
-    Attributes (after fit)
-    ----------------------
-    factors_ : (U, V), each a Tensor of shape (d, m)
-    alpha_ : Tensor, shape (m,)
-    R_ : float
-    objective_ : list of float, one per iteration
-    n_iter_ : int
-    converged_ : bool
-    result_ : FitResult
+    Parameters are those of :func:`exponential_dct`, plus ``R`` (None: calibrated with
+    :func:`melbo.fit.calibrate_R` at ``lam`` on ``n_cal`` directions). Fitted attributes:
+    ``U_``, ``V_``, ``alpha_``, ``R_``, ``history_`` (the objective per iteration),
+    ``scores_`` (empty), ``n_iter_``, ``converged_``, ``result_``, ``calibration_``.
     """
 
-    def __init__(
-        self,
-        n_factors: int = 512,
-        *,
-        R: float | None = None,
-        lam: float = 0.5,
-        max_iter: int = 10,
-        beta: float = 1.0,
-        tol: float = 1e-4,
-        init: Init = "projected",
-        ortho_iters: int | None = None,
-        random_state: RandomState = None,
-        d_proj: int = 32,
-        callback: Callback | None = None,
-        sequential: bool = False,
-        orient: bool = False,
-        ortho: str = "qr",
-    ) -> None:
-        self.n_factors = n_factors
-        self.R = R
-        self.lam = lam
-        self.max_iter = max_iter
-        self.beta = beta
-        self.tol = tol
-        self.init = init
-        self.ortho_iters = ortho_iters
-        self.random_state = random_state
-        self.d_proj = d_proj
-        self.callback = callback
-        self.sequential = sequential
-        self.orient = orient
-        self.ortho = ortho
+    n_factors: int = 512
+    _: KW_ONLY
+    max_iter: int = 10
+    beta: float = 1.0
+    tol: float = 1e-4
+    init: Init = "projected"
+    ortho_iters: int | None = None
+    d_proj: int = 32
+    callback: Callback | None = None
+    rcond: float = 1e-6
+    sequential: bool = False
+    orient: bool = False
+    ortho: str = "qr"
 
-    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
-        return exponential_dct(
-            delta,
-            self.n_factors,
-            R=R,
-            max_iter=self.max_iter,
-            beta=self.beta,
-            tol=self.tol,
-            init=self.init,
-            ortho_iters=self.ortho_iters,
-            random_state=generator,
-            d_proj=self.d_proj,
-            callback=self.callback,
-            sequential=self.sequential,
-            orient=self.orient,
-            ortho=self.ortho,
-        )
+    _fit_function = staticmethod(exponential_dct)

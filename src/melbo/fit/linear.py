@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ from melbo.fit._common import (
     check_delta,
     check_positive_int,
     check_R,
+    interleave,
     make_generator,
     normalize_columns,
     randn,
@@ -70,12 +72,6 @@ def _max_entry_signs(X: Tensor) -> Tensor:
     return torch.where(s == 0, torch.ones_like(s), s)
 
 
-def _interleave(A: Tensor, B: Tensor, m: int) -> Tensor:
-    """Columns a_0, b_0, a_1, b_1, … of A, B (d, k), truncated to m: (d, m)."""
-    d, k = A.shape
-    return torch.stack([A, B], dim=2).reshape(d, 2 * k)[:, :m]
-
-
 def _check_m(m: object) -> int:
     return check_positive_int("n_factors", m)
 
@@ -96,7 +92,7 @@ def linear_full(delta: CausalMap, n_factors: int, *, R: float, chunk_size: int =
     Returns
     -------
     FitResult
-        U, V of shape (d, m); α_ℓ = R s_i for both v_i and −v_i (each half on its own is
+        method ``"linear"``; U, V of shape (d, m); α_ℓ = R s_i for both v_i and −v_i (each half on its own is
         an exact linear transcoder, so α is not split between them).
     """
     delta = check_delta(delta)
@@ -112,11 +108,11 @@ def linear_full(delta: CausalMap, n_factors: int, *, R: float, chunk_size: int =
     Uk = P[:, :k]  # (d, k)
     flip = _max_entry_signs(Vk)  # (k,): deterministic sign, J v = s u is kept
     Vk, Uk = Vk * flip, Uk * flip
-    V = _interleave(Vk, -Vk, m)
-    U = _interleave(Uk, -Uk, m)
-    alpha = _interleave((R * S[:k])[None], (R * S[:k])[None], m)[0]
+    V = interleave(Vk, -Vk, m)
+    U = interleave(Uk, -Uk, m)
+    alpha = interleave(R * S[:k], R * S[:k], m)
     logger.info("linear_full: top singular values %s", S[: min(k, 5)].tolist())
-    return FitResult(U=U, V=V, alpha=alpha, R=R, method="linear-full")
+    return FitResult(U=U, V=V, alpha=alpha, R=R, method="linear")
 
 
 def projected_directions(
@@ -162,7 +158,7 @@ def linear_projected(
     Returns
     -------
     FitResult
-        α solves the linear normal equations K α = b, K = (UᵀU)⊙(VᵀV), b_ℓ = R⟨u_ℓ, J v_ℓ⟩,
+        method ``"linear-projected"``; α solves the linear normal equations K α = b, K = (UᵀU)⊙(VᵀV), b_ℓ = R⟨u_ℓ, J v_ℓ⟩,
         separately for the v-half and the −v-half (see :func:`linear_full`).
     """
     delta = check_delta(delta)
@@ -177,7 +173,7 @@ def linear_projected(
         )
     k = math.ceil(m / 2)
     Vk, _ = projected_directions(delta, k, d_proj=d_proj, generator=make_generator(random_state))
-    V = _interleave(Vk, -Vk, m)  # (d, m)
+    V = interleave(Vk, -Vk, m)  # (d, m)
     U = normalize_columns(delta.value(R * V))  # (d, m)
     JV = delta.jvp0(Vk)  # (d, k)
     alpha = torch.empty(m, dtype=delta.dtype, device=delta.device)
@@ -207,48 +203,18 @@ def linear_dct(
     return linear_projected(delta, n_factors, R=R, d_proj=d_proj, random_state=random_state)
 
 
+@dataclass(eq=False)
 class LinearDCT(FitEstimator):
-    """Estimator wrapper of :func:`linear_dct` (sklearn style).
-
-    Parameters are stored as given; validation happens in :meth:`fit`. If ``R`` is None,
-    :func:`melbo.fit.calibrate_R` with ``lam`` is run first.
-
-    Attributes (after fit)
-    ----------------------
-    factors_ : (U, V), each a Tensor of shape (d, m)
-    alpha_ : Tensor, shape (m,)
-    R_ : float
-    objective_ : list of float (empty)
-    n_iter_ : int (0)
-    result_ : FitResult
+    """Estimator of :func:`linear_dct` (the contract of :mod:`melbo.fit.estimator`):
+    ``method="full"`` is the registry's ``"linear"``, ``"projected"`` its
+    ``"linear-projected"``. ``R`` None: calibrated at ``lam`` on ``n_cal`` directions.
+    Not iterative: ``history_`` and ``scores_`` are empty, ``n_iter_`` is 0.
     """
 
-    def __init__(
-        self,
-        n_factors: int = 64,
-        *,
-        method: str = "projected",
-        R: float | None = None,
-        lam: float = 0.5,
-        d_proj: int = 32,
-        random_state: RandomState = None,
-        chunk_size: int = 256,
-    ) -> None:
-        self.n_factors = n_factors
-        self.method = method
-        self.R = R
-        self.lam = lam
-        self.d_proj = d_proj
-        self.random_state = random_state
-        self.chunk_size = chunk_size
+    n_factors: int = 64
+    _: KW_ONLY
+    method: str = "projected"
+    d_proj: int = 32
+    chunk_size: int = 256
 
-    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
-        return linear_dct(
-            delta,
-            self.n_factors,
-            R=R,
-            method=self.method,
-            d_proj=self.d_proj,
-            random_state=generator,
-            chunk_size=self.chunk_size,
-        )
+    _fit_function = staticmethod(linear_dct)

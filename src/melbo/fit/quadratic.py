@@ -18,24 +18,26 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 from torch import Tensor
 
 from melbo.fit._common import (
-    ConvergenceWarning,
     RandomState,
     check_delta,
     check_positive_int,
     check_R,
+    check_tol,
     column_movement,
+    interleave,
     make_generator,
     normalize_columns,
     qr_columns,
 )
 from melbo.fit.alphas import quadratic_alphas
 from melbo.fit.estimator import FitEstimator
+from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.exponential import Callback
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.result import FitResult, IterationState
@@ -78,14 +80,13 @@ def quadratic_als(
 ) -> tuple[Tensor, Tensor, list[float], list[float], bool]:
     """Run the ALS iterations on k factors.
 
-    Returns ``(U, V, objective, movement, converged)`` with U, V of shape (d, k). The
+    Returns ``(U, V, history, movement, converged)`` with U, V of shape (d, k). The
     movement of V is measured up to sign (a quadratic factor is even in v).
     """
     delta = check_delta(delta)
     k = check_positive_int("n_factors", k)
     max_iter = check_positive_int("max_iter", max_iter)
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not tol >= 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    tol = check_tol(tol)
     if orthogonalize and k > delta.d_model:
         raise ValueError(f"need at most d_model = {delta.d_model} ALS factors to orthogonalise, got {k}")
     generator = make_generator(random_state)
@@ -175,10 +176,7 @@ def quadratic_dct(
         callback=callback,
     )
     alpha_k = quadratic_alphas(delta, U, V, R, rcond=rcond)  # (k,)
-    d = V.shape[0]
-    V2 = torch.stack([V, -V], dim=2).reshape(d, 2 * k)[:, :m]
-    U2 = torch.stack([U, U], dim=2).reshape(d, 2 * k)[:, :m]
-    alpha = torch.stack([alpha_k, alpha_k], dim=1).reshape(2 * k)[:m]
+    V2, U2, alpha = interleave(V, -V, m), interleave(U, U, m), interleave(alpha_k, alpha_k, m)
     logger.info("quadratic ALS: %d iterations, objective %.6g, converged=%s", len(objective), objective[-1], converged)
     return FitResult(
         U=U2,
@@ -186,62 +184,29 @@ def quadratic_dct(
         alpha=alpha,
         R=R,
         method="quadratic",
-        objective=objective,
+        history=objective,
         n_iter=len(objective),
         converged=converged,
         movement=movement,
     )
 
 
+@dataclass(eq=False)
 class QuadraticDCT(FitEstimator):
-    """Estimator wrapper of :func:`quadratic_dct` (sklearn style).
+    """Estimator of :func:`quadratic_dct` (the contract of :mod:`melbo.fit.estimator`).
 
-    ``__init__`` only stores arguments; :meth:`fit` validates them, resolves
-    ``random_state`` and calibrates R (at ``lam``) if ``R`` is None.
-
-    Attributes (after fit)
-    ----------------------
-    factors_ : (U, V), each a Tensor of shape (d, m)
-    alpha_ : Tensor, shape (m,)
-    R_ : float
-    objective_ : list of float
-    n_iter_ : int
-    converged_ : bool
-    result_ : FitResult
+    Parameters are those of :func:`quadratic_dct`, plus ``R`` (None: calibrated at ``lam``
+    on ``n_cal`` directions). Fitted attributes as :class:`melbo.fit.ExponentialDCT`
+    (``history_``: Σ_ℓ T⁽²⁾(u_ℓ, v_ℓ, v_ℓ) per iteration).
     """
 
-    def __init__(
-        self,
-        n_factors: int = 512,
-        *,
-        R: float | None = None,
-        lam: float = 0.5,
-        max_iter: int = 10,
-        tol: float = 1e-4,
-        init: Init = "projected",
-        random_state: RandomState = None,
-        d_proj: int = 32,
-        callback: Callback | None = None,
-    ) -> None:
-        self.n_factors = n_factors
-        self.R = R
-        self.lam = lam
-        self.max_iter = max_iter
-        self.tol = tol
-        self.init = init
-        self.random_state = random_state
-        self.d_proj = d_proj
-        self.callback = callback
+    n_factors: int = 512
+    _: KW_ONLY
+    max_iter: int = 10
+    tol: float = 1e-4
+    init: Init = "projected"
+    d_proj: int = 32
+    callback: Callback | None = None
+    rcond: float = 1e-6
 
-    def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
-        return quadratic_dct(
-            delta,
-            self.n_factors,
-            R=R,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            init=self.init,
-            random_state=generator,
-            d_proj=self.d_proj,
-            callback=self.callback,
-        )
+    _fit_function = staticmethod(quadratic_dct)

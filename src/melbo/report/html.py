@@ -189,7 +189,7 @@ def render_report(
             f"Causal objective Σℓ ⟨uℓ, Δ(R vℓ)⟩ per iteration ({len(features.objective)} iterations).",
         )
     cos_v = pairwise_cosines(features.V).tolist() if m > 1 else []
-    cos_u = pairwise_cosines(features.U).tolist() if m > 1 else []
+    cos_u = pairwise_cosines(features.U).tolist() if m > 1 and features.U is not None else []
     geometry_figures = [
         _figure(figures.cosine_figure(cos_v, cos_u), "cosines", "histograms of pairwise cosines of V and U",
                 f"Pairwise cosines of the {m} source directions v and target directions u ({len(cos_v)} pairs each)."),
