@@ -20,7 +20,7 @@ Modes, run one after the other in the same process:
 * ``vmap``: the way the publication's code computes the same quantities — fp32, eager
   attention, ``torch.func.vmap`` over factors of a ``torch.func.vjp`` of a per-factor Δ on the
   same recorded slice (:class:`_perf.VmapCausalMap`), chunked (``--vmap-chunk``,
-  default the factors per chunk melbo's memory budget gives in fp32). Same calibration,
+  default the factors per chunk a 2 GiB budget gives in fp32, on every device). Same calibration,
   init and iteration code, only the primitives differ. With ``--mode both`` its
   iterations start from melbo's R, U, V, so the first iteration's G_U and updated V are
   compared (``agreement``).
@@ -66,7 +66,7 @@ from _perf import (  # bench/_perf.py: on sys.path as the script's own directory
 )
 from torch import Tensor, nn
 
-from melbo.causal_map import TransformerCausalMap
+from melbo.causal_map import DEFAULT_MEMORY_BUDGET, TransformerCausalMap
 from melbo.fit._common import make_generator, qr_columns
 from melbo.fit.calibrate import CalibrationError, calibrate_R
 from melbo.fit.exponential import ogi_step
@@ -291,7 +291,8 @@ def run_vmap(
     budget = int(args.memory_budget_gib * 1024**3) if args.memory_budget_gib else None
     t0 = timed(device)
     cmap = TransformerCausalMap(model, batch, args.s, args.t, memory_budget=budget)
-    chunk = args.vmap_chunk or max(1, cmap.memory_budget // max(1, cmap.bytes_per_factor(1)))
+    # the reference keeps the 2 GiB CPU budget on every device: it has no out-of-memory fallback
+    chunk = args.vmap_chunk or max(1, (budget or DEFAULT_MEMORY_BUDGET) // max(1, cmap.bytes_per_factor(1)))
     vm = VmapCausalMap.from_causal_map(cmap, chunk_size=chunk)
     out["seconds_setup"] = timed(device) - t0
     out["chunk_size"] = chunk

@@ -207,3 +207,13 @@ def test_out_of_memory_with_one_factor_per_chunk_is_raised(monkeypatch: pytest.M
     monkeypatch.setattr(cm, "_delta", no_memory)
     with pytest.raises(torch.OutOfMemoryError):
         cm.value(_units(cm.d_model, 3, 5))
+
+
+def test_default_memory_budget_uses_half_the_free_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from melbo.causal_map import DEFAULT_MEMORY_BUDGET, default_memory_budget
+
+    assert default_memory_budget(torch.device("cpu")) == DEFAULT_MEMORY_BUDGET
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * 1024**3, 140 * 1024**3))
+    assert default_memory_budget(torch.device("cuda")) == 50 * 1024**3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024**3, 140 * 1024**3))
+    assert default_memory_budget(torch.device("cuda")) == DEFAULT_MEMORY_BUDGET  # never below the CPU budget

@@ -31,7 +31,22 @@ from melbo.prompts import Positions, PromptBatch, PromptLike, build_prompts
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations per chunk
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes of activations per chunk on the CPU
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes of activations one chunk of factors may use when the caller names none.
+
+    On the CPU :data:`DEFAULT_MEMORY_BUDGET` (2 GiB: larger chunks do not run faster there).
+    On a CUDA device half of the memory free when the map is built (at least 2 GiB): a GPU
+    is fast only on large matmuls, and with a 2 GiB budget the 7B-shape job of
+    ``bench/gpu_check.py`` ran in chunks of 17 factors. Out-of-memory still halves the
+    chunk (:meth:`TransformerCausalMap._run_chunks`).
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(DEFAULT_MEMORY_BUDGET, int(free) // 2)
+    return DEFAULT_MEMORY_BUDGET
 
 
 @contextlib.contextmanager
@@ -63,7 +78,8 @@ class TransformerCausalMap:
     source_layer, target_layer : 0 ≤ s < t ≤ n_layers; θ is added to ``hidden_states[s]``
         and Δ is read from ``hidden_states[t]``
     positions : target positions (last k tokens, default 3, or per-prompt index lists)
-    memory_budget : bytes of activations one chunk of factors may use
+    memory_budget : bytes of activations one chunk of factors may use (default:
+        :func:`default_memory_budget` — 2 GiB on the CPU, half the free memory on a GPU)
     chunk_size : factors per chunk (overrides the budget)
     compute_dtype : run the slice's matmuls in this dtype under ``torch.autocast`` (e.g.
         ``"bfloat16"`` on GPUs and AVX-512-BF16 CPUs); Δ and every update are still
@@ -144,7 +160,7 @@ class TransformerCausalMap:
         self._pos = batch.positions  # (n, k)
         self._y_target = y[rows, batch.positions.to(y.device)].to(device=param.device, dtype=self._dtype)  # (n, k, d)
         self._oom_cap: dict[int, int] = {}
-        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
+        self.memory_budget = memory_budget or default_memory_budget(self.device)
         self.chunk_size = chunk_size
         self.compute_dtype = _resolve_compute_dtype(compute_dtype, self._model_dtype)
         if compile:
