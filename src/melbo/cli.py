@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from melbo.methods import method_names
+from melbo.methods import get_method, method_names
 
 logger = logging.getLogger("melbo")
 
@@ -395,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--prompts", required=True, help=".txt (one per line), .json/.jsonl, or .csv")
     tr.add_argument("--source-layer", type=int, required=True)
     tr.add_argument("--target-layer", type=int, required=True)
-    tr.add_argument("--method", choices=method_names(), default="exponential")
+    tr.add_argument("--method", choices=method_names(), default="exponential", metavar="METHOD",
+                    help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
     tr.add_argument("--factors", type=int, default=256, help="number m of features")
     tr.add_argument("--iters", type=int, default=10)
     g = tr.add_mutually_exclusive_group()
