@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_p = [pool[i] for i in torch.randperm(len(pool), generator=g)[: args.n_train].tolist()]
         cfg = DiscoverConfig(
             source_layer=None if args.default_layers else args.s, target_layer=None if args.default_layers else args.t,
-            n_factors=args.m, iters=args.iters, n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales),
-            max_new_tokens=args.gen_tokens, n_random=args.n_random, lam=args.lam, R=args.R, seed=seed, chat=True,
+            n_factors=args.m, max_iter=args.iters, n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales),
+            max_new_tokens=args.gen_tokens, n_random=args.n_random, lam=args.lam, R=args.R, random_state=seed, chat=True,
             batch_size=args.batch_size, sequential=args.sequential, orient=args.orient, beta=args.beta,
             ortho=args.ortho,
         )

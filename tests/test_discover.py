@@ -87,7 +87,7 @@ def llama(tok: Any) -> torch.nn.Module:
 
 
 def _cfg(**kw: Any) -> DiscoverConfig:
-    base: dict[str, Any] = {"source_layer": 1, "target_layer": 3, "n_factors": 4, "iters": 2, "n_train": 3, "n_eval": 3,
+    base: dict[str, Any] = {"source_layer": 1, "target_layer": 3, "n_factors": 4, "max_iter": 2, "n_train": 3, "n_eval": 3,
                             "scales": (1.0, 2.0), "max_new_tokens": 4, "n_random": 2, "R": 8.0, "chat": True}
     base.update(kw)
     return DiscoverConfig(**base)
@@ -165,7 +165,7 @@ def test_layer_search_tries_the_candidates_and_discover_uses_the_choice(llama: t
     assert all(0 < s < t < 4 for s, t in candidate_layers(4))
     cfg = _cfg(source_layer=None, target_layer=None, scales=(1.0,))
     best, trials = search_layers(llama, tok, PROMPTS[:3], PROMPTS[3:], cfg, pairs=[(1, 2), (1, 3)], n_factors=2,
-                                 iters=1, n_eval=3, n_random=2)
+                                 max_iter=1, n_eval=3, n_random=2)
     assert [(t["source_layer"], t["target_layer"]) for t in trials] == [(1, 2), (1, 3)]
     top = max(t["score"] for t in trials)
     assert best == next((t["source_layer"], t["target_layer"]) for t in trials if t["score"] == top)

@@ -60,7 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         model=args.model, organism=args.organism, source_layer=args.source_layer, target_layer=args.target_layer,
-        n_factors=args.factors, iters=args.iters, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
+        n_factors=args.factors, max_iter=args.max_iter, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
         n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
         top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
     )
@@ -79,9 +79,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from melbo.report.discovery import write_discovery_report
 
     cfg = DiscoverConfig(
-        source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, iters=args.iters,
+        source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, max_iter=args.max_iter,
         n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
-        n_random=args.random, lam=args.lam, R=args.R, seed=args.seed, chat=_chat(args), batch_size=args.batch_size,
+        n_random=args.random, lam=args.lam, R=args.R, random_state=args.seed, chat=_chat(args), batch_size=args.batch_size,
         beta=args.beta, ortho=args.ortho,
     )
     cfg.validate()
@@ -127,10 +127,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
-        n_factors=args.factors, iters=args.iters, lam=args.lam, R=args.R, seed=args.seed,
+        n_factors=args.factors, max_iter=args.max_iter, lam=args.lam, R=args.R, random_state=args.seed,
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
-        one_shot_mode=args.one_shot_mode, steps=args.steps, lr=args.lr, compile=args.compile,
+        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile,
         sequential=args.sequential, orient=args.orient,
     )
     cfg.validate()
@@ -332,7 +332,7 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--source-layer", type=int, default=None, help="default: ~2/9 of the depth (4 of 18)")
     p.add_argument("--target-layer", type=int, default=None, help="default: ~5/9 of the depth (10 of 18)")
     p.add_argument("--factors", type=int, default=64, help="DCT features to fit")
-    p.add_argument("--iters", type=int, default=10, help="OGI iterations")
+    p.add_argument("--max-iter", "--iters", dest="max_iter", type=int, default=10, help="τ: OGI iterations")
     p.add_argument("--n-train", type=int, default=8, help="prompts the features are fitted on")
     p.add_argument("--n-eval", type=int, default=n_eval, help="held-out prompts every feature steers")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5], help="steering scales, multiples of R")
@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", choices=method_names(), default="exponential", metavar="METHOD",
                     help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
     tr.add_argument("--factors", type=int, default=256, help="number m of features")
-    tr.add_argument("--iters", type=int, default=10)
+    tr.add_argument("--max-iter", "--iters", "--steps", dest="max_iter", type=int, default=None,
+                    help="τ: iterations of the DCTs (default 10), optimiser steps of melbo-v1 per vector (300) and one-shot (100)")
     g = tr.add_mutually_exclusive_group()
     g.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
     g.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
@@ -413,7 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--completion", default=None, help="one-shot (required there): the completion to promote (suppress in mode suppress)")
     tr.add_argument("--suppress", default=None, help="one-shot, mode mixed: the completion to suppress")
     tr.add_argument("--one-shot-mode", choices=ONE_SHOT_MODES, default="promote")
-    tr.add_argument("--steps", type=int, default=None, help="optimiser steps: melbo-v1 per vector (default 300), one-shot (100)")
     tr.add_argument("--lr", type=float, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
     tr.add_argument("--out", required=True, help="output directory")
     tr.add_argument("--force", action="store_true", help="overwrite features in a non-empty --out")

@@ -78,7 +78,7 @@ def run_demo(
     source_layer: int | None = None,
     target_layer: int | None = None,
     n_factors: int = 64,
-    iters: int = 10,
+    max_iter: int = 10,
     scales: tuple[float, ...] = (1.0, 1.5),
     n_train: int = 8,
     n_eval: int = 8,
@@ -105,9 +105,9 @@ def run_demo(
     from melbo.report.discovery import write_discovery_report
 
     out, report = Path(out), Path(report)
-    cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, iters=iters,
+    cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, max_iter=max_iter,
                          n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
-                         n_random=n_random, seed=seed, chat=True)
+                         n_random=n_random, random_state=seed, chat=True)
     cfg.validate()
     _check_outputs(out, report, force)
     t_start = time.perf_counter()

@@ -86,13 +86,13 @@ def search_layers(
     *,
     pairs: Sequence[tuple[int, int]] | None = None,
     n_factors: int = 16,
-    iters: int = 5,
+    max_iter: int = 5,
     n_eval: int = 6,
     n_random: int = 8,
     say: Callable[[str], None] = lambda s: None,
 ) -> tuple[tuple[int, int], list[dict[str, Any]]]:
     """A budgeted search over (source, target) layers: for each pair, a small DCT (``n_factors``
-    features, ``iters`` iterations) steers ``n_eval`` held-out prompts at ``cfg.scales``, next to
+    features, ``max_iter`` iterations) steers ``n_eval`` held-out prompts at ``cfg.scales``, next to
     ``n_random`` random vectors, and the pair scores the best behaviour group's consistency net
     of what random vectors also say (:func:`melbo.evaluate.behaviours.group_behaviours`). Returns
     the best pair (ties: the earlier pair) and every trial."""
@@ -109,11 +109,11 @@ def search_layers(
         if not 0 <= s < t <= access.n_layers:
             raise ValueError(f"layers {s} → {t}: need 0 ≤ source < target ≤ {access.n_layers}")
         t0 = time.perf_counter()
-        tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, max_iter=iters, lam=cfg.lam, R=cfg.R,
-                           random_state=cfg.seed, chat=cfg.chat, extra={"search": True})
+        tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, max_iter=max_iter, lam=cfg.lam, R=cfg.R,
+                           random_state=cfg.random_state, chat=cfg.chat, extra={"search": True})
         feats = train(model, tokenizer, list(train_prompts), tcfg)
         V = feats.V.to(torch.float32)
-        V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.seed)], dim=1)
+        V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.random_state)], dim=1)
         kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size, "layer": s}
         unsteered = generate_steered(model, tokenizer, eval_p, torch.zeros(feats.d_model, 1), **kw)[0]
         found: list[VectorBehaviour] = []
@@ -146,7 +146,7 @@ class DiscoverConfig:
     source_layer: int | None = None
     target_layer: int | None = None
     n_factors: int = 64
-    iters: int = 10
+    max_iter: int = 10
     n_train: int = 8
     n_eval: int = 16
     scales: tuple[float, ...] = (1.0,)
@@ -154,7 +154,7 @@ class DiscoverConfig:
     n_random: int = 32
     lam: float = 0.5
     R: float | None = None
-    seed: int = 0
+    random_state: int = 0
     chat: bool | str = "auto"
     min_consistency: float = 0.25
     batch_size: int = 64
@@ -165,7 +165,7 @@ class DiscoverConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
-        for name in ("n_factors", "iters", "n_train", "n_eval", "max_new_tokens", "batch_size"):
+        for name in ("n_factors", "max_iter", "n_train", "n_eval", "max_new_tokens", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
@@ -298,8 +298,8 @@ def discover(
 
     # 1. features (resumable through train's own checkpoint)
     t0 = time.perf_counter()
-    tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, max_iter=cfg.iters, lam=cfg.lam, R=cfg.R,
-                       random_state=cfg.seed, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
+    tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, max_iter=cfg.max_iter, lam=cfg.lam, R=cfg.R,
+                       random_state=cfg.random_state, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
                        extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None
@@ -319,7 +319,7 @@ def discover(
 
     # 2. completions (cached per settings)
     t0 = time.perf_counter()
-    gkey = _key(fkey, [str(p) for p in eval_p], cfg.scales, cfg.max_new_tokens, cfg.n_random, cfg.seed, str(cfg.chat))
+    gkey = _key(fkey, [str(p) for p in eval_p], cfg.scales, cfg.max_new_tokens, cfg.n_random, cfg.random_state, str(cfg.chat))
     cache_path = out_dir / "completions.json" if out_dir is not None else None
     cache: dict[str, Any] = {}
     if cache_path is not None and resume and cache_path.is_file():
@@ -337,7 +337,7 @@ def discover(
     unsteered: list[str] = cache["unsteered"]
     V32 = feats.V.to(torch.float32)
     directions = {"features": V32 / V32.norm(dim=0, keepdim=True),
-                  "random": random_directions(d, cfg.n_random, cfg.seed)}
+                  "random": random_directions(d, cfg.n_random, cfg.random_state)}
     results: dict[str, dict[tuple[int, float], list[str]]] = {"features": {}, "random": {}}
     for kind, V in directions.items():
         if V.shape[1] == 0:

@@ -5,6 +5,8 @@
 * :mod:`melbo.evaluate.refusal` — a documented string-match refusal classifier.
 * :mod:`melbo.evaluate.behaviours` — behaviours without a target: the phrase a steering
   vector makes the model say across prompts, grouped across vectors (``melbo discover``).
+* :mod:`melbo.evaluate.report_data` — what a features report shows, measured with a model
+  (scores, completions); :mod:`melbo.report` only renders it.
 * :mod:`melbo.evaluate.analysis` — ranking by exact score, multiplicity statistics, aggregates
   and adding-vs-ablating (the publication's Tables 3–5), behind ``melbo analyze``.
 
@@ -36,11 +38,13 @@ _EXPORTS = {
     "is_refusal": "melbo.evaluate.refusal:is_refusal",
     "normalize_text": "melbo.evaluate.refusal:normalize_text",
     "refusal_rate": "melbo.evaluate.refusal:refusal_rate",
+    "Completions": "melbo.evaluate.report_data:Completions",
+    "ReportData": "melbo.evaluate.report_data:ReportData",
+    "compute_report_data": "melbo.evaluate.report_data:compute_report_data",
     "SPACE_RULES": "melbo.evaluate.scores:SPACE_RULES",
     "TokenSet": "melbo.evaluate.scores:TokenSet",
     "feature_scores": "melbo.evaluate.scores:feature_scores",
     "generate_for_features": "melbo.evaluate.scores:generate_for_features",
-    "generation_position_ids": "melbo.evaluate.scores:generation_position_ids",
     "jailbreak_score": "melbo.evaluate.scores:jailbreak_score",
     "last_position_logits": "melbo.evaluate.scores:last_position_logits",
     "resolve_score_tokens": "melbo.evaluate.scores:resolve_score_tokens",
@@ -73,11 +77,13 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explic
     from melbo.evaluate.refusal import is_refusal as is_refusal
     from melbo.evaluate.refusal import normalize_text as normalize_text
     from melbo.evaluate.refusal import refusal_rate as refusal_rate
+    from melbo.evaluate.report_data import Completions as Completions
+    from melbo.evaluate.report_data import ReportData as ReportData
+    from melbo.evaluate.report_data import compute_report_data as compute_report_data
     from melbo.evaluate.scores import SPACE_RULES as SPACE_RULES
     from melbo.evaluate.scores import TokenSet as TokenSet
     from melbo.evaluate.scores import feature_scores as feature_scores
     from melbo.evaluate.scores import generate_for_features as generate_for_features
-    from melbo.evaluate.scores import generation_position_ids as generation_position_ids
     from melbo.evaluate.scores import jailbreak_score as jailbreak_score
     from melbo.evaluate.scores import last_position_logits as last_position_logits
     from melbo.evaluate.scores import resolve_score_tokens as resolve_score_tokens

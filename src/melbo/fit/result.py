@@ -19,7 +19,7 @@ mean-diff          None (learns no target)     ‖Δ_R(v)‖                    
 
 ``history`` is always one value per *iteration* of the fit (the training curve; empty for
 methods without iterations, and for melbo-v1, whose per-vector curves are
-:attr:`melbo.baselines.MelboV1.curves_`): Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ for the exponential,
+the fitted ``curves_`` of :class:`melbo.baselines.MelboV1`): Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ for the exponential,
 Σ_ℓ T⁽²⁾(u_ℓ, v_ℓ, v_ℓ) for the quadratic, the maximised objective before each Adam step
 for one-shot. ``scores`` is one value per *vector* (empty where the method has none).
 """
