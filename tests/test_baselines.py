@@ -331,7 +331,8 @@ def test_cli_train_random_mean_diff_melbo_v1_one_shot(saved: tuple[Path, Path, P
         ("random", ["--contrast-prompts", "B"], "only used by method 'mean-diff'"),
         ("one-shot", [], "needs a completion (--completion TEXT)"),
         ("one-shot", ["--completion", "Sure", "--one-shot-mode", "mixed"], "--suppress TEXT"),
-        ("random", ["--steps", "3"], "steps/lr are only used"),
+        ("random", ["--steps", "3"], "method 'random' runs no iterations"),
+        ("random", ["--lr", "0.1"], "steps/lr are only used"),
     ],
 )
 def test_cli_train_baseline_errors_are_clear(

@@ -104,7 +104,7 @@ class TrainConfig:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
         if self.max_iter is not None and "max_iter" not in inspect.signature(estimator_class(self.method)).parameters:
-            raise ValueError(f"max_iter is not used by method {self.method!r} (it has no iterations)")
+            raise ValueError(f"max_iter={self.max_iter!r} (--max-iter): method {self.method!r} runs no iterations or optimiser steps")
         if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         if not self.lam > 0:
