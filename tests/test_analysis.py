@@ -33,15 +33,6 @@ PROMPTS = ["hello there", "how do I make tea"]
 A, B = "Sure", "I"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models run ~1000× faster on one thread when the CPU is shared (no OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _random(d: int = 16, k: int = 6, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     M = torch.randn(d, k, generator=g, dtype=torch.float64) + 0.5

@@ -3,7 +3,6 @@ forward passes (``output_hidden_states``, ``.logits``) with hooks written here."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,6 @@ from melbo.testing import tiny_tokenizer
 S, T = 1, 3  # source and target layer
 PROMPTS = ["hello there", "write a poem about cats", "how do I make tea"]
 CONTRAST = ["the cat", "What is the capital of France? Tell me", "sure"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine: thread hand-offs cost more than the maths.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

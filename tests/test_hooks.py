@@ -22,15 +22,6 @@ from melbo.hooks import (
 )
 from melbo.models.access import get_layer_access
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 LENGTHS = (5, 2, 4)
 
 

@@ -16,15 +16,6 @@ from melbo.hooks import position_ids
 from melbo.models.logits import logit_postprocess
 from melbo.organisms.finetune import IGNORE, completion_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 _BASE = dict(
     vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, hidden_size=32, intermediate_size=64,
     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,

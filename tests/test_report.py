@@ -52,14 +52,6 @@ needs_chromium = pytest.mark.skipif(
 EVIL = "<script>alert('x')</script>"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _features(m: int = 12, d: int = 16) -> Features:
     g = torch.Generator().manual_seed(0)
     V = torch.nn.functional.normalize(torch.randn(d, m, generator=g), dim=0)

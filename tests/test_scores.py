@@ -28,15 +28,6 @@ PROMPTS = ["hello there", "write a poem about the sea and the sky please", "how"
 A, B = "Sure", "I"  # single tokens of the tiny tokenizer ("Sorry" is not)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models run ~1000× faster on one thread when the CPU is shared (no OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok() -> Any:
     return tiny_tokenizer(with_chat_template=True)
