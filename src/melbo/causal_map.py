@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from melbo.compile_cache import resolve_compile_cache
 from melbo.dtypes import resolve_dtype
 from melbo.models.access import LayerAccess, get_layer_access
 from melbo.models.slice import LayerSlice, capture_slice
@@ -90,6 +92,11 @@ class TransformerCausalMap:
         once more for a shape-generic graph when a second chunk shape appears), so it pays on long fits (many factors or iterations), not
         on a few calls. Results equal the eager ones up to rounding. A string names the
         ``torch.compile`` backend (``True`` is ``"inductor"``).
+    compile_cache : where torch keeps the compiled graphs and kernels, so that a second
+        process compiling the same slice loads them instead of compiling again (see
+        :mod:`melbo.compile_cache`): ``True`` (default) is ``<melbo cache>/compile``, a path
+        names another directory, ``False`` leaves torch's own setting. Only the compiled
+        layers' calls see it; the user's other ``torch.compile`` calls do not.
 
     Public attributes besides the protocol: ``model``, ``access``, ``source_layer``,
     ``target_layer``, ``prompts`` (the tokenised :class:`PromptBatch`), ``raw_prompts`` (the
@@ -114,6 +121,7 @@ class TransformerCausalMap:
         chunk_size: int | None = None,
         compute_dtype: torch.dtype | str | None = None,
         compile: bool | str = False,
+        compile_cache: bool | str | os.PathLike[str] = True,
     ) -> None:
         if not isinstance(compile, (bool, str)):
             raise ValueError(f"compile={compile!r}: must be True, False or a torch.compile backend name")
@@ -163,8 +171,9 @@ class TransformerCausalMap:
         self.memory_budget = memory_budget or default_memory_budget(self.device)
         self.chunk_size = chunk_size
         self.compute_dtype = _resolve_compute_dtype(compute_dtype, self._model_dtype)
+        cache = resolve_compile_cache(compile_cache)
         if compile:
-            self.slice.compile_layers("inductor" if compile is True else compile)
+            self.slice.compile_layers("inductor" if compile is True else compile, cache=cache)
 
     # -- protocol properties ---------------------------------------------------------
     @property
@@ -231,20 +240,21 @@ class TransformerCausalMap:
         c = self._chunk_len(order)
         outs: list[_T] = []
         start = 0
-        while start < m:
-            sl = slice(start, min(m, start + c))
-            try:
-                outs.append(fn(sl))
-            except torch.OutOfMemoryError:
-                if c == 1:
-                    raise
-                c = max(1, c // 2)
-                self._oom_cap[order] = c
-                logger.warning("out of memory with %d factors per chunk; retrying with %d", 2 * c, c)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start = sl.stop
+        with self.slice.compile_scope():
+            while start < m:
+                sl = slice(start, min(m, start + c))
+                try:
+                    outs.append(fn(sl))
+                except torch.OutOfMemoryError:
+                    if c == 1:
+                        raise
+                    c = max(1, c // 2)
+                    self._oom_cap[order] = c
+                    logger.warning("out of memory with %d factors per chunk; retrying with %d", 2 * c, c)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                start = sl.stop
         return outs
 
     # -- the map -------------------------------------------------------------------------

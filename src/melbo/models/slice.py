@@ -14,14 +14,17 @@ repeats the recorded per-prompt arguments ``c`` times.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from melbo.compile_cache import torch_compile_cache
 from melbo.hooks import forward_until, layer_input, layer_output
 from melbo.models.access import LayerAccess
 
@@ -63,7 +66,12 @@ def _detached_call(layer: nn.Module, h: Tensor, *args: Any, **kwargs: Any) -> An
     return torch.func.functional_call(layer, params, (h, *args), kwargs)
 
 
-_COMPILED_CALL = torch.compile(_detached_call, dynamic=None)
+@cache
+def _compiled_call(backend: str) -> Any:
+    """One compiled wrapper per backend, shared by every slice (Dynamo caches per code object).
+    Made on first use: ``torch.compile`` imports ``torch._dynamo``, which is slow to import
+    and sets ``$TORCHINDUCTOR_CACHE_DIR`` in the environment as it does."""
+    return torch.compile(_detached_call, dynamic=None, backend=backend)
 
 
 @dataclass
@@ -86,16 +94,20 @@ class LayerSlice:
     y: Tensor
     _calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(repr=False)
     _compiled: dict[int, Any] = field(default_factory=dict, repr=False)
+    compile_cache: Path | None = field(default=None, repr=False)
 
-    def compile_layers(self, backend: str = "inductor") -> None:
+    def compile_layers(self, backend: str = "inductor", cache: Path | None = None) -> None:
         """Replay the slice's layers through ``torch.compile`` (the compiled callables are
         kept here; the model's modules are not replaced). Each layer runs under
         ``torch.func.functional_call`` with *detached* parameters, so a compiled backward
         computes input gradients only, never weight gradients, whatever the parameters'
         ``requires_grad``. ``dynamic=None``: a second chunk shape compiles one shape-generic
         version instead of one per shape. ``backend``: a ``torch.compile`` backend
-        (``"aot_eager"`` traces and differentiates the same way without generating code)."""
-        call = _COMPILED_CALL if backend == "inductor" else torch.compile(_detached_call, dynamic=None, backend=backend)
+        (``"aot_eager"`` traces and differentiates the same way without generating code).
+        ``cache``: the directory of torch's persistent compile caches while the compiled
+        layers run (see :meth:`compile_scope`); None leaves torch's setting alone."""
+        self.compile_cache = cache
+        call = _compiled_call(backend)
         for idx in range(self.source_layer, self.target_layer):
             if idx not in self._compiled:
                 self._compiled[idx] = partial(call, self.access.layers[idx])
@@ -103,6 +115,15 @@ class LayerSlice:
     @property
     def compiled(self) -> bool:
         return bool(self._compiled)
+
+    def compile_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Where compiling happens, torch's compile caches point at :attr:`compile_cache`.
+
+        Torch compiles lazily: the forward on a layer's first call with a new shape or grad
+        mode, the backward on its first backward pass. Callers wrap both, the slice call and
+        the ``autograd.grad`` that follows, in this scope (a no-op when nothing is compiled).
+        """
+        return torch_compile_cache(self.compile_cache if self._compiled else None)
 
     @property
     def n_prompts(self) -> int:
@@ -135,12 +156,13 @@ class LayerSlice:
         c = h.shape[0] // n
         stop = self.target_layer if stop is None else stop
         layers = self.access.layers
-        for k, idx in enumerate(range(self.source_layer, stop)):
-            args, kwargs = self._calls[k]
-            args = _cast_float(_repeat_batch(args, n, c), h.dtype)
-            kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
-            layer = layers[idx] if eager else self._compiled.get(idx, layers[idx])
-            h = layer_output(layer(h, *args, **kwargs))
+        with contextlib.nullcontext() if eager else self.compile_scope():
+            for k, idx in enumerate(range(self.source_layer, stop)):
+                args, kwargs = self._calls[k]
+                args = _cast_float(_repeat_batch(args, n, c), h.dtype)
+                kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
+                layer = layers[idx] if eager else self._compiled.get(idx, layers[idx])
+                h = layer_output(layer(h, *args, **kwargs))
         return h
 
 
