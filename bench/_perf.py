@@ -149,7 +149,9 @@ class LayerShape:
         layer = get_layer_access(model).layers[0]
         return cls.from_config(model.config, gated=mlp_is_gated(layer))
 
-    def layer_flops(self, n_tokens: int, n_queries: int | None = None, *, causal: bool = False) -> FlopCount:
+    def layer_flops(
+        self, n_tokens: int, n_queries: int | None = None, *, causal: bool = False, mlp_rows: int | None = None
+    ) -> FlopCount:
         """Forward FLOPs of one layer on one sequence (module docstring).
 
         Parameters
@@ -157,14 +159,19 @@ class LayerShape:
         n_tokens : int — T, the (padded) sequence length; every token is a key
         n_queries : int, optional — q ≤ T query positions (the last q tokens); default T
         causal : bool — count only unmasked (query, key) pairs instead of q·T
+        mlp_rows : int, optional — positions the MLP runs on (≤ q); default q. melbo's last
+            slice layer runs its MLP at the k target positions only, with all T queries.
         """
         T = int(n_tokens)
         q = T if n_queries is None else int(n_queries)
         if not 1 <= q <= T:
             raise ValueError(f"n_queries must be in [1, n_tokens={T}], got {n_queries}")
+        r = q if mlp_rows is None else int(mlp_rows)
+        if not 1 <= r <= q:
+            raise ValueError(f"mlp_rows must be in [1, n_queries={q}], got {mlp_rows}")
         d, H, Hkv, hd, f = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.ffn
         g = 3 if self.gated else 2
-        linear = q * (2 * d * H * hd + 2 * H * hd * d + g * 2 * d * f) + T * 2 * 2 * d * Hkv * hd
+        linear = q * (2 * d * H * hd + 2 * H * hd * d) + r * g * 2 * d * f + T * 2 * 2 * d * Hkv * hd
         # queries are the last q tokens: query at absolute index i sees i + 1 keys
         pairs = (q * T - q * (q - 1) // 2) if causal else q * T
         attention = 2 * 2 * H * hd * pairs
@@ -187,17 +194,20 @@ def slice_flops(
     n_sequences: int,
     last_layer_queries: int | None = None,
     causal: bool = False,
+    last_layer_mlp_rows: int | None = None,
 ) -> FlopCount:
     """Forward FLOPs of ``n_layers`` decoder layers on ``n_sequences`` sequences of length T.
 
-    ``last_layer_queries``: queries computed in the last layer (the target positions, when
-    the slice skips the others there); None = all T. An OGI iteration with m factors and n
-    prompts is ``slice_flops(..., n_sequences=m * n).vjp``.
+    ``last_layer_queries``: queries computed in the last layer (a what-if: melbo computes
+    all T); None = all T. ``last_layer_mlp_rows``: positions the last layer's MLP runs on
+    (melbo: the k targets, :class:`melbo.causal_map.TransformerCausalMap`'s
+    ``last_layer_targets_only``); None = as many as queries. An OGI iteration with m
+    factors and n prompts is ``slice_flops(..., n_sequences=m * n).vjp``.
     """
     if n_layers < 1 or n_sequences < 0:
         raise ValueError(f"need n_layers >= 1 and n_sequences >= 0, got {n_layers}, {n_sequences}")
     full = shape.layer_flops(n_tokens, causal=causal)
-    last = shape.layer_flops(n_tokens, last_layer_queries, causal=causal)
+    last = shape.layer_flops(n_tokens, last_layer_queries, causal=causal, mlp_rows=last_layer_mlp_rows)
     return (full * (n_layers - 1) + last) * n_sequences
 
 

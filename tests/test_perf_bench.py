@@ -55,3 +55,26 @@ def test_vmap_reference_agrees_with_transformer_causal_map(perf: Any) -> None:
     torch.testing.assert_close(ref.value(theta), cmap.value(theta))
     torch.testing.assert_close(ref.vjp(theta, U), cmap.vjp(theta, U))
     torch.testing.assert_close(ref.jvp0(theta), cmap.jvp0(theta))
+
+
+@pytest.mark.parametrize("targets_only", [True, False])
+def test_slice_flops_count_what_the_causal_map_computes(perf: Any, targets_only: bool) -> None:
+    """torch's FLOP counter on Δ and its VJP (m factors × n prompts through layers 1-2) equals
+    the count with the last layer's MLP at the k target positions (or at all T)."""
+    model = tiny_model("llama", attn="eager")
+    n, T, k, m = 2, 7, 3, 3
+    ids = torch.randint(3, 90, (n, T), generator=torch.Generator().manual_seed(1))
+    batch = PromptBatch(ids, torch.ones_like(ids), resolve_positions(k, [T] * n, [0] * n), ("a", "b"), "none")
+    cmap = TransformerCausalMap(model, batch, 1, 3, last_layer_targets_only=targets_only)
+    theta = torch.randn(cmap.d_model, m, generator=torch.Generator().manual_seed(2))
+    shape = perf.LayerShape.from_model(model)
+    want = perf.slice_flops(shape, n_tokens=T, n_layers=2, n_sequences=m * n,
+                            last_layer_mlp_rows=k if targets_only else None)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        cmap.value(theta)
+    assert counter.get_total_flops() == want.forward
+    counter = FlopCounterMode(display=False)
+    with counter:
+        cmap.value_and_vjp(theta, theta)
+    assert counter.get_total_flops() == want.vjp  # forward + input-gradient backward

@@ -97,6 +97,10 @@ class TransformerCausalMap:
         :mod:`melbo.compile_cache`): ``True`` (default) is ``<melbo cache>/compile``, a path
         names another directory, ``False`` leaves torch's own setting. Only the compiled
         layers' calls see it; the user's other ``torch.compile`` calls do not.
+    last_layer_targets_only : the slice's last layer runs its MLP only at the target
+        positions, the only ones Δ reads (exact: the MLP acts on each token alone; see
+        :meth:`melbo.models.slice.LayerSlice.__call__`). Applies where that layer runs
+        eagerly (not when compiled). False computes every position.
 
     Public attributes besides the protocol: ``model``, ``access``, ``source_layer``,
     ``target_layer``, ``prompts`` (the tokenised :class:`PromptBatch`), ``raw_prompts`` (the
@@ -122,6 +126,7 @@ class TransformerCausalMap:
         compute_dtype: torch.dtype | str | None = None,
         compile: bool | str = False,
         compile_cache: bool | str | os.PathLike[str] = True,
+        last_layer_targets_only: bool = True,
     ) -> None:
         if not isinstance(compile, (bool, str)):
             raise ValueError(f"compile={compile!r}: must be True, False or a torch.compile backend name")
@@ -171,6 +176,7 @@ class TransformerCausalMap:
         self.memory_budget = memory_budget or default_memory_budget(self.device)
         self.chunk_size = chunk_size
         self.compute_dtype = _resolve_compute_dtype(compute_dtype, self._model_dtype)
+        self.last_layer_targets_only = bool(last_layer_targets_only)
         cache = resolve_compile_cache(compile_cache)
         if compile:
             self.slice.compile_layers("inductor" if compile is True else compile, cache=cache)
@@ -267,9 +273,10 @@ class TransformerCausalMap:
         x = self.slice.x  # (n, T, d)
         shift = theta.T.to(self._model_dtype).repeat_interleave(n, dim=0)  # (c*n, d)
         h = x.repeat(c, 1, 1) + shift[:, None, :]  # (c*n, T, d)
+        pos = self._pos.to(h.device).repeat(c, 1)  # (c*n, k)
         with self._autocast():
-            out = self.slice(h, eager=eager)  # (c*n, T, d)
-        pos = self._pos.to(out.device).repeat(c, 1)  # (c*n, k)
+            out = self.slice(h, eager=eager, read=pos if self.last_layer_targets_only else None)  # (c*n, T, d)
+        pos = pos.to(out.device)
         rows = torch.arange(c * n, device=out.device)[:, None].expand_as(pos)
         # with device_map the slice ends on the last layer's device: bring the rows home
         picked = out[rows, pos].to(device=self.device, dtype=self._dtype)  # (c*n, k, d)
@@ -378,9 +385,11 @@ class TransformerCausalMap:
         def chunk(sl: slice) -> Tensor:
             c = sl.stop - sl.start
             shift = theta[:, sl].T.to(self._model_dtype).repeat_interleave(n, dim=0)
+            pos = self._pos.to(self.slice.x.device).repeat(c, 1)
             with self._autocast():
-                h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :])
-            pos = self._pos.to(h.device).repeat(c, 1)
+                h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :],
+                               read=pos if self.last_layer_targets_only else None)
+            pos = pos.to(h.device)
             rows = torch.arange(c * n, device=h.device)[:, None].expand_as(pos)
             picked = h[rows, pos].to(self.device)
             scores = fn(picked).to(self._dtype) - base.repeat(c, 1)  # (c*n, k)

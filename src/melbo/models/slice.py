@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
@@ -74,6 +75,50 @@ def _compiled_call(backend: str) -> Any:
     return torch.compile(_detached_call, dynamic=None, backend=backend)
 
 
+@contextlib.contextmanager
+def _mlp_on_rows(layer: nn.Module, rows: Tensor) -> Iterator[None]:
+    """Run the layer's MLP (``layer.mlp``) only on the positions ``rows`` (shape (B, k)).
+
+    A pre-hook gathers those rows of the MLP input; a forward hook scatters the MLP output
+    back into zeros of the full length. The MLP of every decoder family acts on each token
+    on its own, so the gathered rows' outputs equal the full computation's, and the layer's
+    output is exact at ``rows``; at other positions it lacks the MLP's contribution. Layers
+    without an ``mlp`` module run unchanged. Both hooks are removed on exit.
+    """
+    mlp = getattr(layer, "mlp", None)
+    if not isinstance(mlp, nn.Module):
+        yield
+        return
+    lengths: list[int] = []
+
+    def index(x: Tensor) -> Tensor:
+        return rows[:, :, None].expand(-1, -1, x.shape[-1])
+
+    def gather(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[0] != rows.shape[0]:
+            return None  # not the per-token call this expects: leave it whole
+        lengths.append(x.shape[1])
+        return (x.gather(1, index(x)), *args[1:])
+
+    def scatter(_mod: nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+        if not lengths:
+            return None
+        T = lengths.pop()
+        first = out[0] if isinstance(out, tuple) else out
+        if not isinstance(first, Tensor):
+            raise RuntimeError(f"{type(mlp).__name__} returned {type(out).__name__}, not a tensor")
+        full = first.new_zeros(first.shape[0], T, first.shape[-1]).scatter(1, index(first), first)
+        return (full, *out[1:]) if isinstance(out, tuple) else full
+
+    handles = [mlp.register_forward_pre_hook(gather, prepend=True), mlp.register_forward_hook(scatter)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @dataclass
 class LayerSlice:
     """Layers ``source_layer .. target_layer-1`` of a model with their recorded inputs.
@@ -129,7 +174,9 @@ class LayerSlice:
     def n_prompts(self) -> int:
         return int(self.x.shape[0])
 
-    def __call__(self, h: Tensor, *, stop: int | None = None, eager: bool = False) -> Tensor:
+    def __call__(
+        self, h: Tensor, *, stop: int | None = None, eager: bool = False, read: Tensor | None = None
+    ) -> Tensor:
         """Run the slice on a residual stream.
 
         Parameters
@@ -142,6 +189,10 @@ class LayerSlice:
             run the model's own layers even where compiled ones exist. Higher-order
             derivatives (``create_graph=True``) need it: a compiled backward donates its
             buffers and cannot itself be differentiated (a RuntimeError on CUDA).
+        read : Tensor, shape (c * n, k), optional
+            the positions of the output the caller reads (distinct per row). The last layer's
+            MLP then runs on those positions only (:func:`_mlp_on_rows`) when that layer runs
+            eagerly: the output is exact there and incomplete elsewhere.
 
         Returns
         -------
@@ -162,7 +213,9 @@ class LayerSlice:
                 args = _cast_float(_repeat_batch(args, n, c), h.dtype)
                 kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
                 layer = layers[idx] if eager else self._compiled.get(idx, layers[idx])
-                h = layer_output(layer(h, *args, **kwargs))
+                restrict = read is not None and idx == self.target_layer - 1 and layer is layers[idx]
+                with _mlp_on_rows(layers[idx], read) if restrict else contextlib.nullcontext():  # type: ignore[arg-type]
+                    h = layer_output(layer(h, *args, **kwargs))
         return h
 
 
