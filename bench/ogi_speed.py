@@ -27,7 +27,9 @@ Modes, run one after the other in the same process:
 
 FLOPs are matmul FLOPs counted from the layer shape (``bench/_perf.py``): per sequence and
 layer, forward = Q/K/V/O projections + MLP (3 matrices if gated, else 2) + QKᵀ and A·V
-over the prompt length (dense, as eager/SDPA compute them); an OGI iteration is one
+over the prompt length (dense, as eager/SDPA compute them), except that melbo's last slice
+layer runs its MLP at the k target positions only (``--last-layer-mlp targets``, melbo's
+default; not when compiled, where that layer runs whole); an OGI iteration is one
 forward and one input-gradient backward of the t−s slice layers on m·n sequences, i.e.
 2·linear + 3·attention (weight gradients are never computed). ``achieved_flops`` =
 FLOPs per iteration / ``seconds_per_iter`` (median of the iterations after the first,
@@ -101,7 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chunk-size", type=int, default=None, help="melbo factors per chunk")
     ap.add_argument("--vmap-chunk", type=int, default=None, help="vmap factors per chunk")
     ap.add_argument("--last-layer-queries", default="all", choices=("all", "targets"),
-                    help="FLOP count of melbo's last layer: all T queries, or the k targets only")
+                    help="FLOP count only (a what-if; melbo computes all T queries): all T queries, or the k targets")
+    ap.add_argument("--last-layer-mlp", default="targets", choices=("targets", "all"),
+                    help="melbo mode: the last slice layer's MLP at the k targets only (melbo's default) or at all "
+                         "T positions; the FLOP count follows")
     ap.add_argument("--compile", action="store_true",
                     help="melbo mode: torch.compile the slice layers (compile time reported as seconds_compile)")
     ap.add_argument("--vocab", type=int, default=256, help="vocabulary of random-init models")
@@ -248,7 +253,7 @@ def run_melbo(args: argparse.Namespace, device: torch.device, peak: float) -> tu
     budget = int(args.memory_budget_gib * 1024**3) if args.memory_budget_gib else None
     t0 = timed(device)
     cmap = TransformerCausalMap(model, batch, args.s, args.t, memory_budget=budget, chunk_size=args.chunk_size,
-                                compile=args.compile)
+                                compile=args.compile, last_layer_targets_only=args.last_layer_mlp == "targets")
     out["seconds_setup"] = timed(device) - t0
     out["chunk_size"] = cmap.chunk_size or max(1, cmap.memory_budget // max(1, cmap.bytes_per_factor(1)))
     out["compile"] = args.compile
@@ -264,7 +269,11 @@ def run_melbo(args: argparse.Namespace, device: torch.device, peak: float) -> tu
     out["seconds_init"] = timed(device) - t0
     L, T, n, m = args.t - args.s, args.prompt_len, args.n, args.m
     q = args.k if args.last_layer_queries == "targets" else None
-    per_seq = slice_flops(shape, n_tokens=T, n_layers=L, n_sequences=1, last_layer_queries=q)
+    # a compiled last layer runs whole (TransformerCausalMap's last_layer_targets_only)
+    mlp_rows = args.k if args.last_layer_mlp == "targets" and not args.compile else None
+    out["last_layer_mlp_rows"] = mlp_rows or T
+    per_seq = slice_flops(shape, n_tokens=T, n_layers=L, n_sequences=1, last_layer_queries=q,
+                          last_layer_mlp_rows=None if mlp_rows is None else min(mlp_rows, q or T))
     out["flops_init"] = init_flops(per_seq, args, cmap.d_model)
     out["achieved_flops_init"] = out["flops_init"] / out["seconds_init"] if out["seconds_init"] > 0 else None
     start = (R, U.clone(), V.clone())
