@@ -88,9 +88,10 @@ class TransformerCausalMap:
         accumulated in fp32. Default: the model's own dtype, no autocast.
     compile : run each slice layer through ``torch.compile`` (wrappers held by the slice;
         the model is not changed). Fuses the elementwise work around the matmuls, which is
-        what keeps bf16 from its matmul peak on CPUs. Compiling costs about a minute (and
-        once more for a shape-generic graph when a second chunk shape appears), so it pays on long fits (many factors or iterations), not
-        on a few calls. Results equal the eager ones up to rounding. A string names the
+        what keeps bf16 from its matmul peak on CPUs. Compiling costs ~20 s on a 2-core CPU
+        (and once more for a shape-generic graph when a second chunk shape appears), ~2 s in
+        a later process that finds ``compile_cache``; it pays on long fits (many factors or
+        iterations), not on a few calls. Results equal the eager ones up to rounding. A string names the
         ``torch.compile`` backend (``True`` is ``"inductor"``).
     compile_cache : where torch keeps the compiled graphs and kernels, so that a second
         process compiling the same slice loads them instead of compiling again (see
