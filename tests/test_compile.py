@@ -1,6 +1,8 @@
 """``compile=True`` runs the slice through torch.compile: same Δ and VJP as eager, no weight
 gradients, the model untouched."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -23,12 +25,12 @@ def _batch() -> PromptBatch:
     ("family", "backend"),
     [("llama", "aot_eager"), ("gemma3", "aot_eager"), pytest.param("gemma3", True, marks=pytest.mark.slow)],
 )
-def test_compiled_slice_matches_eager_and_leaves_the_model_alone(family: str, backend: bool | str) -> None:
+def test_compiled_slice_matches_eager_and_leaves_the_model_alone(family: str, backend: bool | str, tmp_path: Path) -> None:
     model = tiny_model(family, dtype=torch.float32, attn="sdpa")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modules = list(model.modules())
     eager = TransformerCausalMap(model, _batch(), 1, 3)
-    comp = TransformerCausalMap(model, _batch(), 1, 3, compile=backend)
+    comp = TransformerCausalMap(model, _batch(), 1, 3, compile=backend, compile_cache=tmp_path)  # not the user's cache
     assert comp.describe()["compiled"] and not eager.describe()["compiled"]
     g = torch.Generator().manual_seed(1)
     V = torch.nn.functional.normalize(torch.randn(eager.d_model, 5, generator=g), dim=0) * 2.0
