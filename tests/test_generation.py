@@ -205,3 +205,28 @@ def test_bad_arguments_fail_before_any_forward(llama: torch.nn.Module, tok: Any,
             with pytest.raises(error, match=match):
                 generate(llama, tok, PROMPTS, **{k: v for k, v in kw.items() if k != "layer"})
     assert calls.n == 0
+
+
+def test_generation_speed_bench_runs_on_a_tiny_model(tmp_path: Any, tok: Any, capsys: Any) -> None:
+    """bench/generation_speed.py end to end on a saved tiny model: paths a, b and c agree."""
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    model_dir = tmp_path / "tiny"
+    tiny_model("gemma3", vocab=len(tok)).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    sys.path.insert(0, str(bench))
+    try:
+        import generation_speed
+
+        out = tmp_path / "speed.json"
+        assert generation_speed.main(["--model", str(model_dir), "--features", "3", "--prompts", "2", "--tokens", "3",
+                                      "--baseline-features", "2", "--layer", "1", "--norm", "4", "--out", str(out)]) == 0
+    finally:
+        sys.path.remove(str(bench))
+    res = json.loads(out.read_text())
+    assert res == json.loads(capsys.readouterr().out)
+    assert res["identity_fp32_greedy"] == {"a_vs_c": 1.0, "b_vs_c": 1.0}
+    assert res["baseline_extrapolated"] is True and set(res["ratios"]) == {"c_over_a_one_feature_at_a_time", "c_over_b_hf_folded"}
