@@ -40,12 +40,16 @@ _SEED_STRIDE = 1_000_003
 
 
 def default_generation_budget(device: torch.device) -> int:
-    """Bytes one chunk of rows may use for its cache, logits and activations: 2 GiB on the
-    CPU, a quarter of the free memory on a GPU."""
+    """Bytes one chunk of rows may use for its cache, logits and activations: 1 GiB on the
+    CPU, a quarter of the free memory on a GPU.
+
+    On the CPU larger chunks stop paying early: on 2 cores, Gemma-3-270M (fp32, 32 new
+    tokens) ran at 142, 178 and 190 tokens/s with 32, 64 and 128 rows a chunk, and slower
+    with the ~300 rows of a 2 GiB budget; 1 GiB gives it ~150 rows."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(free // 4, 1 << 28)
-    return 2 << 30
+    return 1 << 30
 
 
 def _check_args(
@@ -231,7 +235,7 @@ def generate(
     or seeded sampling (``do_sample``, ``temperature``, ``seed``: reproducible, and a prompt's
     completion does not depend on the other prompts). A completion ends at an end-of-sequence
     token or at the first of the ``stop`` strings, which is cut off. ``batch_size``: rows
-    per chunk (default: as many as ``memory_budget`` bytes hold, 2 GiB on the CPU).
+    per chunk (default: as many as ``memory_budget`` bytes hold, 1 GiB on the CPU).
     """
     stops = _check_args(max_new_tokens, batch_size, do_sample, temperature, seed, stop, memory_budget)
     prompts = list(prompts)
