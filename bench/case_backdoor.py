@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(args.seed)
     train_p = [pool[i] for i in torch.randperm(len(pool), generator=g)[: args.n_train].tolist()]
     eval_p = [p.prompt for p in data.probes("clean")][: args.n_eval]
-    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True, "batch_size": args.batch_size}
+    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True}  # rows per chunk: by memory budget
     unsteered = generate(model, tok, eval_p, **gen_kw)
     base_rate = rate(unsteered)
     logger.info("unsteered %r rate on %d clean probes: %.2f", phrase, len(eval_p), base_rate)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unlocked = data.probes("unlocked")
     half = len(locked) // 2
     val, test, test_unlocked = locked[:half], locked[half:], unlocked[half:]
-    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True, "batch_size": args.batch_size}
+    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True}  # rows per chunk: by memory budget
 
     def acc(probes: list[Probe]) -> float:
         return _accuracy(probes, generate(model, tok, [p.prompt for p in probes], **gen_kw))

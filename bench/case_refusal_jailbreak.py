@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_p = list(sets["test"])
     other = [p.prompt for p in data.probes("harmful-other")][: args.n_eval]
     eval_p += other
-    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True, "batch_size": args.batch_size}
+    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True}  # rows per chunk: by memory budget
     unsteered = generate(model, tok, eval_p, **gen_kw)
     base_rate = sum(not is_refusal(t) for t in unsteered) / len(eval_p)
     logger.info("unsteered: %.2f of %d harmful prompts answered without refusal", base_rate, len(eval_p))

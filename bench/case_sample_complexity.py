@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sets = refusal_prompt_sets(data, args.harmful, args.n_test, args.n_val)
     score_kw: dict[str, Any] = {"chat": True, "batch_size": args.batch_size, "token_a": args.token_a,
                                 "token_b": args.token_b}
-    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True, "batch_size": args.batch_size}
+    gen_kw: dict[str, Any] = {"max_new_tokens": args.gen_tokens, "chat": True}  # rows per chunk: by memory budget
     unsteered = jailbreak_score(model, tok, sets["test"], **score_kw)
     unsteered_val = jailbreak_score(model, tok, sets["val"], **score_kw)
     refusal_test = (sum(map(is_refusal, generate(model, tok, sets["test"], **gen_kw))) / args.n_test

@@ -19,8 +19,7 @@ import time
 import torch
 
 from melbo.features import Features
-from melbo.generation import generate
-from melbo.interventions import steer
+from melbo.generation import generate, generate_steered
 from melbo.models.loading import load_model
 from melbo.prompt_files import read_prompts
 from melbo.rank import rank_by_alpha, readout_scores
@@ -62,17 +61,14 @@ def main() -> None:
     kw = {"max_new_tokens": args.max_new_tokens, "chat": True}
     base = generate(model, tok, held_out, **kw)  # type: ignore[arg-type]
 
-    def changed(vec: torch.Tensor) -> float:
-        with steer(model, (args.scale * feats.R * vec).float(), layer=feats.source_layer):
-            out = generate(model, tok, held_out, **kw)  # type: ignore[arg-type]
-        return sum(a != b for a, b in zip(out, base)) / len(base)
-
-    feat_frac = [changed(feats.V[:, k]) for k in top]
-    rand_frac = [changed(rand[:, j]) for j in range(args.n_random)]
+    # every (vector, prompt) pair as one batched job: the top features, then the random vectors
+    vecs = torch.cat([feats.V[:, top].double(), rand], dim=1) * (args.scale * feats.R)
+    comps = generate_steered(model, tok, held_out, vecs.float(), layer=feats.source_layer, **kw)  # type: ignore[arg-type]
+    frac = [sum(a != b for a, b in zip(out, base)) / len(base) for out in comps]
+    feat_frac, rand_frac = frac[: len(top)], frac[len(top) :]
     example = None
     if top:
-        with steer(model, (args.scale * feats.R * feats.V[:, top[0]]).float(), layer=feats.source_layer):
-            example = {"prompt": held_out[0], "unsteered": base[0], "steered_top1": generate(model, tok, held_out[:1], **kw)[0]}  # type: ignore[arg-type]
+        example = {"prompt": held_out[0], "unsteered": base[0], "steered_top1": comps[0][0]}
     print(json.dumps({
         "features": args.features, "R": feats.R, "scale": args.scale, "ranking": args.rank,
         "n_heldout_prompts": len(held_out), "max_new_tokens": args.max_new_tokens,

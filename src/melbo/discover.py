@@ -157,7 +157,7 @@ class DiscoverConfig:
     random_state: int = 0
     chat: bool | str = "auto"
     min_consistency: float = 0.25
-    batch_size: int = 64
+    batch_size: int | None = None  # generation rows per chunk; None: sized by a memory budget
     sequential: bool = False
     orient: bool = False
     beta: float = 1.0
@@ -167,6 +167,8 @@ class DiscoverConfig:
     def validate(self, n_layers: int | None = None) -> None:
         for name in ("n_factors", "max_iter", "n_train", "n_eval", "max_new_tokens", "batch_size"):
             v = getattr(self, name)
+            if name == "batch_size" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
         if isinstance(self.n_random, bool) or not isinstance(self.n_random, int) or self.n_random < 0:
@@ -339,17 +341,22 @@ def discover(
     directions = {"features": V32 / V32.norm(dim=0, keepdim=True),
                   "random": random_directions(d, cfg.n_random, cfg.random_state)}
     results: dict[str, dict[tuple[int, float], list[str]]] = {"features": {}, "random": {}}
-    for kind, V in directions.items():
-        if V.shape[1] == 0:
-            continue
-        for scale in cfg.scales:
-            name = f"{kind}@{scale:g}"
-            if name not in cache:
-                say(f"generating: {V.shape[1]} {kind} vectors × {len(eval_p)} prompts at {scale:g}·R…")
-                cache[name] = generate_steered(model, tokenizer, eval_p, V * float(feats.R), scale=float(scale), **gen_kw)
-                if cache_path is not None:
-                    _write_json(cache_path, cache)
-            for j, texts in enumerate(cache[name]):
+    for scale in cfg.scales:
+        # features and random vectors at one scale: one batched job (one shared prompt prefix)
+        todo = [(kind, V) for kind, V in directions.items() if V.shape[1] and f"{kind}@{scale:g}" not in cache]
+        if todo:
+            say(f"generating: {' + '.join(f'{V.shape[1]} {kind}' for kind, V in todo)} vectors × {len(eval_p)} "
+                f"prompts at {scale:g}·R…")
+            comps = generate_steered(model, tokenizer, eval_p, torch.cat([V for _, V in todo], dim=1) * float(feats.R),
+                                     scale=float(scale), **gen_kw)
+            start = 0
+            for kind, V in todo:
+                cache[f"{kind}@{scale:g}"] = comps[start : start + V.shape[1]]
+                start += V.shape[1]
+            if cache_path is not None:
+                _write_json(cache_path, cache)
+        for kind, V in directions.items():
+            for j, texts in enumerate(cache.get(f"{kind}@{scale:g}", []) if V.shape[1] else []):
                 results[kind][(j, float(scale))] = texts
     if cache_path is not None:
         _write_json(cache_path, cache)

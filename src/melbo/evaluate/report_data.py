@@ -208,8 +208,8 @@ def compute_report_data(
         logger.info("generating %d prompts × (%d features + unsteered)", len(held), len(top))
         from melbo.generation import generate
 
-        gen_kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "chat": chat, "system_prompt": system_prompt,
-                                  "batch_size": batch_size}
+        # generation sizes its own chunks by a memory budget; batch_size is for the scoring passes
+        gen_kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "chat": chat, "system_prompt": system_prompt}
         plain = generate(model, tokenizer, held, **gen_kw)
         steered = generate_for_features(model, tokenizer, features, top, held, scale=scale, force=True, **gen_kw)
         un_scores = jailbreak_score(model, tokenizer, held, **kw)
