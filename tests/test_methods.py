@@ -185,3 +185,15 @@ def test_estimator_contract_errors_are_clear(lm: tuple[Any, Any]) -> None:
     batch_map = TransformerCausalMap(model, build_prompts(tok, PROMPTS, chat=False), S, T)
     with pytest.raises(ValueError, match="prompt text and tokenizer"):
         make_estimator("one-shot", completion="Sure", R=1.0, max_iter=1).fit(batch_map)
+
+
+def test_a_calibrated_fit_draws_the_factors_of_a_fit_given_that_R(lm: tuple[Any, Any]) -> None:
+    """An int seed seeds calibration and fit apart: calibrating first changes R, not the draws."""
+    from melbo.fit import ExponentialDCT
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cal = ExponentialDCT(n_factors=4, max_iter=2, random_state=3).fit(_delta(lm))
+        given = ExponentialDCT(n_factors=4, max_iter=2, random_state=3, R=cal.R_).fit(_delta(lm))
+    assert cal.calibration_ is not None and given.calibration_ is None
+    assert torch.equal(cal.V_, given.V_) and torch.equal(cal.U_, given.U_)

@@ -88,7 +88,10 @@ class FitEstimator:
         self.calibration_: CalibrationResult | None = None
         R = self.R
         if R is None:  # before the fit, so a callback can read the R it runs at
-            self.calibration_ = calibrate_R(delta, self.lam, self.n_cal, generator)
+            # An int seed seeds calibration and fit apart, so a calibrated fit draws the same
+            # factors as a fit given that R (and as `melbo train` always did); a generator is shared.
+            cal_gen = make_generator(self.random_state) if isinstance(self.random_state, int) else generator
+            self.calibration_ = calibrate_R(delta, self.lam, self.n_cal, cal_gen)
             R = self.calibration_.R
         res = self._run(delta, R, generator)
         self.result_ = res
