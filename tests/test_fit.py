@@ -752,7 +752,6 @@ def test_estimator_calibrates_R_when_not_given(synth) -> None:  # type: ignore[n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = ExponentialDCT(4, lam=0.3, max_iter=2, random_state=5).fit(delta)
-        g = make_generator(5)
-        R = calibrate_R(delta, 0.3, seed=g).R
-        ref = exponential_dct(delta, 4, R=R, max_iter=2, random_state=g)
+        R = calibrate_R(delta, 0.3, seed=make_generator(5)).R  # an int seed: calibration and fit
+        ref = exponential_dct(delta, 4, R=R, max_iter=2, random_state=5)  # each draw from seed 5
     assert est.R_ == R and torch.equal(est.factors_[1], ref.V)
