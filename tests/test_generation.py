@@ -12,19 +12,8 @@ from tiny_models import tiny_model
 from melbo.generation import generate, generate_steered
 from melbo.interventions import steer
 from melbo.prompts import build_prompts
-from melbo.testing import tiny_tokenizer
 
 PROMPTS = ["hello there", "write a poem about the sea and the sky please", "how"]  # different lengths: left padding
-
-
-@pytest.fixture(scope="module")
-def tok() -> Any:
-    return tiny_tokenizer(with_chat_template=True)
-
-
-@pytest.fixture(scope="module")
-def llama(tok: Any) -> torch.nn.Module:
-    return tiny_model("llama", vocab=len(tok))
 
 
 def _hf(model: torch.nn.Module, tok: Any, prompts: list[str], n: int) -> list[str]:

@@ -22,20 +22,9 @@ from melbo.features import Features
 from melbo.generation import generate, generate_steered
 from melbo.interventions import ablate, steer, steer_features
 from melbo.prompts import build_prompts
-from melbo.testing import tiny_tokenizer
 
 PROMPTS = ["hello there", "write a poem about the sea and the sky please", "how"]  # different lengths
 A, B = "Sure", "I"  # single tokens of the tiny tokenizer ("Sorry" is not)
-
-
-@pytest.fixture(scope="module")
-def tok() -> Any:
-    return tiny_tokenizer(with_chat_template=True)
-
-
-@pytest.fixture(scope="module")
-def llama(tok: Any) -> torch.nn.Module:
-    return tiny_model("llama", vocab=len(tok))
 
 
 def _reference(model: torch.nn.Module, tok: Any, prompts: list[str], a: int, b: int) -> torch.Tensor:
