@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         json.dump(child(args), sys.stdout)
         return {}
     tmp = None
+    given_cache = str(args.compile_cache) if args.compile_cache is not None else None
     if args.compile_cache is None:
         tmp = tempfile.TemporaryDirectory(prefix="melbo-compile-")
         args.compile_cache = Path(tmp.name)
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "compile_cache",
         "command": "python bench/compile_cache.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": "gemma-3-270m (packaged)",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
+        | {"compile_cache": given_cache or "a new temporary directory"},
         "loadavg_before": os.getloadavg(),
     }
     try:
