@@ -32,6 +32,7 @@ the forward alone. :func:`slice_flops` sums layers and sequences.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import resource
@@ -39,6 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -548,3 +550,15 @@ class VmapCausalMap:
             return torch.func.grad(vjtu)(torch.zeros_like(v))
 
         return self._map(one, U, V).detach()  # type: ignore[no-any-return]
+
+
+def write_result(result: Mapping[str, Any], path: str | Path | None = None) -> str:
+    """Print a bench's result as indented JSON and, when ``path`` is given, write it there too
+    (parents created). Returns the text."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+    return text

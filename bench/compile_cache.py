@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _perf import write_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -169,10 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds_per_factor_iter": {k: warm["seconds_vjp"][k] / args.m for k in ("eager", "compiled")},
         f"pays_from_factors_{args.iters}_iters": {"cold": cold["pays_from_factors"], "warm": warm["pays_from_factors"]},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text + "\n")
+    write_result(result, args.output)
     return result
 
 

@@ -25,7 +25,6 @@ token-identical between a and c (and b and c) on the features both ran.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _perf import write_result
 
 import melbo
 from melbo.builtin_prompts import DEMO_PROMPTS, HELDOUT_PROMPTS
@@ -142,11 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     result["identity_fp32_greedy"] = identity
     result["load_average_after"] = list(os.getloadavg())
     result["example"] = {"prompt": prompts[0], "feature0": out_c[0][0]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+    write_result(result, args.out)
     return 0
 
 

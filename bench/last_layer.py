@@ -17,7 +17,6 @@ noisy; the load average is recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _perf import LayerShape, slice_flops  # noqa: E402
+from _perf import LayerShape, slice_flops, write_result  # noqa: E402
 
 from melbo.causal_map import TransformerCausalMap  # noqa: E402
 from melbo.models.loading import load_model  # noqa: E402
@@ -96,10 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_rel_diff_targets_vs_all": diff,
         "loadavg_after": os.getloadavg(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text + "\n")
+    write_result(result, args.output)
     return result
 
 
