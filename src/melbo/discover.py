@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from melbo.errors import check_lam
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
     VectorBehaviour,
@@ -178,6 +179,7 @@ class DiscoverConfig:
             raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ 100")
         if not 0 <= self.min_consistency <= 1:
             raise ValueError(f"min_consistency={self.min_consistency!r}: must be in [0, 1]")
+        check_lam("lam", self.lam)
         if not 0 < self.beta <= 1:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.ortho not in ("qr", "polar"):
