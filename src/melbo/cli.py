@@ -162,7 +162,7 @@ def _say(line: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     _check_out_dir_path("--out", args.out)
     _check_out_file("-o/--report", args.report)
-    from melbo.discover import DiscoverConfig
+    from melbo.discover_config import DiscoverConfig
 
     base = args.organism if args.organism is not None else args.model
     DiscoverConfig(source_layer=args.source_layer, target_layer=args.target_layer).validate(_model_layers(base))
@@ -453,7 +453,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
                        scales: tuple[float, ...] | None = None) -> None:
-    from melbo.discover import DiscoverConfig
+    from melbo.discover_config import DiscoverConfig
 
     base = DiscoverConfig()
     p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
