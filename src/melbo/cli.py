@@ -148,7 +148,7 @@ def _check_steering(model: Any, tok: Any, prompts: Sequence[Any], feats: Any, sc
     from melbo.interventions import check_steering_norm
 
     V = feats.V if columns is None else feats.V[:, list(columns)]
-    norm = float(abs(scale) * feats.R * V.norm(dim=0).max())
+    norm = float(abs(scale) * feats.R * V.double().norm(dim=0).max())  # float64: a tampered V may overflow float32
     check_steering_norm(model, tok, prompts, feats.source_layer, norm, chat=_chat(args),
                         system_prompt=getattr(args, "system_prompt", None),
                         what=f"scale {scale:g} × R {feats.R:.4g} of {args.dir}")
