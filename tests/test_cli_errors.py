@@ -294,3 +294,39 @@ def test_ctrl_c_exits_130_with_one_line(tiny: tuple[Path, Path], capsys: pytest.
 def test_user_errors_show_a_traceback_only_with_v(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = _run(["-v", "inspect", str(tmp_path / "nowhere")], capsys)
     assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("melbo inspect: error:")
+
+
+# ------------------------------------------------------------------ the pieces behind the checks
+
+def test_calibration_stops_as_soon_as_E_levels_off_below_lam() -> None:
+    """On a tiny GPT-2 (layers 1 → 3) E(R) levels off near 0.3 for large R: λ = 0.9 has no root, and
+    calibration says so after 4 evaluations instead of widening the bracket 8 times."""
+    from melbo.causal_map import TransformerCausalMap
+    from melbo.fit.calibrate import CalibrationError, calibrate_R
+
+    tok = tiny_tokenizer(with_chat_template=True)
+    delta = TransformerCausalMap(tiny_model("gpt2", vocab=len(tok)), ["Tell me about owls.", "How is tea made?"], 1, 3,
+                                 tokenizer=tok, chat=False)
+    with pytest.raises(CalibrationError, match="levels off") as exc:
+        calibrate_R(delta, lam=0.9, n_cal=8)
+    tried = str(exc.value).split("Tried:")[1]
+    assert tried.count("E(") <= 5
+    top = float(str(exc.value).split("levels off at ")[1].split()[0])
+    assert top < 0.9
+    assert calibrate_R(delta, lam=top / 2, n_cal=8).error == pytest.approx(top / 2, rel=1e-3)  # below it: found
+
+
+def test_peek_reads_the_depth_from_config_json_without_loading(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from melbo.models.peek import peek_n_layers
+
+    mdir, _ = tiny
+    assert peek_n_layers(mdir) == json.loads((mdir / "config.json").read_text())["num_hidden_layers"] == 4
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12}))
+    (tmp_path / "mm").mkdir()
+    (tmp_path / "mm" / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 26}}))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("[[[")
+    assert peek_n_layers(tmp_path / "gpt2") == 12 and peek_n_layers(tmp_path / "mm") == 26
+    assert peek_n_layers(tmp_path / "junk") is None and peek_n_layers(tmp_path / "x.gguf") is None
+    assert peek_n_layers(tmp_path / "nowhere") is None
