@@ -147,6 +147,7 @@ def _check_steering(model: Any, tok: Any, prompts: Sequence[Any], feats: Any, sc
     """Refuse (or warn about) a steered norm that dwarfs the residual stream, before generating."""
     from melbo.interventions import check_steering_norm
 
+    prompts = list(prompts)[:16]  # the residual stream's typical norm needs only a few prompts
     V = feats.V if columns is None else feats.V[:, list(columns)]
     norm = float(abs(scale) * feats.R * V.double().norm(dim=0).max())  # float64: a tampered V may overflow float32
     check_steering_norm(model, tok, prompts, feats.source_layer, norm, chat=_chat(args),
@@ -395,7 +396,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _check_features_fit(feats, args.model)
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
-        _check_steering(model, tok, (prompts or [])[:16] + (heldout or [])[:16], feats, args.scale, args)
+        _check_steering(model, tok, (prompts or [])[:8] + (heldout or [])[:8], feats, args.scale, args)
         path = make_report(
             model, tok, feats, out, prompts=prompts, heldout=heldout, analysis=analysis, title=title,
             top_k=args.top_k, scale=args.scale, max_new_tokens=args.max_new_tokens, token_a=args.token_a,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from melbo.errors import check_lam
+from melbo.errors import MAX_SCALE, check_lam
 
 __all__ = ["DiscoverConfig", "default_layers"]
 
@@ -56,8 +56,8 @@ class DiscoverConfig:
         if isinstance(self.n_random, bool) or not isinstance(self.n_random, int) or self.n_random < 0:
             raise ValueError(f"n_random={self.n_random!r}: must be an integer ≥ 0")
         if not self.scales or any(isinstance(s, bool) or not isinstance(s, int | float) or not (s == s) or s == 0
-                                  or abs(s) > 100 for s in self.scales):
-            raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ 100")
+                                  or abs(s) > MAX_SCALE for s in self.scales):
+            raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ {MAX_SCALE:g}")
         if not 0 <= self.min_consistency <= 1:
             raise ValueError(f"min_consistency={self.min_consistency!r}: must be in [0, 1]")
         check_lam("lam", self.lam)

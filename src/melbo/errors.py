@@ -4,7 +4,8 @@ torch-free checks of numbers that raise it.
 :class:`UserError` is a :class:`ValueError`, so library callers that catch ``ValueError`` keep
 working. The CLI (:func:`melbo.cli.main`) treats it, any other ``ValueError`` and the
 file-system errors of bad paths (``FileNotFoundError``, ``FileExistsError``,
-``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError``) as the user's to fix:
+``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError``) and a missing optional
+package (``ImportError``, whose message names the ``pip install``) as the user's to fix:
 ``melbo CMD: error: <one line>``, exit status 2. Anything else is a bug: a short message, exit
 status 1 and a hint to rerun with ``-v`` for the traceback.
 """
