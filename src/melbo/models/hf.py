@@ -11,12 +11,11 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from melbo.models.errors import ModelLoadError
 from melbo.models.source import ModelSource
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["forget_gguf_quantizer", "load_causal_lm", "load_tokenizer", "require_gguf_support"]

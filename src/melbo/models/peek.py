@@ -22,7 +22,6 @@ def _config_path(name_or_path: str | os.PathLike[str]) -> Path | None:
     raw = os.fspath(name_or_path)
     if not raw.strip():
         return None
-    # imports torch: only commands that then load the model peek
     from melbo.models.packaged import PACKAGED_MODELS
 
     if isinstance(name_or_path, str) and raw in PACKAGED_MODELS:
