@@ -230,6 +230,11 @@ def _chat(args: argparse.Namespace) -> bool | str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_layers(args.source_layer, args.target_layer, _model_layers(args.model), args.model)
+    from melbo.io import check_out_dir
+
+    check_out_dir(args.out, writer="melbo train", force=args.force, resume=args.resume,
+                  resume_file="checkpoint/state.json")  # = melbo.train.CHECKPOINT, which imports torch
     from melbo.prompt_files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
@@ -247,12 +252,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast)
-    _check_layers(cfg.source_layer, cfg.target_layer, _model_layers(args.model), args.model)
-    from melbo.io import check_out_dir
-    from melbo.train import CHECKPOINT
-
-    check_out_dir(args.out, writer="melbo train", force=args.force, resume=args.resume,
-                  resume_file=f"{CHECKPOINT}/state.json")
     model, tok = _load(args)
     feats = train(model, tok, prompts, cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
                   contrast_prompts=contrast)
