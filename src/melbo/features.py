@@ -475,7 +475,7 @@ class Features:
         if missing:
             raise ValueError(f"{cpath} lacks the keys {missing}")
         fv = cfg["format_version"]
-        if fv not in SUPPORTED_FORMAT_VERSIONS:
+        if isinstance(fv, bool) or not isinstance(fv, int) or fv not in SUPPORTED_FORMAT_VERSIONS:  # not True, 1.0
             newer = isinstance(fv, int) and fv > max(SUPPORTED_FORMAT_VERSIONS)
             raise ValueError(
                 f"{cpath} has format_version={fv!r}; this melbo ({melbo_version()}) reads "
@@ -526,7 +526,7 @@ class Features:
                 melbo_version=saved_version,
             )
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{src} holds invalid features: {err}") from err
+            raise ValueError(f"{src} holds invalid features ({cpath.name}, {tpath.name}): {err}") from err
 
 
 _dataclass_init = Features.__init__

@@ -43,7 +43,18 @@ from melbo.models.access import LayerAccess, resolve_access
 if TYPE_CHECKING:
     from melbo.features import Features
 
-__all__ = ["ablate", "orthonormal_basis", "row_steering", "steer", "steer_features", "steering"]
+__all__ = [
+    "STEER_REFUSE_RATIO",
+    "STEER_WARN_RATIO",
+    "ablate",
+    "check_steering_norm",
+    "orthonormal_basis",
+    "residual_norm",
+    "row_steering",
+    "steer",
+    "steer_features",
+    "steering",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +183,81 @@ def steer_features(
         model, [(features.source_layer, features.steering_vector(k))], scale=scale, access=access
     ):
         yield
+
+
+STEER_WARN_RATIO = 100.0
+"""A steering vector this many times the residual stream's typical norm is warned about: the
+layer then sees mostly the vector, little of the prompt."""
+STEER_REFUSE_RATIO = 1e4
+"""…and this many times is refused: the prompt is lost below the vector's last float digits, and
+at ~1e19 the norm's square overflows float32 — the completion is then empty or garbage."""
+
+
+@torch.no_grad()
+def residual_norm(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    layer: int,
+    *,
+    chat: bool | str = "auto",
+    system_prompt: str | None = None,
+    access: LayerAccess | None = None,
+) -> float:
+    """Median norm of the residual stream entering ``layers[layer]`` over the prompts' tokens
+    (padding excluded): one unsteered forward pass."""
+    from melbo.prompts import build_prompts
+
+    acc = resolve_access(model, access)
+    acc.check_layer(layer)
+    device = next(model.parameters()).device
+    batch = build_prompts(tokenizer, list(prompts), chat=chat, system_prompt=system_prompt,  # type: ignore[arg-type]
+                          positions=1, padding_side="left").to(device)
+    seen: list[Tensor] = []
+
+    def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        h = args[0] if args else kwargs["hidden_states"]
+        seen.append(h.detach())
+
+    with removing() as handles:
+        handles.append(acc.layers[layer].register_forward_pre_hook(grab, with_kwargs=True))
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    h = seen[0].float()  # (n, T, d)
+    norms = h.norm(dim=-1)[batch.attention_mask.to(h.device).bool()]  # (n_tokens,)
+    return float(norms.median())
+
+
+def check_steering_norm(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    layer: int,
+    norm: float,
+    *,
+    chat: bool | str = "auto",
+    system_prompt: str | None = None,
+    what: str = "the steering vector",
+) -> float:
+    """Compare a steering vector's norm with the residual stream it is added to, before steering.
+
+    Returns the ratio ``norm / residual_norm(...)``; logs a warning above
+    :data:`STEER_WARN_RATIO` and raises :class:`melbo.errors.UserError` above
+    :data:`STEER_REFUSE_RATIO` (or for a non-finite norm), naming both norms.
+    """
+    from melbo.errors import UserError
+
+    if not math.isfinite(norm):
+        raise UserError(f"{what}: the steered norm is {norm} (not finite)")
+    ref = residual_norm(model, tokenizer, prompts, layer, chat=chat, system_prompt=system_prompt)
+    ratio = norm / ref if ref > 0 else math.inf
+    msg = (f"{what}: steered norm {norm:.4g} is {ratio:.3g}× the residual stream's median norm {ref:.4g} "
+           f"at layer {layer}")
+    if ratio > STEER_REFUSE_RATIO:
+        raise UserError(msg + f" (more than {STEER_REFUSE_RATIO:g}×: the prompt would be lost and the completion "
+                        "garbage); use a smaller --scale, or check the features file's R and V")
+    if ratio > STEER_WARN_RATIO:
+        logger.warning("%s: the model sees mostly the vector", msg)
+    return ratio
 
 
 def orthonormal_basis(directions: Tensor, d: int) -> Tensor:

@@ -24,6 +24,7 @@ from torch import nn
 
 from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.causal_map import TransformerCausalMap
+from melbo.errors import check_lam
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.io import atomic_write, atomic_write_text, check_out_dir
@@ -107,8 +108,9 @@ class TrainConfig:
             raise ValueError(f"max_iter={self.max_iter!r} (--max-iter): method {self.method!r} runs no iterations or optimiser steps")
         if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
-        if not self.lam > 0:
-            raise ValueError(f"lam={self.lam!r}: must be > 0")
+        check_lam("lam", self.lam)
+        if not (isinstance(self.beta, int | float) and 0 < self.beta <= 1):
+            raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.one_shot_mode not in ONE_SHOT_MODES:
             raise ValueError(f"one_shot_mode={self.one_shot_mode!r}: choose one of {', '.join(ONE_SHOT_MODES)}")
         if self.method == "one-shot" and not self.completion:

