@@ -263,6 +263,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.dir) / "report.html"
     apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
     analysis = Analysis.load(apath) if (args.analysis or apath.is_file()) else None
+    if analysis is not None:  # an analysis of other features is refused before any model loads
+        analysis.check_features(feats, source=str(apath))
     title = args.title or f"melbo report — {Path(args.dir).resolve().name}"
     if args.prompts is None and args.heldout is None:
         path = write_report(feats, out, analysis=analysis, title=title, top_k=max(args.top_k, 10))

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.evaluate.scores import SpaceRule, jailbreak_score, score_edit, steered_scores
+from melbo.io import read_json_file
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 
@@ -264,11 +265,29 @@ class Analysis:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"analysis file {str(p)!r} does not exist")
+        data = read_json_file(p, what="analysis file")
+        if not isinstance(data, dict):
+            raise ValueError(f"{p} is not a melbo analysis (a JSON {type(data).__name__}, not an object); "
+                             "write one with `melbo analyze`")
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{p} is not a melbo analysis: {err}") from None
+
+    def check_features(self, features: Features, *, source: str = "the analysis") -> None:
+        """Refuse an analysis of other features: its recorded :meth:`Features.fingerprint`
+        must be ``features``'. One without a fingerprint (older melbo) is used with a warning."""
+        recorded = self.config.get("features_fingerprint")
+        if recorded is None:
+            logger.warning("%s records no features fingerprint (older melbo): cannot check that it belongs to "
+                           "these features; rerun `melbo analyze` to be sure", source)
+            return
+        if recorded != features.fingerprint():
+            raise ValueError(
+                f"{source} was computed from other features than these (fingerprint {str(recorded)[:12]}…, these: "
+                f"{features.fingerprint()[:12]}…), e.g. before `melbo train --force` replaced them; "
+                "rerun `melbo analyze` or delete it"
+            )
 
 
 # ------------------------------------------------------------------------- the runner
@@ -413,6 +432,7 @@ def analyze(
         "method": features.method,
         "n_factors": features.n_factors,
         "prompts_hash_features": features.prompts_hash,
+        "features_fingerprint": features.fingerprint(),
     }
     return Analysis(
         config=config,
