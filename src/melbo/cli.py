@@ -304,7 +304,8 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     cfg = default_config(args.kind, seed=args.seed, **overrides)
     cfg.validate()
     harmful = harmless = None
-    if args.kind == "refusal" and not args.resume:  # a resumed build reads its data.json
+    recorded = all((Path(args.out) / name).is_file() for name in ("recipe.json", "data.json"))
+    if args.kind == "refusal" and not (args.resume and recorded):  # a resumed build reads its data.json
         from melbo.prompt_files import read_prompts
 
         for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):

