@@ -271,7 +271,8 @@ def record_output(out: PathLike, *, marker: str, writer: str, path: PathLike) ->
     """Record in ``out``'s ``marker`` that ``writer`` wrote ``path`` (its absolute path and sha256)."""
     m = Path(out) / marker
     data = _marker_data(m)
-    outputs = data.get("outputs") if isinstance(data.get("outputs"), dict) else {}
+    found = data.get("outputs")
+    outputs: dict[str, str] = dict(found) if isinstance(found, dict) else {}
     outputs[str(Path(path).resolve())] = file_sha256(path)
     atomic_write_text(m, json.dumps({"writer": writer, **data, "outputs": outputs}, indent=1) + "\n")
 
