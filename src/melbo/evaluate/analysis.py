@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.evaluate.scores import SpaceRule, jailbreak_score, score_edit, steered_scores
-from melbo.io import read_json_file
+from melbo.io import atomic_write_text, read_json_file
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 
@@ -256,7 +256,7 @@ class Analysis:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON to ``path``; returns the path."""
         p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
         return p
 
     @classmethod
