@@ -195,3 +195,18 @@ def test_a_file_set_is_committed_by_its_manifest_and_checked_by_hash(tmp_path: P
     paths["b.bin"].write_bytes(b"B?")
     with pytest.raises(ValueError, match=r"b\.\w+\.bin' does not match its sha256"):
         read_file_set(d)
+
+
+def test_a_checkpoint_written_before_manifests_is_read_and_replaced_by_the_next_set(tmp_path: Path) -> None:
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / "state.json").write_text(json.dumps({"step": 4}))
+    (d / "a.bin").write_bytes(b"old")
+    state, paths = read_file_set(d, legacy=("a.bin",))
+    assert state == {"step": 4} and paths["a.bin"].read_bytes() == b"old"
+    write_file_set(d, {"a.bin": lambda p: p.write_bytes(b"new")}, {"step": 5})
+    state, paths = read_file_set(d, legacy=("a.bin",))
+    assert state == {"step": 5} and paths["a.bin"].read_bytes() == b"new" and not (d / "a.bin").exists()
+    (d / "state.json").write_text(json.dumps({"step": 6}))  # legacy manifest whose file is gone
+    with pytest.raises(FileNotFoundError, match=r"a\.bin' is missing"):
+        read_file_set(d, legacy=("a.bin",))
