@@ -255,8 +255,8 @@ def resumable(out: str | os.PathLike[str]) -> bool:
 
 
 def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    if not resume:
-        check_out_dir(out, writer="melbo organism build", force=force)
+    if not resume:  # an unfinished build's refusal also names --resume
+        check_out_dir(out, writer="melbo organism build", force=force, resume_file="recipe.json" if resumable(out) else None)
         return
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
