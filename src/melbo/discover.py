@@ -41,7 +41,7 @@ from melbo.evaluate.behaviours import (
 )
 from melbo.features import Features
 from melbo.generation import generate_steered
-from melbo.io import atomic_write_text, claim_out_dir
+from melbo.io import MAX_TEXT_BYTES, atomic_write_text, claim_out_dir, read_json_file
 from melbo.io import check_out_dir as _check_out_dir
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptLike
@@ -252,8 +252,8 @@ def discover(
     cache_path = out_dir / "completions.json" if out_dir is not None else None
     cache: dict[str, Any] = {}
     if cache_path is not None and resume and cache_path.is_file():
-        old = json.loads(cache_path.read_text(encoding="utf-8"))
-        if old.get("key") == gkey:
+        old = read_json_file(cache_path, what="completions cache", max_bytes=MAX_TEXT_BYTES)
+        if isinstance(old, dict) and old.get("key") == gkey:
             cache = old
             say("completions: reusing the cached generations")
     cache.setdefault("key", gkey)

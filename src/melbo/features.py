@@ -16,7 +16,14 @@ On disk (``format_version`` 2)::
     <dir>/features.safetensors   tensors V (d, m), alpha (m,) and U (d, m) unless U is None
     <dir>/config.json            R, method, source_layer, target_layer, positions,
                                  history, scores, prompts_hash, model (fingerprint), extra,
-                                 melbo_version, format_version
+                                 melbo_version, format_version, tensors_sha256
+
+``tensors_sha256`` (the sha256 of ``features.safetensors``) proves the pair: the tensors are
+written first, the config naming their hash last, and :meth:`Features.load` refuses a pair
+whose hashes differ (a save interrupted between the two files, or one file replaced).
+Files without it (older melbo) are read as before. Results derived from features record
+:meth:`Features.fingerprint` and are refused with other features (e.g. an ``analysis.json``
+left behind by ``melbo train --force``).
 
 Format 1 (before history/scores were separated) is still read: its ``objective`` is the
 per-vector ``scores`` for melbo-v1 and the per-iteration ``history`` otherwise, and the U it
@@ -44,7 +51,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
-from melbo.io import atomic_write, atomic_write_text
+from melbo.io import atomic_write, atomic_write_text, file_sha256, read_json_file
 
 __all__ = [
     "CONFIG_FILE",
@@ -77,6 +84,7 @@ _CONFIG_KEYS = (
     "extra",
     "melbo_version",
     "format_version",
+    "tensors_sha256",
 )
 _REQUIRED_CONFIG_KEYS = ("R", "method", "source_layer", "target_layer", "format_version")
 
@@ -418,6 +426,23 @@ class Features:
             "format_version": FORMAT_VERSION,
         }
 
+    def fingerprint(self) -> str:
+        """A sha256 of what these features are — U, V, alpha (bytes, dtype, shape), R, method,
+        layers and positions — independent of file bytes; derived results record it."""
+        h = hashlib.sha256()
+        head = {"R": self.R, "method": self.method, "source_layer": self.source_layer,
+                "target_layer": self.target_layer, "positions": self.positions}
+        h.update(json.dumps(head, sort_keys=True).encode())
+        for name in ("U", "V", "alpha"):
+            t = getattr(self, name)
+            if t is None:
+                h.update(f"{name}:None;".encode())
+                continue
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``features.safetensors`` and ``config.json`` into ``directory`` (created if
         needed) and return its path.
@@ -443,8 +468,15 @@ class Features:
         out.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).detach().to("cpu").contiguous() for name in self._tensor_names()}
         meta = {"format": "pt", "melbo_format_version": str(FORMAT_VERSION)}
-        atomic_write(paths[0], lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-        atomic_write_text(paths[1], json.dumps(self.to_config(), indent=2, allow_nan=False) + "\n")
+        digest: list[str] = []
+
+        def write_tensors(tmp: Path) -> None:
+            save_file(tensors, str(tmp), metadata=meta)
+            digest.append(file_sha256(tmp))
+
+        atomic_write(paths[0], write_tensors)
+        config = {**self.to_config(), "tensors_sha256": digest[0]}
+        atomic_write_text(paths[1], json.dumps(config, indent=2, allow_nan=False) + "\n")
         logger.info("saved %d features (d=%d) to %s", self.n_factors, self.d_model, out)
         return out
 
@@ -465,10 +497,7 @@ class Features:
         for p in (tpath, cpath):
             if not p.is_file():
                 raise FileNotFoundError(f"{p} not found: {src} is not a saved Features directory")
-        try:
-            cfg = json.loads(cpath.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cpath} is not valid JSON: {err}") from err
+        cfg = read_json_file(cpath, what="features config")
         if not isinstance(cfg, dict):
             raise ValueError(f"{cpath} must hold a JSON object, got {type(cfg).__name__}")
         missing = [k for k in _REQUIRED_CONFIG_KEYS if k not in cfg]
@@ -493,6 +522,12 @@ class Features:
                 "(different major version); check the results",
                 UserWarning,
                 stacklevel=2,
+            )
+        recorded = cfg.get("tensors_sha256")
+        if recorded is not None and recorded != file_sha256(tpath):
+            raise ValueError(
+                f"{tpath} does not match {cpath} (its sha256 differs from the recorded tensors_sha256): a save "
+                "was interrupted between the two files or one was replaced; fit the features again (--force)"
             )
         try:
             tensors = load_file(str(tpath), device="cpu")

@@ -1,57 +1,102 @@
 """Read prompt files: ``.txt`` (one prompt per line), ``.json`` (a list of strings or of
 chat conversations), ``.jsonl`` (one string or ``{"prompt"/column: …}`` per line) and
-``.csv`` (a named column, default ``goal``)."""
+``.csv`` (a named column, default ``goal``).
+
+Files are read with :mod:`melbo.io`'s limits (size, JSON nesting; UTF-8 with or without a
+BOM); every error is a ``ValueError`` (:class:`melbo.io.FileFormatError`) naming the file,
+the line (and column) and what is valid. CSV is parsed strictly: a quoted field that is
+never closed is an error at the line it starts on, never one prompt swallowing the rest
+of the file; a field may be as large as the file.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 from typing import Any
+
+from melbo.io import MAX_JSON_DEPTH, MAX_TEXT_BYTES, FileFormatError, parse_json, read_text_file
 
 SUFFIXES = (".txt", ".json", ".jsonl", ".csv")
 
 
-def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = None) -> list[Any]:
-    """Return the prompts in ``path`` (strings, or lists of chat messages for JSON)."""
+def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = None,
+                 max_bytes: int = MAX_TEXT_BYTES, max_depth: int = MAX_JSON_DEPTH) -> list[Any]:
+    """Return the prompts in ``path`` (strings, or lists of chat messages for JSON).
+
+    Raises
+    ------
+    FileNotFoundError
+        if ``path`` does not exist.
+    ValueError
+        (:class:`melbo.io.FileFormatError`) for an unsupported suffix, a file over
+        ``max_bytes`` or nested deeper than ``max_depth``, text that is not UTF-8,
+        malformed JSON/JSONL/CSV (with the line), a missing column, or no prompts.
+    """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"prompt file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise FileFormatError(f"{p}: unsupported prompt file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    text = read_text_file(p, what="prompt file", max_bytes=max_bytes)
     if suffix == ".txt":
-        prompts: list[Any] = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts: list[Any] = [line.strip() for line in text.splitlines() if line.strip()]
     elif suffix == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = parse_json(text, source=str(p), max_depth=max_depth)
         if not isinstance(data, list):
-            raise ValueError(f"{p}: expected a JSON list of prompts, got {type(data).__name__}")
-        prompts = [_from_record(x, column, p, i) for i, x in enumerate(data)]
+            raise FileFormatError(f"{p}: expected a JSON list of prompts, got {type(data).__name__}")
+        prompts = [_from_record(x, column, p, f"entry {i}") for i, x in enumerate(data)]
     elif suffix == ".jsonl":
-        lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        prompts = [_from_record(json.loads(line), column, p, i) for i, line in enumerate(lines)]
-    elif suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or column not in reader.fieldnames:
-                raise ValueError(
-                    f"{p}: no column {column!r}; the columns are {reader.fieldnames} "
-                    "(choose one with --column)"
-                )
-            prompts = [row[column].strip() for row in reader if row[column] and row[column].strip()]
+        prompts = [
+            _from_record(parse_json(line, source=str(p), max_depth=max_depth, first_line=n), column, p, f"line {n}")
+            for n, line in enumerate(text.splitlines(), start=1) if line.strip()
+        ]
     else:
-        raise ValueError(f"{p}: unsupported prompt file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        prompts = _read_csv(text, p, column)
     if not prompts:
-        raise ValueError(f"{p} contains no prompts")
+        raise FileFormatError(f"{p} contains no prompts")
     return prompts[:limit] if limit is not None else prompts
 
 
-def _from_record(x: Any, column: str, p: Path, i: int) -> Any:
+def _read_csv(text: str, p: Path, column: str) -> list[str]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(max(old_limit, len(text) + 1))  # a field may be as large as the file
+    rows: list[list[str]] = []
+    start = 1  # the line the current record starts on
+    try:
+        for row in reader:
+            rows.append(row)
+            start = reader.line_num + 1
+    except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise FileFormatError(
+                f"{p}:{start}: a quoted field starts here and is never closed (a missing '\"'); "
+                "close it, or double a quote inside a quoted field as \"\""
+            ) from None
+        raise FileFormatError(f"{p}:{start}: malformed CSV: {err}") from None
+    finally:
+        csv.field_size_limit(old_limit)
+    if not rows:
+        raise FileFormatError(f"{p} contains no prompts (the file is empty)")
+    header = rows[0]
+    names = header if column in header else [h.strip() for h in header]
+    if column not in names:
+        raise FileFormatError(f"{p}: no column {column!r}; the columns are {header} (choose one with --column)")
+    j = names.index(column)
+    return [row[j].strip() for row in rows[1:] if j < len(row) and row[j].strip()]
+
+
+def _from_record(x: Any, column: str, p: Path, where: str) -> Any:
     if isinstance(x, str):
         return x
-    if isinstance(x, list) and all(isinstance(m, dict) and "role" in m for m in x):
+    if isinstance(x, list) and x and all(isinstance(m, dict) and "role" in m for m in x):
         return x  # a chat conversation
     if isinstance(x, dict):
         for key in (column, "prompt", "instruction", "goal", "text"):
             if isinstance(x.get(key), str):
                 extra = x.get("input")
                 return x[key] + (f"\n\n{extra}" if isinstance(extra, str) and extra else "")
-    raise ValueError(f"{p}: entry {i} is not a prompt string, a chat conversation or a record with {column!r}")
+    raise FileFormatError(f"{p}: {where} is not a prompt string, a chat conversation or a record with {column!r}")

