@@ -65,6 +65,10 @@ def load_causal_lm(
     kwargs["dtype"] = dtype if dtype is not None else "auto"
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if dtype == torch.float64 and _has_experts_implementations():
+        # Mixture-of-experts models default to the grouped_mm experts kernel, which has no
+        # float64 kernel: their forward pass would fail. The per-expert loop computes the same.
+        kwargs["experts_implementation"] = "eager"
     if device_map is not None:
         kwargs["device_map"] = device_map
     if source.gguf_file is not None:
@@ -77,6 +81,13 @@ def load_causal_lm(
     except _LOAD_ERRORS as error:
         raise ModelLoadError(f"could not load {source.description}: {_describe(error)}") from None
     return model
+
+
+def _has_experts_implementations() -> bool:
+    """Whether this transformers chooses an experts kernel per model (transformers ≥ 5)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "get_correct_experts_implementation")
 
 
 def _describe(error: BaseException) -> str:
