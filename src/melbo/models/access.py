@@ -185,10 +185,12 @@ def expert_layout(layer: nn.Module, where: str = "layer") -> ExpertLayout | None
         down = getattr(experts, "down_proj", None)
         if isinstance(down, nn.Parameter) and down.ndim == 3:
             return ExpertLayout(path, int(down.shape[0]), "fused", shared)
-        if isinstance(experts, nn.ModuleList) and len(experts) > 0:
-            missing = [j for j, e in enumerate(experts) if _first(e, _EXPERT_OUT) is None]
-            if not missing:
-                return ExpertLayout(path, len(experts), "modules", shared)
+        if (
+            isinstance(experts, nn.ModuleList)
+            and len(experts) > 0
+            and all(_first(e, _EXPERT_OUT) is not None for e in experts)
+        ):
+            return ExpertLayout(path, len(experts), "modules", shared)
         raise ArchitectureError(
             f"unsupported mixture-of-experts layout: {where}.{path}.experts is a "
             f"{type(experts).__name__} with neither a 3-D down_proj parameter (experts, d_model, "

@@ -83,9 +83,9 @@ def _mlp_on_rows(layer: nn.Module, rows: Tensor) -> Iterator[None]:
     back into zeros of the full length. The MLP of every decoder family acts on each token
     on its own (a mixture-of-experts block too: its router picks each token's experts from
     that token alone, with no capacity limit), so the gathered rows' outputs equal the full
-    computation's, and the layer's
-    output is exact at ``rows``; at other positions it lacks the MLP's contribution. Layers
-    without an ``mlp`` module run unchanged. Both hooks are removed on exit.
+    computation's, and the layer's output is exact at ``rows``; at other positions it lacks
+    the MLP's contribution. Layers without an ``mlp`` module run unchanged. Both hooks are
+    removed on exit.
     """
     mlp = getattr(layer, "mlp", None)
     if not isinstance(mlp, nn.Module):
