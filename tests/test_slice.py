@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers
-from tiny_models import CONFIGS, FAMILIES, MOE_FAMILIES, list_moe_llama, tiny_model
+from tiny_models import CONFIGS, FAMILIES, MOE_FAMILIES, ListMoE, list_moe_llama, tiny_model
 
 from melbo.hooks import position_ids
 from melbo.models.access import ArchitectureError, get_layer_access
@@ -123,6 +123,22 @@ def test_layer_access_reads_experts_stored_as_a_module_list() -> None:
     acc = get_layer_access(list_moe_llama())
     assert acc.mlp_out_path == "mlp"
     assert all(e is not None and (e.n_experts, e.storage, e.shared_expert_path) == (4, "modules", "mlp.shared_expert") for e in acc.experts)
+
+
+def test_layer_access_finds_a_transformers_4_mixtral_block_sparse_moe() -> None:
+    """Mixtral before transformers 5 kept its experts at ``block_sparse_moe`` (no ``mlp``)."""
+    layer = torch.nn.Module()
+    layer.self_attn = torch.nn.Module()
+    layer.self_attn.o_proj = torch.nn.Linear(32, 32)
+    layer.block_sparse_moe = ListMoE(32)
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([layer])
+    model.model.embed_tokens = torch.nn.Embedding(96, 32)
+    model.model.norm = torch.nn.LayerNorm(32)
+    acc = get_layer_access(model)
+    assert acc.mlp_out_path == "block_sparse_moe" and acc.experts[0] is not None
+    assert acc.experts[0].storage == "modules"
 
 
 def test_unsupported_expert_layout_is_an_error_naming_the_module() -> None:
