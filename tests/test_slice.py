@@ -141,6 +141,13 @@ def test_layer_access_finds_a_transformers_4_mixtral_block_sparse_moe() -> None:
     assert acc.experts[0].storage == "modules"
 
 
+def test_a_bare_decoder_without_unembedding_has_layer_access() -> None:
+    acc = get_layer_access(tiny_model("llama").model)  # LlamaModel: "layers", "norm", ...
+    assert (acc.layers_path, acc.describe()["unembed"]) == ("layers", "none")
+    with pytest.raises(ArchitectureError, match="no output embedding"):
+        _ = acc.unembed
+
+
 def test_unsupported_expert_layout_is_an_error_naming_the_module() -> None:
     model = tiny_model("olmoe")
     model.model.layers[1].mlp.experts = torch.nn.Linear(32, 32)  # a copy of our own making

@@ -310,6 +310,12 @@ class LayerAccess:
                 f"need {source_layer + 1} ≤ target_layer ≤ {n}"
             )
 
+    def _unembed_name(self) -> str:
+        try:
+            return type(self.unembed).__name__
+        except ArchitectureError:  # a bare decoder: the layer map is still worth showing
+            return "none"
+
     def describe(self) -> dict[str, str | int]:
         """A layer map for humans (used by ``melbo demo`` and ``melbo inspect``)."""
         out: dict[str, str | int] = {
@@ -321,7 +327,7 @@ class LayerAccess:
             "mlp_write": f"{self.layers_path}[i].{self.mlp_out_path}",
             "final_norm": self.norm_path,
             "embed": self.embed_path,
-            "unembed": type(self.unembed).__name__,
+            "unembed": self._unembed_name(),
         }
         if self.is_moe:
             kinds = {e.describe() for e in self.experts if e is not None}
