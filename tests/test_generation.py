@@ -45,7 +45,7 @@ class _Calls:
         self.handle.remove()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "gemma2", "mistral", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "gemma2", "mistral", "qwen3", "mixtral", "qwen2_moe"])
 def test_steered_generation_is_token_identical_to_hf_generate_one_vector_at_a_time(tok: Any, family: str) -> None:
     model = tiny_model(family, vocab=len(tok))
     V = _vectors(32, 4)

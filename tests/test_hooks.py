@@ -65,7 +65,7 @@ def test_position_ids_count_real_tokens_only() -> None:
     assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 0, 0], [0, 1, 2, 3, 4]]
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])  # rotary, learned absolute, sliding window
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3", "mixtral", "qwen2_moe"])  # rotary, learned absolute, sliding window, MoE
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_sees_what_each_prompt_sees_alone(family: str, side: str) -> None:
     model = tiny_model(family)

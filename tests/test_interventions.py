@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_models import VOCAB, tiny_model
+from tiny_models import MOE_FAMILIES, VOCAB, list_moe_llama, tiny_model
 from torch import Tensor, nn
 
 from melbo.features import Features, ModelMismatchError
 from melbo.fingerprint import model_fingerprint
+from melbo.hooks import removing
 from melbo.interventions import ablate, steer, steer_features, steering
 from melbo.models.access import LayerAccess, get_layer_access
 
-FAMILIES = ("llama", "gemma3", "gpt2")
+FAMILIES = ("llama", "gemma3", "gpt2", *MOE_FAMILIES)
 N_LAYERS = 4  # of every tiny model
 D = 32
 
@@ -57,7 +58,7 @@ def _hooks(model: nn.Module) -> dict[tuple[str, str], list[int]]:
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, Any]:
-    return {f: tiny_model(f, seed=0) for f in FAMILIES}
+    return {**{f: tiny_model(f, seed=0) for f in FAMILIES}, "list_moe": list_moe_llama()}
 
 
 # ---------------------------------------------------------------------- steering
@@ -236,17 +237,43 @@ def test_ablate_removes_the_directions_from_every_write_and_the_final_stream(
             hf.remove()
 
 
-def test_ablate_equals_the_weight_edit_on_a_copy(models: dict[str, Any]) -> None:
-    model = models["llama"]
+def _output_projections(layer: nn.Module) -> list[Tensor]:
+    """Every weight whose output the layer adds to the residual stream, as (..., d, d_in):
+    attention o_proj, and the MLP's down_proj — a dense MLP's, or every expert's (one 3-D
+    (experts, d, d_expert) tensor, or one Linear per expert in a ModuleList) and the shared
+    expert's of a mixture-of-experts block. Written out per layout here, independently of
+    melbo.models.access."""
+    mlp: Any = layer.mlp
+    weights = [layer.self_attn.o_proj.weight]
+    if isinstance(getattr(mlp, "experts", None), nn.ModuleList):
+        weights += [e.down_proj.weight for e in mlp.experts]
+        weights.append(mlp.shared_expert.down_proj.weight)
+    elif hasattr(mlp, "experts"):
+        weights.append(mlp.experts.down_proj)
+        assert weights[-1].ndim == 3 and weights[-1].shape[1] == D
+        if hasattr(mlp, "shared_expert"):
+            weights.append(mlp.shared_expert.down_proj.weight)
+    else:
+        weights.append(mlp.down_proj.weight)
+    return weights
+
+
+@pytest.mark.parametrize("family", ["llama", *MOE_FAMILIES, "list_moe"])
+def test_ablate_equals_the_weight_edit_on_a_copy(family: str, models: dict[str, Any]) -> None:
+    model = models[family]
     assert not model.config.tie_word_embeddings
     w = _vec(seed=9)  # unit
     edited: Any = copy.deepcopy(model)
+    n_edited = 0
     with torch.no_grad():
         for layer in edited.model.layers:
-            for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):  # W: (d, d_in)
-                lin.weight -= torch.outer(w, w @ lin.weight)  # W ← W − w wᵀ W
+            for W in _output_projections(layer):  # W ← W − w wᵀ W, per expert for 3-D W
+                W -= w[:, None] * (w @ W)[..., None, :]
+                n_edited += W.shape[0] if W.ndim == 3 else 1
         emb = edited.model.embed_tokens.weight  # rows are vectors: E ← E − E w wᵀ
         emb -= torch.outer(emb @ w, w)
+    # o_proj + down_proj per layer; MoE: + 4 experts (+ a shared expert) per sparse layer
+    assert n_edited >= 2 * N_LAYERS + (0 if family == "llama" else 3 * (N_LAYERS - 1))
     ids = _ids(batch=2, length=9)
     with torch.no_grad():
         with ablate(model, w, include_embedding=True):
@@ -259,6 +286,53 @@ def test_ablate_equals_the_weight_edit_on_a_copy(models: dict[str, Any]) -> None
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_writes_only, expected_writes_only, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, model(ids).logits.detach())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_after_ablation_no_residual_stream_has_a_component_along_the_direction(
+    family: str, models: dict[str, Any]
+) -> None:
+    """Ground truth of ablation with the embedding: the stream entering every layer and
+    leaving the last one is orthogonal to the direction, at every position of every prompt
+    of a left- and right-padded batch, and the model is bit-identical afterwards."""
+    model = models[family]
+    acc = get_layer_access(model)
+    ids = _ids(seed=4, batch=3, length=9)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    mask[1, -2:] = 0  # right padding
+    r = _vec(seed=11)
+    streams: list[Tensor] = []
+
+    def entering(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        streams.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+    def leaving(mod: nn.Module, args: Any, out: Any) -> None:
+        streams.append(_first(out).detach())
+
+    def run() -> Tensor:
+        streams.clear()
+        with removing() as handles:  # registered last: they see what the layers see
+            handles += [layer.register_forward_pre_hook(entering, with_kwargs=True) for layer in acc.layers]
+            handles.append(acc.layers[-1].register_forward_hook(leaving))
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        assert len(streams) == N_LAYERS + 1
+        return logits
+
+    params = {k: t.clone() for k, t in model.state_dict().items()}
+    with torch.no_grad():
+        before = run()
+        assert min(float((h @ r).abs().max()) for h in streams) > 1e-2  # it is there to begin with
+        with ablate(model, r, include_embedding=True):
+            ablated = run()
+            # fp32 eps relative to the stream's size (the direction is a unit vector)
+            for i, h in enumerate(streams):
+                along = float((h.double() @ r.double()).abs().max())
+                assert along <= 1e-6 * max(1.0, float(h.norm(dim=-1).max())), (family, i, along)
+        after = run()
+    assert not torch.allclose(ablated, before)
+    assert torch.equal(after, before)
+    assert all(torch.equal(t, params[k]) for k, t in model.state_dict().items())
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,23 @@ def test_load_in_requested_dtype(
     assert {p.dtype for p in model.parameters()} == {expected}
 
 
+def test_a_mixture_of_experts_model_runs_in_float64(tmp_path: Path) -> None:
+    """transformers' default experts kernel (grouped_mm) has no float64 kernel; the loaded
+    model must still run, and agree with the float32 model."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import tiny_model
+
+    tokenizer = tiny_tokenizer()
+    directory = tmp_path / "moe"
+    tiny_model("qwen2_moe", vocab=len(tokenizer)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    m64, _ = load_model(directory, dtype="float64", progress=False)
+    m32, _ = load_model(directory, dtype="float32", progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(m64(ids).logits.float(), m32(ids).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_dtype_none_keeps_the_checkpoint_dtype(saved_llama_bf16: Path) -> None:
     model, _ = load_model(saved_llama_bf16, progress=False)
     assert model.dtype == torch.bfloat16

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from tiny_models import FAMILIES, tiny_model
+import transformers
+from tiny_models import CONFIGS, FAMILIES, MOE_FAMILIES, ListMoE, list_moe_llama, tiny_model
 
 from melbo.hooks import position_ids
 from melbo.models.access import ArchitectureError, get_layer_access
@@ -99,3 +100,86 @@ def test_bad_layer_indices_name_the_valid_range(s: int, t: int, msg: str) -> Non
     ids, mask = _padded_batch()
     with pytest.raises(ValueError, match=msg):
         capture_slice(access, ids, mask, s, t)
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_layer_access_finds_the_mixture_of_experts_blocks(family: str) -> None:
+    model = tiny_model(family)
+    acc = get_layer_access(model)
+    assert acc.is_moe and acc.mlp_out_path == "mlp" and acc.attn_out_path == "self_attn.o_proj"
+    for i, layer in enumerate(acc.layers):
+        e = acc.experts[i]
+        if family == "qwen2_moe" and i == 2:  # mlp_only_layers: a dense MLP, still at "mlp"
+            assert e is None and hasattr(acc.mlp_out(i), "down_proj")
+            continue
+        assert e is not None and (e.block_path, e.n_experts, e.storage) == ("mlp", 4, "fused")
+        assert e.shared_expert_path == ("mlp.shared_expert" if family == "qwen2_moe" else None)
+        assert acc.mlp_out(i) is layer.mlp and layer.mlp.experts.down_proj.shape == (4, 32, layer.mlp.experts.down_proj.shape[2])
+    assert "4 experts in mlp.experts (3-D down_proj)" in str(acc.describe()["experts"])
+    assert not get_layer_access(tiny_model("llama")).is_moe
+
+
+def test_layer_access_reads_experts_stored_as_a_module_list() -> None:
+    acc = get_layer_access(list_moe_llama())
+    assert acc.mlp_out_path == "mlp"
+    assert all(e is not None and (e.n_experts, e.storage, e.shared_expert_path) == (4, "modules", "mlp.shared_expert") for e in acc.experts)
+
+
+def test_layer_access_finds_a_transformers_4_mixtral_block_sparse_moe() -> None:
+    """Mixtral before transformers 5 kept its experts at ``block_sparse_moe`` (no ``mlp``)."""
+    layer = torch.nn.Module()
+    layer.self_attn = torch.nn.Module()
+    layer.self_attn.o_proj = torch.nn.Linear(32, 32)
+    layer.block_sparse_moe = ListMoE(32)
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList([layer])
+    model.model.embed_tokens = torch.nn.Embedding(96, 32)
+    model.model.norm = torch.nn.LayerNorm(32)
+    acc = get_layer_access(model)
+    assert acc.mlp_out_path == "block_sparse_moe" and acc.experts[0] is not None
+    assert acc.experts[0].storage == "modules"
+
+
+def test_a_bare_decoder_without_unembedding_has_layer_access() -> None:
+    acc = get_layer_access(tiny_model("llama").model)  # LlamaModel: "layers", "norm", ...
+    assert (acc.layers_path, acc.describe()["unembed"]) == ("layers", "none")
+    with pytest.raises(ArchitectureError, match="no output embedding"):
+        _ = acc.unembed
+
+
+def test_unsupported_expert_layout_is_an_error_naming_the_module() -> None:
+    model = tiny_model("olmoe")
+    model.model.layers[1].mlp.experts = torch.nn.Linear(32, 32)  # a copy of our own making
+    with pytest.raises(ArchitectureError, match=r"model\.layers\[1\]\.mlp\.experts is a Linear"):
+        get_layer_access(model)
+    acc = get_layer_access(model, mlp_out="mlp")  # the user's word on what writes the stream
+    assert acc.mlp_out_path == "mlp" and not acc.experts
+
+
+def test_a_write_missing_from_a_later_layer_is_an_error_naming_it() -> None:
+    model = tiny_model("llama")
+    del model.model.layers[3].mlp.down_proj
+    with pytest.raises(ArchitectureError, match=r"'mlp.down_proj' .* is missing from model\.layers\[3\]"):
+        get_layer_access(model)
+
+
+def test_router_jitter_in_training_mode_is_refused_and_eval_is_exact() -> None:
+    cfg = CONFIGS["mixtral"]()
+    cfg.router_jitter_noise = 0.5
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    access = get_layer_access(model)
+    ids, mask = _padded_batch()
+    model.train()
+    try:
+        with torch.no_grad():
+            a, b = (model(input_ids=ids, attention_mask=mask).logits for _ in range(2))
+        assert not torch.equal(a, b)  # why: every training-mode forward is different
+        with pytest.raises(ValueError, match=r"training mode.*config\.router_jitter_noise=0\.5.*model\.eval\(\)"):
+            capture_slice(access, ids, mask, 0, 2)
+    finally:
+        model.eval()
+    sl = capture_slice(access, ids, mask, 0, 2)
+    with torch.no_grad():
+        assert torch.equal(sl(sl.x), sl.y)

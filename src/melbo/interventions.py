@@ -15,7 +15,10 @@ as in ``output_hidden_states``):
   sub-layer later; melbo adds it at the layer input.)
 * :func:`ablate` projects unit directions out of every write into the residual stream:
   the outputs of ``attn_out(i)`` and ``mlp_out(i)`` of every layer (post-norm families:
-  the post-norms), equivalent to the weight edit ``W ← W − w wᵀ W`` (bias included).
+  the post-norms), equivalent to the weight edit ``W ← W − w wᵀ W`` (bias included). In a
+  mixture-of-experts layer the MLP write is the sparse-MoE block's output, the
+  router-weighted sum of the chosen experts' outputs (plus a gated shared expert's), so the
+  projection equals that edit of every expert's and the shared expert's ``down_proj``.
   ``include_embedding=True`` also projects them out of the stream entering layer 0
   (token and, where the model has them, learned position embeddings). That pre-hook is
   placed before any other pre-hook on layer 0, so a steering vector added at layer 0 is

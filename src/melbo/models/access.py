@@ -4,6 +4,17 @@ the two residual-stream writes of every layer. Never mutates the model.
 The guesser tries a fixed list of templates per part (see ``_LAYER_PATHS`` etc.) and the
 user can override any of them with dotted paths, e.g.
 ``get_layer_access(model, layers="backbone.blocks", attn_out="mixer.out_proj")``.
+
+Mixture-of-experts layers (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): the MLP write of such a
+layer is the output of its sparse-MoE block (``mlp``; ``block_sparse_moe`` in Mixtral before
+transformers 5), the router-weighted sum of the chosen experts' down projections plus, in
+Qwen2-MoE, the sigmoid-gated shared expert's. That sum is linear in every expert's output, so
+projecting a direction out of the block's output is the same as projecting it out of every
+expert's and the shared expert's output projection, whichever experts the router picks
+(:class:`ExpertLayout`). Two storage layouts of the experts are recognised: one 3-D
+``down_proj`` parameter of shape (experts, d_model, d_expert) (transformers ≥ 5, with a
+fused ``gate_up_proj``), or a ``ModuleList`` of expert MLPs (transformers 4). Any other
+``experts`` module is an :class:`ArchitectureError` that names it.
 """
 
 from __future__ import annotations
@@ -64,6 +75,13 @@ _MLP_OUT = (
     "mlp.fc_out",
     "fc2",
 )
+# Relative to one decoder layer: where a sparse mixture-of-experts block lives. A block is a
+# module there with an ``experts`` child; its output is the layer's MLP write.
+_MOE_BLOCKS = ("mlp", "block_sparse_moe")
+# The output projection of one expert MLP when the experts are a ModuleList.
+_EXPERT_OUT = ("down_proj", "w2", "c_proj", "fc2")
+_SHARED_EXPERTS = ("shared_expert", "shared_experts")
+
 # Families whose attention / MLP outputs pass through a norm before the residual add.
 _POST_NORM_WRITES = {
     "gemma2": ("post_attention_layernorm", "post_feedforward_layernorm"),
@@ -84,6 +102,10 @@ SUPPORTED_FAMILIES = (
     "gpt_neox",
     "phi3",
     "olmo2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
 )
 
 
@@ -117,6 +139,68 @@ def _first(root: nn.Module, paths: tuple[str, ...]) -> tuple[str, nn.Module] | N
     return None
 
 
+@dataclass(frozen=True)
+class ExpertLayout:
+    """The sparse mixture-of-experts block of one decoder layer (paths relative to the layer).
+
+    Attributes
+    ----------
+    block_path : str
+        the block whose output is the layer's MLP write.
+    n_experts : int
+    storage : str
+        ``"fused"`` (one 3-D ``down_proj`` parameter, experts × d_model × d_expert) or
+        ``"modules"`` (an ``nn.ModuleList`` of expert MLPs).
+    shared_expert_path : str or None
+        the always-on shared expert (Qwen2-MoE), when the block has one.
+    """
+
+    block_path: str
+    n_experts: int
+    storage: str
+    shared_expert_path: str | None
+
+    def describe(self) -> str:
+        what = "3-D down_proj" if self.storage == "fused" else "ModuleList"
+        shared = f" + shared expert {self.shared_expert_path}" if self.shared_expert_path else ""
+        return f"{self.n_experts} experts in {self.block_path}.experts ({what}){shared}"
+
+
+def expert_layout(layer: nn.Module, where: str = "layer") -> ExpertLayout | None:
+    """The mixture-of-experts block of ``layer``, or None for a layer with a dense MLP.
+
+    ``where`` names the layer in errors (e.g. ``"model.layers[3]"``).
+
+    Raises
+    ------
+    ArchitectureError
+        for an ``experts`` module in neither recognised layout (naming it and its type).
+    """
+    for path in _MOE_BLOCKS:
+        block = get_submodule(layer, path)
+        experts = getattr(block, "experts", None) if block is not None else None
+        if not isinstance(experts, nn.Module):
+            continue
+        shared = next((f"{path}.{name}" for name in _SHARED_EXPERTS if get_submodule(layer, f"{path}.{name}") is not None), None)
+        down = getattr(experts, "down_proj", None)
+        if isinstance(down, nn.Parameter) and down.ndim == 3:
+            return ExpertLayout(path, int(down.shape[0]), "fused", shared)
+        if (
+            isinstance(experts, nn.ModuleList)
+            and len(experts) > 0
+            and all(_first(e, _EXPERT_OUT) is not None for e in experts)
+        ):
+            return ExpertLayout(path, len(experts), "modules", shared)
+        raise ArchitectureError(
+            f"unsupported mixture-of-experts layout: {where}.{path}.experts is a "
+            f"{type(experts).__name__} with neither a 3-D down_proj parameter (experts, d_model, "
+            f"d_expert) nor a ModuleList of expert MLPs with one of {list(_EXPERT_OUT)}. If the "
+            f"output of {where}.{path} is the whole MLP write into the residual stream, pass "
+            f"get_layer_access(model, mlp_out={path!r})"
+        )
+    return None
+
+
 def _family(model: nn.Module) -> str:
     cfg = getattr(model, "config", None)
     return str(getattr(cfg, "model_type", type(model).__name__)).lower()
@@ -138,6 +222,12 @@ class LayerAccess:
     embed_path: str
     attn_out_path: str
     mlp_out_path: str
+    experts: tuple[ExpertLayout | None, ...] = ()
+    """Per layer, its mixture-of-experts block (None for a dense layer); empty for a dense model."""
+
+    @property
+    def is_moe(self) -> bool:
+        return any(e is not None for e in self.experts)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -220,9 +310,15 @@ class LayerAccess:
                 f"need {source_layer + 1} ≤ target_layer ≤ {n}"
             )
 
+    def _unembed_name(self) -> str:
+        try:
+            return type(self.unembed).__name__
+        except ArchitectureError:  # a bare decoder: the layer map is still worth showing
+            return "none"
+
     def describe(self) -> dict[str, str | int]:
         """A layer map for humans (used by ``melbo demo`` and ``melbo inspect``)."""
-        return {
+        out: dict[str, str | int] = {
             "family": self.family,
             "n_layers": self.n_layers,
             "d_model": self.d_model,
@@ -231,8 +327,13 @@ class LayerAccess:
             "mlp_write": f"{self.layers_path}[i].{self.mlp_out_path}",
             "final_norm": self.norm_path,
             "embed": self.embed_path,
-            "unembed": type(self.unembed).__name__,
+            "unembed": self._unembed_name(),
         }
+        if self.is_moe:
+            kinds = {e.describe() for e in self.experts if e is not None}
+            sparse = [i for i, e in enumerate(self.experts) if e is not None]
+            out["experts"] = f"{'; '.join(sorted(kinds))} in layers {sparse} of {self.n_layers}"
+        return out
 
 
 def get_layer_access(
@@ -281,11 +382,29 @@ def get_layer_access(
     post = _POST_NORM_WRITES.get(family)
     attn_candidates: tuple[str, ...] = _ATTN_OUT
     mlp_candidates: tuple[str, ...] = _MLP_OUT
+    experts: tuple[ExpertLayout | None, ...] = ()
+    if mlp_out is None:  # an explicit mlp_out is the user's word on what writes the stream
+        experts = tuple(expert_layout(layer, f"{layers_path}[{i}]") for i, layer in enumerate(layer_list))
+        blocks = sorted({e.block_path for e in experts if e is not None})
+        if len(blocks) > 1:
+            raise ArchitectureError(f"the mixture-of-experts blocks of {layers_path} sit at different paths {blocks}")
+        if blocks:  # dense layers of a MoE model (Qwen-MoE mlp_only_layers) have a module there too
+            mlp_candidates = (blocks[0],)
+        else:
+            experts = ()
     if post is not None:
         attn_candidates = (post[0],) + attn_candidates
         mlp_candidates = (post[1],) + mlp_candidates
     attn_path = resolve("attn_out", attn_out, attn_candidates, layer0)
     mlp_path = resolve("mlp_out", mlp_out, mlp_candidates, layer0)
+    for i, layer in enumerate(layer_list):
+        for kind, path in (("attn_out", attn_path), ("mlp_out", mlp_path)):
+            if get_submodule(layer, path) is None:
+                raise ArchitectureError(
+                    f"{kind} {path!r} (found in {layers_path}[0]) is missing from {layers_path}[{i}] "
+                    f"({type(layer).__name__}); pass get_layer_access(model, {kind}='path') naming a "
+                    "module that every layer has"
+                )
     access = LayerAccess(
         model=model,
         family=family,
@@ -294,6 +413,7 @@ def get_layer_access(
         embed_path=embed_path,
         attn_out_path=attn_path,
         mlp_out_path=mlp_path,
+        experts=experts,
     )
     logger.debug("layer access for %s: %s", family, access.describe())
     return access

@@ -65,6 +65,10 @@ def load_causal_lm(
     kwargs["dtype"] = dtype if dtype is not None else "auto"
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if dtype == torch.float64 and _has_experts_implementations():
+        # Mixture-of-experts models default to the grouped_mm experts kernel, which has no
+        # float64 kernel: their forward pass would fail. The per-expert loop computes the same.
+        kwargs["experts_implementation"] = "eager"
     if device_map is not None:
         kwargs["device_map"] = device_map
     if source.gguf_file is not None:
@@ -91,6 +95,13 @@ def _broken_weights(source: ModelSource, error: BaseException) -> str:
            else "re-download or re-convert the model (or save it again with save_pretrained)")
     return (f"could not load {source.description}: its weights {named or 'file'} are truncated or corrupt "
             f"({error}); {fix}")
+
+
+def _has_experts_implementations() -> bool:
+    """Whether this transformers chooses an experts kernel per model (transformers ≥ 5)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "get_correct_experts_implementation")
 
 
 def _describe(error: BaseException) -> str:

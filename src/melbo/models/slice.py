@@ -81,9 +81,11 @@ def _mlp_on_rows(layer: nn.Module, rows: Tensor) -> Iterator[None]:
 
     A pre-hook gathers those rows of the MLP input; a forward hook scatters the MLP output
     back into zeros of the full length. The MLP of every decoder family acts on each token
-    on its own, so the gathered rows' outputs equal the full computation's, and the layer's
-    output is exact at ``rows``; at other positions it lacks the MLP's contribution. Layers
-    without an ``mlp`` module run unchanged. Both hooks are removed on exit.
+    on its own (a mixture-of-experts block too: its router picks each token's experts from
+    that token alone, with no capacity limit), so the gathered rows' outputs equal the full
+    computation's, and the layer's output is exact at ``rows``; at other positions it lacks
+    the MLP's contribution. Layers without an ``mlp`` module run unchanged. Both hooks are
+    removed on exit.
     """
     mlp = getattr(layer, "mlp", None)
     if not isinstance(mlp, nn.Module):
@@ -219,6 +221,36 @@ class LayerSlice:
         return h
 
 
+# Config fields that make a forward pass in training mode random where they are > 0:
+# dropout probabilities, and Mixtral's router jitter (multiplicative noise on the MoE input).
+_RANDOM_IN_TRAINING = (
+    "router_jitter_noise",
+    "attention_dropout",
+    "hidden_dropout",
+    "attn_pdrop",
+    "resid_pdrop",
+    "embd_pdrop",
+    "dropout",
+)
+
+
+def _random_parts(model: nn.Module) -> list[str]:
+    """What makes ``model``'s forward pass random: empty in eval mode."""
+    if not model.training:
+        return []
+    found = [
+        f"{name} (p={mod.p})"
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Dropout) and mod.training and mod.p > 0
+    ]
+    cfg = getattr(model, "config", None)
+    for key in _RANDOM_IN_TRAINING:
+        value = getattr(cfg, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            found.append(f"config.{key}={value}")
+    return found
+
+
 def capture_slice(
     access: LayerAccess,
     input_ids: Tensor,
@@ -231,12 +263,29 @@ def capture_slice(
     Position ids count real tokens only (see :func:`melbo.hooks.position_ids`), so models with
     absolute position embeddings (GPT-2) see a left-padded prompt as they see it unpadded.
 
+    Mixture-of-experts layers replay exactly too: the router picks the same experts for the
+    same residual stream. In training mode dropout and router jitter would make every run
+    different, so a model in training mode with any of them is refused.
+
     Parameters
     ----------
     input_ids : Tensor, shape (n, T)
     attention_mask : Tensor, shape (n, T), optional (1 = token, 0 = padding)
+
+    Raises
+    ------
+    ValueError
+        for a layer range out of bounds, or a model in training mode whose forward pass is
+        random (naming what makes it so).
     """
     access.check_layer_range(source_layer, target_layer)
+    random_parts = _random_parts(access.model)
+    if random_parts:
+        shown = ", ".join(random_parts[:4]) + (f" and {len(random_parts) - 4} more" if len(random_parts) > 4 else "")
+        raise ValueError(
+            f"the model is in training mode, where {shown} make its forward pass random, so no "
+            "slice can reproduce it; call model.eval() first"
+        )
     layers = access.layers
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     store: dict[str, Tensor] = {}
