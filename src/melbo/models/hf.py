@@ -65,6 +65,11 @@ def load_causal_lm(
     kwargs["dtype"] = dtype if dtype is not None else "auto"
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    # With peft installed, transformers looks for an adapter_config.json of a hub id through
+    # its own call, which does not inherit local_files_only: offline there too.
+    kwargs["adapter_kwargs"] = {"local_files_only": True}
+    import torch
+
     if dtype == torch.float64 and _has_experts_implementations():
         # Mixture-of-experts models default to the grouped_mm experts kernel, which has no
         # float64 kernel: their forward pass would fail. The per-expert loop computes the same.
