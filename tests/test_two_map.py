@@ -15,7 +15,13 @@ from melbo.cli import main
 from melbo.features import Features
 from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.exponential import exponential_dct
-from melbo.fit.two_map import ContrastiveDCT, DifferenceMap, ModelDiffDCT, contrastive_step, two_map_dct
+from melbo.fit.two_map import (
+    ContrastiveDCT,
+    DifferenceMap,
+    ModelDiffDCT,
+    contrastive_step,
+    two_map_dct,
+)
 from melbo.methods import make_estimator
 from melbo.synthetic import SyntheticMap
 from melbo.testing import tiny_tokenizer
