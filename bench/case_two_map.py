@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         logger.info("%s: %d of %d vectors elicit (first at rank %s), best rate %.2f", method, len(hits),
                     feats.n_factors, rows[method]["first_rank"], rows[method]["best_rate"])
+        if method != args.methods[-1]:  # a partial report after every method: runs are long
+            _report(args, record, trigger, phrase, R, eval_p, base_rate, rows, t0)
+    return _report(args, record, trigger, phrase, R, eval_p, base_rate, rows, t0)
+
+
+def _report(args: Any, record: dict[str, Any], trigger: str, phrase: str, R: float, eval_p: list[str],
+            base_rate: float, rows: dict[str, Any], t0: float) -> dict[str, Any]:
     chk = record["check"]["rates"]
     result = {
         "bench": "case_two_map", "organism": args.organism, "base_model": args.base_model, "trigger": trigger,
