@@ -72,11 +72,13 @@ def load_organism(path: str, kind: str) -> tuple[Any, Any, OrganismData, dict[st
 
 def fit(model: Any, tok: Any, prompts: Sequence[str], *, method: str, m: int, iters: int, s: int, t: int,
         lam: float, R: float | None, seed: int, on_iteration: Callable[[int, float], None] | None = None,
-        steps: int | None = None, contrast_prompts: Sequence[str] | None = None, **options: Any) -> tuple[Features, float]:
+        steps: int | None = None, contrast_prompts: Sequence[str] | None = None, base_model: Any = None,
+        **options: Any) -> tuple[Features, float]:
     """Features of ``method`` on ``prompts`` and the seconds the fit took.
 
     ``iters`` is τ of the iterative DCT methods, ``steps`` that of melbo-v1 and one-shot
-    (None: the method's default); ``options`` are further :class:`TrainConfig` fields.
+    (None: the method's default); ``options`` are further :class:`TrainConfig` fields;
+    ``contrast_prompts`` and ``base_model`` go to :func:`melbo.train.train` (the methods that need them).
     """
     spec = get_method(method)
     max_iter = iters if spec.iterative else steps
@@ -84,7 +86,8 @@ def fit(model: Any, tok: Any, prompts: Sequence[str], *, method: str, m: int, it
                       random_state=seed, **options)
     t0 = time.perf_counter()
     feats = train(model, tok, list(prompts), cfg, on_iteration=on_iteration,
-                  contrast_prompts=list(contrast_prompts) if contrast_prompts is not None else None)
+                  contrast_prompts=list(contrast_prompts) if contrast_prompts is not None else None,
+                  base_model=base_model)
     return feats, time.perf_counter() - t0
 
 

@@ -78,10 +78,12 @@ def test_argument_errors_import_no_torch(tmp_path: Path) -> None:
 
 def test_choices_copied_for_start_up_equal_their_sources() -> None:
     from melbo.baselines.one_shot import MODES
+    from melbo.fit.two_map import PENALTIES
     from melbo.organisms.data import KINDS
 
     assert cli.ONE_SHOT_MODES == MODES
     assert cli.ORGANISM_KINDS == KINDS
+    assert cli.PENALTIES == PENALTIES
     actions = {a.dest: a for a in _subparser(cli.build_parser(), "train")._actions}
     assert tuple(actions["method"].choices) == method_names()
     assert tuple(actions["one_shot_mode"].choices) == MODES

@@ -28,6 +28,7 @@ import _case  # noqa: E402
 S, T, SEED = 1, 3, 7
 PROMPTS = ["hello there", "write a poem about cats", "how do I make tea"]
 CONTRAST = ["tell me a story", "what is two plus two", "name a colour"]
+BASE = tiny_model("llama", vocab=len(tiny_tokenizer(with_chat_template=True)), seed=1)  # model-diff's base
 # per method: (estimator options, TrainConfig options beyond n_factors / max_iter)
 OPTIONS: dict[str, dict[str, Any]] = {
     "exponential": {"n_factors": 4, "max_iter": 2},
@@ -37,6 +38,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "melbo-v1": {"n_factors": 2, "max_iter": 3, "lr": 0.01},
     "one-shot": {"n_factors": 1, "max_iter": 3, "completion": "Sure"},
     "mean-diff": {"n_factors": 1, "contrast_prompts": CONTRAST},
+    "contrastive": {"n_factors": 4, "max_iter": 2, "contrast_prompts": CONTRAST},
+    "model-diff": {"n_factors": 4, "max_iter": 2, "base_model": BASE},
     "random": {"n_factors": 3},
 }
 
@@ -124,14 +127,15 @@ def test_same_seed_gives_bit_identical_factors_through_api_train_and_bench(
     model, tok = lm
     opts = dict(OPTIONS[name])
     contrast = opts.pop("contrast_prompts", None)
+    base = opts.pop("base_model", None)
     m = opts.pop("n_factors")
     tau = opts.pop("max_iter", None)
     cfg = TrainConfig(source_layer=S, target_layer=T, method=name, n_factors=m, max_iter=tau, random_state=SEED, **opts)
-    via_train = _quiet(lambda: train(model, tok, PROMPTS, cfg, contrast_prompts=contrast))
+    via_train = _quiet(lambda: train(model, tok, PROMPTS, cfg, contrast_prompts=contrast, base_model=base))
     spec = get_method(name)
     via_bench, _ = _quiet(lambda: _case.fit(
         model, tok, PROMPTS, method=name, m=m, iters=tau if spec.iterative else 10, s=S, t=T, lam=0.5, R=None,
-        seed=SEED, steps=None if spec.iterative else tau, contrast_prompts=contrast, **opts,
+        seed=SEED, steps=None if spec.iterative else tau, contrast_prompts=contrast, base_model=base, **opts,
     ))
     est = fitted[name]
     for feats in (via_train, via_bench):

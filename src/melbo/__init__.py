@@ -15,8 +15,8 @@ import torch)::
 
 * loading and layers: `load_model`, `get_layer_access`, `build_prompts`, `read_prompts`
 * Δ and calibration: `TransformerCausalMap`, `calibrate_R`
-* methods: `ExponentialDCT`, `QuadraticDCT`, `LinearDCT`, `MelboV1`, `OneShotSteering`,
-  `MeanDifference`, `RandomVectors`; their names in `method_names` (:mod:`melbo.methods`)
+* methods: `ExponentialDCT`, `QuadraticDCT`, `LinearDCT`, `ContrastiveDCT`, `ModelDiffDCT`,
+  `MelboV1`, `OneShotSteering`, `MeanDifference`, `RandomVectors`; their names in `method_names` (:mod:`melbo.methods`)
 * saved features: `Features`
 * interventions and generation: `steer`, `steer_features`, `ablate`, `generate`,
   `generate_steered`
@@ -48,6 +48,8 @@ _EXPORTS = {
     "ExponentialDCT": "melbo.fit.exponential:ExponentialDCT",
     "QuadraticDCT": "melbo.fit.quadratic:QuadraticDCT",
     "LinearDCT": "melbo.fit.linear:LinearDCT",
+    "ContrastiveDCT": "melbo.fit.two_map:ContrastiveDCT",
+    "ModelDiffDCT": "melbo.fit.two_map:ModelDiffDCT",
     "MelboV1": "melbo.baselines.melbo_v1:MelboV1",
     "OneShotSteering": "melbo.baselines.one_shot:OneShotSteering",
     "MeanDifference": "melbo.baselines.mean_diff:MeanDifference",
@@ -97,6 +99,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explic
     from melbo.fit.exponential import ExponentialDCT as ExponentialDCT
     from melbo.fit.linear import LinearDCT as LinearDCT
     from melbo.fit.quadratic import QuadraticDCT as QuadraticDCT
+    from melbo.fit.two_map import ContrastiveDCT as ContrastiveDCT
+    from melbo.fit.two_map import ModelDiffDCT as ModelDiffDCT
     from melbo.generation import generate as generate
     from melbo.generation import generate_steered as generate_steered
     from melbo.interventions import ablate as ablate

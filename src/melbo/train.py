@@ -27,6 +27,7 @@ from melbo.causal_map import TransformerCausalMap
 from melbo.errors import check_lam
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
+from melbo.fit.two_map import PENALTIES as _PENALTIES
 from melbo.io import check_out_dir, read_file_set, write_file_set
 from melbo.methods import estimator_class, get_method, method_names
 from melbo.prompts import PromptLike
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 METHODS = method_names()
 CHECKPOINT = "checkpoint"
 _STEP_METHODS = ("melbo-v1", "one-shot")  # whose τ is optimiser steps (the deprecated `steps`)
+CONTRAST_METHODS = ("mean-diff", "contrastive")  # need a contrast prompt set B
+TWO_MAP_METHODS = ("contrastive", "model-diff")  # melbo.fit.two_map
+
 
 
 @dataclass
@@ -65,6 +69,8 @@ class TrainConfig:
     sequential: bool = False  # exponential: G_V from the updated U (melbo.fit.exponential)
     orient: bool = False  # exponential: flip each factor to the side of larger ‖Δ_R(±v)‖
     ortho: str = "qr"  # exponential: "qr" (published) or "polar" (symmetric) orthogonalisation
+    mu: float = 1.0  # contrastive / model-diff: weight μ of the penalised map (melbo.fit.two_map)
+    penalty: str | None = None  # contrastive / model-diff: "norm" or "difference"; None = the method's default
     extra: dict[str, Any] = field(default_factory=dict)
     # baselines (melbo.baselines): one-shot's example, optimiser settings of melbo-v1 / one-shot
     completion: str | None = None  # one-shot: promoted (suppressed in mode "suppress")
@@ -124,6 +130,12 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
         if self.method != "exponential" and (self.sequential or self.orient or self.ortho != "qr"):
             raise ValueError(f"sequential/orient/ortho are options of method 'exponential', not {self.method!r}")
+        if not (isinstance(self.mu, int | float) and not isinstance(self.mu, bool) and 0 <= self.mu < float("inf")):
+            raise ValueError(f"mu={self.mu!r}: must be a finite number >= 0")
+        if self.penalty not in (None, *_PENALTIES):
+            raise ValueError(f"penalty={self.penalty!r}: choose one of {', '.join(_PENALTIES)}")
+        if self.method not in TWO_MAP_METHODS and (self.mu != 1.0 or self.penalty is not None):
+            raise ValueError(f"mu/penalty are options of methods {', '.join(TWO_MAP_METHODS)}, not {self.method!r}")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
         if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
@@ -138,7 +150,7 @@ class TrainConfig:
             "n_factors": self.n_factors, "R": self.R, "lam": self.lam, "random_state": self.random_state,
             "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
             "ortho": self.ortho, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
-            "completion": self.completion, "suppress": self.suppress,
+            "completion": self.completion, "suppress": self.suppress, "mu": self.mu, "penalty": self.penalty,
         }
         for name, v in (("max_iter", self.max_iter), ("lr", self.lr)):
             if v is not None:
@@ -147,11 +159,19 @@ class TrainConfig:
 
 
 def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] | None) -> None:
-    """mean-diff needs the contrast set B; every other method refuses one."""
-    if method == "mean-diff" and not contrast_prompts:
-        raise ValueError("method 'mean-diff' needs a contrast prompt set B (--contrast-prompts FILE)")
-    if method != "mean-diff" and contrast_prompts is not None:
-        raise ValueError(f"contrast prompts are only used by method 'mean-diff', not {method!r}")
+    """mean-diff and contrastive need the contrast set B; every other method refuses one."""
+    if method in CONTRAST_METHODS and not contrast_prompts:
+        raise ValueError(f"method {method!r} needs a contrast prompt set B (--contrast-prompts FILE)")
+    if method not in CONTRAST_METHODS and contrast_prompts is not None:
+        raise ValueError(f"contrast prompts are only used by methods {', '.join(CONTRAST_METHODS)}, not {method!r}")
+
+
+def check_base_model(method: str, has_base_model: bool) -> None:
+    """model-diff needs the base model; every other method refuses one."""
+    if method == "model-diff" and not has_base_model:
+        raise ValueError("method 'model-diff' needs the base model the fine-tune came from (--base-model M)")
+    if method != "model-diff" and has_base_model:
+        raise ValueError(f"a base model is only used by method 'model-diff', not {method!r}")
 
 
 def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, history: list[float], meta: dict[str, Any]) -> None:
@@ -196,18 +216,22 @@ def train(
     progress: bool = False,
     on_iteration: Callable[[int, float], None] | None = None,
     contrast_prompts: Sequence[PromptLike] | None = None,
+    base_model: nn.Module | None = None,
 ) -> Features:
     """Fit features and (if ``out`` is given) save them there with per-iteration checkpoints.
 
     The method's estimator comes from the registry (:mod:`melbo.methods`) and is fitted on
     the causal map of ``prompts`` exactly as from Python: the same ``random_state`` gives
     the same factors. ``contrast_prompts`` (the set B) is required by ``mean-diff`` and
-    refused otherwise. Iterative methods get a checkpoint after every iteration (resumable);
+    refused otherwise; so is ``base_model`` (the model ``model`` was fine-tuned from, the
+    penalised map of ``model-diff``; Δ_base is built on the same tokens, layers and
+    positions). Iterative methods get a checkpoint after every iteration (resumable);
     every method uses R (given, else calibrated): melbo-v1 and random vectors at norm R,
     mean-diff steered at R, one-shot capped at R.
     """
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast_prompts)
+    check_base_model(cfg.method, base_model is not None)
     spec = get_method(cfg.method)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -219,7 +243,9 @@ def train(
         positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt, compile=cfg.compile,
     )
     fp = model_fingerprint(model)
-    meta = {"config": asdict(cfg), "model": fp}
+    meta: dict[str, Any] = {"config": asdict(cfg), "model": fp}
+    if base_model is not None:
+        meta["base_model"] = model_fingerprint(base_model)
     options = cfg.estimator_options()
     tau = cfg.resolved_max_iter()
     start_it = 0
@@ -229,7 +255,7 @@ def train(
         # compile changes speed, not results: a fit may be resumed with or without it
         same = {k: v for k, v in (state.get("config") or {}).items() if k != "compile"} == \
             {k: v for k, v in meta["config"].items() if k != "compile"}
-        if not same or state.get("model") != fp:
+        if not same or state.get("model") != fp or state.get("base_model") != meta.get("base_model"):
             raise ValueError(
                 "the checkpoint was made with a different configuration or model; "
                 f"checkpoint config: {state.get('config')}, now: {meta['config']}"
@@ -264,6 +290,8 @@ def train(
         options["callback"] = callback
     if contrast_prompts is not None:
         options["contrast_prompts"] = list(contrast_prompts)
+    if base_model is not None:
+        options["base_model"] = base_model
     est = spec.make(**options)
     try:
         est.fit(delta)
@@ -275,7 +303,8 @@ def train(
     feats = est.to_features(
         model=fp, prompts=list(prompts), positions=cfg.positions,
         extra={"random_state": cfg.random_state, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts),
-               **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts), **cfg.extra},
+               **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts),
+               **({"base_model": meta["base_model"]} if base_model is not None else {}), **cfg.extra},
     )
     if start_it:  # the iterations before the resume count too
         extra = {**feats.extra, "n_iter": start_it + int(feats.extra.get("n_iter", 0)), "resumed_at": start_it}
@@ -287,7 +316,7 @@ def train(
 
 
 def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | None) -> dict[str, Any]:
-    if cfg.method == "mean-diff" and contrast_prompts:
+    if cfg.method in CONTRAST_METHODS and contrast_prompts:
         return {"contrast_prompts_hash": prompts_hash(list(contrast_prompts)), "n_contrast_prompts": len(contrast_prompts)}
     if cfg.method == "one-shot":
         return {"completion": cfg.completion, "suppress": cfg.suppress, "one_shot_mode": cfg.one_shot_mode}

@@ -23,12 +23,15 @@ from melbo.fit.linear import (
 )
 from melbo.fit.quadratic import QuadraticDCT, als_step, quadratic_als, quadratic_dct
 from melbo.fit.result import FitResult, IterationState
+from melbo.fit.two_map import ContrastiveDCT, DifferenceMap, ModelDiffDCT, two_map_dct
 
 __all__ = [
     "INITS",
     "CalibrationError",
     "CalibrationResult",
     "Callback",
+    "ContrastiveDCT",
+    "DifferenceMap",
     "ConvergenceWarning",
     "ExponentialDCT",
     "FitEstimator",
@@ -36,6 +39,7 @@ __all__ = [
     "Init",
     "IterationState",
     "LinearDCT",
+    "ModelDiffDCT",
     "OGIStep",
     "QuadraticDCT",
     "RandomState",
@@ -55,4 +59,5 @@ __all__ = [
     "quadratic_als",
     "quadratic_dct",
     "solve_alphas",
+    "two_map_dct",
 ]

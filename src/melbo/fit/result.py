@@ -11,6 +11,8 @@ exponential        fitted by OGI               K⁻¹b, K α = b (:mod:`melbo.fi
 quadratic          fitted by ALS               K⁻¹(½R² b) (:mod:`melbo.fit.alphas`)        —
 linear             left singular vectors of J  R · s_i (singular value), both signs        —
 linear-projected   normalise(Δ_R(v_ℓ))         linear normal equations, per sign half      —
+contrastive        fitted by two-map OGI       K⁻¹b on Δ_A (norm penalty) or on Δ_A − μΔ_B ‖Δ_A(R v_ℓ)‖ − μ‖Δ_B(R v_ℓ)‖
+model-diff         fitted by two-map OGI       the same (:mod:`melbo.fit.two_map`)         ‖Δ_A(R v_ℓ)‖ − μ‖Δ_B(R v_ℓ)‖
 melbo-v1           normalise(Δ_R(v_ℓ))         ‖Δ_R(v_ℓ)‖                                  f(R v_ℓ), the MELBO objective
 random             normalise(Δ_R(v_ℓ))         ‖Δ_R(v_ℓ)‖                                  —
 one-shot           None (learns no target)     ‖Δ_R(v)‖, R = ‖v‖                           final one-shot objective
@@ -20,7 +22,7 @@ mean-diff          None (learns no target)     ‖Δ_R(v)‖                    
 ``history`` is always one value per *iteration* of the fit (the training curve; empty for
 methods without iterations, and for melbo-v1, whose per-vector curves are
 the fitted ``curves_`` of :class:`melbo.baselines.MelboV1`): Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ for the exponential,
-Σ_ℓ T⁽²⁾(u_ℓ, v_ℓ, v_ℓ) for the quadratic, the maximised objective before each Adam step
+Σ_ℓ T⁽²⁾(u_ℓ, v_ℓ, v_ℓ) for the quadratic, the two-map objective for contrastive and model-diff, the maximised objective before each Adam step
 for one-shot. ``scores`` is one value per *vector* (empty where the method has none).
 """
 
