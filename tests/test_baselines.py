@@ -318,7 +318,7 @@ def test_cli_train_random_mean_diff_melbo_v1_one_shot(saved: tuple[Path, Path, P
     ("method", "extra", "match"),
     [
         ("mean-diff", [], "needs a contrast prompt set B (--contrast-prompts FILE)"),
-        ("random", ["--contrast-prompts", "B"], "only used by method 'mean-diff'"),
+        ("random", ["--contrast-prompts", "B"], "only used by methods mean-diff, contrastive"),
         ("one-shot", [], "needs a completion (--completion TEXT)"),
         ("one-shot", ["--completion", "Sure", "--one-shot-mode", "mixed"], "--suppress TEXT"),
         ("random", ["--steps", "3"], "method 'random' runs no iterations"),
