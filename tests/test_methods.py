@@ -37,6 +37,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "melbo-v1": {"n_factors": 2, "max_iter": 3, "lr": 0.01},
     "one-shot": {"n_factors": 1, "max_iter": 3, "completion": "Sure"},
     "mean-diff": {"n_factors": 1, "contrast_prompts": CONTRAST},
+    "obprop": {"n_factors": 1, "token_a": "Sure", "token_b": "I"},  # "Sorry" is not one tiny-tokenizer token
     "random": {"n_factors": 3},
 }
 

@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_factors=args.factors, max_iter=args.max_iter, lam=args.lam, R=args.R, random_state=args.seed,
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
-        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile,
+        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
         sequential=args.sequential, orient=args.orient,
     )
     cfg.validate()
@@ -478,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--completion", default=None, help="one-shot (required there): the completion to promote (suppress in mode suppress)")
     tr.add_argument("--suppress", default=None, help="one-shot, mode mixed: the completion to suppress")
     tr.add_argument("--one-shot-mode", choices=ONE_SHOT_MODES, default="promote")
+    tr.add_argument("--token-a", default="Sure", help="obprop: the observable is logit(A) − logit(B) at the first generated position")
+    tr.add_argument("--token-b", default="Sorry", help="obprop: token B of the observable")
     tr.add_argument("--lr", type=float, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
     tr.add_argument("--out", required=True, help="output directory")
     tr.add_argument("--force", action="store_true", help="overwrite features in a non-empty --out")
