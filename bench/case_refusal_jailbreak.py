@@ -19,7 +19,10 @@ Protocol:
   of coherent completions of the best vector, with examples.
 * Methods, all at the same norm R: exponential DCT (``--m``), random unit vectors (``--m``),
   mean difference (harmless − harmful organism training prompts, one vector) and one-shot
-  (one vector optimised to make the first pool goal start with ``--completion``).
+  (one vector optimised to make the first pool goal start with ``--completion``), and, with
+  ``--methods ... obprop``, the observable-propagation direction (the gradient of the
+  first-token logit(``--token-a``) − logit(``--token-b``) at the source layer, averaged over the
+  training goals).
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             contrast = [e.prompt for e in data.train if e.tag == "harmful"][:64]
         if method == "one-shot":
             extra = {"completion": args.completion, "max_iter": args.one_shot_steps}
-        m = 1 if method in ("mean-diff", "one-shot") else args.m
+        if method == "obprop":
+            extra = {"token_a": args.token_a, "token_b": args.token_b}
+        m = 1 if method in ("mean-diff", "one-shot", "obprop") else args.m
         if get_method(method).iterative:
             extra["max_iter"] = args.iters
         cfg = TrainConfig(source_layer=args.s, target_layer=args.t, method=method, n_factors=m,

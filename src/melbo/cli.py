@@ -248,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_factors=args.factors, max_iter=args.max_iter, lam=args.lam, R=args.R, random_state=args.seed,
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
-        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile,
+        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
         sequential=args.sequential, orient=args.orient, mu=args.mu, penalty=args.penalty,
     )
     cfg.validate()
@@ -336,6 +336,62 @@ def cmd_steer(args: argparse.Namespace) -> int:
         steered = generate(model, tok, prompts, **kw)  # type: ignore[arg-type]
     for p, a, b in zip(prompts, plain, steered):
         sys.stdout.write(f"=== {p}\n--- unsteered:\n{a.strip()}\n--- feature {args.feature} (scale {args.scale}, R {feats.R:.4g}):\n{b.strip()}\n\n")
+    return 0
+
+
+# Choices of melbo.monitor (which imports torch), copied for --help; tests/test_cli_start.py checks them.
+MONITOR_DETECTORS = ("features", "mahalanobis")  # = melbo.monitor.DETECTORS
+MONITOR_VIEWS = ("source", "target", "both")  # = melbo.monitor.VIEWS
+MONITOR_REDUCES = ("max", "rms")  # = melbo.monitor.REDUCES
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    _need_file("--clean", args.clean)
+    _need_file("--prompts", args.prompts)
+    if not 0 <= args.fpr < 1:
+        raise ValueError(f"--fpr {args.fpr!r}: must be a number with 0 ≤ fpr < 1")
+    if args.folds < 2:
+        raise ValueError(f"--folds {args.folds!r}: must be ≥ 2")
+    for flag, path in (("--out", args.out), ("--save", args.save)):
+        if path is not None and Path(path).exists() and not args.force:
+            raise FileExistsError(f"{flag} {path!r} already exists; pass --force to overwrite it")
+    if args.save is not None and not args.save.endswith(".safetensors"):
+        raise ValueError(f"--save {args.save!r}: a monitor is saved as a .safetensors file")
+    from melbo.prompt_files import read_prompts
+
+    clean = read_prompts(args.clean, column=args.column)
+    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    if len(clean) < 2 * args.folds:
+        raise ValueError(f"--clean {args.clean!r} has {len(clean)} prompts; {args.folds}-fold calibration needs ≥ {2 * args.folds}")
+
+    from melbo.features import Features
+
+    feats = Features.load(args.dir)
+    if args.detector == "features" and args.view != "source" and feats.U is None:
+        raise ValueError(f"{args.dir!r} holds {feats.method!r} features without target directions: use --view source")
+    model, tok = _load(args)
+
+    from melbo.io import atomic_write_text
+    from melbo.monitor import Monitor
+
+    mon = Monitor.fit(model, tok, feats, clean, fpr=args.fpr, detector=args.detector, view=args.view,
+                      reduce=args.reduce, positions=args.positions, chat=_chat(args),  # type: ignore[arg-type]
+                      system_prompt=args.system_prompt, folds=args.folds, batch_size=args.batch_size, force=args.force)
+    if args.save:
+        mon.save(args.save, overwrite=args.force)
+    scores = mon.score(prompts, batch_size=args.batch_size).tolist()
+    rows = [{"index": i, "prompt": p, "score": s, "flagged": s > mon.threshold} for i, (p, s) in enumerate(zip(prompts, scores))]
+    if args.out:
+        atomic_write_text(args.out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    n_flag = sum(r["flagged"] for r in rows)
+    _say(f"{n_flag} of {len(rows)} prompts flagged (score > {mon.threshold:.4g}, calibrated to {args.fpr:g} false "
+         f"positives on {len(clean)} clean prompts; detector {args.detector}"
+         + ("" if args.detector == "mahalanobis" else f", view {args.view}, {args.reduce}") + ")")
+    for r in rows[: args.top]:
+        _say(f"  {'FLAG' if r['flagged'] else '    '} {r['score']:9.3f}  {str(r['prompt'])[:70]}")
+    if args.out:
+        _say(f"Scores: {args.out}")
     return 0
 
 
@@ -579,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--completion", default=None, help="one-shot (required there): the completion to promote (suppress in mode suppress)")
     tr.add_argument("--suppress", default=None, help="one-shot, mode mixed: the completion to suppress")
     tr.add_argument("--one-shot-mode", choices=ONE_SHOT_MODES, default="promote")
+    tr.add_argument("--token-a", default="Sure", help="obprop: the observable is logit(A) − logit(B) at the first generated position")
+    tr.add_argument("--token-b", default="Sorry", help="obprop: token B of the observable")
     tr.add_argument("--lr", type=_positive, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
     tr.add_argument("--out", required=True, help="output directory")
     tr.add_argument("--force", action="store_true", help="overwrite features in a non-empty --out")
@@ -643,6 +701,27 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--max-new-tokens", type=_count(1), default=48)
     rp.add_argument("--title", default=None)
     rp.set_defaults(func=cmd_report)
+
+    mo = sub.add_parser("monitor", help="score prompts by how much they look like a learned perturbation, calibrated on clean prompts")
+    mo.add_argument("dir", help="features directory (melbo train)")
+    _add_model_args(mo)
+    _add_prompt_args(mo)
+    mo.add_argument("--clean", required=True, help="clean prompts that calibrate the detector (≥ 1/fpr of them)")
+    mo.add_argument("--prompts", required=True, help="prompts to score")
+    mo.add_argument("--fpr", type=float, default=0.01, help="false-positive rate on clean prompts (default %(default)s)")
+    mo.add_argument("--detector", choices=MONITOR_DETECTORS, default="features",
+                    help="features: |z| of the projections on the features' V (layer s) and U (layer t); "
+                         "mahalanobis: shrinkage Mahalanobis distance at layer t (needs no features)")
+    mo.add_argument("--view", choices=MONITOR_VIEWS, default="both", help="features detector: V at s, U at t, or both")
+    mo.add_argument("--reduce", choices=MONITOR_REDUCES, default="max", help="max_ℓ |z_ℓ| or sqrt(mean z²)")
+    mo.add_argument("--positions", type=int, default=None, help="last k tokens averaged (default: the features' own)")
+    mo.add_argument("--folds", type=int, default=5, help="cross-fitting folds of the calibration")
+    mo.add_argument("--batch-size", type=int, default=16)
+    mo.add_argument("--out", default=None, help="write one JSON line per prompt (index, prompt, score, flagged)")
+    mo.add_argument("--save", default=None, help="also save the calibrated monitor (.safetensors)")
+    mo.add_argument("--top", type=int, default=20, help="prompts to print")
+    mo.add_argument("--force", action="store_true", help="overwrite --out/--save; accept features from another model")
+    mo.set_defaults(func=cmd_monitor)
 
     org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
     org_sub = org.add_subparsers(dest="organism_command", required=True)

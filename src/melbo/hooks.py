@@ -121,30 +121,35 @@ def forward_until(
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     extra_hooks: Sequence[tuple[nn.Module, PreHook]] = (),
+    grad: bool = False,
 ) -> Tensor:
     """Run ``model`` on a (padded) batch until ``module`` is reached and return its hidden
     states — the ``hidden_states`` it is called with (``where="input"``, a pre-hook) or the
     hidden states it returns (``"output"``, see :func:`layer_output`) — then stop the
     forward pass, so later layers and the unembedding are never computed.
 
-    Runs under ``torch.no_grad()`` with ``use_cache=False`` and :func:`position_ids` when a
-    mask is given. ``extra_hooks``: further forward pre-hooks (``with_kwargs=True``) to hold
+    Runs under ``torch.no_grad()`` (``grad=True``: with gradients, and the result is not
+    detached — for gradients with respect to something the hooks add, e.g. a steering
+    vector) with ``use_cache=False`` and :func:`position_ids` when a mask is given. ``extra_hooks``: further forward pre-hooks (``with_kwargs=True``) to hold
     during the pass (e.g. recorders on earlier layers); all hooks are removed on exit.
 
     Returns
     -------
-    Tensor, detached, the module's dtype; shape (B, T, d) for a decoder layer.
+    Tensor, detached unless ``grad``, the module's dtype; shape (B, T, d) for a decoder layer.
     """
     if where not in ("input", "output"):
         raise ValueError(f"where={where!r}: choose 'input' or 'output'")
     store: dict[str, Tensor] = {}
 
+    def keep(h: Tensor) -> Tensor:
+        return h if grad else h.detach()
+
     def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        store["h"] = layer_input(args, kwargs).detach()
+        store["h"] = keep(layer_input(args, kwargs))
         raise StopForward
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        store["h"] = layer_output(out).detach()
+        store["h"] = keep(layer_output(out))
         raise StopForward
 
     pos = None if attention_mask is None else position_ids(attention_mask)
@@ -156,7 +161,7 @@ def forward_until(
         else:
             handles.append(module.register_forward_hook(post))
         try:
-            with torch.no_grad():
+            with torch.enable_grad() if grad else torch.no_grad():
                 model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False)
         except StopForward:
             pass

@@ -108,6 +108,9 @@ for _spec in (
     MethodSpec("melbo-v1", "melbo.baselines.melbo_v1:MelboV1", "original MELBO: maximise the target-layer change per vector"),
     MethodSpec("one-shot", "melbo.baselines.one_shot:OneShotSteering", "one vector optimised on one (prompt, completion) example", has_targets=False),
     MethodSpec("mean-diff", "melbo.baselines.mean_diff:MeanDifference", "difference of mean activations on two prompt sets", has_targets=False),
+    MethodSpec("obprop", "melbo.baselines.obprop:ObservablePropagation",
+               "gradient of logit(A) - logit(B) w.r.t. the source-layer residual stream (observable propagation)",
+               has_targets=False),
     MethodSpec("random", "melbo.baselines.random_vectors:RandomVectors", "random unit vectors (the noise floor)"),
 ):
     register(_spec)

@@ -76,6 +76,8 @@ class TrainConfig:
     completion: str | None = None  # one-shot: promoted (suppressed in mode "suppress")
     suppress: str | None = None  # one-shot, mode "mixed": the completion to suppress
     one_shot_mode: str = "promote"
+    token_a: str = "Sure"  # obprop: the observable logit(A) − logit(B) at the first generated position
+    token_b: str = "Sorry"
     lr: float | None = None  # melbo-v1: 1e-3; one-shot: 0.01
     orthogonal: bool = True  # melbo-v1: each vector orthogonal to the earlier ones
     compile: bool = False  # torch.compile the slice layers (pays on long fits; see TransformerCausalMap)
@@ -151,6 +153,7 @@ class TrainConfig:
             "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
             "ortho": self.ortho, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
             "completion": self.completion, "suppress": self.suppress, "mu": self.mu, "penalty": self.penalty,
+            "token_a": self.token_a, "token_b": self.token_b,
         }
         for name, v in (("max_iter", self.max_iter), ("lr", self.lr)):
             if v is not None:
@@ -322,4 +325,6 @@ def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | N
         return {"completion": cfg.completion, "suppress": cfg.suppress, "one_shot_mode": cfg.one_shot_mode}
     if cfg.method == "melbo-v1":
         return {"orthogonal": cfg.orthogonal}
+    if cfg.method == "obprop":
+        return {"observable": [cfg.token_a, cfg.token_b]}
     return {}

@@ -12,6 +12,10 @@ tool applies), plus an estimator with the one contract of :mod:`melbo.fit.estima
   map's first) and a completion to promote (and/or one to suppress), given to the estimator.
 * ``"mean-diff"`` — :func:`mean_difference` / :class:`MeanDifference`: the causal map's
   prompts (set A) against a contrast set B, given to the estimator.
+* ``"obprop"`` — :func:`observable_direction` / :class:`ObservablePropagation`: the gradient
+  of ``logit(A) − logit(B)`` with respect to the source-layer residual stream, averaged over
+  the causal map's prompts (observable propagation); ``token_a``/``token_b`` given to the
+  estimator.
 * ``"random"`` — :func:`random_vectors` / :class:`RandomVectors`: any
   :class:`~melbo.protocol.CausalMap`.
 
@@ -26,6 +30,14 @@ from melbo.baselines.mean_diff import (
     mean_difference,
 )
 from melbo.baselines.melbo_v1 import MelboV1, melbo_v1, melbo_v1_objective, per_prompt_delta
+from melbo.baselines.obprop import (
+    ObservablePropagation,
+    cosine_similarity,
+    coupling_coefficient,
+    linear_readout,
+    observable_direction,
+    observable_gradients,
+)
 from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.baselines.one_shot import (
     OneShotSteering,
@@ -39,15 +51,21 @@ __all__ = [
     "MeanDifference",
     "MelboV1",
     "ONE_SHOT_MODES",
+    "ObservablePropagation",
     "OneShotSteering",
     "RandomVectors",
     "completion_log_probs",
+    "coupling_coefficient",
+    "cosine_similarity",
     "encode_completions",
     "layer_input_activations",
+    "linear_readout",
     "mean_activation",
     "mean_difference",
     "melbo_v1",
     "melbo_v1_objective",
+    "observable_direction",
+    "observable_gradients",
     "one_shot",
     "output_directions",
     "per_prompt_delta",

@@ -137,6 +137,7 @@ def last_position_logits(
     token_ids: Sequence[int],
     *,
     access: LayerAccess | None = None,
+    grad: bool = False,
 ) -> Tensor:
     """The model's logits of ``token_ids`` at the last position, from two-row-style readout.
 
@@ -146,6 +147,9 @@ def last_position_logits(
         Left-padded (the last column is every row's last prompt token).
     token_ids : sequence of int
         Vocabulary ids to read (only these unembedding rows are used).
+    grad : bool
+        Keep the autograd graph (for gradients with respect to what a hook adds, such as a
+        steering vector; the model's weights are read detached).
 
     Returns
     -------
@@ -170,8 +174,8 @@ def last_position_logits(
     if bad:
         raise ValueError(f"token ids {bad} are outside the unembedding's vocabulary of {vocab}")
     h = forward_until(model, acc.layers[acc.n_layers - 1], where="output", input_ids=input_ids,
-                      attention_mask=attention_mask)[:, -1, :]  # (B, d), output of the last decoder layer
-    with torch.no_grad():
+                      attention_mask=attention_mask, grad=grad)[:, -1, :]  # (B, d), output of the last decoder layer
+    with torch.enable_grad() if grad else torch.no_grad():
         normed = acc.final_norm(h).float()  # (B, d)
         idx = torch.tensor(ids, device=W.device)
         rows = W.detach().index_select(0, idx).to(device=normed.device, dtype=torch.float32)  # (k, d)

@@ -17,6 +17,7 @@ melbo-v1           normalise(Δ_R(v_ℓ))         ‖Δ_R(v_ℓ)‖             
 random             normalise(Δ_R(v_ℓ))         ‖Δ_R(v_ℓ)‖                                  —
 one-shot           None (learns no target)     ‖Δ_R(v)‖, R = ‖v‖                           final one-shot objective
 mean-diff          None (learns no target)     ‖Δ_R(v)‖                                    —
+obprop             None (learns no target)     ‖Δ_R(v)‖                                    ‖y‖, the observable's gradient norm
 =================  ==========================  ==========================================  =============================
 
 ``history`` is always one value per *iteration* of the fit (the training curve; empty for
