@@ -249,7 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
         one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
-        sequential=args.sequential, orient=args.orient, mu=args.mu, penalty=args.penalty,
+        sequential=args.sequential, orient=args.orient, ortho=args.ortho, mu=args.mu, penalty=args.penalty,
     )
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast)
@@ -617,7 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--positions", type=_count(1), default=3, help="last k tokens of each prompt")
-    tr.add_argument("--beta", type=_positive, default=1.0, help="OGI damping in (0, 1]")
+    tr.add_argument("--beta", type=_positive, default=1.0,
+                    help="OGI damping in (0, 1] (default 1: the published step; melbo discover uses 0.5, which settles on Gemma)")
+    tr.add_argument("--ortho", choices=("qr", "polar"), default="qr",
+                    help="OGI orthogonalisation: qr (published, default) or polar (melbo discover's default)")
     tr.add_argument("--init", default="projected", help="OGI init: projected | random")
     tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
     tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")
