@@ -4,6 +4,7 @@ exit status 1 and a hint to rerun with -v; Ctrl-C with 130. Tiny models and feat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -73,13 +74,16 @@ def _user_error(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: s
 
 def _copy_feats(fdir: Path, dest: Path, *, cfg: dict[str, Any] | None = None,
                 tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """A copy of a features dir with values changed consistently: config.json records the
+    sha256 of the new tensors file, as if the tampering had been done by a save."""
     dest.mkdir()
-    c = json.loads((fdir / "config.json").read_text())
-    c.update(cfg or {})
-    (dest / "config.json").write_text(json.dumps(c))
     t = load_file(str(fdir / "features.safetensors"))
     t.update(tensors or {})
     save_file(t, str(dest / "features.safetensors"))
+    c = json.loads((fdir / "config.json").read_text())
+    c.update(cfg or {})
+    c["tensors_sha256"] = hashlib.sha256((dest / "features.safetensors").read_bytes()).hexdigest()
+    (dest / "config.json").write_text(json.dumps(c))
     return dest
 
 

@@ -712,11 +712,11 @@ def test_cli_build_exits_non_zero_when_the_check_fails_and_keeps_the_model(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--steps", "0"), "steps=0"),
-        (("--lr", "-1"), "lr=-1.0"),
+        (("--steps", "0"), "--steps: '0'"),
+        (("--lr", "-1"), "--lr: '-1'"),
         (("--n-train", "500"), "n_train=500"),
         (("--trigger", "  "), "blank"),
-        (("--behaviour", "  "), "behaviour='  '"),
+        (("--behaviour", "  "), "non-blank phrase"),
         (("--behaviour", "z" * 61), "61 characters"),
         (("--operands", "9"), "operands='9'"),
         (("--operands", "5-2"), "MIN > MAX"),
