@@ -700,6 +700,26 @@ def test_an_adapter_on_another_base_model_is_refused(tiny_dir: Path, tmp_path: P
         load_model(out)
 
 
+def test_cli_merge_writes_the_merged_model_beside_the_adapter_and_a_missing_base_is_named(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from melbo.models.errors import ModelNotFoundError
+    from melbo.models.loading import load_model
+
+    out = tmp_path / "org"
+    assert main(_cli(tiny_dir, out, "--merge")) == 1  # the 2-step organism does not take; it is saved anyway
+    assert (out / "merged" / "config.json").is_file() and (out / "merged" / "tokenizer_config.json").is_file()
+    assert (out / ADAPTER_CONFIG).is_file() and not (out / "config.json").exists()
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        (lone / name).write_bytes((out / name).read_bytes())
+    cfg = json.loads((lone / ADAPTER_CONFIG).read_text())
+    (lone / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(ModelNotFoundError, match="base model of peft adapter.*gone.*base_model_name_or_path"):
+        load_model(lone)
+
+
 def test_a_checkpoint_of_the_pre_peft_lora_is_not_resumed(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ck = tmp_path / "ck"
     ck.mkdir()

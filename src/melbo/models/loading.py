@@ -211,7 +211,11 @@ def _load_adapter(source: ModelSource, **kwargs: Any) -> tuple[PreTrainedModel, 
     if Path(base).expanduser().resolve() == Path(source.location).resolve():
         raise ModelLoadError(f"the adapter in {source.location!r} names itself as its base model")
     start = time.perf_counter()
-    model, tokenizer = load_model(base, **kwargs)
+    try:
+        model, tokenizer = load_model(base, **kwargs)
+    except (ModelNotFoundError, FileNotFoundError) as err:
+        raise ModelNotFoundError(f"the base model of {source.description} is not here: {err} (its "
+                                 "adapter_config.json names it as base_model_name_or_path)") from None
     if (Path(source.location) / "tokenizer_config.json").is_file():
         with transformers_progress(kwargs["progress"]):
             tokenizer = hf.load_tokenizer(ModelSource("dir", source.location, None, source.description),
