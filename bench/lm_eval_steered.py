@@ -3,7 +3,7 @@
 One command, no network (issue 15 item 2):
 
 1. a steering vector on the packaged Gemma-3-270M: the mean difference of the residual stream
-   entering layer ``--layer`` between harmful (AdvBench) and harmless (Alpaca) requests
+   entering layer ``--layer`` between harmless (Alpaca) and harmful (AdvBench) requests
    (``melbo.baselines.mean_diff``; 32 + 32 prompts never used below), as melbo ``Features``;
 2. ``melbo.export.lm_eval.write_lm_eval_steer`` writes it at ``--scale`` as lm-eval's steering
    file (hook point ``layers.{layer-1}``: the output of the block before melbo's layer);
@@ -82,7 +82,7 @@ def _run_lm_eval(model_type: str, model_args: dict[str, Any], task_dir: Path) ->
     assert res is not None
     samples = sorted(res["samples"][TASK], key=lambda s: s["doc_id"])
     ll = [[float(r[0][0]) for r in s["resps"]] for s in samples]  # resps: one [(ll, is_greedy)] per choice
-    metrics = {k: v for k, v in res["results"][TASK].items() if isinstance(v, (int, float))}
+    metrics = {k.split(",")[0]: v for k, v in res["results"][TASK].items() if isinstance(v, (int, float))}  # "acc,none"
     return metrics, ll
 
 
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = melbo.load_model(args.model, dtype="float32", progress=False)
     model_dir = packaged_model_dir(args.model) if args.model in PACKAGED_MODELS else Path(args.model)
     harmful, harmless, items = _items(Path(args.data), args.n_train, args.n)
-    fit = mean_difference(model, harmful, harmless, layer=args.layer, tokenizer=tok, chat=False)
+    # toward "harmless": the unsteered base model calls almost every request harmful
+    fit = mean_difference(model, harmless, harmful, layer=args.layer, tokenizer=tok, chat=False)
     feats = Features.from_fit(fit, source_layer=args.layer, target_layer=args.layer + 1, model=model,
                               prompts=harmful + harmless)
     timings = {"vector_s": time.perf_counter() - t0}
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         steer_file = write_lm_eval_steer(feats, 0, args.scale, work / "steer.pt", model=model)
         entry = next(iter(read_lm_eval_steer(steer_file).items()))
-        yaml = _task_files(work, items)
+        yaml = _task_files(work, items).replace(str(work), "<temporary directory>")  # recorded without this machine's path
         common = {"pretrained": str(model_dir), "dtype": "float32", "device": "cpu", "add_bos_token": True}
         t = time.perf_counter()
         plain_metrics, plain_ll = _run_lm_eval("hf", common, work)
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "layer": args.layer, "scale": args.scale, "R": feats.R, "hookpoint": entry[0],
         "steering_coefficient": entry[1]["steering_coefficient"],
         "steering_vector_norm": float(entry[1]["steering_vector"].norm()),
-        "vector": f"mean difference harmful - harmless at layer {args.layer} ({args.n_train} + {args.n_train} prompts)",
+        "vector": f"mean difference harmless - harmful at layer {args.layer} ({args.n_train} + {args.n_train} prompts)",
         "task": {"items": len(items), "choices": CHOICES, "question": QUESTION, "yaml": yaml},
         "lm_eval": {"version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?",
                     "unsteered": {**plain_metrics, "said_harmful": _said_harmful(plain_ll)},

@@ -7,6 +7,8 @@ this melbo) and ``--old`` (a merged model, melbo before peft) — and reports
 * build time and behaviour check from each ``organism.json`` (the old one's, as recorded);
 * loading ``--new``: ``melbo.load_model`` seconds, and its next-token logits on the held-out
   probes against ``peft.AutoPeftModelForCausalLM.from_pretrained`` (plain peft) — max |Δ|;
+* whether both were built from the same recipe and data, and then the largest difference of
+  their training losses (peft draws the adapters as melbo's own LoRA did);
 * the behaviour of the loaded organism again: greedy completions of the held-out probes
   (``--probes`` per group), the kind's rate per group.
 
@@ -82,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     res["new"]["reloaded_rates"] = behaviour_rates(record["kind"], probes, completions, phrase=phrase)
     res["new"]["reloaded_probes"] = len(probes)
     res["size_ratio_model_bytes"] = res["old"]["model_bytes"] / res["new"]["model_bytes"]
+    # the same recipe and seed: peft's LoRA draws A as melbo's own LoRA did, so the runs should coincide
+    old_rec = json.loads((old / "organism.json").read_text())
+    same = old_rec.get("data_sha256") == record.get("data_sha256") and \
+        json.loads((old / "recipe.json").read_text())["config"] == json.loads((new / "recipe.json").read_text())["config"]
+    lo, ln = old_rec["finetune"]["losses"], record["finetune"]["losses"]
+    res["same_recipe_and_data"] = same
+    res["training_loss_max_abs_diff"] = max(abs(a - b) for a, b in zip(lo, ln)) if same and len(lo) == len(ln) else None
     res["load_average"] = os.getloadavg()
     text = json.dumps(res, indent=1)
     sys.stdout.write(text + "\n")
@@ -94,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"| {name} | {s['dir_bytes'] * mb:.1f} MiB | {s['model_bytes'] * mb:.1f} MiB | "
                   f"{tm.get('total_s', float('nan')) / 60:.1f} min | {tm.get('train_s', float('nan')) / 60:.1f} min | "
                   f"{', '.join(f'{k} {v:.0%}' for k, v in s['rates'].items())} |")
+    if res["training_loss_max_abs_diff"] is not None:
+        md += ["", f"Same recipe, seed and data: the {len(ln)} training losses of the peft run differ from the "
+                   f"merged (pre-peft) run's by at most {res['training_loss_max_abs_diff']:.1e}."]
     md += ["", f"melbo.load_model vs AutoPeftModelForCausalLM, next-token logits on {len(probes)} probes: max |Δ| "
                f"{res['new']['melbo_vs_peft_max_abs_logit_diff']:.2e}; reloaded organism's rates "
                f"{res['new']['reloaded_rates']}."]
