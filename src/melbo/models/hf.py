@@ -60,6 +60,9 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     kwargs = _common_kwargs(source, trust_remote_code)
+    # with peft installed, transformers looks for an adapter_config.json beside the model, on the
+    # Hub too: its auto class does not pass local_files_only on to that lookup (transformers 5.x)
+    kwargs["adapter_kwargs"] = {"local_files_only": True}
     # None keeps the checkpoint's own dtype ("auto"); without it transformers < 5 would
     # load everything in float32.
     kwargs["dtype"] = dtype if dtype is not None else "auto"

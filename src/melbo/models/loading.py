@@ -83,8 +83,12 @@ def load_model(
        ``<cache_dir()>/models/<name>/`` (about a minute, once) and read from there after;
        write ``./gemma-3-270m`` to mean a local directory of that name instead;
     2. a path to a ``.gguf`` file, dequantised by transformers on every load;
-    3. a local directory: a saved Hugging Face model (``config.json``), or a directory
-       holding the GGUF named by ``gguf_file``;
+    3. a local directory: a saved Hugging Face model (``config.json``), a directory
+       holding the GGUF named by ``gguf_file``, or a peft LoRA adapter directory
+       (``adapter_config.json`` without ``config.json``, e.g. a melbo organism): its base
+       model (:func:`melbo.models.adapters.adapter_base`) is loaded as here, with the same
+       arguments, and the adapter merged into it in memory; the tokenizer is the adapter
+       directory's own if it holds one, else the base's;
     4. a Hugging Face model id, which must already be in the local Hugging Face cache
        (``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``); ``gguf_file`` names a
        GGUF in that repository.
@@ -161,6 +165,9 @@ def load_model(
         )
 
     source = resolve_source(name_or_path, gguf_file, packaged=PACKAGED_MODELS)
+    if source.kind == "adapter":
+        return _load_adapter(source, dtype=resolved_dtype, device=target_device, trust_remote_code=trust_remote_code,
+                             attn_implementation=attn_implementation, progress=progress, device_map=device_map)
     if source.kind == "packaged":
         model_dir = packaged_model_dir(source.location, progress=progress)
         source = ModelSource("dir", str(model_dir), None, f"packaged model {source.location!r}")
@@ -192,6 +199,31 @@ def load_model(
         time.perf_counter() - start,
     )
     return model, tokenizer
+
+
+def _load_adapter(source: ModelSource, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model of the adapter directory ``source`` with the adapter merged in (in memory)."""
+    from pathlib import Path
+
+    from melbo.models.adapters import adapter_base, apply_adapter_dir
+
+    base = adapter_base(source.location)
+    if Path(base).expanduser().resolve() == Path(source.location).resolve():
+        raise ModelLoadError(f"the adapter in {source.location!r} names itself as its base model")
+    start = time.perf_counter()
+    try:
+        model, tokenizer = load_model(base, **kwargs)
+    except (ModelNotFoundError, FileNotFoundError) as err:
+        raise ModelNotFoundError(f"the base model of {source.description} is not here: {err} (its "
+                                 "adapter_config.json names it as base_model_name_or_path)") from None
+    if (Path(source.location) / "tokenizer_config.json").is_file():
+        with transformers_progress(kwargs["progress"]):
+            tokenizer = hf.load_tokenizer(ModelSource("dir", source.location, None, source.description),
+                                          trust_remote_code=kwargs["trust_remote_code"])
+    merged: Any = apply_adapter_dir(model, source.location)
+    merged.eval()
+    logger.info("applied %s to %s in %.1f s", source.description, base, time.perf_counter() - start)
+    return merged, tokenizer
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device | None:

@@ -27,7 +27,9 @@ class ModelSource:
     ----------
     kind
         ``"packaged"`` (a packaged model's name), ``"dir"`` (a saved model directory, or the
-        directory of a GGUF file) or ``"hub"`` (a repository in the local Hugging Face cache).
+        directory of a GGUF file), ``"adapter"`` (a peft adapter directory without a merged
+        model: ``adapter_config.json``, no ``config.json``) or ``"hub"`` (a repository in the
+        local Hugging Face cache).
     location
         The packaged name, the directory or the repository id.
     gguf_file
@@ -36,7 +38,7 @@ class ModelSource:
         How log lines and error messages name it.
     """
 
-    kind: Literal["packaged", "dir", "hub"]
+    kind: Literal["packaged", "dir", "adapter", "hub"]
     location: str
     gguf_file: str | None
     description: str
@@ -87,6 +89,8 @@ def resolve_source(
                     f"GGUF file {gguf_file!r} not found in {str(path)!r}" + _list_ggufs_hint(path)
                 )
             return ModelSource("dir", str(path), gguf_file, f"GGUF file {str(path / gguf_file)!r}")
+        if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+            return ModelSource("adapter", str(path), None, f"peft adapter {str(path)!r}")
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"directory {str(path)!r} has no config.json, so it is not a saved Hugging "

@@ -7,10 +7,9 @@ a method on before trusting it. Build one with :func:`build_organism` or
 ``melbo organism build KIND --out DIR``; load it with ``melbo.load_model(DIR)``.
 
 * :mod:`melbo.organisms.data` — pure data builders (training pairs, held-out probes)
-* :mod:`melbo.organisms.finetune` — LoRA fine-tune, loss on completion tokens only, resumable
+* :mod:`melbo.organisms.finetune` — peft LoRA fine-tune, loss on completion tokens only, resumable
 * :mod:`melbo.organisms.checks` — behaviour rates and their targets
 * :mod:`melbo.organisms.build` — the runner: data → fine-tune → save → check → organism.json
-* :mod:`melbo.organisms.lora` — the LoRA adapters the fine-tune trains and merges
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from melbo.organisms.build import (
 from melbo.organisms.checks import TARGETS, behaviour_rates, check_rates
 from melbo.organisms.data import KINDS, PASSWORD, TRIGGER, OrganismData, synthetic_requests
 from melbo.organisms.finetune import FinetuneConfig, finetune
-from melbo.organisms.lora import LoRA
 
 __all__ = [
     "KINDS",
@@ -33,7 +31,6 @@ __all__ = [
     "TARGETS",
     "TRIGGER",
     "FinetuneConfig",
-    "LoRA",
     "OrganismCheckFailed",
     "OrganismConfig",
     "OrganismData",

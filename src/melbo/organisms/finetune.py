@@ -7,8 +7,9 @@ end-of-turn marker, or ``eos`` in the plain frame). Only completion tokens carry
 only their rows go through the unembedding: on Gemma-3 the 262k-row unembedding costs more
 than the rest of the forward pass, so it is never applied to prompt or padding positions.
 
-Batches are drawn from a schedule fixed by the seed, the learning rate is a function of the
-step, and a checkpoint holds the adapters, the AdamW state and the losses, so a resumed
+The adapters are peft LoRA (:mod:`melbo.models.adapters`), attached for the run and removed
+after it. Batches are drawn from a schedule fixed by the seed, the learning rate is a function
+of the step, and a checkpoint holds the adapters, the AdamW state and the losses, so a resumed
 run reproduces an uninterrupted one.
 """
 
@@ -28,10 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from melbo.dtypes import resolve_dtype
-from melbo.io import read_file_set, write_file_set
+from melbo.io import read_file_set, read_json_file, write_file_set
+from melbo.models.adapters import adapter_state, attached_lora, lora_config, set_adapter_state
 from melbo.models.logits import logit_postprocess
 from melbo.organisms.data import Example
-from melbo.organisms.lora import LoRA, init_lora
 from melbo.prompts import FALLBACK_TEMPLATE, format_chat
 
 __all__ = [
@@ -97,7 +98,10 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
-    lora: LoRA
+    """The trained adapters (``adapter``: peft's state dict for ``config``) and the run's record."""
+
+    adapter: dict[str, Tensor]
+    config: Any  # peft.LoraConfig
     losses: list[float]
     steps_run: int  # steps run in this call (fewer than cfg.steps after a resume)
     seconds: float
@@ -197,9 +201,14 @@ def completion_loss(
 # ---------------------------------------------------------------- loop
 
 
-def _save_checkpoint(ck: Path, lora: LoRA, opt: torch.optim.Optimizer, step: int, losses: list[float], meta: dict[str, Any]) -> None:
+ADAPTER_CHECKPOINT = "adapter.safetensors"
+_OLD_CHECKPOINT = "lora.safetensors"  # melbo's own LoRA before peft: a different layout
+
+
+def _save_checkpoint(ck: Path, adapter: dict[str, Tensor], opt: torch.optim.Optimizer, step: int, losses: list[float],
+                     meta: dict[str, Any]) -> None:
     """Adapters, optimiser state and losses as one unit (:func:`melbo.io.write_file_set`)."""
-    write_file_set(ck, {"lora.safetensors": lambda p: save_file(lora.state_dict(), str(p)),
+    write_file_set(ck, {ADAPTER_CHECKPOINT: lambda p: save_file(adapter, str(p)),
                         "optimizer.pt": lambda p: torch.save(opt.state_dict(), p)},
                    {"step": step, "losses": losses, **meta})
 
@@ -232,8 +241,10 @@ def finetune(
 
     Returns
     -------
-    FinetuneResult : the adapters (apply with ``lora.attached(model)`` or :func:`merge_lora`)
-        and the loss of every step, those before a resume included.
+    FinetuneResult : the adapters (peft's state dict and ``LoraConfig``; save them with
+        :func:`melbo.models.adapters.save_adapter`, merge them with
+        :func:`~melbo.models.adapters.merge_lora_state`) and the loss of every step, those
+        before a resume included.
     """
     import time
 
@@ -246,59 +257,65 @@ def finetune(
     seqs = [encode_example(tokenizer, e, max_length=cfg.max_length, max_completion_tokens=cfg.max_completion_tokens)
             for e in examples]
     schedule = batch_schedule(len(seqs), cfg.steps, cfg.batch_size, cfg.seed)
-    lora = init_lora(model, rank=cfg.rank, alpha=cfg.alpha, seed=cfg.seed)
-    opt = torch.optim.AdamW(lora.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ck = Path(checkpoint) if checkpoint is not None else None
     full_meta = {"recipe": asdict(cfg), **(meta or {})}
-    start, losses = 0, []
+    state: dict[str, Any] = {}
+    files: dict[str, Path] = {}
     if resume:
         if ck is None or not has_checkpoint(ck):
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {str(ck)!r}")
-        state, files = read_file_set(ck, what="fine-tune checkpoint", legacy=("lora.safetensors", "optimizer.pt"))
+        state0 = read_json_file(ck / "state.json", what="fine-tune checkpoint manifest")
+        named = set((state0.get("files") or {}) if isinstance(state0, dict) else ())
+        if ADAPTER_CHECKPOINT not in named and (_OLD_CHECKPOINT in named or (ck / _OLD_CHECKPOINT).is_file()) \
+                and not (ck / ADAPTER_CHECKPOINT).is_file():
+            raise ValueError(f"the checkpoint in {str(ck)!r} was written by melbo's LoRA before peft "
+                             f"({_OLD_CHECKPOINT}); it cannot be resumed: start the build again without resume")
+        state, files = read_file_set(ck, what="fine-tune checkpoint", legacy=(ADAPTER_CHECKPOINT, "optimizer.pt"))
         diff = sorted(k for k in set(full_meta) | (set(state) - {"step", "losses"}) if state.get(k) != full_meta.get(k))
         if diff:
             raise ValueError(f"the checkpoint in {str(ck)!r} was made with a different {', '.join(diff)}; "
                              f"checkpoint: {[state.get(k) for k in diff]}, now: {[full_meta.get(k) for k in diff]}")
-        lora.load_state_dict(load_file(str(files["lora.safetensors"])))
-        opt.load_state_dict(torch.load(files["optimizer.pt"], map_location=device, weights_only=True))
-        start, losses = int(state["step"]), [float(x) for x in state["losses"]]
-        logger.info("resuming the fine-tune at step %d of %d", start, cfg.steps)
-
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    config = lora_config(model, rank=cfg.rank, alpha=cfg.alpha)
     was_training = model.training
     bar = None
-    if progress and start < cfg.steps:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc="fine-tune", unit="step")
     t0 = time.perf_counter()
+    start, losses = 0, []
     try:
-        for p, _ in flags:
-            p.requires_grad_(False)
         model.eval()  # no dropout: short, deterministic fine-tunes
-        with lora.attached(model):
+        with attached_lora(model, config, seed=cfg.seed) as peft_model:
+            params = [p for p in peft_model.parameters() if p.requires_grad]  # the adapters, in module order
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            if resume:
+                assert ck is not None
+                set_adapter_state(peft_model, load_file(str(files[ADAPTER_CHECKPOINT])))
+                opt.load_state_dict(torch.load(files["optimizer.pt"], map_location=device, weights_only=True))
+                start, losses = int(state["step"]), [float(x) for x in state["losses"]]
+                logger.info("resuming the fine-tune at step %d of %d", start, cfg.steps)
+            if progress and start < cfg.steps:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=cfg.steps, initial=start, desc="fine-tune", unit="step")
             for step in range(start, cfg.steps):
                 batch = {k: v.to(device) for k, v in collate([seqs[i] for i in schedule[step]], pad).items()}
                 loss = completion_loss(model, **batch, autocast=cfg.autocast)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(lora.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr_at(step)
                 opt.step()
                 losses.append(float(loss.detach()))
                 done = step + 1
                 if ck is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                    _save_checkpoint(ck, lora, opt, done, losses, full_meta)
+                    _save_checkpoint(ck, adapter_state(peft_model), opt, done, losses, full_meta)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if on_step is not None:
                     on_step(done, losses[-1])
+            adapter = adapter_state(peft_model)
     finally:
         if bar is not None:
             bar.close()
-        for p, flag in flags:
-            p.requires_grad_(flag)
         model.train(was_training)
-    return FinetuneResult(lora, losses, cfg.steps - start, time.perf_counter() - t0)
+    return FinetuneResult(adapter, config, losses, cfg.steps - start, time.perf_counter() - t0)
