@@ -663,7 +663,11 @@ class Features:
             )
         from huggingface_hub import hf_hub_download
         from huggingface_hub.constants import HF_HUB_CACHE
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+        )
 
         cache = os.fspath(cache_dir) if cache_dir is not None else HF_HUB_CACHE
         where = f"{raw!r}" + (f" (subfolder {subfolder!r})" if subfolder else "") + (
@@ -673,7 +677,8 @@ class Features:
         for name in (CONFIG_FILE, TENSORS_FILE):
             try:
                 found.append(Path(hf_hub_download(
-                    raw, name, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+                    raw, name, subfolder=subfolder, revision=revision,
+                    cache_dir=None if cache_dir is None else os.fspath(cache_dir),
                     local_files_only=not download, library_name="melbo", library_version=melbo_version(),
                 )))  # fmt: skip
             except LocalEntryNotFoundError as err:
