@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         feats = Features.load(args.features)
         feats.check_model(model)
         k = args.feature if args.feature is not None else int(torch.argmax(feats.alpha**2))
-        source = f"feature {k} of {args.features} ({feats.method}, layers {feats.source_layer}→{feats.target_layer}, R={feats.R:.4g})"
+        source = (f"feature {k} (largest α²)" if args.feature is None else f"feature {k}") + (
+            f" of a features dir ({feats.method}, {feats.n_factors} features, layers {feats.source_layer}→"
+            f"{feats.target_layer}, R={feats.R:.4g}, {feats.extra.get('n_prompts', '?')} training prompts)")
     else:
         if args.R is None:
             raise SystemExit("without --features give --R (the norm of the random direction)")
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import llama_cpp
 
     result = {
-        "command": "python bench/llamacpp_control_vector.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python bench/llamacpp_control_vector.py " + " ".join(
+            "DIR" if a == args.features else a for a in (argv if argv is not None else sys.argv[1:])),
         "vector": source,
         "scale": args.scale,
         "source_layer": s,

@@ -28,9 +28,9 @@ def test_llama_cpp_steers_with_the_exported_vector_as_melbo_does() -> None:
     s = r["summary"]
     assert r["control_vector"].startswith("direction.3 ")
     # steering moves both tools far more than they differ from each other
-    assert s["mean_kl_melbo_steered_vs_unsteered"] > 10 * s["mean_kl_steered_melbo_vs_llamacpp"]
-    assert s["mean_kl_llamacpp_steered_vs_unsteered"] > 10 * s["mean_kl_steered_melbo_vs_llamacpp"]
+    assert s["mean_kl_melbo_steered_vs_unsteered"] > 5 * s["mean_kl_steered_melbo_vs_llamacpp"]
+    assert s["mean_kl_llamacpp_steered_vs_unsteered"] > 5 * s["mean_kl_steered_melbo_vs_llamacpp"]
     # the exported layer fits better than one block off either way
     for v in s["mean_kl_steered_melbo_vs_llamacpp_wrong_layer"].values():
-        assert v > 3 * s["mean_kl_steered_melbo_vs_llamacpp"]
+        assert v > 2 * s["mean_kl_steered_melbo_vs_llamacpp"]
     assert s["llamacpp_unsteered_repeat_max_abs_logit_diff"] < 1e-3
