@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # editable, so source edits need nothing.
 STAMP := $(VENV)/.melbo-installed
 
-.PHONY: install venv test test-slow lint demo
+.PHONY: install venv test test-slow lint demo llama-cpp
 
 install: $(STAMP)
 venv: $(STAMP)
@@ -37,3 +37,12 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/melbo demo
+
+# llama-cpp-python (the `llama-cpp` extra) compiles llama.cpp with the machine's cmake and gcc:
+# only bench/llamacpp_control_vector.py and its slow test need it. CPU only, no tools/examples;
+# JOBS parallel compile jobs.
+JOBS ?= 2
+LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+llama-cpp: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
+	  $(BIN)/python -m pip install -e '.[gemma,dev,llama-cpp]'

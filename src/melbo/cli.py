@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from melbo.errors import UserError, check_count, check_finite, check_lam, check_scale
+from melbo.export import FORMATS as EXPORT_FORMATS
+from melbo.export import format_names as export_format_names
 from melbo.methods import get_method, method_names
 
 logger = logging.getLogger("melbo")
@@ -280,6 +282,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     top = torch.argsort(feats.alpha ** 2, descending=True)[: args.top].tolist()
     info["top_by_alpha"] = [{"feature": k, "alpha": float(feats.alpha[k])} for k in top]
     sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"-o {args.out!r} already exists; pass --force to replace it")
+    from melbo.export import export_features
+    from melbo.features import Features
+
+    feats = Features.load(args.dir)
+    path = export_features(feats, out, format=args.format, indices=args.feature, scale=args.scale, force=args.force)
+    _say(f"wrote {args.format} export of feature(s) {args.feature} at {args.scale:g}·R "
+         f"(R={feats.R:g}, source layer {feats.source_layer}) to {path}")
     return 0
 
 
@@ -652,6 +669,17 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("dir")
     ins.add_argument("--top", type=_count(1), default=10)
     ins.set_defaults(func=cmd_inspect)
+
+    ex = sub.add_parser("export", help="write features for another tool (llama.cpp control vector, …)")
+    ex.add_argument("dir", help="a features directory")
+    ex.add_argument("--feature", type=int, action="append", required=True,
+                    help="feature index; repeat to sum several into one vector (as melbo steers them together)")
+    ex.add_argument("--scale", type=float, default=1.0, help="write scale·R·v: scale 1 steers as melbo does at 1 (default 1)")
+    ex.add_argument("--format", choices=export_format_names(), required=True,
+                    help="; ".join(f"{n}: {EXPORT_FORMATS[n].summary}" for n in export_format_names()))
+    ex.add_argument("-o", "--out", required=True, help="output file")
+    ex.add_argument("--force", action="store_true", help="replace an existing output file")
+    ex.set_defaults(func=cmd_export)
 
     rk = sub.add_parser("rank", help="rank features by alpha² or by a readout (logit A − logit B)")
     rk.add_argument("dir")

@@ -16,7 +16,8 @@ On disk (``format_version`` 2)::
     <dir>/features.safetensors   tensors V (d, m), alpha (m,) and U (d, m) unless U is None
     <dir>/config.json            R, method, source_layer, target_layer, positions,
                                  history, scores, prompts_hash, model (fingerprint), extra,
-                                 melbo_version, format_version, tensors_sha256
+                                 hook, melbo_version, format_version, tensors_sha256
+    <dir>/README.md              (only from :meth:`Features.save_pretrained`) a model card
 
 ``tensors_sha256`` (the sha256 of ``features.safetensors``) proves the pair: the tensors are
 written first, the config naming their hash last, and :meth:`Features.load` refuses a pair
@@ -24,6 +25,17 @@ whose hashes differ (a save interrupted between the two files, or one file repla
 Files without it (older melbo) are read as before. Results derived from features record
 :meth:`Features.fingerprint` and are refused with other features (e.g. an ``analysis.json``
 left behind by ``melbo train --force``).
+
+``hook`` (:func:`hook_site`) says where the vectors go in the names other tools use — the
+input of the Hugging Face module ``model.layers.{s}`` (= the output of ``model.layers.{s-1}``),
+TransformerLens ``blocks.{s}.hook_resid_pre``, llama.cpp ``direction.{s-1}`` — so that another
+tool applies ``R * V[:, k]`` without guessing. It is derived from ``source_layer`` and the model
+fingerprint's ``layers_path``; :meth:`Features.load` only checks that it agrees. Directories
+written before it existed still load.
+
+:meth:`Features.save_pretrained` / :meth:`Features.from_pretrained` are the Hugging Face-style
+names for the same format: ``from_pretrained`` also takes a Hub repository id, read from the
+local Hugging Face cache (``HF_HUB_CACHE``); it downloads only with ``download=True``.
 
 Format 1 (before history/scores were separated) is still read: its ``objective`` is the
 per-vector ``scores`` for melbo-v1 and the per-iteration ``history`` otherwise, and the U it
@@ -60,6 +72,7 @@ __all__ = [
     "ModelMismatchError",
     "SUPPORTED_FORMAT_VERSIONS",
     "TENSORS_FILE",
+    "hook_site",
     "melbo_version",
     "prompts_hash",
 ]
@@ -82,11 +95,16 @@ _CONFIG_KEYS = (
     "prompts_hash",
     "model",
     "extra",
+    "hook",
     "melbo_version",
     "format_version",
     "tensors_sha256",
 )
 _REQUIRED_CONFIG_KEYS = ("R", "method", "source_layer", "target_layer", "format_version")
+MODEL_CARD_FILE = "README.md"
+DEFAULT_LAYERS_PATH = "model.layers"
+"""The decoder-layer list of most Hugging Face causal LMs; :func:`hook_site` names it when the
+features carry no fingerprint with the model's own ``layers_path``."""
 
 
 class ModelMismatchError(ValueError):
@@ -123,6 +141,52 @@ def prompts_hash(prompts: Sequence[Any]) -> str:
     except (TypeError, ValueError) as err:
         raise TypeError(f"prompts must be JSON-serialisable (strings, lists, dicts): {err}") from err
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def hook_site(source_layer: int, layers_path: str | None = None) -> dict[str, Any]:
+    """Where features fitted at ``source_layer`` are applied, in the names other tools use.
+
+    Feature k adds ``scale * R * V[:, k]`` to the residual stream entering decoder layer s =
+    ``source_layer``, at every position (prompt and generated tokens): a forward *pre*-hook on
+    ``{layers_path}.{s}`` adding to its first input. For s ≥ 1 that is the same as adding to
+    the output (the hidden states, first element) of ``{layers_path}.{s-1}``.
+
+    Returns
+    -------
+    dict
+        ``layer`` (s); ``module`` and ``module_io`` ("input"); ``output_of`` (the module whose
+        output it equals, None for s = 0: the embedding's output, scaled on some families);
+        ``layers_path`` and ``layers_path_known`` (False: :data:`DEFAULT_LAYERS_PATH`, the
+        common Hugging Face name, was assumed); ``hidden_states_index`` (``output_hidden_states``
+        index s); ``transformer_lens`` (``blocks.{s}.hook_resid_pre``, the SAELens
+        ``hook_name``); ``llama_cpp_direction`` (the control-vector tensor ``direction.{s-1}``,
+        None for s < 2, which llama.cpp cannot express); ``positions`` ("all"); ``vector``
+        ("R * V[:, k]"); ``description``.
+    """
+    s = _check_int("source_layer", source_layer)
+    if s < 0:
+        raise ValueError(f"source_layer must be ≥ 0, got {s}")
+    known = bool(layers_path)
+    path = layers_path or DEFAULT_LAYERS_PATH
+    return {
+        "layer": s,
+        "module": f"{path}.{s}",
+        "module_io": "input",
+        "output_of": f"{path}.{s - 1}" if s >= 1 else None,
+        "layers_path": path,
+        "layers_path_known": known,
+        "hidden_states_index": s,
+        "transformer_lens": f"blocks.{s}.hook_resid_pre",
+        "llama_cpp_direction": s - 1 if s >= 2 else None,
+        "positions": "all",
+        "vector": "R * V[:, k]",
+        "description": (
+            f"feature k adds scale * R * V[:, k] to the residual stream entering decoder layer {s} "
+            f"(input of {path}.{s}"
+            + (f" = output of {path}.{s - 1}" if s >= 1 else ", the embedding output")
+            + "), at every position, prompt and generated tokens alike"
+        ),
+    }
 
 
 def _check_json(name: str, value: object) -> None:
@@ -409,6 +473,11 @@ class Features:
 
     # ------------------------------------------------------------------ I/O
 
+    def hook_site(self) -> dict[str, Any]:
+        """:func:`hook_site` of these features (``layers_path`` from the model fingerprint)."""
+        path = self.model.get("layers_path")
+        return hook_site(self.source_layer, path if isinstance(path, str) and path else None)
+
     def to_config(self) -> dict[str, Any]:
         """The JSON-able metadata written to ``config.json``."""
         return {
@@ -422,6 +491,7 @@ class Features:
             "prompts_hash": self.prompts_hash,
             "model": self.model,
             "extra": self.extra,
+            "hook": self.hook_site(),
             "melbo_version": self.melbo_version,
             "format_version": FORMAT_VERSION,
         }
@@ -536,6 +606,12 @@ class Features:
         absent = [k for k in ("U", "V", "alpha") if k not in tensors and (k != "U" or fv == 1)]
         if absent:
             raise ValueError(f"{tpath} lacks the tensors {absent}; it holds {sorted(tensors)}")
+        hook = cfg.get("hook")
+        if hook is not None and (not isinstance(hook, dict) or hook.get("layer") != cfg["source_layer"]):
+            raise ValueError(
+                f"{cpath}: hook {hook!r} does not agree with source_layer={cfg['source_layer']!r} "
+                "(hook is derived from source_layer; remove it or fix source_layer)"
+            )
         history, scores = cfg.get("history", []), cfg.get("scores", [])
         U = tensors.get("U")
         if fv == 1:  # one name for two meanings, and U stored for methods without targets
@@ -562,6 +638,137 @@ class Features:
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{src} holds invalid features ({cpath.name}, {tpath.name}): {err}") from err
+
+    def save_pretrained(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """:meth:`save` plus a model card ``README.md`` (Hugging Face Hub metadata:
+        ``library_name: melbo``, tags, ``base_model`` when the fingerprint names a Hub id, and the
+        hook site), so the directory can be uploaded as a Hub repository as it is.
+
+        Raises
+        ------
+        FileExistsError
+            if any of the three files exists and ``overwrite`` is False (nothing is written).
+        """
+        out = Path(directory)
+        card = out / MODEL_CARD_FILE
+        if card.exists() and not overwrite:
+            raise FileExistsError(
+                f"{card} already exists; pass overwrite=True to replace it or choose another directory"
+            )
+        self.save(out, overwrite=overwrite)
+        atomic_write_text(card, _model_card(self))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        download: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> Features:
+        """Load features from a directory or a Hugging Face Hub repository id.
+
+        A local directory (``subfolder`` inside it, if given) is read with :meth:`load`. Any
+        other ``name_or_path`` must be a repository id (``owner/name``); its ``config.json``
+        and ``features.safetensors`` are read from the local Hugging Face cache
+        (``cache_dir``, default ``HF_HUB_CACHE``) — melbo is offline by default. With
+        ``download=True`` missing files are fetched with :func:`huggingface_hub.hf_hub_download`
+        (into that cache, in its layout; ``HF_HUB_OFFLINE=1`` still forbids it).
+
+        Raises
+        ------
+        FileNotFoundError
+            naming the repository, the file and the cache when it is not there (and how to
+            fetch it), or when ``name_or_path`` is neither a directory nor a repository id.
+        ValueError
+            for a bad file, as :meth:`load` (naming the file).
+        """
+        path = Path(name_or_path).expanduser()
+        if path.is_dir():
+            return cls.load(path / subfolder if subfolder else path)
+        raw = os.fspath(name_or_path)
+        from melbo.models.source import _is_hub_id
+
+        if not isinstance(name_or_path, str) or not _is_hub_id(raw):
+            raise FileNotFoundError(
+                f"{raw!r} is not a directory and not a Hugging Face repository id (owner/name)"
+            )
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+        )
+
+        cache = os.fspath(cache_dir) if cache_dir is not None else HF_HUB_CACHE
+        where = f"{raw!r}" + (f" (subfolder {subfolder!r})" if subfolder else "") + (
+            f" at revision {revision!r}" if revision else ""
+        )
+        found: list[Path] = []
+        for name in (CONFIG_FILE, TENSORS_FILE):
+            try:
+                found.append(Path(hf_hub_download(
+                    raw, name, subfolder=subfolder, revision=revision,
+                    cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+                    local_files_only=not download, library_name="melbo", library_version=melbo_version(),
+                )))  # fmt: skip
+            except LocalEntryNotFoundError as err:
+                how = (
+                    "HF_HUB_OFFLINE is set or the Hub cannot be reached"
+                    if download
+                    else "melbo does not download unless asked: pass download=True, or fetch it "
+                    f"once with `hf download {raw}`"
+                )
+                raise FileNotFoundError(
+                    f"{name} of {where} is not in the local Hugging Face cache ({cache}); {how}"
+                ) from err
+            except (EntryNotFoundError, HfHubHTTPError, OSError) as err:
+                raise FileNotFoundError(f"could not get {name} of {where} from the Hub: {err}") from err
+        if found[0].parent != found[1].parent:
+            raise ValueError(
+                f"{where}: {CONFIG_FILE} and {TENSORS_FILE} resolved to different snapshots "
+                f"({found[0].parent}, {found[1].parent}); pass an explicit revision"
+            )
+        return cls.load(found[0].parent)
+
+
+def _model_card(features: Features) -> str:
+    """The README.md of :meth:`Features.save_pretrained`: Hub metadata and how to apply them."""
+    from melbo.models.source import _is_hub_id
+
+    hook = features.hook_site()
+    name = str(features.model.get("name", ""))
+    base = f"base_model: {name}\n" if name and not name.startswith((".", "/", "~")) and _is_hub_id(name) else ""
+    s, t = features.source_layer, features.target_layer
+    llama = hook["llama_cpp_direction"]
+    return (
+        "---\n"
+        "library_name: melbo\n"
+        f"{base}"
+        "tags:\n  - melbo\n  - steering-vectors\n  - deep-causal-transcoder\n"
+        "---\n\n"
+        f"# {features.n_factors} melbo features ({features.method}, layers {s} → {t})\n\n"
+        f"Fitted on `{name or 'an unrecorded model'}` with melbo {features.melbo_version}; "
+        f"steering norm R = {features.R:g}, d_model = {features.d_model}.\n\n"
+        "```python\nfrom melbo.features import Features\n"
+        "features = Features.from_pretrained(\"<this directory or repo id>\")\n```\n\n"
+        f"Where they apply: {hook['description']}.\n\n"
+        "| tool | hook site |\n|---|---|\n"
+        f"| Hugging Face transformers | input of `{hook['module']}`"
+        + (f" = output of `{hook['output_of']}`" if hook["output_of"] else "")
+        + " |\n"
+        f"| TransformerLens / SAELens | `{hook['transformer_lens']}` |\n"
+        f"| llama.cpp control vector | "
+        + (f"`direction.{llama}` (`melbo export DIR --format gguf`)" if llama is not None else "not expressible (s < 2)")
+        + " |\n\n"
+        "Files: `features.safetensors` (`V` (d_model, m) input directions, `U` output directions, "
+        "`alpha`), `config.json` (R, layers, method, model fingerprint, `hook`).\n"
+    )
+
 
 
 _dataclass_init = Features.__init__

@@ -12,7 +12,9 @@ A fingerprint holds
   of the input embedding and of the last decoder layer's first parameter. The values are
   rounded to bfloat16 before hashing, so a model and its fp32 ↔ bf16 casts share a
   fingerprint (an fp16 cast or a quantised copy does not);
-* ``family``, ``n_layers``, ``d_model``, ``dtype`` — informative.
+* ``family``, ``n_layers``, ``d_model``, ``layers_path``, ``dtype`` — informative
+  (``layers_path`` is the dotted path of the decoder-layer list, e.g. ``model.layers``: where
+  another tool finds the layer that saved features hook).
 
 :func:`same_model` compares ``config_sha256`` and ``weights_sha256``.
 """
@@ -95,7 +97,7 @@ def _hash_weights(tensors: list[Tensor]) -> str:
 
 
 def _sample_weights(model: nn.Module) -> tuple[list[Tensor], dict[str, Any]]:
-    """The tensors to hash and informative fields (family, n_layers, d_model)."""
+    """The tensors to hash and informative fields (family, n_layers, layers_path, d_model)."""
     try:
         access = get_layer_access(model)
     except ArchitectureError:
@@ -108,7 +110,7 @@ def _sample_weights(model: nn.Module) -> tuple[list[Tensor], dict[str, Any]]:
     emb = getattr(access.embed, "weight", None)
     last = next(iter(access.layers[-1].parameters()), None)
     tensors = [t for t in (emb, last) if isinstance(t, Tensor)]
-    info = {"family": access.family, "n_layers": access.n_layers}
+    info: dict[str, Any] = {"family": access.family, "n_layers": access.n_layers, "layers_path": access.layers_path}
     if isinstance(emb, Tensor):
         info["d_model"] = int(emb.shape[1])
     return tensors, info
@@ -127,7 +129,8 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     -------
     dict
         ``{"fingerprint_version", "name", "config_sha256", "weights_sha256", "dtype",
-        "family", "n_layers", "d_model"}`` (the last three when the layers are found).
+        "family", "n_layers", "layers_path", "d_model"}`` (the last four when the layers are
+        found).
     """
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or ""

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from melbo.features import Features
 from melbo.io import atomic_write
 
-__all__ = ["FILE_SUFFIXES", "FORMAT", "hookpoint", "read_lm_eval_steer", "write_lm_eval_steer"]
+__all__ = ["FILE_SUFFIXES", "FORMAT", "export_lm_eval", "hookpoint", "read_lm_eval_steer", "write_lm_eval_steer"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +196,10 @@ def read_lm_eval_steer(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]
         if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef):
             raise ValueError(f"{where}: steering_coefficient={coef!r} must be a finite number")
     return data
+
+
+def export_lm_eval(features: Features, out: str | os.PathLike[str], *, indices: Sequence[int], scale: float = 1.0,
+                   force: bool = False) -> Path:
+    """The ``lm-eval`` entry of :data:`melbo.export.FORMATS`: :func:`write_lm_eval_steer` with
+    the registry's writer signature."""
+    return write_lm_eval_steer(features, list(indices), scale, out, force=force)

@@ -1,0 +1,69 @@
+"""What every export format shares: the vector it writes and the rule for its output file."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from melbo.features import Features
+
+__all__ = ["check_output_file", "steering_sum"]
+
+
+def steering_sum(features: Features, indices: Sequence[int], scale: float = 1.0) -> Tensor:
+    """``scale * R * Σ_{k in indices} V[:, k]``, float32 on the CPU, shape (d_model,).
+
+    The vector :func:`melbo.interventions.steering` adds to the residual stream entering
+    ``features.source_layer`` for ``[(s, features.steering_vector(k)) for k in indices]`` at
+    ``scale`` (several features at one layer add up). Summed in float64, then rounded once.
+
+    Raises
+    ------
+    ValueError
+        for no indices, a repeated index, a non-finite ``scale`` or a sum that is not finite
+        in float32.
+    IndexError
+        for an index out of range (naming it and the valid range).
+    """
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence) or not indices:
+        raise ValueError(f"need at least one feature index, got {indices!r}")
+    ks = [features._check_index(k) for k in indices]
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"feature indices repeat: {list(indices)}; give each feature once")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    V = features.V.detach().to("cpu", torch.float64)  # (d, m)
+    vec = (float(scale) * features.R) * V[:, ks].sum(dim=1)  # (d,)
+    out = vec.to(torch.float32)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            f"scale {scale} × R {features.R} × features {ks} gives a vector that is not finite in "
+            f"float32 (max |value| {vec.abs().max().item():.3g}); use a smaller scale"
+        )
+    return out
+
+
+def check_output_file(out: str | os.PathLike[str], *, force: bool) -> Path:
+    """``out`` as a Path, if it may be written: its directory must exist, and an existing
+    file is replaced only with ``force`` (never a directory).
+
+    Raises
+    ------
+    FileExistsError
+        naming ``out`` and ``--force``.
+    FileNotFoundError
+        if its parent directory does not exist.
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise FileExistsError(f"output {str(path)!r} is a directory; give a file name")
+    if path.exists() and not force:
+        raise FileExistsError(f"output file {str(path)!r} already exists; pass --force (force=True) to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the directory of output {str(path)!r} does not exist")
+    return path
