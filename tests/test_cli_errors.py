@@ -82,6 +82,8 @@ def _copy_feats(fdir: Path, dest: Path, *, cfg: dict[str, Any] | None = None,
     save_file(t, str(dest / "features.safetensors"))
     c = json.loads((fdir / "config.json").read_text())
     c.update(cfg or {})
+    if cfg and "source_layer" in cfg:
+        c.pop("hook", None)  # derived from source_layer: a consistent edit drops it
     c["tensors_sha256"] = hashlib.sha256((dest / "features.safetensors").read_bytes()).hexdigest()
     (dest / "config.json").write_text(json.dumps(c))
     return dest

@@ -182,7 +182,7 @@ def test_bad_files_in_the_cache_give_errors_naming_the_file(tmp_path: Path, hub_
     _fitted(tiny_model("llama", seed=0)).save(tmp_path / "f")
     (tmp_path / "f" / TENSORS_FILE).write_bytes(b"not safetensors")
     snap = _place_in_cache(hub_cache, "melbo-test/broken", tmp_path / "f")
-    with pytest.raises(ValueError, match=f"{snap / TENSORS_FILE}.* not a readable safetensors"):
+    with pytest.raises(ValueError, match=f"{snap / TENSORS_FILE}.* (not a readable safetensors|does not match)"):
         Features.from_pretrained("melbo-test/broken")
 
 

@@ -293,7 +293,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from melbo.export import export_features
     from melbo.features import Features
 
-    feats = Features.load(args.dir)
+    feats = _load_features(args.dir)
+    for k in args.feature:
+        _check_feature_index(feats, k, args.dir)
     path = export_features(feats, out, format=args.format, indices=args.feature, scale=args.scale, force=args.force)
     _say(f"wrote {args.format} export of feature(s) {args.feature} at {args.scale:g}·R "
          f"(R={feats.R:g}, source layer {feats.source_layer}) to {path}")
