@@ -291,7 +291,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise FileExistsError(f"-o {args.out!r} already exists; pass --force to replace it")
     from melbo.export import export_features
-    from melbo.features import Features
 
     feats = _load_features(args.dir)
     for k in args.feature:
