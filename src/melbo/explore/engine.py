@@ -215,7 +215,7 @@ class Engine:
                     continue
                 self._running = job
                 waiting = list(self._queue)
-            for i, other in enumerate(waiting):
+            for i, other in enumerate(w for w in waiting if not w.cancelled.is_set()):
                 _safe(other.listener, {"type": "queued", "ahead": i + 1})
             try:
                 self._run(job)
