@@ -11,7 +11,10 @@ case is one request to ``/api/generate`` timed from the client's side:
 
 Each case runs on ``--repeats`` different features; the medians are reported next to the
 targets (first token < 1 s, a 32-token completion of 4 prompts < 5 s). The load average is
-recorded: other jobs on the cores slow every number.
+recorded: other jobs on the cores slow every wall time; the process's CPU seconds per request
+(``cpu_s``, ``first_token_cpu_s``) are what the request costs, close to its wall time on an idle
+core with ``--threads 1``. Under contention use ``--threads 1``: OpenMP threads spin-waiting
+for a busy core made a 2-thread run many times slower.
 
     python bench/explore_latency.py --dir runs/gemma16 --out bench/results/explore_latency.json
 """
@@ -35,8 +38,8 @@ import torch
 def one_request(base: str, token: str, query: str) -> dict[str, Any]:
     """Time one ``/api/generate`` request: first streamed token, done, tokens streamed."""
     req = urllib.request.Request(f"{base}/api/generate?{query}", headers={"X-Melbo-Token": token})
-    t0 = time.perf_counter()
-    first = None
+    t0, c0 = time.perf_counter(), time.process_time()
+    first = first_cpu = None
     tokens: dict[tuple[str, int], int] = {}
     with urllib.request.urlopen(req) as r:
         for line in r:
@@ -45,14 +48,15 @@ def one_request(base: str, token: str, query: str) -> dict[str, Any]:
             ev = json.loads(line[5:])
             if ev["type"] == "text" and not ev.get("final"):
                 if first is None:
-                    first = time.perf_counter() - t0
+                    first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
                 tokens[(ev["side"], ev["prompt"])] = tokens.get((ev["side"], ev["prompt"]), 0) + 1
             elif ev["type"] == "error":
                 raise RuntimeError(ev["message"])
             elif ev["type"] == "done":
                 break
-    total = time.perf_counter() - t0
-    return {"first_token_s": first, "total_s": total, "rows": len(tokens), "tokens": sum(tokens.values())}
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"first_token_s": first, "total_s": total, "first_token_cpu_s": first_cpu, "cpu_s": cpu,
+            "rows": len(tokens), "tokens": sum(tokens.values())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scales", type=float, nargs=2, default=(1.0, 2.0), help="first click, then slider")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     import melbo
     from melbo.builtin_prompts import HELDOUT_PROMPTS
@@ -89,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 explorer.engine._cache.clear()  # noqa: SLF001 - the bench measures a cold first click
             else:
                 explorer.engine._cache = {key: v for key, v in explorer.engine._cache.items() if key[0] is not None}  # noqa: SLF001
-            cases["first click"].append(one_request(srv.base, srv.token, f"{q}&scale={args.scales[0]}"))
-            cases["slider"].append(one_request(srv.base, srv.token, f"{q}&scale={args.scales[1]}"))
-            cases["cached"].append(one_request(srv.base, srv.token, f"{q}&scale={args.scales[0]}"))
+            for case, scale in (("first click", args.scales[0]), ("slider", args.scales[1]), ("cached", args.scales[0])):
+                cases[case].append(one_request(srv.base, srv.token, f"{q}&scale={scale}"))
+                print(f"feature {k}, {case}: {cases[case][-1]}", file=sys.stderr, flush=True)
     load1 = os.getloadavg()
 
     def med(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         case: {"first_token_s": med(rows, "first_token_s"), "total_s": med(rows, "total_s"),
+               "first_token_cpu_s": med(rows, "first_token_cpu_s"), "cpu_s": med(rows, "cpu_s"),
                "rows": rows[0]["rows"], "tokens": med(rows, "tokens")}
         for case, rows in cases.items()
     }
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for case, s in summary.items():
         ft = "–" if s["first_token_s"] is None else f"{s['first_token_s']:.2f} s"
         print(f"{case:12s}: first token {ft}, done {s['total_s']:.2f} s ({s['rows']} rows streamed, "
-              f"{s['tokens']} tokens)", file=sys.stderr)
+              f"{s['tokens']} tokens; CPU {s['cpu_s']:.2f} s)", file=sys.stderr)
     return 0
 
 

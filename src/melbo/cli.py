@@ -218,14 +218,20 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 def _explore_model(args: argparse.Namespace, fdir: Path) -> str:
     """--model, else the model the features were fitted on when it is a local directory
-    (a discover run on an organism), else the packaged Gemma-3-270M."""
+    (a discover run on an organism; a packaged model's converted directory: its name), else
+    the packaged Gemma-3-270M."""
     if args.model is not None:
         return str(args.model)
     try:
         name = json.loads((fdir / "config.json").read_text(encoding="utf-8")).get("model", {}).get("name", "")
     except (OSError, ValueError, AttributeError):
         name = ""
-    return name if name and Path(name).is_dir() else "gemma-3-270m"
+    if not name or not Path(name).is_dir():
+        return "gemma-3-270m"
+    from melbo.cache import cache_dir
+
+    packaged = Path(name).parent.resolve() == (cache_dir() / "models").resolve()
+    return Path(name).name if packaged else name  # a packaged model by its name (its chat template too)
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
@@ -235,6 +241,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise ValueError(f"--n-prompts {args.n_prompts}: must be ≥ 1")
     if not 1 <= args.max_new_tokens <= 256:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be in 1..256")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be ≥ 1")
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -252,6 +260,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from melbo.explore.explorer import Explorer
     from melbo.explore.server import serve
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.model = _explore_model(args, run.features_dir)
     _say(f"loading {args.model}…")
     model, tok = _load(args)
@@ -546,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-new-tokens", type=int, default=32)
     ex.add_argument("--port", type=int, default=8765, help="0: any free port")
     ex.add_argument("--host", default="127.0.0.1", help="listen here (default 127.0.0.1: this machine only)")
+    ex.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's; 1 is faster on cores other jobs share)")
     ex.add_argument("--force", action="store_true", help="allow features from a different model")
     ex.set_defaults(func=cmd_explore)
 
