@@ -14,4 +14,19 @@ uvicorn); the others need only melbo.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from melbo._lazy import lazy_exports
+
+_EXPORTS = {
+    "ExploreRun": "melbo.explore.run:ExploreRun",
+    "load_run": "melbo.explore.run:load_run",
+    "Notes": "melbo.explore.notes:Notes",
+    "export_subset": "melbo.explore.export:export_subset",
+    "Engine": "melbo.explore.engine:Engine",
+    "GenRequest": "melbo.explore.engine:GenRequest",
+    "Explorer": "melbo.explore.explorer:Explorer",
+    "create_app": "melbo.explore.app:create_app",
+    "serve": "melbo.explore.server:serve",
+    "BackgroundServer": "melbo.explore.server:BackgroundServer",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

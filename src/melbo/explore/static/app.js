@@ -302,7 +302,9 @@
   async function start() {
     const main = $("main");
     try { RUN = await api("/api/run"); } catch (e) { main.replaceChildren(el("p", { class: "error" }, e.message)); return; }
-    $("run-info").textContent = `${RUN.directory} · ${RUN.model} · prompts: ${RUN.prompt_source}`;
+    const base = (p) => String(p).replace(/[\\/]+$/, "").split(/[\\/]/).pop();
+    $("run-info").textContent = `${base(RUN.directory)} · ${base(RUN.model)} · prompts: ${RUN.prompt_source}`;
+    $("run-info").title = `${RUN.directory}\n${RUN.model}`;
     pollStatus();
     setInterval(pollStatus, 2000);
     const m = window.location.pathname.match(/^\/feature\/(\d+)$/);
