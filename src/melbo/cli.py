@@ -9,6 +9,7 @@ come from the torch-free registry :mod:`melbo.methods`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -413,6 +414,64 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore_model(args: argparse.Namespace, fdir: Path) -> str:
+    """--model, else the model the features were fitted on when it is a local directory
+    (a discover run on an organism; a packaged model's converted directory: its name), else
+    the packaged Gemma-3-270M."""
+    if args.model is not None:
+        return str(args.model)
+    try:
+        name = json.loads((fdir / "config.json").read_text(encoding="utf-8")).get("model", {}).get("name", "")
+    except (OSError, ValueError, AttributeError):
+        name = ""
+    if not name or not Path(name).is_dir():
+        return "gemma-3-270m"
+    from melbo.cache import cache_dir
+
+    packaged = Path(name).parent.resolve() == (cache_dir() / "models").resolve()
+    return Path(name).name if packaged else name  # a packaged model by its name (its chat template too)
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    _need_file("--prompts", args.prompts)
+    if args.n_prompts < 1:
+        raise ValueError(f"--n-prompts {args.n_prompts}: must be ≥ 1")
+    if not 1 <= args.max_new_tokens <= 256:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be in 1..256")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be ≥ 1")
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        sys.stderr.write(f"melbo explore needs the 'explore' extra ({err.name} is missing): "
+                         "pip install 'melbo[explore]'\n")
+        return 2
+    from melbo.explore.run import load_run
+    from melbo.prompt_files import read_prompts
+
+    prompts = read_prompts(args.prompts, column=args.column) if args.prompts else None
+    run = load_run(args.dir, prompts=prompts, n_prompts=args.n_prompts)
+    if args.chat is not None:
+        run = dataclasses.replace(run, chat=_chat(args))
+    from melbo.explore.explorer import Explorer
+    from melbo.explore.server import serve
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.model = _explore_model(args, run.features_dir)
+    _say(f"loading {args.model}…")
+    model, tok = _load(args)
+    run.features.check_model(model, force=args.force)
+    explorer = Explorer(run, model, tok, max_new_tokens=args.max_new_tokens)
+    _say(f"{run.features.n_factors} features from {run.features_dir}; {len(run.prompts)} prompts ({run.prompt_source})")
+    serve(explorer, host=args.host, port=args.port, say=_say)
+    return 0
+
+
 def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-a", default="Sure", help="score = logit(A) − logit(B) at the first generated position")
     p.add_argument("--token-b", default="Sorry")
@@ -757,6 +816,22 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--top", type=int, default=20, help="prompts to print")
     mo.add_argument("--force", action="store_true", help="overwrite --out/--save; accept features from another model")
     mo.set_defaults(func=cmd_monitor)
+    ex = sub.add_parser("explore", help="a local web app to browse, steer and compare a run's features")
+    ex.add_argument("dir", help="a features directory (melbo train) or a melbo discover run")
+    _add_model_args(ex)
+    ex.set_defaults(model=None)
+    ex.add_argument("--chat", choices=("auto", "yes", "no"), default=None,
+                    help="prompt framing (default: the discover run's, else auto)")
+    ex.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    ex.add_argument("--prompts", default=None, help="held-out prompts to steer (default: the discover run's, else built-in ones)")
+    ex.add_argument("--n-prompts", type=int, default=4, help="how many of them each feature page steers")
+    ex.add_argument("--max-new-tokens", type=int, default=32)
+    ex.add_argument("--port", type=int, default=8765, help="0: any free port")
+    ex.add_argument("--host", default="127.0.0.1", help="listen here (default 127.0.0.1: this machine only)")
+    ex.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's; 1 is faster on cores other jobs share)")
+    ex.add_argument("--force", action="store_true", help="allow features from a different model")
+    ex.set_defaults(func=cmd_explore)
 
     org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
     org_sub = org.add_subparsers(dest="organism_command", required=True)

@@ -38,7 +38,8 @@ Forward = Callable[[Tensor, Tensor, Tensor, Any, Tensor], Tensor]
 class DecodeSettings:
     """What to generate: at most ``max_new_tokens`` per row, greedy unless ``do_sample``
     (softmax of logits / ``temperature``, one seed per row); a row ends at any of ``eos_ids``
-    or when ``stopped(row, tokens)`` says so."""
+    or when ``stopped(row, tokens)`` says so. ``on_token(row, tokens)``, if given, sees each
+    row's tokens so far after every new token (streaming)."""
 
     max_new_tokens: int
     eos_ids: frozenset[int] = frozenset()
@@ -46,6 +47,7 @@ class DecodeSettings:
     temperature: float = 1.0
     row_seeds: Sequence[int] = field(default_factory=tuple)
     stopped: Callable[[int, list[int]], bool] | None = None
+    on_token: Callable[[int, list[int]], None] | None = None
 
 
 def forward_kwargs(model: nn.Module) -> tuple[str, bool]:
@@ -153,6 +155,8 @@ def decode(
                 if not live[r]:
                     continue
                 out[orig].append(t)
+                if settings.on_token is not None:
+                    settings.on_token(orig, out[orig])
                 if t in settings.eos_ids or (settings.stopped is not None and settings.stopped(orig, out[orig])):
                     live[r] = False
             if step + 1 == settings.max_new_tokens or not bool(live.any()):

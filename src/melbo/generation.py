@@ -139,6 +139,19 @@ def _stop_rule(tokenizer: Any, stops: tuple[str, ...]) -> Any:
     return stopped
 
 
+def _streamer(
+    tokenizer: Any, stops: tuple[str, ...], on_text: Callable[[int, int, str], None], start: int, n: int
+) -> Callable[[int, list[int]], None]:
+    """The decode loop's ``on_token`` for the chunk starting at pair ``start``: the row's text
+    so far (stop strings cut off, as in the result) to ``on_text(vector, prompt, text)``."""
+
+    def on_token(row: int, toks: list[int]) -> None:
+        pair = start + row
+        on_text(pair // n, pair % n, _cut(tokenizer.decode(toks, skip_special_tokens=True), stops)[0])
+
+    return on_token
+
+
 def _trim(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Drop the columns that are padding in every row."""
     keep = int(mask.sum(dim=0).nonzero().min())
@@ -165,9 +178,11 @@ def _run(
     model: nn.Module, tokenizer: Any, batch: PromptBatch, vectors: Tensor | None, *, layer: int | None,
     access: Any, max_new_tokens: int, do_sample: bool, temperature: float, seed: int, stops: tuple[str, ...],
     batch_size: int | None, memory_budget: int | None, progress: bool, share_prefix: bool,
+    on_text: Callable[[int, int, str], None] | None = None,
 ) -> list[str]:
     """Completions of every (vector, prompt) pair, vector-major (pair p = vector p // n,
-    prompt p % n); ``vectors`` (k, d) already scaled, or None: one unsteered pass."""
+    prompt p % n); ``vectors`` (k, d) already scaled, or None: one unsteered pass.
+    ``on_text(vector, prompt, text so far)`` is called after every new token of a pair."""
     from melbo.prefix import shared_prefix
 
     n = batch.n
@@ -192,7 +207,8 @@ def _run(
         pi, vi = pairs % n, pairs // n
         seeds = [seed * _SEED_STRIDE * _SEED_STRIDE + int(j) * _SEED_STRIDE + int(i) for j, i in zip(vi, pi, strict=True)]
         settings = DecodeSettings(max_new_tokens=max_new_tokens, eos_ids=eos, do_sample=do_sample,
-                                  temperature=float(temperature), row_seeds=seeds, stopped=stopped)
+                                  temperature=float(temperature), row_seeds=seeds, stopped=stopped,
+                                  on_token=None if on_text is None else _streamer(tokenizer, stops, on_text, start, n))
         device = batch.input_ids.device
         ids, mask = batch.input_ids[pi.to(device)], batch.attention_mask[pi.to(device)]
         if vectors is None or layer is None:
@@ -269,6 +285,7 @@ def generate_steered(
     stop: str | Sequence[str] | None = None,
     memory_budget: int | None = None,
     share_prefix: bool = True,
+    on_text: Callable[[int, int, str], None] | None = None,
 ) -> list[list[str]]:
     """Completions of every prompt steered by every column of ``vectors``, as one batched job.
 
@@ -286,6 +303,8 @@ def generate_steered(
     stop : a completion ends at the first of these strings (cut off).
     share_prefix : compute each prompt's cache below ``layer`` once for all vectors
         (:mod:`melbo.prefix`); off: every row runs the whole model.
+    on_text : streaming: ``on_text(j, i, text)`` after every new token of vector j on prompt i,
+        with the completion so far (a stop string cut off); called from this thread.
 
     Returns
     -------
@@ -314,5 +333,5 @@ def generate_steered(
     vec = (vectors.detach().to(torch.float32) * float(scale)).T.to(device)  # (k, d)
     texts = _run(model, tokenizer, batch, vec, layer=layer, access=acc, max_new_tokens=max_new_tokens,
                  do_sample=do_sample, temperature=temperature, seed=seed, stops=stops, batch_size=batch_size,
-                 memory_budget=memory_budget, progress=progress, share_prefix=share_prefix)
+                 memory_budget=memory_budget, progress=progress, share_prefix=share_prefix, on_text=on_text)
     return [texts[j * n : (j + 1) * n] for j in range(k)]
