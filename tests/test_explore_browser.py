@@ -3,13 +3,16 @@ downloaded) against the app serving a tiny random-init Llama and six features.
 
 One server and one browser per module; every page runs with all requests intercepted, and any
 request that leaves the app's origin is recorded and refused. Screenshots of each page go to
-``bench/results/explore_*.png``.
+``$MELBO_SCREENSHOTS/explore_*.png`` (``MELBO_SCREENSHOTS=bench/results`` for the
+committed ones).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -32,7 +35,9 @@ from melbo.explore.notes import NOTES_FILE  # noqa: E402
 from melbo.explore.run import load_run  # noqa: E402
 from melbo.explore.server import BackgroundServer  # noqa: E402
 
-SHOTS = Path(__file__).resolve().parent.parent / "bench" / "results"
+# Screenshots go to $MELBO_SCREENSHOTS when set (e.g. bench/results for the closing note), else
+# to a temporary directory: a test run never rewrites tracked files.
+SHOTS = Path(os.environ.get("MELBO_SCREENSHOTS") or tempfile.mkdtemp(prefix="melbo-shots-"))
 TIMEOUT_MS = 60_000  # generous: on cores shared with other jobs Chromium can stall for seconds
 
 
