@@ -341,3 +341,19 @@ def test_peek_reads_the_depth_from_config_json_without_loading(tiny: tuple[Path,
     assert peek_n_layers(tmp_path / "gpt2") == 12 and peek_n_layers(tmp_path / "mm") == 26
     assert peek_n_layers(tmp_path / "junk") is None and peek_n_layers(tmp_path / "x.gguf") is None
     assert peek_n_layers(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("text, needle", [("[" * 5000 + "]" * 5000, "nested"), ("[1]", "JSON object"),
+                                          ('{"model_type": "llama", "num_hidden_layers": "four"}', "num_hidden_layers")])
+def test_a_junk_model_config_json_is_one_line_naming_it_before_loading(
+        text: str, needle: str, tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        no_model: None) -> None:
+    """Found by bench/bad_inputs.py: these reached transformers and ended in exit 1 (RecursionError, TypeError)."""
+    import shutil
+
+    mdir, fdir = tiny
+    bad = tmp_path / "m"
+    shutil.copytree(mdir, bad)
+    (bad / "config.json").write_text(text)
+    _user_error(["steer", str(fdir), "--model", str(bad), "--feature", "0", "--prompt", "hi"], capsys,
+                str(bad / "config.json"), needle)

@@ -310,8 +310,7 @@ def argv_for(draw: Callable[..., Any], env: Env) -> list[str]:
         if draw(st.booleans()):
             tail += ["--prompts", prompts(), "--max-new-tokens", S.val(SMALL)]
         if draw(st.booleans()):
-            tail += ["--analysis", str(draw(st.sampled_from([env.a_file, env.missing, env.prompts])
-                                            | prompt_file(env).filter(lambda p: p.endswith(".json"))))]
+            tail += ["--analysis", str(draw(st.sampled_from([env.a_file, env.missing, env.prompts]) | prompt_file(env)))]
         return ["report", f, "--model", m, *tail, *chat, *S.opt("--top-k", SMALL), *S.opt("--n-heldout", SMALL),
                 "-o", out(False)]
     if cmd == "train":
@@ -320,9 +319,9 @@ def argv_for(draw: Callable[..., Any], env: Env) -> list[str]:
         return ["train", "--model", m, "--prompts", prompts(), "--source-layer", layers[0], "--target-layer", layers[1],
                 "--factors", S.val(SMALL), "--max-iter", S.val(SMALL), "--n-prompts", S.val(["2", "3"]), *how,
                 "--out", out(True), "--no-progress", *chat, *S.opt("--positions", COUNTS), *S.opt("--beta", ["0.5", "1"]),
-                *S.opt("--mu", FLOATS), *S.opt("--seed", ["0", "7"], ["-1", "x", str(2**70)]),
+                *S.opt("--mu", ["1"], ["nan", "-1", "2", "inf"]), *S.opt("--seed", ["0", "7"], ["-1", "x", str(2**70)]),
                 *S.opt("--method", ["exponential", "linear", "random", "quadratic"], ["nope"]),
-                *draw(st.sampled_from([[], ["--force"], ["--resume"]]))]
+                *draw(st.sampled_from([[], [], ["--force"], ["--resume"]]))]
     if cmd == "discover":
         return ["discover", m, "--prompts", prompts(), "--out", out(True), "--factors", S.val(SMALL),
                 "--max-iter", S.val(SMALL), "--n-train", S.val(SMALL), "--n-eval", S.val(SMALL),

@@ -116,8 +116,9 @@ def _check_out_dir_path(flag: str, path: str | Path) -> None:
 
 def _model_layers(model: str) -> int | None:
     """The model's depth from its config.json, read without loading it (None where unknown)."""
-    from melbo.models.peek import peek_n_layers
+    from melbo.models.peek import check_config, peek_n_layers
 
+    check_config(model)
     return peek_n_layers(model)
 
 

@@ -161,6 +161,10 @@ def load_model(
         )
 
     source = resolve_source(name_or_path, gguf_file, packaged=PACKAGED_MODELS)
+    if source.kind == "dir" and gguf_file is None:
+        from melbo.models.peek import check_config
+
+        check_config(source.location)  # a junk config.json is one error naming it, not a transformers traceback
     if source.kind == "packaged":
         model_dir = packaged_model_dir(source.location, progress=progress)
         source = ModelSource("dir", str(model_dir), None, f"packaged model {source.location!r}")
