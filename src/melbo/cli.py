@@ -86,6 +86,15 @@ _scale = _arg_type(check_scale, float, "a number")
 _lam = _arg_type(check_lam, float, "a number")
 
 
+def _check_fpr(name: str, value: float) -> float:
+    if not 0 <= check_finite(name, value) < 1:
+        raise UserError(f"{name} {value!r}: must be a number with 0 ≤ fpr < 1")
+    return value
+
+
+_fpr = _arg_type(_check_fpr, float, "a number")
+
+
 def _count(minimum: int = 1) -> Callable[[str], int]:
     return _arg_type(lambda name, v: check_count(name, v, minimum), int, "an integer")
 
@@ -110,8 +119,9 @@ def _check_out_dir_path(flag: str, path: str | Path) -> None:
 
 def _model_layers(model: str) -> int | None:
     """The model's depth from its config.json, read without loading it (None where unknown)."""
-    from melbo.models.peek import peek_n_layers
+    from melbo.models.peek import check_config, peek_n_layers
 
+    check_config(model)
     return peek_n_layers(model)
 
 
@@ -368,10 +378,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     _need_dir(args.dir)
     _need_file("--clean", args.clean)
     _need_file("--prompts", args.prompts)
-    if not 0 <= args.fpr < 1:
-        raise ValueError(f"--fpr {args.fpr!r}: must be a number with 0 ≤ fpr < 1")
-    if args.folds < 2:
-        raise ValueError(f"--folds {args.folds!r}: must be ≥ 2")
     for flag, path in (("--out", args.out), ("--save", args.save)):
         if path is not None and Path(path).exists() and not args.force:
             raise FileExistsError(f"{flag} {path!r} already exists; pass --force to overwrite it")
@@ -802,18 +808,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_args(mo)
     mo.add_argument("--clean", required=True, help="clean prompts that calibrate the detector (≥ 1/fpr of them)")
     mo.add_argument("--prompts", required=True, help="prompts to score")
-    mo.add_argument("--fpr", type=float, default=0.01, help="false-positive rate on clean prompts (default %(default)s)")
+    mo.add_argument("--fpr", type=_fpr, default=0.01, help="false-positive rate on clean prompts (default %(default)s)")
     mo.add_argument("--detector", choices=MONITOR_DETECTORS, default="features",
                     help="features: |z| of the projections on the features' V (layer s) and U (layer t); "
                          "mahalanobis: shrinkage Mahalanobis distance at layer t (needs no features)")
     mo.add_argument("--view", choices=MONITOR_VIEWS, default="both", help="features detector: V at s, U at t, or both")
     mo.add_argument("--reduce", choices=MONITOR_REDUCES, default="max", help="max_ℓ |z_ℓ| or sqrt(mean z²)")
-    mo.add_argument("--positions", type=int, default=None, help="last k tokens averaged (default: the features' own)")
-    mo.add_argument("--folds", type=int, default=5, help="cross-fitting folds of the calibration")
-    mo.add_argument("--batch-size", type=int, default=16)
+    mo.add_argument("--positions", type=_count(1), default=None, help="last k tokens averaged (default: the features' own)")
+    mo.add_argument("--folds", type=_count(2), default=5, help="cross-fitting folds of the calibration")
+    mo.add_argument("--batch-size", type=_count(1), default=16)
     mo.add_argument("--out", default=None, help="write one JSON line per prompt (index, prompt, score, flagged)")
     mo.add_argument("--save", default=None, help="also save the calibrated monitor (.safetensors)")
-    mo.add_argument("--top", type=int, default=20, help="prompts to print")
+    mo.add_argument("--top", type=_count(1), default=20, help="prompts to print")
     mo.add_argument("--force", action="store_true", help="overwrite --out/--save; accept features from another model")
     mo.set_defaults(func=cmd_monitor)
     ex = sub.add_parser("explore", help="a local web app to browse, steer and compare a run's features")

@@ -168,6 +168,10 @@ def load_model(
     if source.kind == "adapter":
         return _load_adapter(source, dtype=resolved_dtype, device=target_device, trust_remote_code=trust_remote_code,
                              attn_implementation=attn_implementation, progress=progress, device_map=device_map)
+    if source.kind == "dir" and gguf_file is None:
+        from melbo.models.peek import check_config
+
+        check_config(source.location)  # a junk config.json is one error naming it, not a transformers traceback
     if source.kind == "packaged":
         model_dir = packaged_model_dir(source.location, progress=progress)
         source = ModelSource("dir", str(model_dir), None, f"packaged model {source.location!r}")

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["peek_config", "peek_n_layers"]
+__all__ = ["check_config", "peek_config", "peek_n_layers"]
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config.json is a few KB; anything larger is not read here
 
@@ -74,3 +74,26 @@ def peek_n_layers(name_or_path: str | os.PathLike[str]) -> int | None:
                 if isinstance(v, int) and not isinstance(v, bool) and v > 0:
                     return v
     return None
+
+
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def check_config(name_or_path: str | os.PathLike[str]) -> None:
+    """Refuse a ``config.json`` on disk that transformers would choke on with a Python error (not
+    JSON, nested too deep, not an object, a layer count that is not a positive integer), naming the
+    file — a :class:`melbo.io.FileFormatError` (``ValueError``). Nothing on disk: nothing to check."""
+    from melbo.io import FileFormatError, read_json_file
+
+    p = _config_path(name_or_path)
+    if p is None:
+        return
+    cfg = read_json_file(p, what="model config", max_bytes=_MAX_CONFIG_BYTES)
+    if not isinstance(cfg, dict):
+        raise FileFormatError(f"{p}: a model's config.json must be a JSON object, got {type(cfg).__name__}")
+    for c in (cfg, cfg.get("text_config")):
+        if isinstance(c, dict):
+            for key in _LAYER_KEYS:
+                v = c.get(key)
+                if key in c and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                    raise FileFormatError(f"{p}: {key}={v!r} must be a positive integer")
