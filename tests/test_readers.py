@@ -210,3 +210,21 @@ def test_a_checkpoint_written_before_manifests_is_read_and_replaced_by_the_next_
     (d / "state.json").write_text(json.dumps({"step": 6}))  # legacy manifest whose file is gone
     with pytest.raises(FileNotFoundError, match=r"a\.bin' is missing"):
         read_file_set(d, legacy=("a.bin",))
+
+
+def test_prompts_no_tokenizer_can_take_are_named(tmp_path: Path) -> None:
+    """A lone surrogate (JSON escape) and a text file of NUL bytes are one-line errors naming the
+    file and the prompt, not a tokenizer TypeError or a garbage prompt (found by bench/bad_inputs.py)."""
+
+    surrogate = tmp_path / "s.json"
+    surrogate.write_text('["fine", "\\ud800"]', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s\.json: prompt 1 holds '\\ud800'") as info:
+        read_prompts(surrogate)
+    assert "\n" not in str(info.value)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"\x00\x00\x00\n")
+    with pytest.raises(ValueError, match=r"nul\.txt: prompt 0 holds only control characters"):
+        read_prompts(nul)
+    ok = tmp_path / "ok.txt"
+    ok.write_text("tab\tinside\n", encoding="utf-8")
+    assert read_prompts(ok) == ["tab\tinside"]

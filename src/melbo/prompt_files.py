@@ -57,7 +57,23 @@ def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = 
         prompts = _read_csv(text, p, column)
     if not prompts:
         raise FileFormatError(f"{p} contains no prompts")
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            _check_text(prompt, p, i)
     return prompts[:limit] if limit is not None else prompts
+
+
+def _check_text(prompt: str, p: Path, i: int) -> None:
+    """Refuse a prompt no tokenizer can take: not encodable as UTF-8 (a lone surrogate from a
+    JSON ``\\ud800`` escape) or nothing but control characters (e.g. NUL bytes)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise FileFormatError(f"{p}: prompt {i} holds {prompt[err.start:err.end]!r}, which is not valid Unicode text "
+                              "(a lone surrogate escape?); fix or remove it") from None
+    if prompt and all(ord(c) < 32 and c not in "\t\n\r" for c in prompt):
+        raise FileFormatError(f"{p}: prompt {i} holds only control characters ({prompt[:8]!r}); "
+                              "is this a binary file? Give text prompts")
 
 
 def _read_csv(text: str, p: Path, column: str) -> list[str]:
