@@ -37,6 +37,7 @@ from _case import (
     steering_matrix,
 )
 
+from melbo.discover_config import DiscoverConfig
 from melbo.evaluate.refusal import is_refusal
 from melbo.evaluate.scores import generate_for_features, jailbreak_score, steered_scores
 from melbo.generation import generate
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-val", type=int, default=32)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--gen-tokens", type=int, default=16, help="0: skip the generated refusal rate")
+    ap.add_argument("--step", choices=("settled", "published"), default="settled",
+                    help="OGI step of the exponential DCT: settled = melbo discover's default (DiscoverConfig: "
+                         "damped, polar), published = β = 1 with QR")
     args = ap.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
@@ -79,13 +83,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        t=args.t, lam=args.lam, R=None, seed=args.seed)
         R = float(calib.R)
         logger.info("calibrated R = %.4g", R)
+    step: dict[str, Any] = {}
+    if args.step == "settled":
+        dflt = DiscoverConfig()
+        step = {"beta": dflt.beta, "ortho": dflt.ortho}
     runs: list[dict[str, Any]] = []
     for n in args.ns:
         for sh, prompts in enumerate(draws[n]):
             for method in args.methods:
                 m = args.m
                 feats, secs = fit(model, tok, prompts, method=method, m=m, iters=args.iters, s=args.s, t=args.t,
-                                  lam=args.lam, R=R, seed=args.seed + sh)
+                                  lam=args.lam, R=R, seed=args.seed + sh, **(step if method == "exponential" else {}))
                 V = steering_matrix(feats)
                 val = steered_scores(model, tok, sets["val"], V, layer=args.s, **score_kw).mean(1)
                 best = int(torch.argmax(val))
@@ -110,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "bench": "case_sample_complexity", "organism": args.organism, "organism_check": record["check"]["rates"],
         "source_layer": args.s, "target_layer": args.t, "R": R, "lam": args.lam, "m": args.m, "iters": args.iters,
+        "step": args.step, "step_options": step,
         "ns": args.ns, "shuffles": args.shuffles, "n_val": args.n_val, "n_test": args.n_test, "seed": args.seed,
         "unsteered": {"test_score": stats(unsteered.tolist()), "val_score": float(unsteered_val.mean()),
                       "test_refusal_rate": refusal_test},
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = [
         f"Refusal organism; test score of the best-on-validation feature, mean ± sd over {args.shuffles} shuffles "
         f"({args.n_test} test prompts; unsteered {float(unsteered.mean()):.2f}"
-        + (f", refusal rate {refusal_test:.0%}" if refusal_test is not None else "") + f"). R = {R:.3g}, m = {args.m}.",
+        + (f", refusal rate {refusal_test:.0%}" if refusal_test is not None else "") + f"). R = {R:.3g}, m = {args.m}; exponential step: {args.step} {step or ''}.",
         "",
         f"| method | {head} |",
         "|---|" + "---:|" * len(args.ns),

@@ -48,7 +48,6 @@ the strong ones — on planted maps with α*_k = 1/k, ``ortho_iters=3`` keeps 2 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
@@ -70,8 +69,8 @@ from melbo.fit._common import (
 )
 from melbo.fit.alphas import exponential_alphas
 from melbo.fit.estimator import FitEstimator
-from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.init import Init, initial_factors
+from melbo.fit.loop import iterate
 from melbo.fit.result import FitResult, IterationState
 from melbo.protocol import CausalMap
 
@@ -244,45 +243,15 @@ def exponential_dct(
     generator = make_generator(random_state)
     U, V = initial_factors(delta, m, init, R=R, generator=generator, d_proj=d_proj)
 
-    objective: list[float] = []
-    movement: list[float] = []
-    converged = False
-    stopped = False
-    for it in range(max_iter):
+    def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
         Vo = orthonormalize(V, ortho) if ortho_iters is None or it < ortho_iters else V
         step = ogi_step(delta, U, Vo, R, beta, sequential=sequential, orient=orient)
-        move = max(column_movement(step.U, U), column_movement(step.V, V))
-        U, V = step.U, step.V
-        objective.append(step.objective)
-        movement.append(move)
-        logger.debug("OGI iteration %d: objective %.6g, movement %.3g", it, step.objective, move)
-        if callback is not None and callback(it, IterationState(U, V, step.objective, move)):
-            stopped = True
-            break
-        if move < tol:
-            converged = True
-            break
-    n_iter = len(objective)
-    if not converged and not stopped:
-        warnings.warn(
-            f"OGI did not converge in max_iter={max_iter} iterations "
-            f"(last factor movement {movement[-1]:.3g} > tol={tol:g})",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    alpha = exponential_alphas(delta, U, V, R, rcond=rcond)
-    logger.info("OGI: %d iterations, objective %.6g, converged=%s", n_iter, objective[-1], converged)
-    return FitResult(
-        U=U,
-        V=V,
-        alpha=alpha,
-        R=R,
-        method="exponential",
-        history=objective,
-        n_iter=n_iter,
-        converged=converged,
-        movement=movement,
-    )
+        return step.U, step.V, step.objective, max(column_movement(step.U, U), column_movement(step.V, V))
+
+    loop = iterate(one, U, V, max_iter=max_iter, tol=tol, callback=callback, name="OGI")
+    alpha = exponential_alphas(delta, loop.U, loop.V, R, rcond=rcond)
+    logger.info("OGI: %d iterations, objective %.6g, converged=%s", loop.n_iter, loop.objective[-1], loop.converged)
+    return loop.result(alpha=alpha, R=R, method="exponential")
 
 
 @dataclass(eq=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import KW_ONLY, dataclass
 
 import torch
@@ -37,10 +36,10 @@ from melbo.fit._common import (
 )
 from melbo.fit.alphas import quadratic_alphas
 from melbo.fit.estimator import FitEstimator
-from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.exponential import Callback
 from melbo.fit.init import Init, initial_factors
-from melbo.fit.result import FitResult, IterationState
+from melbo.fit.loop import iterate
+from melbo.fit.result import FitResult
 from melbo.protocol import CausalMap
 
 __all__ = ["ALSStep", "QuadraticDCT", "als_step", "quadratic_als", "quadratic_dct"]
@@ -92,32 +91,14 @@ def quadratic_als(
     generator = make_generator(random_state)
     _, V = initial_factors(delta, k, init, R=1.0, generator=generator, d_proj=d_proj)
     U = torch.zeros_like(V)
-    objective: list[float] = []
-    movement: list[float] = []
-    converged = stopped = False
-    for it in range(max_iter):
-        Vo = qr_columns(V) if orthogonalize else V
-        step = als_step(delta, Vo)
-        sign = torch.sign((step.V * V).sum(dim=0))
+    def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
+        step = als_step(delta, qr_columns(V) if orthogonalize else V)
+        sign = torch.sign((step.V * V).sum(dim=0))  # an ALS factor is defined up to sign
         move = max(column_movement(step.U, U), column_movement(step.V * torch.where(sign == 0, 1.0, sign), V))
-        U, V = step.U, step.V
-        objective.append(step.objective)
-        movement.append(move)
-        logger.debug("ALS iteration %d: objective %.6g, movement %.3g", it, step.objective, move)
-        if callback is not None and callback(it, IterationState(U, V, step.objective, move)):
-            stopped = True
-            break
-        if move < tol:
-            converged = True
-            break
-    if warn and not converged and not stopped:
-        warnings.warn(
-            f"quadratic ALS did not converge in max_iter={max_iter} iterations "
-            f"(last factor movement {movement[-1]:.3g} > tol={tol:g})",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    return U, V, objective, movement, converged
+        return step.U, step.V, step.objective, move
+
+    loop = iterate(one, U, V, max_iter=max_iter, tol=tol, callback=callback, name="quadratic ALS", warn=warn)
+    return loop.U, loop.V, loop.objective, loop.movement, loop.converged
 
 
 def quadratic_dct(

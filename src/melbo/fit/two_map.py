@@ -91,7 +91,8 @@ from melbo.fit.estimator import FitEstimator
 from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.exponential import Callback, exponential_dct
 from melbo.fit.init import Init, initial_factors
-from melbo.fit.result import FitResult, IterationState
+from melbo.fit.loop import iterate
+from melbo.fit.result import FitResult
 from melbo.protocol import CausalMap
 
 if TYPE_CHECKING:
@@ -297,34 +298,16 @@ def two_map_dct(
     U, V = initial_factors(diff, m, init, R=R, generator=generator, d_proj=d_proj)
     if not isinstance(init, tuple):
         U = normalize_columns(a.value(R * V))  # u starts on A's effect, as OGI's does
-    objective: list[float] = []
-    movement: list[float] = []
-    converged = stopped = False
-    for it in range(max_iter):
+    def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
         step = contrastive_step(a, b, U, orthonormalize(V, ortho), R, mu, beta)
-        move = max(column_movement(step.U, U), column_movement(step.V, V))
-        U, V = step.U, step.V
-        objective.append(step.objective)
-        movement.append(move)
-        logger.debug("contrastive iteration %d: objective %.6g, movement %.3g", it, step.objective, move)
-        if callback is not None and callback(it, IterationState(U, V, step.objective, move)):
-            stopped = True
-            break
-        if move < tol:
-            converged = True
-            break
-    if not converged and not stopped:
-        warnings.warn(
-            f"contrastive DCT did not converge in max_iter={max_iter} iterations "
-            f"(last factor movement {movement[-1]:.3g} > tol={tol:g})",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    alpha = exponential_alphas(a, U, V, R, rcond=rcond)
-    scores = contrast_scores(a, b, V, R, mu)
-    logger.info("%s DCT: %d iterations, objective %.6g, converged=%s", method, len(objective), objective[-1], converged)
-    return FitResult(U=U, V=V, alpha=alpha, R=R, method=method, history=objective, scores=scores.tolist(),
-                     n_iter=len(objective), converged=converged, movement=movement)
+        return step.U, step.V, step.objective, max(column_movement(step.U, U), column_movement(step.V, V))
+
+    loop = iterate(one, U, V, max_iter=max_iter, tol=tol, callback=callback, name="contrastive DCT")
+    alpha = exponential_alphas(a, loop.U, loop.V, R, rcond=rcond)
+    scores = contrast_scores(a, b, loop.V, R, mu)
+    logger.info("%s DCT: %d iterations, objective %.6g, converged=%s", method, loop.n_iter, loop.objective[-1],
+                loop.converged)
+    return loop.result(alpha=alpha, R=R, method=method, scores=scores.tolist())
 
 
 # ---------------------------------------------------------------- estimators
