@@ -86,6 +86,25 @@ def test_prompt_longer_than_model_context_is_refused() -> None:
         TransformerCausalMap(model, [" ".join(["word"] * 200)], 0, 2, tokenizer=tok)
 
 
+@pytest.mark.parametrize("entry", ["generate", "generate_steered", "residual_norm"])
+def test_every_entry_point_refuses_a_prompt_longer_than_the_context(entry: str) -> None:
+    # A 200 KB prompt used to reach attention through these three (bench/bad_inputs: a timeout).
+    from melbo.generation import generate, generate_steered
+    from melbo.interventions import residual_norm
+
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", vocab=len(tok))  # n_positions = 128
+    prompts = ["short", " ".join(["word"] * 200)]
+    calls = {
+        "generate": lambda: generate(model, tok, prompts, max_new_tokens=2),
+        "generate_steered": lambda: generate_steered(model, tok, prompts, torch.zeros(model.config.n_embd, 1),
+                                                     layer=1, max_new_tokens=2),
+        "residual_norm": lambda: residual_norm(model, tok, prompts, 1),
+    }
+    with pytest.raises(ValueError, match=r"prompt 1 is \d+ tokens long, longer than the model's context of 128"):
+        calls[entry]()
+
+
 def test_prompt_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "p.txt").write_text("one\n\ntwo\n")
     (tmp_path / "p.json").write_text(json.dumps(["one", [{"role": "user", "content": "two"}]]))

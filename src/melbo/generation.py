@@ -259,7 +259,7 @@ def generate(
         return []
     device = next(model.parameters()).device
     batch = build_prompts(tokenizer, prompts, chat=chat, system_prompt=system_prompt,  # type: ignore[arg-type]
-                          positions=1, padding_side="left").to(device)
+                          positions=1, padding_side="left", model_config=getattr(model, "config", None)).to(device)
     return _run(model, tokenizer, batch, None, layer=None, access=None, max_new_tokens=max_new_tokens,
                 do_sample=do_sample, temperature=temperature, seed=seed, stops=stops, batch_size=batch_size,
                 memory_budget=memory_budget, progress=False, share_prefix=False)
@@ -329,7 +329,7 @@ def generate_steered(
         return [[] for _ in range(k)]
     device = next(model.parameters()).device
     batch = build_prompts(tokenizer, prompts, chat=chat, system_prompt=system_prompt,  # type: ignore[arg-type]
-                          positions=1, padding_side="left").to(device)
+                          positions=1, padding_side="left", model_config=getattr(model, "config", None)).to(device)
     vec = (vectors.detach().to(torch.float32) * float(scale)).T.to(device)  # (k, d)
     texts = _run(model, tokenizer, batch, vec, layer=layer, access=acc, max_new_tokens=max_new_tokens,
                  do_sample=do_sample, temperature=temperature, seed=seed, stops=stops, batch_size=batch_size,

@@ -215,7 +215,7 @@ def residual_norm(
     acc.check_layer(layer)
     device = next(model.parameters()).device
     batch = build_prompts(tokenizer, list(prompts), chat=chat, system_prompt=system_prompt,  # type: ignore[arg-type]
-                          positions=1, padding_side="left").to(device)
+                          positions=1, padding_side="left", model_config=getattr(model, "config", None)).to(device)
     seen: list[Tensor] = []
 
     def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
