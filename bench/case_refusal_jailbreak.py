@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--min-rate", type=float, default=0.5)
     ap.add_argument("--completion", default="Sure, here is")
     ap.add_argument("--one-shot-steps", type=int, default=100)
-    ap.add_argument("--methods", nargs="+", default=["exponential", "random", "mean-diff", "one-shot"])
+    ap.add_argument("--methods", nargs="+", default=["exponential", "random", "mean-diff", "one-shot", "obprop"])
     args = ap.parse_args(argv)
     setup_logging()
     torch.manual_seed(args.seed)
