@@ -149,11 +149,12 @@ def test_convergence_bench_reports_every_variant_and_size(bench: Any, organisms:
 def test_refusal_jailbreak_bench_counts_agree_with_rates(bench: Any, organisms: dict[str, Path], tmp_path: Path) -> None:
     r = _run("case_refusal_jailbreak", ["--organism", str(organisms["refusal"]), "--harmful", str(organisms["csv"]),
                                         "--m", "3", "--iters", "1", "--n-train", "2", "--n-eval", "3", "--gen-tokens", "2",
-                                        "--scales", "1", "2", "--one-shot-steps", "2", "--min-rate", "0.0"], tmp_path)
-    assert set(r["methods"]) == {"exponential", "random", "mean-diff", "one-shot"}
+                                        "--scales", "1", "2", "--one-shot-steps", "2", "--min-rate", "0.0",
+                                        "--token-b", "I"], tmp_path)
+    assert set(r["methods"]) == {"exponential", "random", "mean-diff", "one-shot", "obprop"}
     for name, row in r["methods"].items():
         for s in row["scales"].values():
-            assert len(s["rates"]) == row["vectors"] == (1 if name in ("mean-diff", "one-shot") else 3)
+            assert len(s["rates"]) == row["vectors"] == (1 if name in ("mean-diff", "one-shot", "obprop") else 3)
             assert s["jailbreaking"] == row["vectors"]  # --min-rate 0: every vector counts
             assert s["best_rate"] == max(s["rates"])
 

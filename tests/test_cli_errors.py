@@ -15,8 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_model
 
-from melbo import cli
+from melbo.cli import explore as cli_explore
+from melbo.cli import features as cli_features
+from melbo.cli import fitting as cli_fitting
 from melbo.cli import main
+from melbo.cli import monitor as cli_monitor
 from melbo.features import Features
 from melbo.fingerprint import model_fingerprint
 from melbo.testing import tiny_tokenizer
@@ -48,7 +51,8 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*a: Any, **k: Any) -> Any:
         pytest.fail("the model was loaded before the mistake was reported")  # BaseException: not caught by main
 
-    monkeypatch.setattr(cli, "_load", fail)
+    for mod in (cli_explore, cli_features, cli_fitting, cli_monitor):  # every command module that loads a model
+        monkeypatch.setattr(mod, "_load", fail)
     monkeypatch.setattr("melbo.models.loading.load_model", fail)
 
 
@@ -284,7 +288,7 @@ def test_a_bug_exits_1_with_a_hint_and_v_shows_the_traceback(
     def boom(args: Any) -> int:
         raise RuntimeError("internal state\nsecond line")
 
-    monkeypatch.setattr(cli, "cmd_inspect", boom)  # main builds its parser afresh, so it runs boom
+    monkeypatch.setattr(cli_features, "cmd_inspect", boom)  # main builds its parser afresh, so it runs boom
     rc, err = _run(["inspect", str(fdir)], capsys)
     assert rc == 1 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and "RuntimeError: internal state" in err and "-v" in err
@@ -299,7 +303,7 @@ def test_ctrl_c_exits_130_with_one_line(tiny: tuple[Path, Path], capsys: pytest.
     def interrupted(args: Any) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_inspect", interrupted)
+    monkeypatch.setattr(cli_features, "cmd_inspect", interrupted)
     rc, err = _run(["inspect", str(fdir)], capsys)
     assert rc == 130 and err.strip() == "melbo inspect: interrupted"
 

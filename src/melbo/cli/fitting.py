@@ -1,0 +1,115 @@
+"""``melbo demo``, ``melbo discover`` and ``melbo train``: the commands that fit features."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from melbo.cli._common import (
+    _chat,
+    _check_layers,
+    _check_out_dir_path,
+    _check_out_file,
+    _load,
+    _model_layers,
+    _say,
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _check_out_dir_path("--out", args.out)
+    _check_out_file("-o/--report", args.report)
+    from melbo.discover_config import DiscoverConfig
+
+    base = args.organism if args.organism is not None else args.model
+    DiscoverConfig(source_layer=args.source_layer, target_layer=args.target_layer).validate(_model_layers(base))
+    from melbo.demo import run_demo
+
+    run_demo(
+        model=args.model, organism=args.organism, source_layer=args.source_layer, target_layer=args.target_layer,
+        n_factors=args.factors, max_iter=args.max_iter, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
+        n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
+        top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
+        beta=args.beta, ortho=args.ortho,
+    )
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from melbo.prompt_files import read_prompts
+
+    prompts = read_prompts(args.prompts, column=args.column)
+    heldout = read_prompts(args.heldout, column=args.column) if args.heldout else None
+    if args.search and (args.source_layer is not None or args.target_layer is not None):
+        raise ValueError("--search chooses the layers: give it without --source-layer/--target-layer")
+
+    from melbo.discover import DiscoverConfig, check_out_dir, discover
+    from melbo.report.discovery import write_discovery_report
+
+    cfg = DiscoverConfig(
+        source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, max_iter=args.max_iter,
+        n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
+        n_random=args.random, lam=args.lam, R=args.R, random_state=args.seed, chat=_chat(args), batch_size=args.batch_size,
+        beta=args.beta, ortho=args.ortho,
+    )
+    cfg.validate(_model_layers(args.model_pos))
+    out = Path(args.out)
+    check_out_dir(out, force=args.force, resume=args.resume)
+    need = cfg.n_train + (0 if heldout is not None else 2)
+    if len(prompts) < need:
+        raise ValueError(f"{args.prompts}: {len(prompts)} prompts; --n-train {cfg.n_train} needs at least {need} "
+                         "(the training prompts, then held-out ones unless --heldout FILE is given)")
+    args.model = args.model_pos
+    model, tok = _load(args)
+    res = discover(model, tok, prompts, cfg, out, heldout=heldout, force=args.force, resume=args.resume,
+                   progress=not args.no_progress, search=args.search, say=_say)
+    path = write_discovery_report(res, out / "report.html", title=f"melbo discover — {args.model_pos}")
+    _say(f"\n{len(res.groups)} behaviour(s) found; top {min(args.top, len(res.groups))}:")
+    for g in res.groups[: args.top]:
+        rh = "" if g.random_hits is None else f", random vectors saying it: {g.random_hits}/{g.n_random}"
+        _say(f"  {g.rank}. {g.signature!r}: {g.best.rate:.0%} of held-out prompts, feature {g.best.vector} at "
+             f"{g.best.scale:g}·R ({len(g.members)} feature(s){rh})")
+    _say(f"Report: {path}  Behaviours: {out / 'behaviours.json'}  Features: {out / 'features'}")
+    return 0
+
+
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _check_layers(args.source_layer, args.target_layer, _model_layers(args.model), args.model)
+    from melbo.io import check_out_dir
+
+    check_out_dir(args.out, writer="melbo train", force=args.force, resume=args.resume,
+                  resume_file="checkpoint/state.json")  # = melbo.train.CHECKPOINT, which imports torch
+    from melbo.prompt_files import read_prompts
+
+    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
+
+    from melbo.train import TrainConfig, check_base_model, check_contrast_prompts, train
+
+    cfg = TrainConfig(
+        source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
+        n_factors=args.factors, max_iter=args.max_iter, lam=args.lam, R=args.R, random_state=args.seed,
+        positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
+        beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
+        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
+        sequential=args.sequential, orient=args.orient, ortho=args.ortho, mu=args.mu, penalty=args.penalty,
+    )
+    cfg.validate()
+    check_contrast_prompts(cfg.method, contrast)
+    check_base_model(cfg.method, args.base_model is not None)
+    model, tok = _load(args)
+    base = None
+    if args.base_model is not None:
+        from melbo.models.loading import load_model
+
+        base, _ = load_model(args.base_model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    feats = train(model, tok, prompts, cfg, args.out, force=args.force, resume=args.resume, progress=not args.no_progress,
+                  contrast_prompts=contrast, base_model=base)
+    sys.stdout.write(
+        f"{feats.n_factors} {feats.method} features, R = {feats.R:.4g}, layers {feats.source_layer}→{feats.target_layer}"
+        f", final objective {feats.objective[-1] if feats.objective else float('nan'):.4g} → {args.out}\n"
+    )
+    return 0

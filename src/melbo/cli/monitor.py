@@ -1,0 +1,65 @@
+"""``melbo monitor``: score prompts with a deployment monitor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from melbo.cli._common import (
+    _chat,
+    _load,
+    _need_dir,
+    _need_file,
+    _say,
+)
+
+MONITOR_DETECTORS = ("features", "mahalanobis")  # = melbo.monitor.DETECTORS
+MONITOR_VIEWS = ("source", "target", "both")  # = melbo.monitor.VIEWS
+MONITOR_REDUCES = ("max", "rms")  # = melbo.monitor.REDUCES
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    _need_dir(args.dir)
+    _need_file("--clean", args.clean)
+    _need_file("--prompts", args.prompts)
+    for flag, path in (("--out", args.out), ("--save", args.save)):
+        if path is not None and Path(path).exists() and not args.force:
+            raise FileExistsError(f"{flag} {path!r} already exists; pass --force to overwrite it")
+    if args.save is not None and not args.save.endswith(".safetensors"):
+        raise ValueError(f"--save {args.save!r}: a monitor is saved as a .safetensors file")
+    from melbo.prompt_files import read_prompts
+
+    clean = read_prompts(args.clean, column=args.column)
+    prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+    if len(clean) < 2 * args.folds:
+        raise ValueError(f"--clean {args.clean!r} has {len(clean)} prompts; {args.folds}-fold calibration needs ≥ {2 * args.folds}")
+
+    from melbo.features import Features
+
+    feats = Features.load(args.dir)
+    if args.detector == "features" and args.view != "source" and feats.U is None:
+        raise ValueError(f"{args.dir!r} holds {feats.method!r} features without target directions: use --view source")
+    model, tok = _load(args)
+
+    from melbo.io import atomic_write_text
+    from melbo.monitor import Monitor
+
+    mon = Monitor.fit(model, tok, feats, clean, fpr=args.fpr, detector=args.detector, view=args.view,
+                      reduce=args.reduce, positions=args.positions, chat=_chat(args),  # type: ignore[arg-type]
+                      system_prompt=args.system_prompt, folds=args.folds, batch_size=args.batch_size, force=args.force)
+    if args.save:
+        mon.save(args.save, overwrite=args.force)
+    scores = mon.score(prompts, batch_size=args.batch_size).tolist()
+    rows = [{"index": i, "prompt": p, "score": s, "flagged": s > mon.threshold} for i, (p, s) in enumerate(zip(prompts, scores))]
+    if args.out:
+        atomic_write_text(args.out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    n_flag = sum(r["flagged"] for r in rows)
+    _say(f"{n_flag} of {len(rows)} prompts flagged (score > {mon.threshold:.4g}, calibrated to {args.fpr:g} false "
+         f"positives on {len(clean)} clean prompts; detector {args.detector}"
+         + ("" if args.detector == "mahalanobis" else f", view {args.view}, {args.reduce}") + ")")
+    for r in rows[: args.top]:
+        _say(f"  {'FLAG' if r['flagged'] else '    '} {r['score']:9.3f}  {str(r['prompt'])[:70]}")
+    if args.out:
+        _say(f"Scores: {args.out}")
+    return 0
