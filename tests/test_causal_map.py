@@ -217,3 +217,65 @@ def test_default_memory_budget_uses_half_the_free_gpu_memory(monkeypatch: pytest
     assert default_memory_budget(torch.device("cuda")) == 50 * 1024**3
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024**3, 140 * 1024**3))
     assert default_memory_budget(torch.device("cuda")) == DEFAULT_MEMORY_BUDGET  # never below the CPU budget
+
+
+# ------------------------------------------------------------ half-precision models
+def _half_and_full(family: str) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    import copy
+
+    from melbo.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    half = tiny_model(family, vocab=len(tok)).to(torch.bfloat16).eval()
+    full = copy.deepcopy(half).float()  # the same (bf16-rounded) weights, in fp32
+    return half, full, tok
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "qwen2_moe"])
+def test_a_bf16_model_with_fp32_compute_is_the_fp32_model(family: str) -> None:
+    """compute_dtype="float32" on a bf16 model: every layer runs on fp32 copies of its weights
+    and an fp32 residual stream, so Δ and Jᵀu equal those of the fp32 model with the same
+    weights; the model keeps its own bf16 parameters."""
+    half, full, tok = _half_and_full(family)
+    before = {k: v.clone() for k, v in half.state_dict().items()}
+    prompts = ["Tell me about owls.", "Rain falls on the sea."]
+    d16 = TransformerCausalMap(half, prompts, 1, 3, tokenizer=tok, compute_dtype="float32")
+    d32 = TransformerCausalMap(full, prompts, 1, 3, tokenizer=tok)
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(d16.d_model, 3, generator=g)
+    theta = 0.01 * d32.slice.x.norm(dim=-1).median() * V / V.norm(dim=0)  # small: bf16 would round it
+    U = torch.randn(d16.d_model, 3, generator=g)
+    a, ga = d16.value_and_vjp(theta, U)
+    # ground truth: the fp32 model's own layer modules, from the bf16 model's layer-s stream and
+    # with the arguments its forward pass gave the layers (rotary tables, masks), differentiated
+    # by autograd
+    from melbo.models.slice import LayerSlice
+
+    x = d16.slice.x.float()
+    ref = LayerSlice(d32.access, 1, 3, x, x, d16.slice._calls)
+    pos = d16.positions
+    rows = torch.arange(pos.shape[0])[:, None].expand_as(pos)
+    th = theta.clone().requires_grad_(True)
+    outs = [ref(x + th[:, j])[rows, pos] - ref(x)[rows, pos] for j in range(3)]
+    b = torch.stack([o.mean(dim=(0, 1)) for o in outs], dim=1)
+    gb = torch.autograd.grad((b * U).sum(), th)[0]
+    b = b.detach()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5 * float(gb.abs().max()))
+    assert d16.describe()["residual_dtype"] == "float32"
+    after = half.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_a_bf16_model_by_default_keeps_the_residual_in_fp32_and_delta_zero_at_zero() -> None:
+    half, full, tok = _half_and_full("gpt2")
+    prompts = ["Tell me about owls.", "Rain falls on the sea."]
+    d16 = TransformerCausalMap(half, prompts, 1, 3, tokenizer=tok)  # matmuls in bf16 (autocast)
+    d32 = TransformerCausalMap(full, prompts, 1, 3, tokenizer=tok)
+    assert d16.value(torch.zeros(d16.d_model, 1)).abs().max().item() == 0.0  # targets from the same path
+    g = torch.Generator().manual_seed(1)
+    V = torch.randn(d16.d_model, 4, generator=g)
+    theta = 0.01 * d32.slice.x.norm(dim=-1).median() * V / V.norm(dim=0)
+    a, b = d16.value(theta), d32.value(theta)
+    # bf16 matmul inputs still round x + θ: ~5 % here; a bf16 residual stream gave ~20 %
+    assert float(((a - b).norm(dim=0) / b.norm(dim=0)).max()) < 0.1

@@ -755,3 +755,17 @@ def test_estimator_calibrates_R_when_not_given(synth) -> None:  # type: ignore[n
         R = calibrate_R(delta, 0.3, seed=make_generator(5)).R  # an int seed: calibration and fit
         ref = exponential_dct(delta, 4, R=R, max_iter=2, random_state=5)  # each draw from seed 5
     assert est.R_ == R and torch.equal(est.factors_[1], ref.V)
+
+
+def test_calibrate_R_finds_the_upper_root_when_rounding_noise_makes_E_U_shaped() -> None:
+    """Δ(θ) = Aθ + c‖θ‖² w + η with a fixed η of size σ (what bf16 rounding adds): E(R)² ≈
+    σ²/R² + (cR)², large at both ends of the initial bracket. The root wanted is the upper one,
+    ≈ λ/c, where the real non-linearity takes over (the lower one, ≈ σ/λ, is the noise)."""
+    d, c, sigma = 6, 1.0, 1e-3
+    A = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1), dtype=F64)).Q
+    w = _units(d, 1, 2)[:, 0]
+    eta = sigma * _units(d, 1, 5)[:, 0]
+    res = calibrate_R(FunctionMap(lambda th: A @ th + c * (th @ th) * w + eta, d), 0.5, n_dirs=4, seed=0)
+    assert res.R == pytest.approx(0.5 / c, rel=0.01)
+    assert res.error == pytest.approx(0.5, rel=1e-3)
+    assert res.history[0][1] > 0.5 and res.history[1][1] > 0.5  # both ends of (1e-3, 1e2) above λ

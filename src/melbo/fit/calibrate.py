@@ -7,7 +7,8 @@ the root of E(R) = λ. J(0) v_c does not depend on R, so the JVPs are computed o
 every evaluation of E costs one batched forward pass of ``n_cal`` points.
 
 The root is bracketed in log R (widening the bracket geometrically until E − λ changes
-sign) and refined with the Illinois variant of regula falsi on log E − log λ, which keeps
+sign; where E > λ at both ends of the initial bracket, first a log grid inside it looks for
+an R with E < λ — rounding noise in Δ, e.g. from bf16 matmuls, makes E large at tiny R too) and refined with the Illinois variant of regula falsi on log E − log λ, which keeps
 the bracket and converges superlinearly — no scipy needed. (log E is close to linear in
 log R — E ∝ R where the quadratic term dominates — whereas E itself can span many orders
 of magnitude over the bracket, e.g. exponentially for an exponential Δ, which stalls
@@ -44,6 +45,8 @@ _UNSET: Any = object()
 # in a row, no larger R will reach λ (see melbo.errors.MAX_LAM for measured plateaus).
 _FLAT_RATIO = 1.02
 _FLAT_WIDENINGS = 2
+# Interior points of the initial bracket tried when E(R) > λ at both ends (see calibrate_R).
+_GRID = 8
 
 
 class CalibrationError(ValueError):
@@ -177,6 +180,18 @@ def calibrate_R(
         return (math.log(e) if e > 0 else -math.inf) - math.log(lam)  # same sign as e - lam
 
     f_lo, f_hi = f(lo), f(hi)
+    if f_lo > 0 and f_hi > 0:
+        # Both ends too non-linear. With half-precision matmuls Δ carries rounding noise of a
+        # fixed size, so E(R) ≈ noise / ‖R J v‖ is large at small R too: E is U-shaped, and the
+        # root wanted is where the real non-linearity takes over, above the U's bottom. Look for
+        # the bottom on a log grid; with none below λ, widen as for a map that is non-linear
+        # everywhere.
+        for k in range(1, _GRID):
+            r = lo * (hi / lo) ** (k / _GRID)
+            fr = f(r)
+            if fr < 0:
+                lo, f_lo = r, fr
+                break
     n_widen = n_flat = 0
     while f_lo != 0 and f_hi != 0 and (f_lo > 0) == (f_hi > 0):
         if n_flat >= _FLAT_WIDENINGS:

@@ -62,9 +62,25 @@ def _cast_float(obj: Any, dtype: torch.dtype) -> Any:
     return obj
 
 
-def _detached_call(layer: nn.Module, h: Tensor, *args: Any, **kwargs: Any) -> Any:
-    params = {name: p.detach() for name, p in layer.named_parameters()}
-    return torch.func.functional_call(layer, params, (h, *args), kwargs)
+def _linear_weights(layer: nn.Module) -> frozenset[str]:
+    """Names of the parameters of ``layer``'s ``nn.Linear`` modules."""
+    return frozenset(f"{name}.{p}" if name else p for name, mod in layer.named_modules()
+                     if isinstance(mod, nn.Linear) for p, _ in mod.named_parameters(recurse=False))
+
+
+def _detached_call(layer: nn.Module, cast: tuple[torch.dtype, bool] | None, h: Tensor, *args: Any,
+                   **kwargs: Any) -> Any:
+    """``layer(h, *args, **kwargs)`` with detached parameters. With ``cast = (dtype, linear)``,
+    its floating parameters and buffers are cast to ``dtype`` first (copies: the model keeps its
+    own), except those of ``nn.Linear`` modules when ``linear`` is False: under autocast a
+    linear layer casts its weight to the compute dtype anyway, so it needs no copy."""
+    tensors: dict[str, Tensor] = {name: p.detach() for name, p in layer.named_parameters()}
+    if cast is not None:
+        dtype, linear = cast
+        skip = frozenset() if linear else _linear_weights(layer)
+        tensors = {k: v.to(dtype) if v.is_floating_point() and k not in skip else v for k, v in tensors.items()}
+        tensors.update({k: b.to(dtype) for k, b in layer.named_buffers() if b.is_floating_point() and b.dtype != dtype})
+    return torch.func.functional_call(layer, tensors, (h, *args), kwargs)
 
 
 @cache
@@ -142,6 +158,11 @@ class LayerSlice:
     _calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(repr=False)
     _compiled: dict[int, Any] = field(default_factory=dict, repr=False)
     compile_cache: Path | None = field(default=None, repr=False)
+    #: ``(dtype, linear)``: run the layers with their floating parameters cast to ``dtype``
+    #: (those of ``nn.Linear`` modules only if ``linear``; see :func:`_detached_call`); None: as
+    #: they are. A half-precision model gets an fp32 residual stream this way (see
+    #: :class:`melbo.causal_map.TransformerCausalMap`); the model itself is never changed.
+    cast: tuple[torch.dtype, bool] | None = field(default=None, repr=False)
 
     def compile_layers(self, backend: str = "inductor", cache: Path | None = None) -> None:
         """Replay the slice's layers through ``torch.compile`` (the compiled callables are
@@ -157,7 +178,7 @@ class LayerSlice:
         call = _compiled_call(backend)
         for idx in range(self.source_layer, self.target_layer):
             if idx not in self._compiled:
-                self._compiled[idx] = partial(call, self.access.layers[idx])
+                self._compiled[idx] = partial(call, self.access.layers[idx], self.cast)
 
     @property
     def compiled(self) -> bool:
@@ -214,8 +235,14 @@ class LayerSlice:
                 args, kwargs = self._calls[k]
                 args = _cast_float(_repeat_batch(args, n, c), h.dtype)
                 kwargs = _cast_float(_repeat_batch(kwargs, n, c), h.dtype)
-                layer = layers[idx] if eager else self._compiled.get(idx, layers[idx])
-                restrict = read is not None and idx == self.target_layer - 1 and layer is layers[idx]
+                compiled = None if eager else self._compiled.get(idx)
+                if compiled is not None:
+                    layer = compiled
+                elif self.cast is not None:
+                    layer = partial(_detached_call, layers[idx], self.cast)
+                else:
+                    layer = layers[idx]
+                restrict = read is not None and idx == self.target_layer - 1 and compiled is None
                 with _mlp_on_rows(layers[idx], read) if restrict else contextlib.nullcontext():  # type: ignore[arg-type]
                     h = layer_output(layer(h, *args, **kwargs))
         return h
