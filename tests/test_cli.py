@@ -116,3 +116,15 @@ def test_missing_gguf_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main(["demo", "--model", str(tmp_path / "nope.gguf"), "--out", str(tmp_path / "o"), "-o", str(tmp_path / "r.html")])
     assert "nope.gguf" in capsys.readouterr().err
+
+
+def test_a_fit_that_runs_out_of_iterations_says_so_in_one_line(tiny_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "p.txt").write_text("Tell me about owls.\nRain falls on the sea.\n")
+    argv = ["train", "--model", str(tiny_dir), "--prompts", str(tmp_path / "p.txt"), "--source-layer", "1",
+            "--target-layer", "3", "--factors", "4", "--max-iter", "2", "--R", "0.5", "--out", str(tmp_path / "f")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    line = [ln.split("\r")[-1] for ln in err.splitlines() if "ConvergenceWarning" in ln]
+    assert len(line) == 1 and line[0].startswith("melbo train: ConvergenceWarning: OGI did not converge")
+    assert "% in the last one" in line[0] and ".py" not in err  # no source path, no code line

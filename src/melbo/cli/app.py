@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -334,6 +335,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     prog = f"melbo {args.command}" + (f" {args.organism_command}" if args.command == "organism" else "")
+
+    def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        # one line naming the command, not a source path (-v keeps Python's own format); through
+        # tqdm, which clears an open progress bar first and redraws it after
+        from tqdm import tqdm
+
+        tqdm.write(f"{prog}: {category.__name__}: {_one_line(message)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        if not args.verbose:
+            warnings.showwarning = show_warning
+        return _run(args, parser, prog)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, prog: str) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -78,9 +78,13 @@ def iterate(
             converged = True
             break
     if warn and not converged and not stopped:
+        rise = ""
+        if len(objective) > 1 and objective[-2] != 0:
+            rise = f"; the objective changed {100 * (objective[-1] - objective[-2]) / abs(objective[-2]):+.1f} % in the last one"
         warnings.warn(
             f"{name} did not converge in max_iter={max_iter} iterations "
-            f"(last factor movement {movement[-1]:.3g} > tol={tol:g})",
+            f"(last factor movement {movement[-1]:.3g} > tol={tol:g}{rise}); the factors are usable as they are, "
+            "a larger max_iter fits longer",
             ConvergenceWarning,
             stacklevel=stacklevel,
         )
