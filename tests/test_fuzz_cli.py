@@ -423,6 +423,33 @@ def test_every_command_exits_0_with_valid_output_or_2_with_one_line(env: Env, da
     _assert_clean(argv, rc, out, err)
 
 
+@settings(FUZZ, max_examples=int(os.environ.get("MELBO_FUZZ_TRAIN_EXAMPLES", 24)))
+@given(data=st.data())
+def test_any_valid_train_fits_and_saves_finite_features(env: Env, data: st.DataObject,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The mixed fuzz above rarely draws a ``train`` whose every value is good; here every value is,
+    so each example must fit and save (exit 0), whatever the method, layers and step."""
+    d = data.draw
+    s, t = d(st.sampled_from([(0, 1), (1, 3), (2, 4), (0, 4)]), label="layers")
+    method = d(st.sampled_from(["exponential", "quadratic", "linear", "linear-projected", "random"]), label="method")
+    argv = ["train", "--model", str(env.model), "--prompts", str(env.prompts), "--source-layer", str(s),
+            "--target-layer", str(t), "--method", method, "--factors", d(st.sampled_from(["1", "2", "4"])),
+            "--n-prompts", d(st.sampled_from(["1", "2", "3"])),
+            "--out", str(Path(tempfile.mkdtemp(dir=env.root)) / "f"), "--no-progress",
+            "--chat", d(st.sampled_from(["yes", "no", "auto"])), "--seed", d(st.sampled_from(["0", "7"]))]
+    argv += (["--R", d(st.sampled_from(["0.25", "1", "3"]))] if d(st.booleans(), label="given R")
+             else ["--lam", d(st.sampled_from(["0.3", "0.5"]))])
+    if method in ("exponential", "quadratic"):  # the others run no iterations (--max-iter is refused)
+        argv += ["--max-iter", d(st.sampled_from(["1", "2"]))]
+    if method == "exponential" and d(st.booleans(), label="settled step"):
+        argv += ["--beta", "0.5", "--ortho", "polar"]
+    if d(st.booleans(), label="positions"):
+        argv += ["--positions", d(st.sampled_from(["1", "2"]))]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, (argv, err)
+    _check_output(argv, out)
+
+
 # ---------------------------------------------------------------- the readers directly
 
 def _one_line_error(fn: Callable[[], Any]) -> Any:
