@@ -11,6 +11,8 @@ Variants (:func:`melbo.fit.exponential.exponential_dct` options):
 * ``sequential`` — G_V from the updated U (Gauss–Seidel) with ``orient`` (each factor flipped to the
   side of larger ‖Δ_R(±v)‖);
 * ``sequential-damped`` — sequential + orient with β = ``--beta``;
+* ``sequential-polar-damped`` — sequential + orient + polar with β = ``--beta``;
+* ``polar-annealed`` — polar with β_k = ``--beta`` / (1 + k/10) at iteration k (shrinking steps);
 * ``polar`` / ``polar-damped`` — the published step (undamped / β = ``--beta``) with V made
   orthonormal by its polar factor (the closest orthonormal matrix) instead of QR, which bends
   every column away from the earlier ones in index order.
@@ -43,6 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sequential-damped": {"sequential": True, "orient": True, "beta": None},
     "polar": {"ortho": "polar"},
     "polar-damped": {"ortho": "polar", "beta": None},
+    "sequential-polar-damped": {"sequential": True, "orient": True, "ortho": "polar", "beta": None},
+    "polar-annealed": {"ortho": "polar", "beta": None, "anneal": 10.0},
 }
 
 

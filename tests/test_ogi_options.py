@@ -222,3 +222,23 @@ def test_exponential_dct_with_polar_orthogonalisation_steps_from_the_polar_facto
     torch.testing.assert_close(states[0][1], step.V, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="ortho='svd'"):
         exponential_dct(delta, 4, R=1.2, ortho="svd")
+
+
+def test_anneal_damps_iteration_k_with_beta_over_1_plus_k_over_anneal(synth) -> None:  # type: ignore[no-untyped-def]
+    from melbo.fit._common import polar_columns
+
+    delta, _ = synth
+    U0, V0 = _units(16, 4, 13), _units(16, 4, 14)
+    states: list[tuple[Tensor, Tensor]] = []
+    with pytest.warns(ConvergenceWarning):
+        exponential_dct(delta, 4, R=1.2, max_iter=3, tol=0.0, init=(U0, V0), ortho="polar", beta=0.6, anneal=2.0,
+                        callback=lambda it, s: states.append((s.U.clone(), s.V.clone())))
+    U, V = U0, V0
+    for k, (Us, Vs) in enumerate(states):
+        step = ogi_step(delta, U, polar_columns(V), 1.2, 0.6 / (1 + k / 2.0))
+        torch.testing.assert_close(Us, step.U, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(Vs, step.V, rtol=1e-10, atol=1e-12)
+        U, V = Us, Vs
+    for bad in (0, -1.0, float("inf"), True, "3"):
+        with pytest.raises(ValueError, match="anneal="):
+            exponential_dct(delta, 4, R=1.2, anneal=bad)  # type: ignore[arg-type]

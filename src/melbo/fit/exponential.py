@@ -177,6 +177,7 @@ def exponential_dct(
     sequential: bool = False,
     orient: bool = False,
     ortho: str = "qr",
+    anneal: float | None = None,
 ) -> FitResult:
     """Fit an exponential transcoder with OGI (see module docstring).
 
@@ -213,6 +214,10 @@ def exponential_dct(
         How step 1 orthogonalises V: QR with fixed signs (as published; column ℓ is bent away
         from columns 1..ℓ−1) or the closest orthonormal matrix (symmetric; see
         :func:`melbo.fit._common.polar_columns`).
+    anneal : float or None
+        Damping schedule: iteration k (from 0) mixes with β_k = β / (1 + k / anneal), so the
+        steps shrink and the factors come to rest where a fixed β leaves them circling a
+        plateau of the objective; None keeps β fixed.
 
     Every option works sharded over GPUs too: :func:`melbo.distributed.distributed_fit`
     runs this function on a :class:`melbo.distributed.ShardedCausalMap`.
@@ -233,6 +238,9 @@ def exponential_dct(
         ortho_iters = check_positive_int("ortho_iters", ortho_iters, minimum=0)
     _check_bool("sequential", sequential)
     _check_bool("orient", orient)
+    if anneal is not None and (isinstance(anneal, bool) or not isinstance(anneal, int | float) or not anneal > 0
+                               or anneal == float("inf")):
+        raise ValueError(f"anneal={anneal!r}: must be a finite number > 0 (iterations), or None")
     if ortho not in ORTHO:
         raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
     if m > delta.d_model and ortho_iters != 0:
@@ -245,7 +253,8 @@ def exponential_dct(
 
     def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
         Vo = orthonormalize(V, ortho) if ortho_iters is None or it < ortho_iters else V
-        step = ogi_step(delta, U, Vo, R, beta, sequential=sequential, orient=orient)
+        b = beta if anneal is None else beta / (1.0 + it / anneal)
+        step = ogi_step(delta, U, Vo, R, b, sequential=sequential, orient=orient)
         return step.U, step.V, step.objective, max(column_movement(step.U, U), column_movement(step.V, V))
 
     loop = iterate(one, U, V, max_iter=max_iter, tol=tol, callback=callback, name="OGI")
