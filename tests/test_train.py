@@ -219,3 +219,26 @@ def test_bad_train_arguments_are_clear_errors(tiny: tuple[Path, Path], tmp_path:
     with pytest.raises(SystemExit):
         main(args)
     assert match in capsys.readouterr().err
+
+
+def test_anneal_reaches_the_fit_and_is_refused_where_it_means_nothing(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from melbo.causal_map import TransformerCausalMap
+    from melbo.fit.exponential import exponential_dct
+    from melbo.models.loading import load_model
+
+    model, prompts = tiny
+    extra = ("--R", "0.5", "--beta", "0.5", "--ortho", "polar", "--chat", "no")
+    assert main(_train_args(model, prompts, tmp_path / "a", *extra, "--anneal", "2")) == 0
+    feats = Features.load(tmp_path / "a")
+    # the same fit through the function: β_k = 0.5/(1 + k/2)
+    m, tok = load_model(str(model))
+    delta = TransformerCausalMap(m, prompts.read_text().splitlines(), 1, 3, tokenizer=tok, chat=False)
+    ref = exponential_dct(delta, 6, R=0.5, max_iter=4, beta=0.5, ortho="polar", anneal=2.0, random_state=0)
+    torch.testing.assert_close(feats.V, ref.V, rtol=1e-5, atol=1e-6)
+    assert main(_train_args(model, prompts, tmp_path / "b", *extra)) == 0
+    assert not torch.allclose(Features.load(tmp_path / "b").V, feats.V)  # fixed β differs
+    for bad, match in ((["--anneal", "0"], "--anneal"), (["--method", "quadratic", "--anneal", "2"], "anneal")):
+        with pytest.raises(SystemExit):
+            main(_train_args(model, prompts, tmp_path / "c", "--R", "0.5", *bad))
+        assert match in capsys.readouterr().err

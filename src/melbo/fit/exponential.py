@@ -54,6 +54,7 @@ from dataclasses import KW_ONLY, dataclass
 import torch
 from torch import Tensor
 
+from melbo.errors import check_anneal
 from melbo.fit._common import (
     ORTHO,
     RandomState,
@@ -238,9 +239,7 @@ def exponential_dct(
         ortho_iters = check_positive_int("ortho_iters", ortho_iters, minimum=0)
     _check_bool("sequential", sequential)
     _check_bool("orient", orient)
-    if anneal is not None and (isinstance(anneal, bool) or not isinstance(anneal, int | float) or not anneal > 0
-                               or anneal == float("inf")):
-        raise ValueError(f"anneal={anneal!r}: must be a finite number > 0 (iterations), or None")
+    anneal = check_anneal(anneal)
     if ortho not in ORTHO:
         raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
     if m > delta.d_model and ortho_iters != 0:
@@ -286,5 +285,6 @@ class ExponentialDCT(FitEstimator):
     sequential: bool = False
     orient: bool = False
     ortho: str = "qr"
+    anneal: float | None = None
 
     _fit_function = staticmethod(exponential_dct)
