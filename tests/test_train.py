@@ -242,3 +242,12 @@ def test_anneal_reaches_the_fit_and_is_refused_where_it_means_nothing(tiny: tupl
         with pytest.raises(SystemExit):
             main(_train_args(model, prompts, tmp_path / "c", "--R", "0.5", *bad))
         assert match in capsys.readouterr().err
+
+
+def test_ortho_is_an_option_of_every_ogi_method_only() -> None:
+    for method in ("exponential", "contrastive", "model-diff"):
+        TrainConfig(source_layer=1, target_layer=3, method=method, ortho="polar", beta=0.5).validate()
+    with pytest.raises(ValueError, match="ortho is an option of the OGI methods"):
+        TrainConfig(source_layer=1, target_layer=3, method="quadratic", ortho="polar").validate()
+    with pytest.raises(ValueError, match="anneal are options of method 'exponential'"):
+        TrainConfig(source_layer=1, target_layer=3, method="model-diff", anneal=5.0).validate()

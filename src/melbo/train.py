@@ -131,9 +131,11 @@ class TrainConfig:
         for name in ("compile", "sequential", "orient"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
-        if self.method != "exponential" and (self.sequential or self.orient or self.ortho != "qr"
-                                             or self.anneal is not None):
-            raise ValueError(f"sequential/orient/ortho/anneal are options of method 'exponential', not {self.method!r}")
+        if self.method != "exponential" and (self.sequential or self.orient or self.anneal is not None):
+            raise ValueError(f"sequential/orient/anneal are options of method 'exponential', not {self.method!r}")
+        if self.method not in ("exponential", *TWO_MAP_METHODS) and self.ortho != "qr":
+            raise ValueError(f"ortho is an option of the OGI methods (exponential, {', '.join(TWO_MAP_METHODS)}), "
+                             f"not {self.method!r}")
         check_anneal(self.anneal)
         if not (isinstance(self.mu, int | float) and not isinstance(self.mu, bool) and 0 <= self.mu < float("inf")):
             raise ValueError(f"mu={self.mu!r}: must be a finite number >= 0")
