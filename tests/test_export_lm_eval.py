@@ -40,6 +40,16 @@ def _apply_like_lm_eval(model: torch.nn.Module, config: dict[str, dict[str, Any]
     return handles
 
 
+def _logits_like_lm_eval(model: torch.nn.Module, config: dict[str, dict[str, Any]], x: torch.Tensor) -> torch.Tensor:
+    """The model's logits on ``x`` with ``config``'s hooks applied as lm-eval applies them."""
+    handles = _apply_like_lm_eval(model, config)
+    try:
+        return model(x).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
 def test_the_file_steers_like_melbo_at_the_output_of_the_block_before(family: str, tmp_path: Path) -> None:
     model = tiny_model(family)
@@ -53,12 +63,7 @@ def test_the_file_steers_like_melbo_at_the_output_of_the_block_before(family: st
         plain = model(x).logits
         with steer_features(model, feats, 1, scale=2.5):
             ours = model(x).logits
-        handles = _apply_like_lm_eval(model, config)
-        try:
-            theirs = model(x).logits
-        finally:
-            for h in handles:
-                h.remove()
+        theirs = _logits_like_lm_eval(model, config, x)
     assert not torch.allclose(ours, plain, atol=1e-3)
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
@@ -88,12 +93,7 @@ def test_several_features_steer_like_melbo_steering_with_their_sum(tmp_path: Pat
     with torch.no_grad():
         with steer(model, 0.5 * feats.steering_vector(1) + 2.0 * feats.steering_vector(3), layer=2):
             ours = model(x).logits
-        handles = _apply_like_lm_eval(model, config)
-        try:
-            theirs = model(x).logits
-        finally:
-            for h in handles:
-                h.remove()
+        theirs = _logits_like_lm_eval(model, config, x)
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
 
 
