@@ -13,6 +13,8 @@ Variants (:func:`melbo.fit.exponential.exponential_dct` options):
 * ``sequential-damped`` — sequential + orient with β = ``--beta``;
 * ``sequential-polar-damped`` — sequential + orient + polar with β = ``--beta``;
 * ``polar-annealed`` — polar with β_k = ``--beta`` / (1 + k/10) at iteration k (shrinking steps);
+* ``polar-warm-annealed`` — polar, ``--anneal-after`` iterations at β = ``--beta``, then
+  β_k = ``--beta`` / (1 + (k − anneal_after)/``--anneal``) (the fixed-β fit, then shrinking steps);
 * ``polar`` / ``polar-damped`` — the published step (undamped / β = ``--beta``) with V made
   orthonormal by its polar factor (the closest orthonormal matrix) instead of QR, which bends
   every column away from the earlier ones in index order.
@@ -47,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "polar-damped": {"ortho": "polar", "beta": None},
     "sequential-polar-damped": {"sequential": True, "orient": True, "ortho": "polar", "beta": None},
     "polar-annealed": {"ortho": "polar", "beta": None, "anneal": 10.0},
+    "polar-warm-annealed": {"ortho": "polar", "beta": None, "anneal": "anneal", "anneal_after": "anneal_after"},
 }
 
 
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--m", type=int, nargs="+", default=[64, 128, 256, 640])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--beta", type=float, default=0.5, help="damping of the damped variants")
+    ap.add_argument("--anneal", type=float, default=5.0, help="K of polar-warm-annealed")
+    ap.add_argument("--anneal-after", type=int, default=10, help="fixed-β iterations of polar-warm-annealed")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--compute-dtype", default=None, choices=(None, "bfloat16"))
     args = ap.parse_args(argv)
@@ -88,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for m in args.m:
         for name in args.variants:
-            opts = {k: (args.beta if v is None else v) for k, v in VARIANTS[name].items()}
+            opts = {k: (args.beta if v is None else getattr(args, v) if isinstance(v, str) and k != "ortho" else v)
+                    for k, v in VARIANTS[name].items()}
             t1 = time.perf_counter()
             prev: list[Any] = []
             median: list[float] = []

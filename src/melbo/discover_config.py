@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from melbo.errors import MAX_SCALE, check_anneal, check_lam
+from melbo.errors import MAX_SCALE, check_anneal, check_anneal_after, check_lam
 
 __all__ = ["DEMO_SCALES", "DiscoverConfig", "default_layers"]
 
@@ -45,6 +45,7 @@ class DiscoverConfig:
     beta: float = 0.5
     ortho: str = "polar"
     anneal: float | None = None  # damping schedule β_k = β/(1 + k/anneal) (melbo.fit.exponential)
+    anneal_after: int = 0  # iterations at the full β before the schedule starts
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
@@ -66,7 +67,7 @@ class DiscoverConfig:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
-        check_anneal(self.anneal)
+        check_anneal_after(self.anneal_after, check_anneal(self.anneal))
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         for name in ("source_layer", "target_layer"):

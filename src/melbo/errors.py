@@ -44,6 +44,16 @@ def check_finite(name: str, value: float) -> float:
     return float(value)
 
 
+def check_anneal_after(value: object, anneal: float | None) -> int:
+    """Iterations at the full β before OGI's damping schedule starts: an integer ≥ 0, and > 0
+    only with a schedule (``anneal``) to start."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"anneal_after={value!r}: must be an integer ≥ 0 (iterations)")
+    if value > 0 and anneal is None:
+        raise UserError(f"anneal_after={value!r} needs anneal (the schedule to start after it), got anneal=None")
+    return value
+
+
 def check_count(name: str, value: int, minimum: int = 1) -> int:
     """``value`` if it is an int ≥ ``minimum``, else :class:`UserError`."""
     if isinstance(value, bool) or not isinstance(value, int):

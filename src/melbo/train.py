@@ -24,7 +24,7 @@ from torch import nn
 
 from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.causal_map import TransformerCausalMap
-from melbo.errors import check_anneal, check_lam
+from melbo.errors import check_anneal, check_anneal_after, check_lam
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.fit.two_map import PENALTIES as _PENALTIES
@@ -70,6 +70,7 @@ class TrainConfig:
     orient: bool = False  # exponential: flip each factor to the side of larger ‖Δ_R(±v)‖
     ortho: str = "qr"  # exponential: "qr" (published) or "polar" (symmetric) orthogonalisation
     anneal: float | None = None  # exponential: damping β_k = β/(1 + k/anneal); None keeps β
+    anneal_after: int = 0  # exponential: iterations at the full β before the schedule starts
     mu: float = 1.0  # contrastive / model-diff: weight μ of the penalised map (melbo.fit.two_map)
     penalty: str | None = None  # contrastive / model-diff: "norm" or "difference"; None = the method's default
     extra: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +137,7 @@ class TrainConfig:
         if self.method not in ("exponential", *TWO_MAP_METHODS) and self.ortho != "qr":
             raise ValueError(f"ortho is an option of the OGI methods (exponential, {', '.join(TWO_MAP_METHODS)}), "
                              f"not {self.method!r}")
-        check_anneal(self.anneal)
+        check_anneal_after(self.anneal_after, check_anneal(self.anneal))
         if not (isinstance(self.mu, int | float) and not isinstance(self.mu, bool) and 0 <= self.mu < float("inf")):
             raise ValueError(f"mu={self.mu!r}: must be a finite number >= 0")
         if self.penalty not in (None, *_PENALTIES):
@@ -156,7 +157,7 @@ class TrainConfig:
         opts: dict[str, Any] = {
             "n_factors": self.n_factors, "R": self.R, "lam": self.lam, "random_state": self.random_state,
             "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
-            "ortho": self.ortho, "anneal": self.anneal, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
+            "ortho": self.ortho, "anneal": self.anneal, "anneal_after": self.anneal_after, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
             "completion": self.completion, "suppress": self.suppress, "mu": self.mu, "penalty": self.penalty,
             "token_a": self.token_a, "token_b": self.token_b,
         }

@@ -70,6 +70,8 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--anneal", type=_positive, default=base.anneal, metavar="K",
                    help="shrink the damping as β/(1 + k/K) at iteration k, so the factors come to rest "
                         "(e.g. 10 with --max-iter 20; default: fixed β)")
+    p.add_argument("--anneal-after", type=_count(0), default=base.anneal_after, metavar="N",
+                   help="with --anneal: N iterations at the full β before the schedule starts (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 
@@ -168,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OGI orthogonalisation: qr (published, default) or polar (melbo discover's default)")
     tr.add_argument("--anneal", type=_positive, default=None, metavar="K",
                     help="exponential: shrink the damping as β/(1 + k/K) at iteration k (default: fixed β)")
+    tr.add_argument("--anneal-after", type=_count(0), default=0, metavar="N",
+                    help="exponential, with --anneal: N iterations at the full β before the schedule starts")
     tr.add_argument("--init", default="projected", help="OGI init: projected | random")
     tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
     tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")

@@ -31,7 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_factors=args.factors, max_iter=args.max_iter, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
         n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
         top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
-        beta=args.beta, ortho=args.ortho, anneal=args.anneal,
+        beta=args.beta, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
     )
     return 0
 
@@ -51,7 +51,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, max_iter=args.max_iter,
         n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
         n_random=args.random, lam=args.lam, R=args.R, random_state=args.seed, chat=_chat(args), batch_size=args.batch_size,
-        beta=args.beta, ortho=args.ortho, anneal=args.anneal,
+        beta=args.beta, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
     )
     cfg.validate(_model_layers(args.model_pos))
     out = Path(args.out)
@@ -95,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
         beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
         one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
-        sequential=args.sequential, orient=args.orient, ortho=args.ortho, anneal=args.anneal, mu=args.mu,
+        sequential=args.sequential, orient=args.orient, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after, mu=args.mu,
         penalty=args.penalty,
     )
     cfg.validate()

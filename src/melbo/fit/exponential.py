@@ -54,7 +54,7 @@ from dataclasses import KW_ONLY, dataclass
 import torch
 from torch import Tensor
 
-from melbo.errors import check_anneal
+from melbo.errors import check_anneal, check_anneal_after
 from melbo.fit._common import (
     ORTHO,
     RandomState,
@@ -179,6 +179,7 @@ def exponential_dct(
     orient: bool = False,
     ortho: str = "qr",
     anneal: float | None = None,
+    anneal_after: int = 0,
 ) -> FitResult:
     """Fit an exponential transcoder with OGI (see module docstring).
 
@@ -219,6 +220,11 @@ def exponential_dct(
         Damping schedule: iteration k (from 0) mixes with β_k = β / (1 + k / anneal), so the
         steps shrink and the factors come to rest where a fixed β leaves them circling a
         plateau of the objective; None keeps β fixed.
+    anneal_after : int
+        Iterations at the full β before the schedule starts: iteration k ≥ ``anneal_after``
+        mixes with β / (1 + (k − anneal_after) / anneal), so the first ``anneal_after``
+        iterations are those of the fixed-β fit and only the rest shrink. Needs ``anneal``
+        when > 0.
 
     Every option works sharded over GPUs too: :func:`melbo.distributed.distributed_fit`
     runs this function on a :class:`melbo.distributed.ShardedCausalMap`.
@@ -240,6 +246,7 @@ def exponential_dct(
     _check_bool("sequential", sequential)
     _check_bool("orient", orient)
     anneal = check_anneal(anneal)
+    anneal_after = check_anneal_after(anneal_after, anneal)
     if ortho not in ORTHO:
         raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
     if m > delta.d_model and ortho_iters != 0:
@@ -252,7 +259,7 @@ def exponential_dct(
 
     def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
         Vo = orthonormalize(V, ortho) if ortho_iters is None or it < ortho_iters else V
-        b = beta if anneal is None else beta / (1.0 + it / anneal)
+        b = beta if anneal is None else beta / (1.0 + max(0, it - anneal_after) / anneal)
         step = ogi_step(delta, U, Vo, R, b, sequential=sequential, orient=orient)
         return step.U, step.V, step.objective, max(column_movement(step.U, U), column_movement(step.V, V))
 
@@ -286,5 +293,6 @@ class ExponentialDCT(FitEstimator):
     orient: bool = False
     ortho: str = "qr"
     anneal: float | None = None
+    anneal_after: int = 0
 
     _fit_function = staticmethod(exponential_dct)
