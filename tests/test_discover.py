@@ -135,13 +135,27 @@ def test_discover_end_to_end_on_a_tiny_model(llama: torch.nn.Module, tok: Any, t
     ("kw", "match"),
     [({"n_factors": 0}, "n_factors=0"), ({"scales": ()}, "scales="), ({"scales": (float("nan"),)}, "scales="),
      ({"n_random": -1}, "n_random=-1"), ({"source_layer": 3, "target_layer": 2}, "layers 3 → 2"),
-     ({"target_layer": 9}, "layers 1 → 9")],
+     ({"target_layer": 9}, "layers 1 → 9"), ({"anneal": 0}, "anneal=0"), ({"anneal_after": -1}, "anneal_after=-1")],
 )
 def test_discover_rejects_bad_settings_before_any_work(llama: torch.nn.Module, tok: Any, kw: dict[str, Any], match: str,
                                                        tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=match):
         discover(llama, tok, PROMPTS, _cfg(**kw), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_discover_anneals_only_after_its_fixed_beta_iterations(llama: torch.nn.Module, tok: Any) -> None:
+    # the schedule starts at iteration anneal_after: one that starts after the last iteration is
+    # the fixed-β fit, bit for bit; one that starts earlier is not; without a schedule anneal_after is unused
+    def V(**kw: Any) -> torch.Tensor:
+        return discover(llama, tok, PROMPTS, _cfg(max_iter=3, n_random=0, scales=(1.0,), max_new_tokens=1, **kw),
+                        heldout=PROMPTS[3:5]).features.V
+
+    fixed = V(anneal=None)
+    torch.testing.assert_close(V(anneal=1.0, anneal_after=3), fixed, rtol=0, atol=0)
+    torch.testing.assert_close(V(anneal=None, anneal_after=2), fixed, rtol=0, atol=0)
+    assert not torch.allclose(V(anneal=1.0, anneal_after=1), fixed, atol=1e-6)
+    assert DiscoverConfig().anneal is not None and DiscoverConfig().anneal_after < DiscoverConfig().max_iter
 
 
 def test_discover_needs_held_out_prompts(llama: torch.nn.Module, tok: Any) -> None:

@@ -82,7 +82,7 @@ def run_demo(
     source_layer: int | None = None,
     target_layer: int | None = None,
     n_factors: int = 64,
-    max_iter: int = 10,
+    max_iter: int | None = None,
     scales: tuple[float, ...] = DEMO_SCALES,
     n_train: int = 8,
     n_eval: int = 8,
@@ -113,8 +113,8 @@ def run_demo(
     from melbo.report.discovery import write_discovery_report
 
     out, report = Path(out), Path(report)
-    cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, max_iter=max_iter,
-                         n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
+    cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors,
+                         max_iter=DiscoverConfig.max_iter if max_iter is None else max_iter, n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
                          n_random=n_random, random_state=seed, chat=True)
     if beta is not None:
         cfg.beta = beta

@@ -28,7 +28,7 @@ class DiscoverConfig:
     source_layer: int | None = None
     target_layer: int | None = None
     n_factors: int = 64
-    max_iter: int = 10
+    max_iter: int = 20  # 10 at β, then 10 with the damping shrinking (anneal, anneal_after): the fit settles
     n_train: int = 8
     n_eval: int = 16
     scales: tuple[float, ...] = (1.0, 2.0, 3.0)
@@ -44,8 +44,8 @@ class DiscoverConfig:
     orient: bool = False
     beta: float = 0.5
     ortho: str = "polar"
-    anneal: float | None = None  # damping schedule β_k = β/(1 + k/anneal) (melbo.fit.exponential)
-    anneal_after: int = 0  # iterations at the full β before the schedule starts
+    anneal: float | None = 5.0  # damping schedule β_k = β/(1 + (k − anneal_after)/anneal) (melbo.fit.exponential)
+    anneal_after: int = 10  # iterations at the full β before the schedule starts (unused without anneal)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
@@ -67,7 +67,8 @@ class DiscoverConfig:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
-        check_anneal_after(self.anneal_after, check_anneal(self.anneal))
+        check_anneal(self.anneal)
+        check_anneal_after(self.anneal_after, 1.0)  # an integer ≥ 0; unused without a schedule
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         for name in ("source_layer", "target_layer"):

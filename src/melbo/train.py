@@ -167,6 +167,11 @@ class TrainConfig:
         return opts
 
 
+#: Estimator settings recorded in the features' ``extra["fit"]`` (those the method has).
+_RECORDED = ("max_iter", "beta", "tol", "init", "ortho", "ortho_iters", "sequential", "orient", "anneal", "anneal_after",
+             "orthogonal", "mode", "lr", "mu", "penalty")
+
+
 def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] | None) -> None:
     """mean-diff and contrastive need the contrast set B; every other method refuses one."""
     if method in CONTRAST_METHODS and not contrast_prompts:
@@ -308,12 +313,15 @@ def train(
         if bar is not None:
             bar.close()
     cal = est.calibration_
+    # how the factors were fitted, as the estimator took it (its JSON-able settings; not the callback)
+    fit_settings = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)
+                    if f.name in _RECORDED and isinstance(getattr(est, f.name), int | float | str | bool | None)}
     calibration = {"E": cal.error, "history": [list(h) for h in cal.history]} if cal is not None else {}
     feats = est.to_features(
         model=fp, prompts=list(prompts), positions=cfg.positions,
         extra={"random_state": cfg.random_state, "lam": cfg.lam, "calibrated": cfg.R is None, "n_prompts": len(prompts),
                **({"calibration": calibration} if calibration else {}), **_baseline_extra(cfg, contrast_prompts),
-               **({"base_model": meta["base_model"]} if base_model is not None else {}), **cfg.extra},
+               **({"base_model": meta["base_model"]} if base_model is not None else {}), "fit": fit_settings, **cfg.extra},
     )
     if start_it:  # the iterations before the resume count too
         extra = {**feats.extra, "n_iter": start_it + int(feats.extra.get("n_iter", 0)), "resumed_at": start_it}

@@ -73,6 +73,14 @@ _scale = _arg_type(check_scale, float, "a number")
 _lam = _arg_type(check_lam, float, "a number")
 
 
+def _anneal(text: str) -> float | None:
+    """``--anneal K``: a number > 0, or ``none`` for a fixed β."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    value: float = _arg_type(_check_positive, float, "a number > 0 or 'none'")(text)
+    return value
+
+
 def _check_fpr(name: str, value: float) -> float:
     if not 0 <= check_finite(name, value) < 1:
         raise UserError(f"{name} {value!r}: must be a number with 0 ≤ fpr < 1")

@@ -15,6 +15,7 @@ from melbo.cli._common import (
     ORGANISM_KINDS,
     PENALTIES,
     _add_model_args,
+    _anneal,
     _count,
     _finite,
     _fpr,
@@ -67,11 +68,11 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
                    help="OGI damping in (0, 1] (default %(default)s: settles on Gemma; 1 is the published step)")
     p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,
                    help="OGI orthogonalisation (default %(default)s; qr is the published one)")
-    p.add_argument("--anneal", type=_positive, default=base.anneal, metavar="K",
-                   help="shrink the damping as β/(1 + k/K) at iteration k, so the factors come to rest "
-                        "(e.g. 10 with --max-iter 20; default: fixed β)")
+    p.add_argument("--anneal", type=_anneal, default=base.anneal, metavar="K",
+                   help="after --anneal-after iterations at β, shrink the damping as β/(1 + j/K) at the j-th "
+                        "further one, so the factors come to rest (default %(default)s; 'none': fixed β)")
     p.add_argument("--anneal-after", type=_count(0), default=base.anneal_after, metavar="N",
-                   help="with --anneal: N iterations at the full β before the schedule starts (default %(default)s)")
+                   help="iterations at the full β before the schedule starts (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 
