@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "best_feature_rate": max(feat_rates), "features_eliciting": sum(r >= args.min_rate for r in feat_rates),
             "random_eliciting": sum(r >= args.min_rate for r in rand_rates), "random_best_rate": max(rand_rates, default=0.0),
             "R": res.features.R, "n_groups": len(res.groups),
+            # the fit's objective per iteration (does it settle?) and its last relative change
+            "objective": [float(o) for o in res.features.history],
+            "objective_last_change": (float(res.features.history[-1] / res.features.history[-2] - 1)
+                                      if len(res.features.history) > 1 else None),
             "top_groups": [{"rank": gr.rank, "signature": gr.signature, "rate": gr.best.rate,
                             "members": len(gr.members), "random_hits": gr.random_hits,
                             "above_random": gr.above_random} for gr in res.groups[: args.top]],
