@@ -45,6 +45,12 @@ def test_demo_builds_the_organism_once_then_discovers_blind_and_reveals(
     assert main(_demo(tiny_dir, tmp_path)) == 0  # a previous demo's outputs may be replaced; the organism is reused
     assert "built earlier" in capsys.readouterr().out
 
+    def fit() -> dict[str, object]:
+        return json.loads((tmp_path / "feats" / "features" / "config.json").read_text())["extra"]["fit"]
+
+    assert (fit()["anneal"], fit()["anneal_after"]) == (5.0, 10)  # discover's default step
+    assert main(_demo(tiny_dir, tmp_path, "--anneal", "none")) == 0 and fit()["anneal"] is None
+
 
 def test_demo_never_overwrites_a_users_files(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "report.html").write_text("<html>my own notes</html>")

