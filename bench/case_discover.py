@@ -22,6 +22,7 @@ best rate of any feature, and the random vectors (same norm, same prompts): how 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--anneal", type=_anneal, default=dflt.anneal,
                     help="OGI damping schedule β/(1 + (k − anneal_after)/anneal); 'none': fixed β (the defaults before 2026-11-27)")
     ap.add_argument("--anneal-after", type=int, default=dflt.anneal_after, help="iterations at the full β before the schedule")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep each seed's discover output (features, completions, behaviours) in DIR/seed<k>, to re-rank "
+                         "or read later; an existing one is resumed")
     ap.add_argument("--default-layers", action="store_true", help="let discover choose the layers (ignore --s/--t)")
     args = ap.parse_args(argv)
     setup_logging()
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
         )
         t1 = time.perf_counter()
-        res = discover(model, tok, train_p, cfg, heldout=eval_p)
+        keep = None if args.keep is None else Path(args.keep) / f"seed{seed}"
+        res = discover(model, tok, train_p, cfg, keep, heldout=eval_p, resume=keep is not None)
         found_rank, found = None, None
         for grp in res.groups[: args.top]:
             rates = [phrase_rate(res.completions[m], phrase) for m in grp.members]

