@@ -49,7 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "polar-damped": {"ortho": "polar", "beta": None},
     "sequential-polar-damped": {"sequential": True, "orient": True, "ortho": "polar", "beta": None},
     "polar-annealed": {"ortho": "polar", "beta": None, "anneal": 10.0},
-    "polar-warm-annealed": {"ortho": "polar", "beta": None, "anneal": "anneal", "anneal_after": "anneal_after"},
+    "polar-warm-annealed": {"ortho": "polar", "beta": None, "anneal": None, "anneal_after": None},
 }
 
 
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for m in args.m:
         for name in args.variants:
-            opts = {k: (args.beta if v is None else getattr(args, v) if isinstance(v, str) and k != "ortho" else v)
-                    for k, v in VARIANTS[name].items()}
+            opts = {k: getattr(args, k) if v is None else v for k, v in VARIANTS[name].items()}  # None: --<k>
             t1 = time.perf_counter()
             prev: list[Any] = []
             median: list[float] = []

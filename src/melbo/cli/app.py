@@ -73,7 +73,7 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
                         "further one, so the factors come to rest (e.g. --anneal 5 --anneal-after 10 --max-iter 20; "
                         "default: a fixed β)")
     p.add_argument("--anneal-after", type=_count(0), default=base.anneal_after, metavar="N",
-                   help="iterations at the full β before the schedule starts (default %(default)s)")
+                   help="with --anneal: iterations at the full β before the schedule starts (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 
