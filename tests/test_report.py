@@ -296,7 +296,8 @@ def _discovery(text: str) -> Any:
     from melbo.discover import Discovery
     from melbo.evaluate.behaviours import BehaviourGroup, VectorBehaviour
 
-    best = VectorBehaviour(vector=3, scale=1.0, signature=text, rate=0.5, base_rate=0.0, consistency=0.5, change=0.5)
+    best = VectorBehaviour(vector=3, scale=1.0, signature=text, rate=0.5, base_rate=0.0, consistency=0.5, change=0.5,
+                           information=3.0)
     group = BehaviourGroup(rank=1, signature=text, best=best, members=((3, 1.0),), examples=((text, "fine", text),),
                            random_hits=0, n_random=4)
     return Discovery(groups=[group], behaviours=[best], controls=[], features=_features(), train_prompts=["a"],

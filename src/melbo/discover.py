@@ -36,8 +36,7 @@ from melbo.discover_config import DiscoverConfig, default_layers
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
     VectorBehaviour,
-    group_behaviours,
-    vector_behaviour,
+    rank_completions,
 )
 from melbo.features import Features
 from melbo.generation import generate_steered
@@ -85,7 +84,7 @@ def search_layers(
     """A budgeted search over (source, target) layers: for each pair, a small DCT (``n_factors``
     features, ``max_iter`` iterations) steers ``n_eval`` held-out prompts at ``cfg.scales``, next to
     ``n_random`` random vectors, and the pair scores the best behaviour group's consistency net
-    of what random vectors also say (:func:`melbo.evaluate.behaviours.group_behaviours`). Returns
+    of what random vectors also say (:attr:`melbo.evaluate.behaviours.BehaviourGroup.score`). Returns
     the best pair (ties: the earlier pair) and every trial."""
     from melbo.train import TrainConfig, train
 
@@ -107,22 +106,18 @@ def search_layers(
         V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.random_state)], dim=1)
         kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size, "layer": s}
         unsteered = generate_steered(model, tokenizer, eval_p, torch.zeros(feats.d_model, 1), **kw)[0]
-        found: list[VectorBehaviour] = []
-        controls: list[VectorBehaviour] = []
-        control_texts: list[list[str]] = []
+        found: dict[tuple[int, float], list[str]] = {}
+        controls: dict[tuple[int, float], list[str]] = {}
         for scale in cfg.scales:
             comps = generate_steered(model, tokenizer, eval_p, V * float(feats.R), scale=float(scale), **kw)
             for j, texts in enumerate(comps):
-                b = vector_behaviour(texts, unsteered, eval_text, vector=j, scale=float(scale))
                 if j < n_factors:
-                    found.append(b)
+                    found[(j, float(scale))] = texts
                 else:
-                    controls.append(b)
-                    control_texts.append(texts)
-        groups = group_behaviours(found, min_consistency=cfg.min_consistency, controls=controls,
-                                  control_completions=control_texts)
+                    controls[(j - n_factors, float(scale))] = texts
+        groups = rank_completions(found, unsteered, eval_text, controls, min_consistency=cfg.min_consistency)[0]
         best = groups[0] if groups else None
-        score = 0.0 if best is None else best.best.consistency * (1 - (best.random_hits or 0) / max(1, n_random * len(cfg.scales)))
+        score = 0.0 if best is None else best.score
         trials.append({"source_layer": s, "target_layer": t, "R": feats.R, "score": score, "n_groups": len(groups),
                        "best_signature": None if best is None else best.signature, "seconds": time.perf_counter() - t0})
         say(f"  layers {s} → {t}: best behaviour {trials[-1]['best_signature']!r} (score {score:.2f}), {len(groups)} group(s)")
@@ -293,12 +288,8 @@ def discover(
     # 3. rank and group
     t0 = time.perf_counter()
     eval_text = [str(p) for p in eval_p]
-    behaviours = [vector_behaviour(texts, unsteered, eval_text, vector=j, scale=sc) for (j, sc), texts in results["features"].items()]
-    controls = [vector_behaviour(texts, unsteered, eval_text, vector=j, scale=sc) for (j, sc), texts in results["random"].items()]
-    groups = group_behaviours(
-        behaviours, min_consistency=cfg.min_consistency, completions=results["features"], unsteered=unsteered,
-        prompts=eval_text, controls=controls, control_completions=list(results["random"].values()),
-    )
+    groups, behaviours, controls = rank_completions(results["features"], unsteered, eval_text, results["random"],
+                                                    min_consistency=cfg.min_consistency)
     seconds["rank"] = time.perf_counter() - t0
     result = Discovery(groups, behaviours, controls, feats, [str(p) for p in train_p], eval_text, unsteered,
                        results["features"], results["random"], seconds)
@@ -325,7 +316,9 @@ def format_report(result: Discovery, top: int = 10) -> str:
         f"{f.n_factors} exponential DCT features, layers {f.source_layer} → {f.target_layer}, R = {f.R:.4g}, fitted on "
         f"{len(result.train_prompts)} prompts; each steered greedy generation on {len(result.eval_prompts)} held-out prompts. "
         "A behaviour is a phrase that a vector makes the model say on many different prompts (and that the "
-        "unsteered model does not say there).", "",
+        "unsteered model does not say there). Ranked by score = consistency × information: the share of prompts "
+        "saying the phrase times its surprise in nats (its distinct words, against the unsteered and random "
+        "vectors' completions), so a phrase no random push says outranks a common word.", "",
     ]
     if floor is not None:
         lines += [f"Noise floor: {len(result.controls)} random (vector, scale) pairs at the same norm reach a consistency "
@@ -333,13 +326,15 @@ def format_report(result: Discovery, top: int = 10) -> str:
     if not result.groups:
         lines.append("No feature makes the model do the same new thing on several prompts.")
     else:
-        lines += ["| rank | behaviour (signature) | rate | consistency | features (scale) | random vectors saying it | above noise |",
-                  "|---:|---|---:|---:|---|---:|---|"]
+        lines += ["| rank | behaviour (signature) | score | rate | consistency | information | features (scale) "
+                  "| random vectors saying it | above noise |",
+                  "|---:|---|---:|---:|---:|---:|---|---:|---|"]
         for g in result.groups[:top]:
             members = ", ".join(f"{v} ({s:g}R)" for v, s in g.members[:6]) + (" …" if len(g.members) > 6 else "")
             rh = "–" if g.random_hits is None else f"{g.random_hits}/{g.n_random}"
             above = "–" if g.above_random is None else ("yes" if g.above_random else "no")
-            lines.append(f"| {g.rank} | {_q(g.signature, 60)} | {g.best.rate:.0%} | {g.best.consistency:.0%} | {members} | {rh} | {above} |")
+            lines.append(f"| {g.rank} | {_q(g.signature, 60)} | {g.score:.2f} | {g.best.rate:.0%} | {g.best.consistency:.0%} | "
+                         f"{g.best.information:.1f} | {members} | {rh} | {above} |")
         for g in result.groups[:top]:
             lines += ["", f"## {g.rank}. {_q(g.signature, 80)} — feature {g.best.vector} at {g.best.scale:g}·R", ""]
             for p, u, s in g.examples:

@@ -28,10 +28,12 @@ _EXPORTS = {
     "pairwise_cosines": "melbo.evaluate.analysis:pairwise_cosines",
     "select_features": "melbo.evaluate.analysis:select_features",
     "top_singular_direction": "melbo.evaluate.analysis:top_singular_direction",
+    "Background": "melbo.evaluate.behaviours:Background",
     "BehaviourGroup": "melbo.evaluate.behaviours:BehaviourGroup",
     "VectorBehaviour": "melbo.evaluate.behaviours:VectorBehaviour",
     "group_behaviours": "melbo.evaluate.behaviours:group_behaviours",
     "phrase_rate": "melbo.evaluate.behaviours:phrase_rate",
+    "rank_completions": "melbo.evaluate.behaviours:rank_completions",
     "vector_behaviour": "melbo.evaluate.behaviours:vector_behaviour",
     "words": "melbo.evaluate.behaviours:words",
     "REFUSAL_PHRASES": "melbo.evaluate.refusal:REFUSAL_PHRASES",
@@ -67,10 +69,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explic
     from melbo.evaluate.analysis import pairwise_cosines as pairwise_cosines
     from melbo.evaluate.analysis import select_features as select_features
     from melbo.evaluate.analysis import top_singular_direction as top_singular_direction
+    from melbo.evaluate.behaviours import Background as Background
     from melbo.evaluate.behaviours import BehaviourGroup as BehaviourGroup
     from melbo.evaluate.behaviours import VectorBehaviour as VectorBehaviour
     from melbo.evaluate.behaviours import group_behaviours as group_behaviours
     from melbo.evaluate.behaviours import phrase_rate as phrase_rate
+    from melbo.evaluate.behaviours import rank_completions as rank_completions
     from melbo.evaluate.behaviours import vector_behaviour as vector_behaviour
     from melbo.evaluate.behaviours import words as words
     from melbo.evaluate.refusal import REFUSAL_PHRASES as REFUSAL_PHRASES

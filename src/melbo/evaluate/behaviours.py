@@ -13,6 +13,16 @@ vector is scored on its steered completions of several held-out prompts, naming 
   **consistency** — the same, net of the prompts that already said it unsteered.
 * **change** — the mean share of steered words not in the unsteered completion of the same
   prompt (0: nothing changed, 1: all new).
+* **information** — how specific the signature is: the surprise, in nats, of its distinct
+  words in a *background* of texts that show no particular behaviour (the unsteered
+  completions and, in :func:`melbo.discover.discover`, every random vector's completions):
+  −log((k + ½)/(N + 1)) for a word found in k of the N background texts, summed, and at most
+  that of two words the background never says. A common word says little; two words that no
+  random push makes the model say are unmistakable, and more words do not make a phrase more
+  of a behaviour.
+* **score** — consistency × information. A function word ("i", "this") said on every
+  prompt ranks below a three-word phrase said on three prompts in four; among signatures
+  specific enough to saturate, the more consistent ranks first.
 
 Vectors (at every scale tried) are then **grouped** by their shared phrases, so the top of the
 list holds distinct behaviours, each with its members and examples. Random unit vectors at the
@@ -25,16 +35,19 @@ Everything here is a pure function of strings; generating the completions is the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "Background",
     "BehaviourGroup",
     "VectorBehaviour",
     "group_behaviours",
     "phrase_rate",
+    "rank_completions",
     "vector_behaviour",
     "same_phrase",
     "words",
@@ -71,6 +84,37 @@ def phrase_rate(completions: Sequence[str], phrase: str) -> float:
 
 
 @dataclass(frozen=True)
+class Background:
+    """Word document frequencies of reference texts: what the model says with no specific push.
+
+    ``n`` texts; ``counts[w]`` is how many of them contain the word ``w``.
+    """
+
+    n: int
+    counts: Mapping[str, int]
+    saturation: float | None = 2.0
+
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> Background:
+        counts: dict[str, int] = {}
+        for t in texts:
+            for w in set(words(t)):
+                counts[w] = counts.get(w, 0) + 1
+        return cls(len(texts), counts)
+
+    def surprise(self, word: str) -> float:
+        """−log of the (add-½ smoothed) share of background texts containing ``word``, in nats."""
+        return -math.log((self.counts.get(word, 0) + 0.5) / (self.n + 1))
+
+    def information(self, phrase: str | Sequence[str]) -> float:
+        """Summed surprise of the phrase's *distinct* words (a repeated word adds nothing), at most
+        that of ``saturation`` words the background never says (None: no limit)."""
+        ws = words(phrase) if isinstance(phrase, str) else list(phrase)
+        total = sum(self.surprise(w) for w in set(ws))
+        return total if self.saturation is None else min(total, self.saturation * self.surprise(""))
+
+
+@dataclass(frozen=True)
 class VectorBehaviour:
     """What one steering vector (at one scale) does across the held-out prompts."""
 
@@ -81,12 +125,13 @@ class VectorBehaviour:
     base_rate: float
     consistency: float
     change: float
+    information: float
     phrases: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def score(self) -> float:
-        """Ranking key: consistency first, then how much the text changed."""
-        return self.consistency + 1e-3 * self.change
+        """Ranking key: consistency × information (specific text said per prompt); then change."""
+        return self.consistency * self.information + 1e-3 * self.change
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,12 +149,14 @@ def vector_behaviour(
     scale: float = 1.0,
     min_prompts: int = 2,
     max_phrases: int = 32,
+    background: Background | None = None,
 ) -> VectorBehaviour:
     """Score one vector's steered ``completions`` against the ``unsteered`` ones (one per prompt).
 
     ``phrases`` keeps the (up to ``max_phrases``) shared phrases of 2+ words said on at least
     ``min_prompts`` prompts, most widespread first; they are what :func:`group_behaviours`
-    compares.
+    compares. ``background`` (default: the unsteered completions) measures the signature's
+    information; score every vector of one run against the same background.
     """
     n = len(completions)
     if n == 0 or len(unsteered) != n or (prompts and len(prompts) != n):
@@ -126,14 +173,15 @@ def vector_behaviour(
     base_sets = [set(bw) for bw in base_w]
     change = sum(sum(w not in bs for w in sw) / max(1, len(sw)) for sw, bs in zip(steered_w, base_sets)) / n
     if not count:
-        return VectorBehaviour(vector, float(scale), "", 0.0, 0.0, 0.0, change)
+        return VectorBehaviour(vector, float(scale), "", 0.0, 0.0, 0.0, change, 0.0)
     best = max(count.items(), key=lambda kv: (kv[1], len(kv[0])))[0]
     rate = sum(_contains(sw, best) for sw in steered_w) / n
     base_rate = sum(_contains(bw, best) for bw in base_w) / n
     shared = sorted((g for g, c in count.items() if c >= min_prompts and len(g) >= 2),
                     key=lambda g: (-count[g], -len(g)))[:max_phrases]
     consistency = count[best] / n if count[best] >= min_prompts else 0.0
-    return VectorBehaviour(vector, float(scale), " ".join(best), rate, base_rate, consistency, change,
+    info = (background if background is not None else Background.of(unsteered)).information(best)
+    return VectorBehaviour(vector, float(scale), " ".join(best), rate, base_rate, consistency, change, info,
                            tuple(" ".join(g) for g in shared))
 
 
@@ -155,10 +203,18 @@ class BehaviourGroup:
     n_random: int | None = None
     above_random: bool | None = None
 
+    @property
+    def score(self) -> float:
+        """Ranking key: the best member's score times the share of control vectors that do *not*
+        say the signature (a phrase random vectors also make the model say is not specific)."""
+        share = 0.0 if self.random_hits is None or not self.n_random else self.random_hits / self.n_random
+        return self.best.score * (1.0 - share)
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "rank": self.rank, "signature": self.signature, "rate": self.best.rate,
-            "consistency": self.best.consistency, "change": self.best.change, "best": self.best.to_json(),
+            "rank": self.rank, "signature": self.signature, "rate": self.best.rate, "score": self.score,
+            "consistency": self.best.consistency, "information": self.best.information, "change": self.best.change,
+            "best": self.best.to_json(),
             "members": [{"vector": v, "scale": s} for v, s in self.members],
             "examples": [{"prompt": p, "unsteered": u, "steered": s} for p, u, s in self.examples],
             "random_hits": self.random_hits, "n_random": self.n_random, "above_random": self.above_random,
@@ -185,10 +241,16 @@ def _longest_shared_run(a: Sequence[str], b: Sequence[str]) -> int:
 def same_phrase(a: str, b: str, *, min_run: int = 3) -> bool:
     """Whether two signatures name one behaviour: the shorter (of ≥ 2 words) stands whole in the
     longer, or they share a run of ≥ ``min_run`` words ("visit the", "visit the castle castle"
-    and "visit the castle at midnight"; not "i am a cat" and "i am not")."""
+    and "visit the castle at midnight"; not "i am a cat" and "i am not"), or the distinct words
+    of one (≥ 2 of them) all occur in the other, in any order ("blue bananas blue" and
+    "bananas are blue")."""
     wa, wb = words(a), words(b)
     short = min(len(wa), len(wb))
-    return short >= 2 and _longest_shared_run(wa, wb) >= min(min_run, short)
+    if short < 2:
+        return False
+    sa, sb = set(wa), set(wb)
+    small, large = (sa, sb) if len(sa) <= len(sb) else (sb, sa)
+    return _longest_shared_run(wa, wb) >= min(min_run, short) or (len(small) >= 2 and small <= large)
 
 
 def _similar(a: VectorBehaviour, b: VectorBehaviour, min_overlap: float) -> bool:
@@ -220,9 +282,9 @@ def group_behaviours(
     signature or one that names the same phrase (:func:`same_phrase`: one stands whole in the
     other, or they share a run of 3 words), or shares at least ``min_overlap`` of the smaller
     set of shared phrases; else it starts a new group. (Without the phrase rule one backdoor
-    phrase, said with different continuations, filled several of the top groups.) Groups are ranked by their best member's score times the share of
-    control vectors that do *not* say the group's signature (1 without controls): a phrase that
-    random vectors also elicit is not specific to the feature. With ``completions``
+    phrase, said with different continuations, filled several of the top groups.) Groups are
+    ranked by :attr:`BehaviourGroup.score`: their best member's score times the share of
+    control vectors that do *not* say the group's signature (1 without controls). With ``completions``
     (keyed by (vector, scale)), ``unsteered`` and ``prompts``, each group carries
     ``n_examples`` (prompt, unsteered, steered) triples of its best member. With ``controls``
     (random vectors scored the same way) and their ``control_completions``, each group says
@@ -261,11 +323,40 @@ def group_behaviours(
             None if floor is None else best.consistency > floor,
         ))
 
-    def specific(grp: BehaviourGroup) -> float:
-        # a phrase that random vectors also make the model say is not specific to the feature
-        share = 0.0 if grp.random_hits is None or not grp.n_random else grp.random_hits / grp.n_random
-        return grp.best.score * (1.0 - share)
-
-    built.sort(key=lambda grp: -specific(grp))
+    built.sort(key=lambda grp: -grp.score)
     out = [BehaviourGroup(rank, *_fields(grp)[1:]) for rank, grp in enumerate(built, 1)]
     return out
+
+
+Key = tuple[int, float]
+
+
+def rank_completions(
+    features: Mapping[Key, Sequence[str]],
+    unsteered: Sequence[str],
+    prompts: Sequence[str],
+    controls: Mapping[Key, Sequence[str]] | None = None,
+    *,
+    min_consistency: float = 0.25,
+    n_examples: int = 3,
+) -> tuple[list[BehaviourGroup], list[VectorBehaviour], list[VectorBehaviour]]:
+    """Score and group every (vector, scale)'s steered completions: the whole ranking of a run.
+
+    ``features`` and ``controls`` (random vectors at the same norm) map (vector, scale) to one
+    steered completion per prompt. Every vector is scored against one background — the
+    unsteered completions and all the controls' completions — so that information is
+    comparable across vectors. Returns (groups, feature behaviours, control behaviours).
+    """
+    controls = controls or {}
+    background = Background.of([*unsteered, *(c for texts in controls.values() for c in texts)])
+
+    def score(texts: Mapping[Key, Sequence[str]]) -> list[VectorBehaviour]:
+        return [vector_behaviour(t, unsteered, prompts, vector=j, scale=sc, background=background)
+                for (j, sc), t in texts.items()]
+
+    behaviours, control_behaviours = score(features), score(controls)
+    groups = group_behaviours(
+        behaviours, min_consistency=min_consistency, completions=features, unsteered=unsteered, prompts=prompts,
+        controls=control_behaviours, control_completions=list(controls.values()), n_examples=n_examples,
+    )
+    return groups, behaviours, control_behaviours

@@ -25,8 +25,10 @@ def _group_view(g: BehaviourGroup) -> dict[str, Any]:
     return {
         "rank": g.rank,
         "signature": g.signature,
+        "score": f"{g.score:.2f}",
         "rate": g.best.rate,
         "consistency": g.best.consistency,
+        "information": f"{g.best.information:.1f}",
         "members": members,
         "random_hits": "–" if g.random_hits is None else f"{g.random_hits}/{g.n_random}",
         "vector": g.best.vector,
