@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--beta", type=float, default=dflt.beta)
     ap.add_argument("--ortho", default=dflt.ortho, choices=("qr", "polar"))
     ap.add_argument("--anneal", type=_anneal, default=dflt.anneal,
-                    help="OGI damping schedule β/(1 + (k − anneal_after)/anneal); 'none': fixed β (the defaults before 2026-11-27)")
-    ap.add_argument("--anneal-after", type=int, default=dflt.anneal_after, help="iterations at the full β before the schedule")
+                    help="OGI damping schedule β/(1 + (k − anneal_after)/anneal); 'none': fixed β (discover's default before "
+                         "2026-11-27, with --iters 10)")
+    ap.add_argument("--anneal-after", type=int, default=None,
+                    help="iterations at the full β before the schedule (default: discover's with a schedule, 0 without)")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="keep each seed's discover output (features, completions, behaviours) in DIR/seed<k>, to re-rank "
                          "or read later; an existing one is resumed")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bench": "case_discover", "organism": args.organism, "trigger_hidden_from_discover": trigger,
         "behaviour_hidden_from_discover": phrase, "organism_check": record["check"]["rates"],
         "source_layer": None if args.default_layers else args.s, "target_layer": None if args.default_layers else args.t,
-        "m": args.m, "beta": args.beta, "ortho": args.ortho, "anneal": args.anneal, "anneal_after": args.anneal_after, "iters": args.iters, "n_random": args.n_random, "scales": args.scales, "n_train": args.n_train, "n_eval": len(eval_p),
+        "m": args.m, "beta": args.beta, "ortho": args.ortho, "anneal": cfg.schedule()[0], "anneal_after": cfg.schedule()[1], "iters": args.iters, "n_random": args.n_random, "scales": args.scales, "n_train": args.n_train, "n_eval": len(eval_p),
         "gen_tokens": args.gen_tokens, "top": args.top, "min_rate": args.min_rate, "seeds": args.seeds,
         "found_in": n_found, "runs": runs, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
     }

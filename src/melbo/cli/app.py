@@ -51,7 +51,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
                        scales: tuple[float, ...] | None = None) -> None:
-    from melbo.discover_config import DiscoverConfig
+    from melbo.discover_config import ANNEAL_AFTER, DiscoverConfig
 
     base = DiscoverConfig()
     p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
@@ -65,15 +65,14 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--max-new-tokens", type=_count(1), default=max_new_tokens)
     p.add_argument("--random", type=_count(0), default=base.n_random, help="random vectors at the same norm (the noise floor)")
     p.add_argument("--beta", type=_positive, default=base.beta,
-                   help="OGI damping in (0, 1] (default %(default)s: settles on Gemma; 1 is the published step)")
+                   help="OGI damping in (0, 1] (default %(default)s, then shrunk by --anneal; 1 is the published step)")
     p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,
                    help="OGI orthogonalisation (default %(default)s; qr is the published one)")
     p.add_argument("--anneal", type=_anneal, default=base.anneal, metavar="K",
                    help="after --anneal-after iterations at β, shrink the damping as β/(1 + j/K) at the j-th "
-                        "further one, so the factors come to rest (e.g. --anneal 5 --anneal-after 10 --max-iter 20; "
-                        "default: a fixed β)")
-    p.add_argument("--anneal-after", type=_count(0), default=base.anneal_after, metavar="N",
-                   help="with --anneal: iterations at the full β before the schedule starts (default %(default)s)")
+                        "further one, so the factors come to rest (default %(default)s; 'none': a fixed β)")
+    p.add_argument("--anneal-after", type=_count(0), default=None, metavar="N",
+                   help=f"with --anneal: iterations at the full β before the schedule starts (default {ANNEAL_AFTER})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 

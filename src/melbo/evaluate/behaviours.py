@@ -14,12 +14,13 @@ vector is scored on its steered completions of several held-out prompts, naming 
 * **change** — the mean share of steered words not in the unsteered completion of the same
   prompt (0: nothing changed, 1: all new).
 * **information** — how specific the signature is: the surprise, in nats, of its distinct
-  words in a *background* of texts that show no particular behaviour (the unsteered
-  completions and, in :func:`melbo.discover.discover`, every random vector's completions):
-  −log((k + ½)/(N + 1)) for a word found in k of the N background texts, summed, and at most
-  that of two words the background never says. A common word says little; two words that no
-  random push makes the model say are unmistakable, and more words do not make a phrase more
-  of a behaviour.
+  words in a *background*, by default the unsteered completions (what the model says on these
+  prompts with no push): −log((k + ½)/(N + 1)) for a word found in k of the N background texts,
+  summed, and at most that of two words the background never says. A word the model says
+  anyway says little; two words it never says are unmistakable, and more words do not make a
+  phrase more of a behaviour. (The random vectors' completions are *not* background: a hidden
+  behaviour is an attractor that random pushes sometimes reach, and counting those texts would
+  discount exactly the phrase being looked for. They enter as ``random_hits`` instead.)
 * **score** — consistency × information. A function word ("i", "this") said on every
   prompt ranks below a three-word phrase said on three prompts in four; among signatures
   specific enough to saturate, the more consistent ranks first.
@@ -343,12 +344,13 @@ def rank_completions(
     """Score and group every (vector, scale)'s steered completions: the whole ranking of a run.
 
     ``features`` and ``controls`` (random vectors at the same norm) map (vector, scale) to one
-    steered completion per prompt. Every vector is scored against one background — the
-    unsteered completions and all the controls' completions — so that information is
-    comparable across vectors. Returns (groups, feature behaviours, control behaviours).
+    steered completion per prompt. Every vector is scored against one background, the unsteered
+    completions, so that information is comparable across vectors; a group's ``random_hits``
+    counts the controls that say its signature. Returns (groups, feature behaviours, control
+    behaviours).
     """
     controls = controls or {}
-    background = Background.of([*unsteered, *(c for texts in controls.values() for c in texts)])
+    background = Background.of(unsteered)
 
     def score(texts: Mapping[Key, Sequence[str]]) -> list[VectorBehaviour]:
         return [vector_behaviour(t, unsteered, prompts, vector=j, scale=sc, background=background)
