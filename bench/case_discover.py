@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         t1 = time.perf_counter()
         keep = None if args.keep is None else Path(args.keep) / f"seed{seed}"
+        resumed = keep is not None and (keep / "completions.json").is_file()  # then the seconds are only what was redone
         res = discover(model, tok, train_p, cfg, keep, heldout=eval_p, resume=keep is not None)
         found_rank, found = None, None
         for grp in res.groups[: args.top]:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "above_random": gr.above_random} for gr in res.groups[: args.top]],
             "example": None if found is None else next(
                 ({"prompt": p, "steered": s} for p, _, s in next(gr for gr in res.groups if gr.rank == found_rank).examples), None),
-            "seconds": time.perf_counter() - t1, "seconds_stages": res.seconds,
+            "seconds": time.perf_counter() - t1, "seconds_stages": res.seconds, "resumed": resumed,
         }
         runs.append(run)
         logger.info("seed %d: found=%s (group rank %s); best feature rate %.2f; random eliciting %d (best %.2f)", seed,
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lines.append(f"| {r['seed']} | {r['R']:.3g} | {'yes' if r['found'] else 'no'} | {r['group_rank'] or '–'} | "
                      f"{gr.get('signature', '–')[:40]!r} | {gr.get('rate', r['best_feature_rate']):.0%} | "
                      f"{r['features_eliciting']} | {r['random_eliciting']}/{args.n_random * len(args.scales)} "
-                     f"({r['random_best_rate']:.0%}) | {r['seconds']:.0f} |")
+                     f"({r['random_best_rate']:.0%}) | {r['seconds']:.0f}{' (resumed)' if r['resumed'] else ''} |")
     emit(result, "\n".join(lines), args, "Backdoor discovery without a target")
     return result
 

@@ -148,7 +148,7 @@ def run_demo(
     for grp in res.groups[:top]:
         rh = "" if grp.random_hits is None else f"; random vectors saying it: {grp.random_hits}/{grp.n_random}"
         say(f"  {grp.rank}. {grp.signature!r}: {grp.best.rate:.0%} of held-out prompts, feature {grp.best.vector} at "
-            f"{grp.best.scale:g}·R ({len(grp.members)} feature(s){rh})")
+            f"{grp.best.scale:g}·R ({grp.n_features} feature(s){rh})")
         if grp.examples:
             p, u, s = grp.examples[0]
             say(f"       prompt {p!r}\n       unsteered {' '.join(u.split())[:100]!r}\n       steered   {' '.join(s.split())[:100]!r}")

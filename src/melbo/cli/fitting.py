@@ -69,7 +69,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     for g in res.groups[: args.top]:
         rh = "" if g.random_hits is None else f", random vectors saying it: {g.random_hits}/{g.n_random}"
         _say(f"  {g.rank}. {g.signature!r}: {g.best.rate:.0%} of held-out prompts, feature {g.best.vector} at "
-             f"{g.best.scale:g}·R ({len(g.members)} feature(s){rh})")
+             f"{g.best.scale:g}·R ({g.n_features} feature(s){rh})")
     _say(f"Report: {path}  Behaviours: {out / 'behaviours.json'}  Features: {out / 'features'}")
     return 0
 
