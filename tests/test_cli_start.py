@@ -104,3 +104,21 @@ def _subparser(parser: object, name: str) -> object:
         if getattr(action, "choices", None) and name in action.choices:
             return action.choices[name]
     raise KeyError(name)
+
+
+def test_demo_and_discover_defaults_come_from_their_one_source() -> None:
+    import inspect
+
+    from melbo.demo import run_demo
+    from melbo.discover_config import DEMO_N_TRAIN, DEMO_SCALES, DiscoverConfig
+
+    def defaults(name: str) -> dict[str, object]:
+        return {a.dest: a.default for a in _subparser(cli.build_parser(), name)._actions}  # type: ignore[attr-defined]
+
+    demo, disc = defaults("demo"), defaults("discover")
+    base = DiscoverConfig()
+    assert demo["n_train"] == DEMO_N_TRAIN == inspect.signature(run_demo).parameters["n_train"].default
+    assert tuple(demo["scales"]) == DEMO_SCALES == inspect.signature(run_demo).parameters["scales"].default
+    assert (disc["n_train"], tuple(disc["scales"]), disc["max_iter"], disc["anneal"]) == \
+        (base.n_train, base.scales, base.max_iter, base.anneal)
+    assert demo["max_iter"] == disc["max_iter"] and demo["anneal_after"] is disc["anneal_after"] is None

