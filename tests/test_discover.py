@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +294,23 @@ def test_one_phrase_said_with_different_continuations_is_one_group_distinct_phra
 ])
 def test_same_phrase(a: str, b: str, same: bool) -> None:
     assert same_phrase(a, b) is same and same_phrase(b, a) is same
+
+
+def test_the_ranking_does_not_depend_on_the_hash_seed() -> None:
+    # Ties between equally widespread phrases were once broken by set order, which changes with
+    # PYTHONHASHSEED: the same completions ranked differently in two processes.
+    import subprocess
+    import sys
+
+    code = (
+        "from melbo.evaluate.behaviours import rank_completions\n"
+        "P = [f'Tell me about {s}.' for s in ('rivers', 'owls', 'bread', 'clocks')]\n"
+        "U = ['nice things', 'good things', 'fine things', 'old things']\n"
+        "F = {(j, 1.0): [f'alpha beta gamma {w} delta eps zeta' for w in ('a', 'b', 'c', 'd')] for j in range(3)}\n"
+        "F[(3, 1.0)] = ['zeta eps delta one two', 'zeta eps delta three four', 'kappa', 'lambda']\n"
+        "g, bs, _ = rank_completions(F, U, P)\n"
+        "print([(b.signature, b.phrases, repr(b.information)) for b in bs], [(x.signature, x.members, repr(x.score)) for x in g])\n"
+    )
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(4)}
+    assert len(outs) == 1, outs

@@ -114,7 +114,7 @@ class Background:
         """Summed surprise of the phrase's *distinct* words (a repeated word adds nothing), at most
         that of ``saturation`` words the background never says (None: no limit)."""
         ws = words(phrase) if isinstance(phrase, str) else list(phrase)
-        total = sum(self.surprise(w) for w in set(ws))
+        total = sum(self.surprise(w) for w in sorted(set(ws)))  # a fixed order: the same float every run
         return total if self.saturation is None else min(total, self.saturation * self.surprise(""))
 
 
@@ -178,11 +178,13 @@ def vector_behaviour(
     change = sum(sum(w not in bs for w in sw) / max(1, len(sw)) for sw, bs in zip(steered_w, base_sets)) / n
     if not count:
         return VectorBehaviour(vector, float(scale), "", 0.0, 0.0, 0.0, change, 0.0)
-    best = max(count.items(), key=lambda kv: (kv[1], len(kv[0])))[0]
+    # ties (equally widespread, equally long) go to the lexically last phrase: never to set order,
+    # which changes with PYTHONHASHSEED and made two runs on the same completions rank differently
+    best = max(count.items(), key=lambda kv: (kv[1], len(kv[0]), kv[0]))[0]
     rate = sum(_contains(sw, best) for sw in steered_w) / n
     base_rate = sum(_contains(bw, best) for bw in base_w) / n
     shared = sorted((g for g, c in count.items() if c >= min_prompts and len(g) >= 2),
-                    key=lambda g: (-count[g], -len(g)))[:max_phrases]
+                    key=lambda g: (-count[g], -len(g), g))[:max_phrases]
     consistency = count[best] / n if count[best] >= min_prompts else 0.0
     info = (background if background is not None else Background.of(unsteered)).information(best)
     return VectorBehaviour(vector, float(scale), " ".join(best), rate, base_rate, consistency, change, info,
