@@ -115,11 +115,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logger.info("seed %d: found=%s (group rank %s); best feature rate %.2f; random eliciting %d (best %.2f)", seed,
                     run["found"], found_rank, run["best_feature_rate"], run["random_eliciting"], run["random_best_rate"])
     n_found = sum(r["found"] for r in runs)
+    schedule = cfg.schedule()  # the same for every seed
     result = {
         "bench": "case_discover", "organism": args.organism, "trigger_hidden_from_discover": trigger,
         "behaviour_hidden_from_discover": phrase, "organism_check": record["check"]["rates"],
         "source_layer": None if args.default_layers else args.s, "target_layer": None if args.default_layers else args.t,
-        "m": args.m, "beta": args.beta, "ortho": args.ortho, "anneal": cfg.schedule()[0], "anneal_after": cfg.schedule()[1], "iters": args.iters, "n_random": args.n_random, "scales": args.scales, "n_train": args.n_train, "n_eval": len(eval_p),
+        "m": args.m, "beta": args.beta, "ortho": args.ortho, "anneal": schedule[0], "anneal_after": schedule[1], "iters": args.iters, "n_random": args.n_random, "scales": args.scales, "n_train": args.n_train, "n_eval": len(eval_p),
         "gen_tokens": args.gen_tokens, "top": args.top, "min_rate": args.min_rate, "seeds": args.seeds,
         "found_in": n_found, "runs": runs, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
     }

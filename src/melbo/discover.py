@@ -83,8 +83,8 @@ def search_layers(
 ) -> tuple[tuple[int, int], list[dict[str, Any]]]:
     """A budgeted search over (source, target) layers: for each pair, a small DCT (``n_factors``
     features, ``max_iter`` iterations) steers ``n_eval`` held-out prompts at ``cfg.scales``, next to
-    ``n_random`` random vectors, and the pair scores the best behaviour group's consistency net
-    of what random vectors also say (:attr:`melbo.evaluate.behaviours.BehaviourGroup.score`). Returns
+    ``n_random`` random vectors, and the pair scores its best behaviour group's score, the one
+    discover ranks by (:attr:`melbo.evaluate.behaviours.BehaviourGroup.score`). Returns
     the best pair (ties: the earlier pair) and every trial."""
     from melbo.train import TrainConfig, train
 
@@ -222,10 +222,10 @@ def discover(
 
     # 1. features (resumable through train's own checkpoint)
     t0 = time.perf_counter()
+    anneal, anneal_after = cfg.schedule()
     tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=cfg.n_factors, max_iter=cfg.max_iter, lam=cfg.lam, R=cfg.R,
                        random_state=cfg.random_state, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
-                       anneal=cfg.schedule()[0], anneal_after=cfg.schedule()[1],
-                       extra={"discover": True})
+                       anneal=anneal, anneal_after=anneal_after, extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None
     fkey = _key(asdict(tcfg), [str(p) for p in train_p])

@@ -110,12 +110,17 @@ class Background:
         """−log of the (add-½ smoothed) share of background texts containing ``word``, in nats."""
         return -math.log((self.counts.get(word, 0) + 0.5) / (self.n + 1))
 
+    @property
+    def unseen(self) -> float:
+        """The surprise of a word no background text contains: the most one word can carry."""
+        return -math.log(0.5 / (self.n + 1))
+
     def information(self, phrase: str | Sequence[str]) -> float:
         """Summed surprise of the phrase's *distinct* words (a repeated word adds nothing), at most
         that of ``saturation`` words the background never says (None: no limit)."""
         ws = words(phrase) if isinstance(phrase, str) else list(phrase)
         total = sum(self.surprise(w) for w in sorted(set(ws)))  # a fixed order: the same float every run
-        return total if self.saturation is None else min(total, self.saturation * self.surprise(""))
+        return total if self.saturation is None else min(total, self.saturation * self.unseen)
 
 
 @dataclass(frozen=True)
@@ -294,7 +299,7 @@ def group_behaviours(
 
     Greedy, best score first: a vector joins the first group whose best member has the same
     signature or one that names the same phrase (:func:`same_phrase`: one stands whole in the
-    other, or they share a run of 3 words), or shares at least ``min_overlap`` of the smaller
+    other, they share a run of 3 words, or one's words all occur in the other), or shares at least ``min_overlap`` of the smaller
     set of shared phrases; else it starts a new group. (Without the phrase rule one backdoor
     phrase, said with different continuations, filled several of the top groups.) Groups are
     ranked by :attr:`BehaviourGroup.score`: their best member's score times the share of
