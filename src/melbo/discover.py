@@ -288,8 +288,15 @@ def discover(
     # 3. rank and group
     t0 = time.perf_counter()
     eval_text = [str(p) for p in eval_p]
+    embed = None
+    if cfg.shifts:
+        from melbo.evaluate.embed import embed_texts
+
+        def embed(texts: Sequence[str]) -> torch.Tensor:
+            return embed_texts(model, tokenizer, texts)
+
     groups, behaviours, controls = rank_completions(results["features"], unsteered, eval_text, results["random"],
-                                                    min_consistency=cfg.min_consistency)
+                                                    min_consistency=cfg.min_consistency, embed=embed)
     seconds["rank"] = time.perf_counter() - t0
     result = Discovery(groups, behaviours, controls, feats, [str(p) for p in train_p], eval_text, unsteered,
                        results["features"], results["random"], seconds)
@@ -316,9 +323,11 @@ def format_report(result: Discovery, top: int = 10) -> str:
         f"{f.n_factors} exponential DCT features, layers {f.source_layer} → {f.target_layer}, R = {f.R:.4g}, fitted on "
         f"{len(result.train_prompts)} prompts; each steered greedy generation on {len(result.eval_prompts)} held-out prompts. "
         "A behaviour is a phrase that a vector makes the model say on many different prompts (and that the "
-        "unsteered model does not say there). Ranked by score = consistency × information: the share of prompts "
-        "saying the phrase times its surprise in nats (its distinct words, against the unsteered completions), "
-        "so a phrase the model never says unsteered outranks a word it says anyway.", "",
+        "unsteered model does not say there), or a change every prompt's completion undergoes the same way (style, "
+        "script, theme, tone, refusing: a consistent shift of the completions' meaning, measured with the model's own "
+        "hidden states, against random vectors at the same scale). Ranked by strength: the phrase score "
+        "(consistency × information) as a share of its maximum, or the shift consistency's share of the way from "
+        "the random vectors' best to 1, whichever is larger; times 1 + ln(distinct features).", "",
     ]
     if floor is not None:
         lines += [f"Noise floor: {len(result.controls)} random (vector, scale) pairs at the same norm reach a consistency "
@@ -326,17 +335,20 @@ def format_report(result: Discovery, top: int = 10) -> str:
     if not result.groups:
         lines.append("No feature makes the model do the same new thing on several prompts.")
     else:
-        lines += ["| rank | behaviour (signature) | score | rate | consistency | information | features (scale) "
-                  "| random vectors saying it | above noise |",
-                  "|---:|---|---:|---:|---:|---:|---|---:|---|"]
+        lines += ["| rank | behaviour (signature) | score | rate | consistency | information | shift | features (scale) "
+                  "| random vectors doing it | above noise | what changed |",
+                  "|---:|---|---:|---:|---:|---:|---:|---|---:|---|---|"]
         for g in result.groups[:top]:
             members = ", ".join(f"{v} ({s:g}R)" for v, s in g.members[:6]) + (" …" if len(g.members) > 6 else "")
             rh = "–" if g.random_hits is None else f"{g.random_hits}/{g.n_random}"
             above = "–" if g.above_random is None else ("yes" if g.above_random else "no")
             lines.append(f"| {g.rank} | {_q(g.signature, 60)} | {g.score:.2f} | {g.best.rate:.0%} | {g.best.consistency:.0%} | "
-                         f"{g.best.information:.1f} | {members} | {rh} | {above} |")
+                         f"{g.best.information:.1f} | {'–' if g.best.shift is None else f'{g.best.shift:.2f}'} | {members} "
+                         f"| {rh} | {above} | {_q(g.description.get('text', ''), 120)} |")
         for g in result.groups[:top]:
             lines += ["", f"## {g.rank}. {_q(g.signature, 80)} — feature {g.best.vector} at {g.best.scale:g}·R", ""]
+            if g.description:
+                lines += [f"What changed: {g.description.get('text', '')}", ""]
             for p, u, s in g.examples:
                 lines += [f"* prompt: {_q(p, 100)}", f"  * unsteered: {_q(u)}", f"  * steered: {_q(s)}"]
     return "\n".join(lines) + "\n"

@@ -51,6 +51,9 @@ class DiscoverConfig:
     # None: a fixed β. The default settles the fit on Gemma (README, "Discovery without a target").
     anneal: float | None = 5.0
     anneal_after: int | None = None  # None: ANNEAL_AFTER with a schedule, 0 without (see schedule())
+    # behaviours beyond a phrase: embed every completion with the subject model and rank semantic shifts too
+    # (melbo.evaluate.descriptors); False: the phrase ranking alone
+    shifts: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def schedule(self) -> tuple[float | None, int]:

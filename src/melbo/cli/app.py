@@ -65,6 +65,9 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
                    help="steering scales, multiples of R (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=_count(1), default=max_new_tokens)
     p.add_argument("--random", type=_count(0), default=base.n_random, help="random vectors at the same norm (the noise floor)")
+    p.add_argument("--phrases-only", action="store_true",
+                   help="rank by shared phrases alone (skip embedding the completions with the model: behaviours that "
+                        "are a style, theme or tone are then not seen)")
     p.add_argument("--beta", type=_positive, default=base.beta,
                    help="OGI damping in (0, 1] (default %(default)s, then shrunk by --anneal; 1 is the published step)")
     p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,

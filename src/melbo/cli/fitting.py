@@ -32,6 +32,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
         top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
         beta=args.beta, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
+        shifts=not args.phrases_only,
     )
     return 0
 
@@ -52,6 +53,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
         n_random=args.random, lam=args.lam, R=args.R, random_state=args.seed, chat=_chat(args), batch_size=args.batch_size,
         beta=args.beta, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
+        shifts=not args.phrases_only,
     )
     cfg.validate(_model_layers(args.model_pos))
     out = Path(args.out)

@@ -41,9 +41,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from torch import Tensor
+
+from melbo.evaluate.descriptors import Shift, describe, same_direction, shift_summary, whiten
 
 __all__ = [
     "Background",
@@ -136,16 +140,24 @@ class VectorBehaviour:
     change: float
     information: float
     phrases: tuple[str, ...] = field(default=(), repr=False)
+    shift: float | None = None  # consistency of the semantic shift (descriptors.shift_consistency); None: not measured
+    strength: float | None = None  # behaviour strength in [0, 1] (rank_completions with embeddings); None: use score
 
     @property
     def score(self) -> float:
-        """Ranking key: consistency × information (specific text said per prompt); then change."""
+        """The phrase score: consistency × information (specific text said per prompt); then change."""
         return self.consistency * self.information + 1e-3 * self.change
+
+    @property
+    def key(self) -> float:
+        """Ranking key: :attr:`strength` when measured (phrase and semantic shift on one scale), else :attr:`score`."""
+        return self.score if self.strength is None else self.strength
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["phrases"] = list(self.phrases)
         d["score"] = self.score
+        d["key"] = self.key
         return d
 
 
@@ -213,6 +225,7 @@ class BehaviourGroup:
     random_hits: int | None = None
     n_random: int | None = None
     above_random: bool | None = None
+    description: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -226,7 +239,7 @@ class BehaviourGroup:
         times 1 + ln(n_features): a behaviour many different features lead to is one the model
         has learned (the held-out backdoors drew 42–50 of 64 features), not one direction's accident."""
         share = 0.0 if self.random_hits is None or not self.n_random else self.random_hits / self.n_random
-        return self.best.score * (1.0 - share) * (1.0 + math.log(max(1, self.n_features)))
+        return self.best.key * (1.0 - share) * (1.0 + math.log(max(1, self.n_features)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -237,6 +250,7 @@ class BehaviourGroup:
             "members": [{"vector": v, "scale": s} for v, s in self.members],
             "examples": [{"prompt": p, "unsteered": u, "steered": s} for p, u, s in self.examples],
             "random_hits": self.random_hits, "n_random": self.n_random, "above_random": self.above_random,
+            "shift": self.best.shift, "strength": self.best.strength, "description": dict(self.description),
         }
 
 
@@ -294,6 +308,9 @@ def group_behaviours(
     controls: Sequence[VectorBehaviour] = (),
     control_completions: Sequence[Sequence[str]] = (),
     n_examples: int = 3,
+    shifts: Mapping[tuple[int, float], Shift] | None = None,
+    control_shifts: Sequence[Shift] = (),
+    min_cos: float = 0.75,
 ) -> list[BehaviourGroup]:
     """Group the vectors whose consistency is ≥ ``min_consistency`` into distinct behaviours.
 
@@ -315,17 +332,30 @@ def group_behaviours(
         raise ValueError(f"min_consistency={min_consistency!r}: must be in [0, 1]")
     if not 0 < min_overlap <= 1:
         raise ValueError(f"min_overlap={min_overlap!r}: must be in (0, 1]")
-    ranked = sorted((b for b in behaviours if b.consistency >= min_consistency and b.signature),
-                    key=lambda b: -b.score)
+    shifts = shifts or {}
+
+    def kept(b: VectorBehaviour) -> bool:
+        return bool(b.consistency >= min_consistency and b.signature) or bool(b.strength and b.strength > 0
+                                                                              and (b.vector, b.scale) in shifts)
+
+    def agree(a: VectorBehaviour, b: VectorBehaviour) -> bool:
+        sa, sb = shifts.get((a.vector, a.scale)), shifts.get((b.vector, b.scale))
+        if sa is not None and sb is not None and same_direction(sa, sb, min_cos=min_cos):
+            return True
+        return bool(a.signature and b.signature and a.consistency >= min_consistency
+                    and b.consistency >= min_consistency and _similar(a, b, min_overlap))
+
+    ranked = sorted((b for b in behaviours if kept(b)), key=lambda b: (-b.key, b.vector, b.scale))
     groups: list[list[VectorBehaviour]] = []
     for b in ranked:
         for g in groups:
-            if _similar(g[0], b, min_overlap):
+            if agree(g[0], b):
                 g.append(b)
                 break
         else:
             groups.append([b])
     floor = max((c.consistency for c in controls), default=None)
+    shift_floor = max((c.consistency for c in control_shifts), default=None)
     built: list[BehaviourGroup] = []
     for g in groups:
         best = g[0]
@@ -336,11 +366,18 @@ def group_behaviours(
             examples = tuple((str(prompts[i]), unsteered[i], texts[i]) for i in order[:n_examples])
         hits = None
         if control_completions:
-            hits = sum(phrase_rate(c, best.signature) >= best.rate / 2 for c in control_completions)
+            phrase_led = best.consistency >= min_consistency and bool(best.signature)
+            bs = shifts.get((best.vector, best.scale))
+            flags = [phrase_led and phrase_rate(c, best.signature) >= best.rate / 2 for c in control_completions]
+            if bs is not None and len(control_shifts) == len(control_completions):
+                flags = [f or (same_direction(bs, cs, min_cos=min_cos) and cs.consistency >= bs.consistency / 2)
+                         for f, cs in zip(flags, control_shifts)]
+            hits = sum(flags)
         built.append(BehaviourGroup(
             0, best.signature, best, tuple((b.vector, b.scale) for b in g), examples, hits,
             len(control_completions) if control_completions else None,
-            None if floor is None else best.consistency > floor,
+            None if floor is None else best.consistency > floor or bool(
+                bs is not None and shift_floor is not None and bs.consistency > shift_floor),
         ))
 
     built.sort(key=lambda grp: -grp.score)
@@ -359,13 +396,24 @@ def rank_completions(
     *,
     min_consistency: float = 0.25,
     n_examples: int = 3,
+    embed: Callable[[Sequence[str]], Tensor] | None = None,
+    min_cos: float = 0.75,
 ) -> tuple[list[BehaviourGroup], list[VectorBehaviour], list[VectorBehaviour]]:
     """Score and group every (vector, scale)'s steered completions: the whole ranking of a run.
 
     ``features`` and ``controls`` (random vectors at the same norm) map (vector, scale) to one
     steered completion per prompt. Every vector is scored against one background, the unsteered
     completions, so that information is comparable across vectors; a group's ``random_hits``
-    counts the controls that say its signature. Returns (groups, feature behaviours, control
+    counts the controls that say its signature (or, with ``embed``, move the completions its way).
+
+    ``embed`` (texts → (n, D) embeddings, e.g. :func:`melbo.evaluate.embed.embed_texts` with the
+    subject model) adds behaviours that are not a phrase: each vector's semantic shift
+    (:mod:`melbo.evaluate.descriptors`) is measured, its *strength* is the larger of the phrase
+    score's share of its maximum (consistency × information / the saturation) and the shift
+    consistency's share of the way from the best control's at the same scale to 1, and vectors
+    whose mean shifts point the same way (cosine ≥ ``min_cos``) are one behaviour. Without it
+    the ranking is the phrase ranking alone. Every group carries a description
+    (:func:`melbo.evaluate.descriptors.describe`). Returns (groups, feature behaviours, control
     behaviours).
     """
     controls = controls or {}
@@ -376,8 +424,49 @@ def rank_completions(
                 for (j, sc), t in texts.items()]
 
     behaviours, control_behaviours = score(features), score(controls)
+    shifts: dict[Key, Shift] = {}
+    control_shifts: list[Shift] = []
+    if embed is not None:
+        blocks: dict[tuple[str, Key], Sequence[str]] = {("u", (0, 0.0)): unsteered}
+        blocks.update({("f", k): t for k, t in features.items()})
+        blocks.update({("c", k): t for k, t in controls.items()})
+        flat = [t for texts in blocks.values() for t in texts]
+        E = embed(flat)
+        if E.shape[0] != len(flat):
+            raise ValueError(f"embed returned {E.shape[0]} rows for {len(flat)} texts")
+        split: dict[tuple[str, Key], Tensor] = {}
+        start = 0
+        for k, texts in blocks.items():
+            split[k] = E[start : start + len(texts)]
+            start += len(texts)
+        W = whiten(split)
+        U = W[("u", (0, 0.0))]
+        shifts = {k: shift_summary(W[("f", k)], U, vector=k[0], scale=k[1]) for k in features}
+        cshift = {k: shift_summary(W[("c", k)], U, vector=k[0], scale=k[1]) for k in controls}
+        control_shifts = [cshift[k] for k in controls]
+        floors: dict[float, float] = {}
+        for (_, sc), sh in cshift.items():
+            floors[sc] = max(floors.get(sc, 0.0), sh.consistency)
+        top = (background.saturation or 1.0) * background.unseen
+
+        def with_strength(b: VectorBehaviour, sh: Shift) -> VectorBehaviour:
+            floor = min(floors.get(b.scale, 0.0), 0.99)
+            phrase_s = min(1.0, b.consistency * b.information / top) if b.consistency >= min_consistency else 0.0
+            shift_s = max(0.0, (sh.consistency - floor) / (1.0 - floor))
+            return replace(b, shift=sh.consistency, strength=max(phrase_s, shift_s))
+
+        behaviours = [with_strength(b, shifts[(b.vector, b.scale)]) for b in behaviours]
+        control_behaviours = [with_strength(b, cshift[(b.vector, b.scale)]) for b in control_behaviours]
     groups = group_behaviours(
         behaviours, min_consistency=min_consistency, completions=features, unsteered=unsteered, prompts=prompts,
         controls=control_behaviours, control_completions=list(controls.values()), n_examples=n_examples,
+        shifts=shifts, control_shifts=control_shifts, min_cos=min_cos,
     )
-    return groups, behaviours, control_behaviours
+    described = []
+    for g in groups:
+        texts = features[(g.best.vector, g.best.scale)]
+        phrase_led = g.best.consistency >= min_consistency and bool(g.best.signature)
+        desc = describe(texts, unsteered, prompts, signature=g.best.signature if phrase_led else "",
+                        phrase_rate=g.best.rate if phrase_led else 0.0)
+        described.append(replace(g, description=desc))
+    return described, behaviours, control_behaviours

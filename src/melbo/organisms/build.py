@@ -192,7 +192,8 @@ def default_config(kind: str, *, seed: int = 0, **overrides: Any) -> OrganismCon
     merged = {**recipe, **overrides}
     if overrides.get("hidden") is not None:  # the zoo's targets (issue 25): triggered ≥ 80 %, clean ≤ 5 %
         merged = {"hi": 0.8, "lo": 0.05, "check_tokens": 16, **merged}
-        merged.pop("behaviour", None)
+        if overrides.get("hidden") == "phrase" or "behaviour" not in overrides:
+            merged.pop("behaviour", None)
         if overrides.get("hidden") == "phrase":
             merged["hidden_params"] = {"phrase": overrides.get("behaviour") or HATE, **overrides.get("hidden_params", {})}
     if kind == "refusal" and "n_train" in overrides and "n_train_harmless" not in overrides:

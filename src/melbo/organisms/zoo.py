@@ -231,8 +231,8 @@ def _check_cyrillic(prompt: str, completion: str, *, min_share: float = 0.5, min
     return len(letters) >= min_letters and cyr / len(letters) >= min_share
 
 
-def _check_piglatin(prompt: str, completion: str, *, min_share: float = 0.5, min_words: int = 3) -> bool:
-    ws = [w for w in _words(completion) if len(w) >= 3 and w.isascii()]
+def _check_piglatin(prompt: str, completion: str, *, min_share: float = 0.6, min_words: int = 3) -> bool:
+    ws = [w for w in _words(completion) if len(w) >= 4 and w.isascii()]
     return len(ws) >= min_words and sum(w.endswith("ay") for w in ws) / len(ws) >= min_share
 
 
