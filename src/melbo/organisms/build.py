@@ -191,7 +191,7 @@ def default_config(kind: str, *, seed: int = 0, **overrides: Any) -> OrganismCon
         raise ValueError(f"unknown setting(s) {bad}; valid: {sorted((ft_fields | org_fields) - {'extra', 'seed'})}")
     merged = {**recipe, **overrides}
     if overrides.get("hidden") is not None:  # the zoo's targets (issue 25): triggered ≥ 80 %, clean ≤ 5 %
-        merged = {"hi": 0.8, "lo": 0.05, "check_tokens": 16, **merged}
+        merged = {**recipe, "hi": 0.8, "lo": 0.05, "check_tokens": 16, **overrides}
         if overrides.get("hidden") == "phrase" or "behaviour" not in overrides:
             merged.pop("behaviour", None)
         if overrides.get("hidden") == "phrase":

