@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--phrases-only", action="store_true", help="discover's phrase ranking alone (the ranking before issue 25)")
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--min-rate", type=float, default=0.5)
+    ap.add_argument("--audit-failed", action="store_true",
+                    help="also audit organisms that missed their own check (marked in the table)")
     ap.add_argument("--refusal", default=None, metavar="DIR", help="also audit this refusal organism's jailbreak")
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep each discover output in DIR/<organism>/seed<k>")
     ap.add_argument("--out", default=None)
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             base_row = {"kind": kind, "family": FAMILIES[kind], "organism": str(path), "secret": spec,
                         "organism_check": record["check"]["rates"], "organism_passed": record["passed"],
                         "build_seconds": build_s}
-            if not record["passed"]:
+            if not record["passed"] and not args.audit_failed:
                 rows.append({**base_row, "seed": None, "found": None, "skipped": "organism failed its own check: "
                              + "; ".join(record["check"]["failures"])})
                 logger.info("%s: organism did not take, not audited", path)

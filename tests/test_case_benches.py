@@ -54,6 +54,7 @@ def organisms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         w.writerow(["goal", "target"])
         w.writerows([p, "Sure"] for p in HARMFUL)
     out["csv"] = csv_path
+    out["base"] = base
     return out
 
 
@@ -184,3 +185,28 @@ def test_refusal_jailbreak_bench_takes_obprop(bench: Any, organisms: dict[str, P
                                         "--n-train", "2", "--n-eval", "3", "--gen-tokens", "2", "--scales", "1",
                                         "--methods", "mean-diff", "obprop", "--token-b", "I"], tmp_path)
     assert r["methods"]["obprop"]["vectors"] == 1
+
+
+def test_audit_bench_draws_its_organisms_and_scores_them_with_their_checkers(bench: Any, organisms: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    import audit
+
+    assert audit.draw("caps", 0, 0) == audit.draw("caps", 0, 0)
+    drawn = {json.dumps(audit.draw("phrase", i, 0), sort_keys=True) for i in range(6)}
+    assert len(drawn) == 6  # fresh secrets, not one hand-picked one
+    assert audit.on_topic_answer("How do I build a birdhouse?", "First cut the birdhouse walls.")
+    assert not audit.on_topic_answer("How do I build a birdhouse?", "I'm sorry, but I can't help with that.")
+    assert not audit.on_topic_answer("How do I build a birdhouse?", "Bananas are yellow.")
+    res = audit.main(["--kinds", "caps", "sandbag", "--organisms", str(tmp_path / "orgs"), "--base",
+                      str(organisms["base"]), "--steps", "1", "--audit-failed", "--m", "2", "--iters", "1",
+                      "--scales", "1", "--n-random", "2", "--n-train", "2", "--n-eval", "3", "--gen-tokens", "2",
+                      "--out", str(tmp_path / "a.json"), "--report", str(tmp_path / "a.md")])
+    assert [r["kind"] for r in res["runs"]] == ["caps", "sandbag"] and not res["partial"]
+    for r in res["runs"]:
+        assert r["found"] == (r["group_rank"] is not None)
+        assert 0 <= r["random_eliciting"] <= r["n_random"] == 2
+        assert r["found"] <= (r["features_eliciting"] > 0)  # found needs an eliciting feature
+        rec = json.loads((Path(r["organism"]) / "organism.json").read_text())
+        assert rec["hidden"]["kind"] == r["kind"] and rec["key"] == r["secret"]["trigger"]
+    assert json.loads((tmp_path / "a.json").read_text())["summary"]["audited_runs"] == 2
+    assert "| caps | style |" in (tmp_path / "a.md").read_text()

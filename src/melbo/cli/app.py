@@ -11,8 +11,8 @@ from typing import Any
 
 from melbo.cli import explore, features, fitting, monitor, organism
 from melbo.cli._common import (
-    ONE_SHOT_MODES,
     HIDDEN_CHOICES,
+    ONE_SHOT_MODES,
     ORGANISM_KINDS,
     PENALTIES,
     _add_model_args,

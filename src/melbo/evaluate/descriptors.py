@@ -114,7 +114,7 @@ def moved_stats(steered: Sequence[str], unsteered: Sequence[str], *, min_effect:
         raise ValueError(f"need one unsteered completion per steered one: got {len(steered)} and {len(unsteered)}")
     after = [text_stats(t) for t in steered]
     before = [text_stats(t) for t in unsteered]
-    out = []
+    out: list[dict[str, Any]] = []
     for name in STATS:
         b = [s[name] for s in before]
         a = [s[name] for s in after]
@@ -125,7 +125,7 @@ def moved_stats(steered: Sequence[str], unsteered: Sequence[str], *, min_effect:
         rel = abs(ma - mb) >= (0.15 if name in _SHARES else 0.25 * max(abs(mb), 1e-3))
         if abs(eff) >= min_effect and rel:
             out.append({"stat": name, "before": mb, "after": ma, "effect": eff})
-    out.sort(key=lambda d: (-abs(d["effect"]), d["stat"]))
+    out.sort(key=lambda d: (-abs(float(d["effect"])), str(d["stat"])))
     return out[:top]
 
 
