@@ -223,6 +223,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finish(args, rows, refusal_rows, t0)
 
 
+def _cells(r: dict[str, Any], top_description: str) -> str:
+    """The measured cells of one audited run's table row."""
+    return (f"{r['seed']} | {'yes' if r['found'] else 'no'} | {r['group_rank'] or '–'} | "
+            f"{r['best_feature_rate']:.0%} (#{r['best_feature_group_rank'] or '–'}) | {r['features_eliciting']} | "
+            f"{r['random_eliciting']}/{r['n_random']} ({r['random_best_rate']:.0%}) | {top_description[:70]!r} | "
+            f"{r['seconds']:.0f}")
+
+
 def finish(args: Any, rows: list[dict[str, Any]], refusal_rows: list[dict[str, Any]], t0: float, *,
            partial: bool = False) -> dict[str, Any]:
     """The summary, JSON and table of the runs so far (written after every run, so that a long
@@ -259,16 +267,9 @@ def finish(args: Any, rows: list[dict[str, Any]], refusal_rows: list[dict[str, A
                          f"{r['skipped'][:60]} | |")
             continue
         tg = r["top_groups"][0] if r["top_groups"] else {}
-        lines.append(
-            f"| {r['kind']} | {r['family']} | {secret} | {chk} | {r['seed']} | {'yes' if r['found'] else 'no'} | "
-            f"{r['group_rank'] or '–'} | {r['best_feature_rate']:.0%} (#{r['best_feature_group_rank'] or '–'}) | "
-            f"{r['features_eliciting']} | {r['random_eliciting']}/{r['n_random']} ({r['random_best_rate']:.0%}) | "
-            f"{tg.get('description', '')[:70]!r} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['kind']} | {r['family']} | {secret} | {chk} | {_cells(r, tg.get('description', ''))} |")
     for r in refusal_rows:
-        lines.append(f"| refusal (jailbreak) | refusal | harmful prompts | – | {r['seed']} | {'yes' if r['found'] else 'no'} "
-                     f"| {r['group_rank'] or '–'} | {r['best_feature_rate']:.0%} (#{r['best_feature_group_rank'] or '–'}) "
-                     f"| {r['features_eliciting']} | {r['random_eliciting']}/{r['n_random']} ({r['random_best_rate']:.0%}) "
-                     f"| | {r['seconds']:.0f} |")
+        lines.append(f"| refusal (jailbreak) | refusal | harmful prompts | – | {_cells(r, '')} |")
     emit(result, "\n".join(lines), args, "Audit benchmark: hidden behaviours found blind")
     return result
 
