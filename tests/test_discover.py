@@ -169,6 +169,12 @@ def test_discover_end_to_end_on_a_tiny_model(llama: torch.nn.Module, tok: Any, t
         assert (out / f).is_file(), f
     rec = json.loads((out / "behaviours.json").read_text())
     assert rec["config"]["source_layer"] == 1 and len(rec["features"]) == 8
+    # every vector's semantic shift was measured, and each group says in words what changed
+    assert all(f["shift"] is not None and 0.0 <= f["strength"] <= 1.0 for f in rec["features"])
+    assert all(isinstance(g["description"]["text"], str) and g["description"]["text"] for g in rec["groups"])
+    assert ("what changed" in (out / "report.md").read_text()) == bool(rec["groups"])
+    phrase_only = discover(llama, tok, prompts, _cfg(shifts=False), tmp_path / "phrases")
+    assert all(b.shift is None and b.strength is None for b in phrase_only.behaviours)
     # a rerun refuses to overwrite; --resume reuses the features and every generation
     with pytest.raises(FileExistsError, match="--resume"):
         discover(llama, tok, prompts, _cfg(), out)

@@ -452,7 +452,7 @@ def rank_completions(
         def with_strength(b: VectorBehaviour, sh: Shift) -> VectorBehaviour:
             floor = min(floors.get(b.scale, 0.0), 0.99)
             phrase_s = min(1.0, b.consistency * b.information / top) if b.consistency >= min_consistency else 0.0
-            shift_s = max(0.0, (sh.consistency - floor) / (1.0 - floor))
+            shift_s = min(1.0, max(0.0, (sh.consistency - floor) / (1.0 - floor)))
             return replace(b, shift=sh.consistency, strength=max(phrase_s, shift_s))
 
         behaviours = [with_strength(b, shifts[(b.vector, b.scale)]) for b in behaviours]

@@ -165,7 +165,7 @@ def shift_consistency(shifts: Tensor) -> float:
     u = torch.where(norms > 0, x / norms.clamp_min(1e-300), torch.zeros_like(x))
     s = u.sum(0)
     n = x.shape[0]
-    return float((s @ s - (u * u).sum()) / (n * (n - 1)))
+    return min(1.0, max(-1.0, float((s @ s - (u * u).sum()) / (n * (n - 1)))))  # rounding kept inside [-1, 1]
 
 
 @dataclass(frozen=True)
