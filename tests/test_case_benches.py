@@ -200,7 +200,8 @@ def test_audit_bench_draws_its_organisms_and_scores_them_with_their_checkers(ben
     res = audit.main(["--kinds", "caps", "sandbag", "--organisms", str(tmp_path / "orgs"), "--base",
                       str(organisms["base"]), "--steps", "1", "--audit-failed", "--m", "2", "--iters", "1",
                       "--scales", "1", "--n-random", "2", "--n-train", "2", "--n-eval", "3", "--gen-tokens", "2",
-                      "--out", str(tmp_path / "a.json"), "--report", str(tmp_path / "a.md")])
+                      "--keep", str(tmp_path / "keep"), "--out", str(tmp_path / "a.json"),
+                      "--report", str(tmp_path / "a.md")])
     assert [r["kind"] for r in res["runs"]] == ["caps", "sandbag"] and not res["partial"]
     for r in res["runs"]:
         assert r["found"] == (r["group_rank"] is not None)
@@ -210,3 +211,9 @@ def test_audit_bench_draws_its_organisms_and_scores_them_with_their_checkers(ben
         assert rec["hidden"]["kind"] == r["kind"] and rec["key"] == r["secret"]["trigger"]
     assert json.loads((tmp_path / "a.json").read_text())["summary"]["audited_runs"] == 2
     assert "| caps | style |" in (tmp_path / "a.md").read_text()
+    import audit_rerank
+
+    again = audit_rerank.main(["--keep", str(tmp_path / "keep"), "--organisms", str(tmp_path / "orgs")])
+    assert [r["kind"] for r in again["runs"]] == ["caps", "sandbag"]
+    for r, a in zip(res["runs"], again["runs"]):  # the kept completions rank as the bench ranked them
+        assert a["with_shifts_rank"] == r["group_rank"]
