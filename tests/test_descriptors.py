@@ -157,3 +157,17 @@ def test_embed_texts_is_the_mean_hidden_state_without_bos(tok) -> None:  # type:
         torch.testing.assert_close(E[i], hs[start:].mean(0), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="layer=99"):
         embed_texts(model, tok, texts, layer=99)
+
+
+def test_groups_with_controls_but_no_control_texts_say_whether_they_beat_the_floor() -> None:
+    from melbo.evaluate.behaviours import group_behaviours
+
+    rng = random.Random(2)
+    subjects = ["tea", "coffee", "rivers", "trains", "owls", "clocks"]
+    prompts = [f"Tell me about {s}." for s in subjects]
+    unsteered = [f"{s} are nice and people like them" for s in subjects]
+    features = {(0, 1.0): [u.upper() for u in unsteered], (1, 1.0): [_garble(u, rng) for u in unsteered]}
+    controls = {(j, 1.0): [_garble(u, rng) for u in unsteered] for j in range(4)}
+    _, behaviours, control_behaviours = rank_completions(features, unsteered, prompts, controls, embed=_hash_embed)
+    groups = group_behaviours(behaviours, controls=control_behaviours)  # no shifts, no control texts
+    assert all(g.random_hits is None for g in groups)

@@ -33,7 +33,14 @@ of one direction is not. Random unit vectors at the
 same norm, scored the same way, give the *noise floor*: a group is reported as above chance
 only when its consistency exceeds every random vector's.
 
-Everything here is a pure function of strings; generating the completions is the caller's job
+**Behaviours that are not a phrase** (a style, a theme in other words, a tone, refusing): with
+an ``embed`` function, :func:`rank_completions` also measures each vector's semantic shift
+(:mod:`melbo.evaluate.descriptors`): its *strength* is the larger of the phrase score's share of
+its maximum and the shift consistency's share of the way from the best random vector's (same
+scale) to 1; vectors whose mean shifts point the same way are grouped too, and every group is
+described in words (its new vocabulary, the text statistics that moved).
+
+Everything here is a pure function of strings (and of the embeddings given); generating the completions is the caller's job
 (:func:`melbo.generation.generate_steered`).
 """
 
@@ -365,9 +372,9 @@ def group_behaviours(
             order = sorted(range(len(texts)), key=lambda i: not _contains(words(texts[i]), tuple(words(best.signature))))
             examples = tuple((str(prompts[i]), unsteered[i], texts[i]) for i in order[:n_examples])
         hits = None
+        bs = shifts.get((best.vector, best.scale))
         if control_completions:
             phrase_led = best.consistency >= min_consistency and bool(best.signature)
-            bs = shifts.get((best.vector, best.scale))
             flags = [phrase_led and phrase_rate(c, best.signature) >= best.rate / 2 for c in control_completions]
             if bs is not None and len(control_shifts) == len(control_completions):
                 flags = [f or (same_direction(bs, cs, min_cos=min_cos) and cs.consistency >= bs.consistency / 2)
