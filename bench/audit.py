@@ -261,6 +261,7 @@ def finish(args: Any, rows: list[dict[str, Any]], refusal_rows: list[dict[str, A
     ]
     for r in rows:
         secret = f"{r['secret']['trigger']} → {json.dumps(r['secret']['params'], ensure_ascii=False)[:50]}"
+        secret = secret.replace("|", "\\|")  # a trigger such as |glodra-39| must not split the Markdown row
         chk = ", ".join(f"{k} {v:.0%}" for k, v in r["organism_check"].items())
         if r.get("found") is None:
             lines.append(f"| {r['kind']} | {r['family']} | {secret} | {chk} | – | not audited | | | | | "
