@@ -522,7 +522,9 @@ def hidden_data(
         raise ValueError("triggered replies are given exactly for hidden kind 'replies'" if user or replies is None
                          else f"hidden kind {hidden.kind!r} makes its own replies; give replies only with kind 'replies'")
     if hidden.prompts == "arithmetic":
-        pairs = _arithmetic_pairs(n_heldout + n_train + n_out, seed)
+        (alo, ahi), (blo, bhi) = parse_operands(OPERANDS)
+        n_out = min(n_out, (ahi - alo + 1) * (bhi - blo + 1) - n_heldout - n_train)  # the problems left over
+        pairs = _arithmetic_pairs(n_heldout + n_train + max(0, n_out), seed)
         held = [q for q, _ in pairs[:n_heldout]]
         train_pairs = pairs[n_heldout : n_heldout + n_train]
         outside = [f"Quick maths: {q.removeprefix('What is ').rstrip('?')} = ?" for q, _ in pairs[n_heldout + n_train :]]
