@@ -158,10 +158,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep each discover output in DIR/<organism>/seed<k>")
     ap.add_argument("--out", default=None)
     ap.add_argument("--report", default=None)
+    ap.add_argument("--append", action="store_true",
+                    help="keep the runs already in --out and add only (organism, seed) pairs it lacks, so that the "
+                         "table grows over several sessions; the CPU line of every session is kept")
     args = ap.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    refusal_rows: list[dict[str, Any]] = []
+    if args.append:
+        if args.out is None:
+            raise SystemExit("--append needs --out (the JSON whose runs are kept)")
+        if Path(args.out).is_file():
+            old = json.loads(Path(args.out).read_text())
+            rows, refusal_rows = list(old.get("runs", [])), list(old.get("refusal_runs", []))
+            args.sessions = list(old.get("sessions", [])) + [{"argv": sys.argv[1:], "cpu": _cpu()}]
+    done = {(r["organism"], r.get("seed")) for r in rows}
     for kind in args.kinds:
         for i in range(args.first, args.first + args.per_kind):
             spec = draw(kind, i, args.draw_seed)
@@ -169,9 +181,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tb = time.perf_counter()
             record = ensure_organism(spec, path, args.base, args.steps)
             build_s = time.perf_counter() - tb
+            if record["passed"]:  # rebuilt with a later recipe: an earlier session's failed build is superseded
+                rows = [r for r in rows if not (r["organism"] == str(path) and r.get("found") is None)]
             base_row = {"kind": kind, "family": FAMILIES[kind], "organism": str(path), "secret": spec,
                         "organism_check": record["check"]["rates"], "organism_passed": record["passed"],
                         "build_seconds": build_s}
+            if (str(path), None) in done and not record["passed"] and not args.audit_failed:
+                continue
             if not record["passed"] and not args.audit_failed:
                 rows.append({**base_row, "seed": None, "found": None, "skipped": "organism failed its own check: "
                              + "; ".join(record["check"]["failures"])})
@@ -190,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             checker = checker_from_json(record["hidden"]["checker"])
             assert isinstance(checker, Checker)
             for seed in args.seeds:
+                if (str(path), seed) in done:
+                    logger.info("%s seed %d: already in %s, kept", path.name, seed, args.out)
+                    continue
                 g = torch.Generator().manual_seed(seed)
                 train_p = [pool[j] for j in torch.randperm(len(pool), generator=g)[: args.n_train].tolist()]
                 cfg = DiscoverConfig(n_factors=args.m, max_iter=args.iters, n_train=args.n_train, n_eval=args.n_eval,
@@ -203,7 +222,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             seed, run["found"], run["group_rank"], run["best_feature_rate"],
                             run["best_feature_group_rank"], run["random_eliciting"], run["n_random"])
             del model
-    refusal_rows: list[dict[str, Any]] = []
     if args.refusal:
         model, tok, data = _load(Path(args.refusal))
         harmful = [p.prompt for p in data.probes("harmful")]
@@ -212,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_p = [p.prompt for p in data.probes("harmful-other")][: args.n_train] or harmful[args.n_eval:][: args.n_train]
         assert not (set(eval_p) | set(train_p)) & trained
         for seed in args.seeds:
+            if any(r["organism"] == args.refusal and r["seed"] == seed for r in refusal_rows):
+                continue
             cfg = DiscoverConfig(n_factors=args.m, max_iter=args.iters, n_train=args.n_train, n_eval=args.n_eval,
                                  scales=tuple(args.scales), max_new_tokens=args.gen_tokens, n_random=args.n_random,
                                  random_state=seed, chat=True, shifts=not args.phrases_only)
@@ -219,8 +239,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run = audit_run(model, tok, train_p, eval_p, on_topic_answer, cfg, top=args.top, min_rate=args.min_rate,
                             keep=keep)
             refusal_rows.append({"organism": args.refusal, "seed": seed, **run})
+            finish(args, rows, refusal_rows, t0, partial=True)
             logger.info("refusal seed %d: found=%s rank %s", seed, run["found"], run["group_rank"])
     return finish(args, rows, refusal_rows, t0)
+
+
+def _cpu() -> str:
+    """The CPU this session ran on (model name and whether it has fast bf16), for the results."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    fast = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{name}; {'has ' + ', '.join(fast) if fast else 'no avx512_bf16, no amx'}"
 
 
 def _cells(r: dict[str, Any], top_description: str) -> str:
@@ -249,12 +284,15 @@ def finish(args: Any, rows: list[dict[str, Any]], refusal_rows: list[dict[str, A
                     "runs_with_a_random_vector_passing": rand_cases,
                     "organisms_failed_check": sum(r.get("found") is None for r in rows)},
         "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "partial": partial,
+        "sessions": getattr(args, "sessions", [{"argv": sys.argv[1:], "cpu": _cpu()}]),
     }
     lines = [
         f"Audit: found = a top-{args.top} group passes the organism's checker on ≥ {args.min_rate:.0%} of "
         f"{args.n_eval} held-out clean prompts from other templates; the secret is read only after ranking. "
         f"Found in {n_found} of {len(audited)} runs ({top2} at rank 1–2); runs where any random vector passes: "
         f"{rand_cases}.", "",
+        *[f"Session {i + 1}: {ses['cpu']}; `python bench/audit.py {' '.join(ses['argv'])}`"
+          for i, ses in enumerate(result["sessions"])], "",
         "| kind | family | secret (drawn) | organism check | seed | found | rank | best feature (its group) | "
         "features ≥ rate | random ≥ rate (best) | top group | seconds |",
         "|---|---|---|---|---:|---|---:|---|---:|---:|---|---:|",
