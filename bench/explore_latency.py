@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         one_request(srv.base, srv.token, f"feature={run.features.n_factors - 1}&scale=1&max_new_tokens=4")
         for k in range(args.repeats):
             q = f"feature={k}&max_new_tokens={args.max_new_tokens}"
-            if k == 0:  # the unsteered completions are cached after the first click on any feature
-                explorer.engine._cache.clear()  # noqa: SLF001 - the bench measures a cold first click
-            else:
-                explorer.engine._cache = {key: v for key, v in explorer.engine._cache.items() if key[0] is not None}  # noqa: SLF001
+            for store in (explorer.engine._seen, explorer.engine._cache):  # noqa: SLF001 - cold clicks measured
+                # the unsteered completions are cached after the first click on any feature
+                for key in [key for key in store if k == 0 or key[0] is None]:
+                    del store[key]
             for case, scale in (("first click", args.scales[0]), ("slider", args.scales[1]), ("cached", args.scales[0])):
                 cases[case].append(one_request(srv.base, srv.token, f"{q}&scale={scale}"))
                 print(f"feature {k}, {case}: {cases[case][-1]}", file=sys.stderr, flush=True)

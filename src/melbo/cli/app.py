@@ -291,7 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--n-prompts", type=int, default=4, help="how many of them each feature page steers")
     ex.add_argument("--max-new-tokens", type=int, default=32)
     ex.add_argument("--port", type=int, default=8765, help="0: any free port")
-    ex.add_argument("--host", default="127.0.0.1", help="listen here (default 127.0.0.1: this machine only)")
+    ex.add_argument("--host", default="127.0.0.1", help="listen here (default 127.0.0.1: this machine only; any "
+                    "other address needs --certfile/--keyfile or --insecure-http)")
+    ex.add_argument("--certfile", default=None, help="serve HTTPS with this PEM certificate (chain)")
+    ex.add_argument("--keyfile", default=None, help="the certificate's PEM private key (default: in --certfile)")
+    ex.add_argument("--insecure-http", action="store_true",
+                    help="allow plain HTTP on a --host other than loopback (the token crosses the network in clear)")
+    ex.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                    help="also answer requests for this Host name (repeatable; loopback names and --host always are)")
     ex.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: torch's; 1 is faster on cores other jobs share)")
     ex.add_argument("--force", action="store_true", help="allow features from a different model")

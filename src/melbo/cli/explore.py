@@ -51,6 +51,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
         sys.stderr.write(f"melbo explore needs the 'explore' extra ({err.name} is missing): "
                          "pip install 'melbo[explore]'\n")
         return 2
+    from melbo.explore.server import allowed_hosts, check_exposure, tls_context
+
+    if args.keyfile is not None and args.certfile is None:
+        raise ValueError(f"--keyfile {args.keyfile!r} needs --certfile (the certificate it belongs to)")
+    if args.certfile is not None:
+        tls_context(args.certfile, args.keyfile)  # a bad certificate or key: now, before the model loads
+    check_exposure(args.host, tls=args.certfile is not None, insecure_http=args.insecure_http)
+    allowed_hosts(args.host, args.port, args.allow_host)
     from melbo.explore.run import load_run
     from melbo.prompt_files import read_prompts
 
@@ -71,5 +79,6 @@ def cmd_explore(args: argparse.Namespace) -> int:
     run.features.check_model(model, force=args.force)
     explorer = Explorer(run, model, tok, max_new_tokens=args.max_new_tokens)
     _say(f"{run.features.n_factors} features from {run.features_dir}; {len(run.prompts)} prompts ({run.prompt_source})")
-    serve(explorer, host=args.host, port=args.port, say=_say)
+    serve(explorer, host=args.host, port=args.port, say=_say, certfile=args.certfile, keyfile=args.keyfile,
+          insecure_http=args.insecure_http, allow_hosts=args.allow_host)
     return 0

@@ -12,6 +12,13 @@ the queue, or stopped at its next token if it is running.
 Completions are cached per (feature, scale, ablations, prompt, max_new_tokens, chat); greedy
 decoding makes a cached completion the one a rerun would give. Unsteered and steered rows of
 one request run as one batch when neither is cached and nothing is ablated.
+
+Both are bounded, for an explorer left open for days: at most ``max_queue`` requests wait (one
+more is refused with :class:`QueueFull`, which the app answers with 429), and the completions
+made in the session are kept in a least-recently-used cache of ``cache_size`` entries (a slider
+dragged over many scales makes a new entry for each). The completions the run brought
+(discover's ``completions.json``, ``seen``) are kept apart and never evicted: they are bounded
+by the run itself, and the search and score curves rely on them.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -31,7 +38,7 @@ from torch import nn
 
 from melbo.features import Features
 
-__all__ = ["MAX_NEW_TOKENS", "MAX_SCALE", "Engine", "GenRequest", "Job"]
+__all__ = ["CACHE_SIZE", "MAX_NEW_TOKENS", "MAX_QUEUE", "MAX_SCALE", "Engine", "GenRequest", "Job", "QueueFull"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,12 @@ MAX_SCALE = 100.0
 MAX_NEW_TOKENS = 256
 MAX_PROMPTS = 32
 MAX_PROMPT_CHARS = 4000
+MAX_QUEUE = 16
+"""Requests that may wait for the worker at once; one page has at most a few in flight, so a
+full queue means a flood (or many users): the next request is refused, to be retried."""
+CACHE_SIZE = 4096
+"""Completions made in a session that are kept (least recently used first out). Each holds at
+most a 4000-character prompt and a 256-token completion: ~30 MB at worst, a few MB in practice."""
 
 #: (feature or None, scale, ablate v, ablate u, prompt, max_new_tokens, chat)
 Key = tuple[int | None, float, bool, bool, str, int, str]
@@ -47,6 +60,16 @@ Listener = Callable[[dict[str, Any]], None]
 
 class Cancelled(Exception):
     """Raised inside the decode loop to stop a request nobody listens to any more."""
+
+
+class QueueFull(RuntimeError):
+    """The worker's queue holds ``max_queue`` requests already; ``retry_after`` is a guess, in
+    seconds, of when one will have left it."""
+
+    def __init__(self, max_queue: int, retry_after: int) -> None:
+        super().__init__(f"the explorer is busy: its queue is full ({max_queue} waiting for the model); "
+                         f"retry in {retry_after} s")
+        self.max_queue, self.retry_after = max_queue, retry_after
 
 
 @dataclass(frozen=True)
@@ -105,14 +128,24 @@ class Engine:
     features : the run's features
     chat : prompt framing passed to :func:`melbo.generation.generate_steered`
     seen : completions known already, ``(feature or None, scale, prompt, max_new_tokens, chat) → text``
+        (kept for the whole session)
+    max_queue : requests that may wait at once; one more raises :class:`QueueFull`
+    cache_size : completions made in the session that are kept (least recently used evicted first)
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, features: Features, *, chat: bool | str = "auto",
-                 seen: dict[tuple[int | None, float, str, int, str], str] | None = None) -> None:
+                 seen: dict[tuple[int | None, float, str, int, str], str] | None = None,
+                 max_queue: int = MAX_QUEUE, cache_size: int = CACHE_SIZE) -> None:
+        for name, value in (("max_queue", max_queue), ("cache_size", cache_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be an integer ≥ 1")
         self.model, self.tokenizer, self.features, self.chat = model, tokenizer, features, chat
-        self._cache: dict[Key, str] = {}
+        self.max_queue, self.cache_size = max_queue, cache_size
+        self._seen: dict[Key, str] = {}
         for (k, sc, p, n, c), text in (seen or {}).items():
-            self._cache[(k, 0.0 if k is None else float(sc), False, False, p, n, c)] = text
+            self._seen[(k, 0.0 if k is None else float(sc), False, False, p, n, c)] = text
+        self._cache: OrderedDict[Key, str] = OrderedDict()  # made in this session: LRU, at most cache_size
+        self._seconds = 1.0  # recent seconds per request (for Retry-After)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
@@ -131,6 +164,11 @@ class Engine:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the explorer's worker is closed")
+            if len(self._queue) >= self.max_queue:  # requests whose client left still count until purged
+                self._queue = deque(j for j in self._queue if not j.cancelled.is_set())
+            if len(self._queue) >= self.max_queue:
+                wait = self._seconds * (len(self._queue) + 1)
+                raise QueueFull(self.max_queue, max(1, min(60, math.ceil(wait))))
             ahead = len(self._queue) + (self._running is not None)
             self._queue.append(job)
             self._wake.notify()
@@ -152,7 +190,8 @@ class Engine:
         with self._lock:
             run = self._running
             return {"queued": len(self._queue), "running": None if run is None else _describe(run.request),
-                    "done": self._done, "cached": len(self._cache)}
+                    "done": self._done, "cached": len(self._seen) + len(self._cache), "max_queue": self.max_queue,
+                    "cache_size": self.cache_size}
 
     def key(self, feature: int | None, scale: float, prompt: str, max_new_tokens: int,
             ablate_v: bool = False, ablate_u: bool = False) -> Key:
@@ -162,12 +201,24 @@ class Engine:
 
     def cached(self, key: Key) -> str | None:
         with self._lock:
-            return self._cache.get(key)
+            text = self._seen.get(key)
+            if text is None and (text := self._cache.get(key)) is not None:
+                self._cache.move_to_end(key)
+            return text
+
+    def _store(self, key: Key, text: str) -> None:
+        """Keep a completion made now (the caller holds the lock); the least recently used goes."""
+        if key in self._seen:
+            return
+        self._cache[key] = text
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def completions(self) -> list[tuple[Key, str]]:
-        """Every completion seen so far (a copy)."""
+        """Every completion known now: the run's, then the session's (a copy)."""
         with self._lock:
-            return list(self._cache.items())
+            return [*self._seen.items(), *self._cache.items()]
 
     def curve(self, feature: int, prompts: Sequence[str], max_new_tokens: int, ablate_v: bool = False,
               ablate_u: bool = False) -> list[dict[str, Any]]:
@@ -176,8 +227,7 @@ class Engine:
         from melbo.evaluate.behaviours import vector_behaviour
 
         prompts = list(prompts)
-        with self._lock:
-            items = list(self._cache.items())
+        items = self.completions()
         plain = [self._cache_get(items, self.key(None, 0.0, p, max_new_tokens)) for p in prompts]
         if any(t is None for t in plain):
             return []
@@ -217,6 +267,7 @@ class Engine:
                 waiting = list(self._queue)
             for i, other in enumerate(w for w in waiting if not w.cancelled.is_set()):
                 _safe(other.listener, {"type": "queued", "ahead": i + 1})
+            t0 = time.monotonic()
             try:
                 self._run(job)
             except Cancelled:
@@ -228,6 +279,7 @@ class Engine:
                 with self._lock:
                     self._running = None
                     self._done += 1
+                    self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - t0)
 
     def _run(self, job: Job) -> None:
         req = job.request
@@ -273,7 +325,7 @@ class Engine:
                 keys = ukeys if side_of[j] == "unsteered" else skeys
                 with self._lock:
                     for i, t in zip(rows, texts):
-                        self._cache[keys[i]] = t
+                        self._store(keys[i], t)
                 for i, t in zip(rows, texts):
                     result[side_of[j]][i] = t
                     emit({"type": "text", "side": side_of[j], "prompt": i, "text": t, "final": True})

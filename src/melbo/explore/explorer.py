@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from melbo.explore.engine import Engine
+from melbo.explore.engine import CACHE_SIZE, MAX_QUEUE, Engine
 from melbo.explore.export import export_subset
 from melbo.explore.notes import Notes
 from melbo.explore.run import ExploreRun
@@ -26,10 +26,12 @@ class Explorer:
     """``run`` explored with ``model``/``tokenizer``: the feature table, notes, search,
     generation (:class:`~melbo.explore.engine.Engine`), score curves and exports."""
 
-    def __init__(self, run: ExploreRun, model: nn.Module, tokenizer: Any, *, max_new_tokens: int = 32) -> None:
+    def __init__(self, run: ExploreRun, model: nn.Module, tokenizer: Any, *, max_new_tokens: int = 32,
+                 max_queue: int = MAX_QUEUE, cache_size: int = CACHE_SIZE) -> None:
         self.run = run
         self.notes = Notes(run.directory, run.features.n_factors)
-        self.engine = Engine(model, tokenizer, run.features, chat=run.chat, seen=run.seen)
+        self.engine = Engine(model, tokenizer, run.features, chat=run.chat, seen=run.seen, max_queue=max_queue,
+                             cache_size=cache_size)
         self.max_new_tokens = max_new_tokens
 
     def close(self) -> None:

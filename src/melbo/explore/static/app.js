@@ -204,7 +204,7 @@
           if (ev.type === "done") { es.close(); resolve(ev); }
           if (ev.type === "error") { es.close(); reject(new Error(ev.message)); }
         };
-        es.onerror = () => { es.close(); reject(new Error("the stream was interrupted")); };
+        es.onerror = () => { es.close(); reject(new Error("the stream was interrupted or refused (a busy server answers 429): try again")); };
         onEvent({ type: "open" }, es);
       });
     }
