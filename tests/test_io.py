@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import random
 import re
+import signal
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from melbo.io import atomic_write, atomic_write_text, check_out_dir, claim_out_dir
+from melbo.io import atomic_write, atomic_write_text, check_out_dir, claim_out_dir, fsync_tree
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -92,3 +103,93 @@ def test_with_a_marker_an_earlier_run_needs_resume_or_force_unless_reused(tmp_pa
     check_out_dir(out, writer="melbo discover", marker=".d", resume=True, force_foreign=False)
     check_out_dir(out, writer="melbo discover", marker=".d", force=True, force_foreign=False)
     check_out_dir(out, writer="melbo discover", marker=".d", reuse_own=True)
+
+
+# ---------------------------------------------------------------- durability: fsync, and kills at random points
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_directory_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, object]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        events.append(("fsync dir" if stat.S_ISDIR(st.st_mode) else "fsync file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    p = tmp_path / "f.bin"
+    atomic_write(p, lambda tmp: tmp.write_bytes(b"new"))
+    # the synced file is the one now at p (its inode), the synced directory p's parent
+    assert events == [("fsync file", p.stat().st_ino), ("replace", "f.bin"), ("fsync dir", tmp_path.stat().st_ino)]
+
+
+def test_a_file_system_that_cannot_sync_a_directory_still_gets_the_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_text(tmp_path / "f.txt", "new")
+    fsync_tree(tmp_path)
+    assert (tmp_path / "f.txt").read_text() == "new"
+
+
+# A writer that replaces one file over and over with two known contents, alternately, through
+# melbo.io.atomic_write; each content is written in 64 KiB pieces (many write calls), so a kill
+# can land in the middle of one.
+KILLED_WRITER = r"""
+import sys
+from pathlib import Path
+from melbo.io import atomic_write
+path, a, b = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes(), Path(sys.argv[3]).read_bytes()
+def writer(content):
+    def write(tmp):
+        with open(tmp, "wb", buffering=0) as fh:
+            for i in range(0, len(content), 1 << 16):
+                fh.write(content[i : i + (1 << 16)])
+    return write
+print("READY", flush=True)
+while True:
+    for content in (b, a):
+        atomic_write(path, writer(content))
+"""
+
+
+def test_a_writer_killed_at_random_points_leaves_the_old_or_the_new_file_never_a_mix(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    a, b = rng.randbytes(1 << 21), rng.randbytes(1 << 21)  # 2 MiB each
+    (tmp_path / "a").write_bytes(a)
+    (tmp_path / "b").write_bytes(b)
+    work = tmp_path / "work"
+    work.mkdir()
+    path = work / "state.bin"
+    atomic_write(path, lambda tmp: tmp.write_bytes(a))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    seen = []
+    rounds = 16
+    for _ in range(rounds):
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(tmp_path / "a"), str(tmp_path / "b")],
+                                env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL  # it was still writing, not crashed
+        proc.stdout.close()
+        content = path.read_bytes()
+        assert content in (a, b), f"a mix of {len(content)} bytes"
+        seen.append(content == a)
+    assert len(set(seen)) == 2, "the writer never got to replace the file"
+    # what a kill leaves besides the file is only writers' temporary files, which no reader opens
+    others = [q.name for q in work.iterdir() if q != path]
+    assert len(others) <= rounds and all(re.fullmatch(r"\.state\.bin\.[^.]+\.tmp", n) for n in others), others

@@ -530,7 +530,7 @@ def test_packaged_model_is_converted_once_then_read_from_cache(
     )
     # the assembled GGUF and the staging directory are gone
     assert not any(path.exists() for path in fake_package.assembled)
-    assert sorted(p.name for p in (melbo_cache / "models").iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (melbo_cache / "models").iterdir()) == [".tiny.lock", "tiny"]  # the lock stays
     assert tokenizer.chat_template == "{{ 'fake template' }}"
     assert marker["chat_template"] == "added by melbo; the GGUF has none"
     assert model.generation_config.eos_token_id in (1, [1])  # <eos> is already eos
@@ -549,7 +549,7 @@ def test_packaged_model_is_converted_again_when_the_package_changes(
     assert fake_package.conversions == 2
     marker = json.loads((melbo_cache / "models" / "tiny" / MARKER_FILE).read_text())
     assert marker["gguf_sha256"] == "b" * 64
-    assert sorted(p.name for p in (melbo_cache / "models").iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (melbo_cache / "models").iterdir()) == [".tiny.lock", "tiny"]  # the lock stays
 
 
 def test_failed_conversion_leaves_nothing_behind(
@@ -561,7 +561,7 @@ def test_failed_conversion_leaves_nothing_behind(
     monkeypatch.setattr(hf, "load_causal_lm", broken)
     with pytest.raises(KeyboardInterrupt):
         load_model("tiny", progress=False)
-    assert list((melbo_cache / "models").iterdir()) == []
+    assert [p.name for p in (melbo_cache / "models").iterdir()] == [".tiny.lock"]  # no staging, the lock only
 
 
 def test_conversion_removes_abandoned_staging_but_not_recent(

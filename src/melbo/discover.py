@@ -15,7 +15,10 @@ The whole unsupervised search in one resumable job, knowing nothing of what to l
    rate, member features and scales, examples, and how many random vectors do the same.
 
 ``OUT/completions.json`` caches the generations: a rerun with ``resume=True`` reuses every stage
-already done (features, completions) when the settings that made it are the same.
+already done (features, completions) when the settings that made it are the same. A run killed
+at any point resumes to the result of an uninterrupted one: every file is replaced atomically,
+the fit continues from its last checkpoint, and completions that do not fit the features and
+prompts (cut short, another shape) are generated again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -159,6 +163,38 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
+def _cached_completions(path: Path, key: str, n_vectors: dict[str, int], scales: Sequence[float],
+                        n_prompts: int) -> dict[str, Any]:
+    """What ``completions.json`` holds for a resumed run with ``key``: the unsteered completions
+    and every ``"<kind>@<scale>"`` entry with one list of ``n_prompts`` strings per vector;
+    anything else (another run's key, an unreadable file, an entry cut short or of the wrong
+    shape) is left out, to be generated again, with a warning."""
+    try:
+        old = read_json_file(path, what="completions cache", max_bytes=MAX_TEXT_BYTES)
+    except (OSError, ValueError) as err:
+        logger.warning("not reusing %s: %s", path, err)
+        return {}
+    if not isinstance(old, dict) or old.get("key") != key:
+        return {}
+
+    def texts(v: Any) -> bool:
+        return isinstance(v, list) and len(v) == n_prompts and all(isinstance(t, str) for t in v)
+
+    kept: dict[str, Any] = {}
+    if texts(old.get("unsteered")):
+        kept["unsteered"] = old["unsteered"]
+    for kind, n in n_vectors.items():
+        for scale in scales:
+            name = f"{kind}@{scale:g}"
+            entry = old.get(name)
+            if isinstance(entry, list) and len(entry) == n and all(texts(v) for v in entry):
+                kept[name] = entry
+    dropped = sorted(set(old) - set(kept) - {"key"})
+    if dropped:
+        logger.warning("%s: generating %s again (missing or not %d completions per vector)", path, dropped, n_prompts)
+    return kept
+
+
 def check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
     """Refuse a non-empty ``out`` that no discover run wrote (even with ``force``), and an
     earlier run's ``out`` without ``force``/``resume`` (:func:`melbo.io.check_out_dir`)."""
@@ -230,10 +266,15 @@ def discover(
     feats: Features | None = None
     fkey = _key(asdict(tcfg), [str(p) for p in train_p])
     if feat_dir is not None and resume and (feat_dir / "config.json").is_file():
-        loaded = Features.load(feat_dir)
-        if loaded.extra.get("discover_key") == fkey:
+        try:
+            loaded: Features | None = Features.load(feat_dir)
+        except (OSError, ValueError) as err:  # e.g. killed between the two files of a save replacing older ones
+            logger.warning("not reusing the features in %s (%s); fitting them again", feat_dir, err)
+            loaded = None
+        if loaded is not None and loaded.extra.get("discover_key") == fkey:
             feats = loaded
             say(f"features: reusing {feat_dir}")
+            shutil.rmtree(feat_dir / "checkpoint", ignore_errors=True)  # left by a kill right after the save
     if feats is None:
         say(f"fitting {cfg.n_factors} exponential DCT features, layers {s} → {t}, on {len(train_p)} prompts…")
         tcfg.extra["discover_key"] = fkey
@@ -244,25 +285,27 @@ def discover(
 
     # 2. completions (cached per settings)
     t0 = time.perf_counter()
-    gkey = _key(fkey, [str(p) for p in eval_p], cfg.scales, cfg.max_new_tokens, cfg.n_random, cfg.random_state, str(cfg.chat))
+    # the features' own fingerprint too: completions steered by other features (refitted, replaced) are not reused
+    gkey = _key(fkey, feats.fingerprint(), [str(p) for p in eval_p], cfg.scales, cfg.max_new_tokens, cfg.n_random,
+                cfg.random_state, str(cfg.chat))
     cache_path = out_dir / "completions.json" if out_dir is not None else None
+    d = feats.d_model
+    V32 = feats.V.to(torch.float32)
+    directions = {"features": V32 / V32.norm(dim=0, keepdim=True),
+                  "random": random_directions(d, cfg.n_random, cfg.random_state)}
     cache: dict[str, Any] = {}
     if cache_path is not None and resume and cache_path.is_file():
-        old = read_json_file(cache_path, what="completions cache", max_bytes=MAX_TEXT_BYTES)
-        if isinstance(old, dict) and old.get("key") == gkey:
-            cache = old
+        cache = _cached_completions(cache_path, gkey, {k: V.shape[1] for k, V in directions.items()}, cfg.scales,
+                                    len(eval_p))
+        if cache:
             say("completions: reusing the cached generations")
-    cache.setdefault("key", gkey)
+    cache["key"] = gkey
     gen_kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size,
                               "layer": s, "progress": progress}
-    d = feats.d_model
     zero = torch.zeros(d, 1)
     if "unsteered" not in cache:
         cache["unsteered"] = generate_steered(model, tokenizer, eval_p, zero, **gen_kw)[0]
     unsteered: list[str] = cache["unsteered"]
-    V32 = feats.V.to(torch.float32)
-    directions = {"features": V32 / V32.norm(dim=0, keepdim=True),
-                  "random": random_directions(d, cfg.n_random, cfg.random_state)}
     results: dict[str, dict[tuple[int, float], list[str]]] = {"features": {}, "random": {}}
     for scale in cfg.scales:
         # features and random vectors at one scale: one batched job (one shared prompt prefix)

@@ -3,6 +3,12 @@
 * :func:`atomic_write` / :func:`atomic_write_text` — write a file through a temporary file in
   the same directory and move it into place with :func:`os.replace`: a reader (or a crash)
   never sees a half-written file, and when the writer raises the old file is left intact.
+  The temporary file is flushed to disk (``fsync``) before the rename and the directory
+  after it, so that after a power loss the path holds the old or the new content, never
+  an empty or partial file. A killed writer may leave its temporary file
+  (``.<name>.<random>.tmp``) behind; no reader looks at it.
+* :func:`fsync_tree` / :func:`fsync_dir` — the same flush for files written by others
+  (``save_pretrained``) before a rename commits them.
 * :func:`check_out_dir` / :func:`claim_out_dir` — the policy every command that writes a
   directory follows: **never silently overwrite anything a user made.** A missing or empty
   directory is used; a non-empty one only with ``force`` (or ``resume``), and where the
@@ -44,6 +50,8 @@ __all__ = [
     "check_out_dir",
     "claim_out_dir",
     "file_sha256",
+    "fsync_dir",
+    "fsync_tree",
     "json_depth",
     "parse_json",
     "read_file_set",
@@ -66,9 +74,55 @@ MAX_JSON_DEPTH = 64
 PathLike = str | os.PathLike[str]
 
 
+def _fsync_file(path: PathLike) -> None:
+    # Windows flushes only a handle opened for writing; POSIX any descriptor
+    fd = os.open(path, os.O_RDONLY if os.name == "posix" else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Flush the directory ``path``'s entries (a rename or a new file in it) to disk.
+
+    POSIX only: elsewhere (Windows, where a directory cannot be opened this way) and on file
+    systems that refuse to sync a directory it does nothing.
+    """
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as err:
+        logger.debug("cannot open directory %s to sync it: %s", path, err)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:  # e.g. EINVAL: this file system does not sync directories
+        logger.debug("cannot sync directory %s: %s", path, err)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: PathLike) -> None:
+    """Flush a file, or every file and directory under the directory ``path``, to disk."""
+    p = Path(path)
+    if not p.is_dir():
+        _fsync_file(p)
+        return
+    for root, _dirs, files in os.walk(p, topdown=False):
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                _fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a fresh temporary path next to ``path``, then move it onto ``path``.
 
+    The temporary file is flushed to disk before the move and the directory after it: once
+    this returns, ``path`` holds the new content also after a crash or power loss, and at
+    no moment (a kill, a power loss) does it hold anything but the old or the new content.
     The temporary file is removed when ``write`` (or the move) raises; ``path`` is then what
     it was before. The parent directory must exist.
     """
@@ -78,11 +132,13 @@ def atomic_write(path: PathLike, write: Callable[[Path], object]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:

@@ -277,6 +277,7 @@ def train(
         options["init"] = (tensors["U"].to(delta.device, delta.dtype), tensors["V"].to(delta.device, delta.dtype))
         start_it, history0, options["R"] = int(state["iteration"]), list(state.get("history", state.get("objective", []))), float(state["R"])
         logger.info("resuming from iteration %d of %s", start_it, tau)
+        options.update(_resumed_schedule(cfg, start_it))
     bar = None
     if spec.iterative and tau is not None:
         options["max_iter"] = max(tau - start_it, 1)
@@ -289,7 +290,12 @@ def train(
 
     def callback(i: int, st: Any) -> bool:
         it = start_it + len(seen) + 1
-        if out_dir is not None:
+        # no checkpoint of the last iteration (the limit, or the factors stopped moving): the
+        # features are saved next, and a kill before that resumes from the one before and
+        # repeats this iteration, as an uninterrupted fit ends, rather than running one more
+        tol = getattr(est, "tol", None)
+        last = (tau is not None and it >= tau) or (tol is not None and float(st.movement) < tol)
+        if out_dir is not None and not last:
             R_now = float(options["R"] if options["R"] is not None else est.calibration_.R)
             _write_checkpoint(out_dir, it, st.U, st.V, R_now, history0 + [*seen, st.objective], meta)
         seen.append(float(st.objective))
@@ -316,6 +322,9 @@ def train(
     # how the factors were fitted, as the estimator took it (its JSON-able settings; not the callback)
     fit_settings = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)
                     if f.name in _RECORDED and isinstance(getattr(est, f.name), int | float | str | bool | None)}
+    if start_it:  # a resumed fit ran with its remaining iterations and a shifted schedule: record the fit's own
+        configured = {"max_iter": tau, "beta": cfg.beta, "anneal": cfg.anneal, "anneal_after": cfg.anneal_after}
+        fit_settings.update({k: v for k, v in configured.items() if k in fit_settings})
     calibration = {"E": cal.error, "history": [list(h) for h in cal.history]} if cal is not None else {}
     feats = est.to_features(
         model=fp, prompts=list(prompts), positions=cfg.positions,
@@ -330,6 +339,24 @@ def train(
         feats.save(out_dir, overwrite=force or resume)
         shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
     return feats
+
+
+def _resumed_schedule(cfg: TrainConfig, start_it: int) -> dict[str, Any]:
+    """The damping options that continue ``cfg``'s schedule after ``start_it`` iterations.
+
+    The fit counts its iterations k from 0 again when resumed, but the exponential DCT's
+    schedule β_k = β / (1 + max(0, k − anneal_after) / anneal) is one of the whole fit's
+    iteration. With k = start_it + k′ it is ``anneal_after − start_it`` iterations more at β
+    while that is ≥ 0; after, with s = start_it − anneal_after > 0,
+    β / (1 + (k′ + s) / anneal) = β′ / (1 + k′ / anneal′), β′ = β · anneal / (anneal + s),
+    anneal′ = anneal + s. A fixed β (no ``anneal``) needs nothing.
+    """
+    if cfg.anneal is None or start_it <= 0:
+        return {}
+    s = start_it - cfg.anneal_after
+    if s <= 0:
+        return {"anneal_after": -s}
+    return {"anneal_after": 0, "anneal": cfg.anneal + s, "beta": cfg.beta * cfg.anneal / (cfg.anneal + s)}
 
 
 def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | None) -> dict[str, Any]:

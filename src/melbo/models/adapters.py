@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from melbo.io import fsync_dir, fsync_tree
 from melbo.models.access import get_layer_access
 from melbo.models.errors import ModelLoadError
 
@@ -164,10 +165,12 @@ def save_adapter(model: nn.Module, config: LoraConfig, state: dict[str, Tensor],
         peft_model.peft_config["default"].base_model_name_or_path = base
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".adapter-") as tmp:
             peft_model.save_pretrained(tmp)
+            fsync_tree(tmp)  # on disk before the renames commit them
             paths = []
             for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
                 os.replace(Path(tmp) / name, out_dir / name)
                 paths.append(out_dir / name)
+    fsync_dir(out_dir)
     return paths
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from melbo.cache import cache_dir
+from melbo.cache import cache_dir, cache_lock
+from melbo.io import fsync_dir, fsync_tree
 from melbo.models import hf
 from melbo.models.errors import ModelNotFoundError
 from melbo.models.progress import transformers_progress
@@ -115,7 +116,9 @@ def packaged_model_dir(name: str = DEFAULT_MODEL, *, progress: bool = True) -> P
     ``<cache_dir()>/models/<name>/`` in one step, so an interrupted conversion never leaves
     a half-written model behind. The directory holds :data:`MARKER_FILE`, naming the
     package version and the GGUF's sha256; a directory whose marker does not match the
-    installed package is converted again.
+    installed package is converted again. Processes sharing the cache convert one at a
+    time (:func:`melbo.cache.cache_lock`): a second one waits, saying so, and then reuses
+    the first one's conversion.
 
     Parameters
     ----------
@@ -144,15 +147,20 @@ def packaged_model_dir(name: str = DEFAULT_MODEL, *, progress: bool = True) -> P
     expected = _marker_for(spec, module)
     if _marker_matches(target, expected):
         return target
-    if target.exists():
-        logger.warning(
-            "the converted %s in %s does not match the installed %s %s; converting again",
-            spec.name,
-            target,
-            spec.distribution,
-            expected["package_version"],
-        )
-    _convert_packaged(spec, module, target, expected, progress=progress)
+    # one converter at a time: a second process waits here, then finds the conversion done
+    with cache_lock(target, what=f"converting the packaged model {spec.name!r}"):
+        if _marker_matches(target, expected):
+            logger.info("using %s, converted by another process meanwhile", target)
+            return target
+        if target.exists():
+            logger.warning(
+                "the converted %s in %s does not match the installed %s %s; converting again",
+                spec.name,
+                target,
+                spec.distribution,
+                expected["package_version"],
+            )
+        _convert_packaged(spec, module, target, expected, progress=progress)
     return target
 
 
@@ -262,6 +270,7 @@ def _convert_packaged(
                 else "as in the GGUF",
             }
             (out / MARKER_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            fsync_tree(out)  # on disk before the rename commits it: no empty weights after a power loss
             _move_into_place(out, target, marker)
             steps.update()
     finally:
@@ -329,3 +338,4 @@ def _move_into_place(new: Path, target: Path, marker: dict[str, Any]) -> None:
     except OSError:
         if not _marker_matches(target, marker):
             raise
+    fsync_dir(target.parent)
