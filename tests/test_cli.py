@@ -57,7 +57,7 @@ def test_demo_never_overwrites_a_users_files(tiny_dir: Path, tmp_path: Path, cap
     (tmp_path / "report.html").write_text("<html>my own notes</html>")
     with pytest.raises(SystemExit):
         main(_demo(tiny_dir, tmp_path))
-    assert "not written by a melbo demo" in capsys.readouterr().err
+    assert "not written by melbo demo" in capsys.readouterr().err
     assert (tmp_path / "report.html").read_text() == "<html>my own notes</html>"
 
 
@@ -73,19 +73,22 @@ def test_demo_replaces_only_the_report_it_wrote(tmp_path: Path) -> None:
     feats = Features(U=torch.randn(8, 2), V=torch.randn(8, 2), alpha=torch.ones(2), R=1.0, method="exponential",
                      source_layer=1, target_layer=3)
     write_report(feats, report)  # a `melbo report` page of another experiment: melbo's, but not this demo's
-    with pytest.raises(FileExistsError, match="not written by a melbo demo"):
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
         _check_outputs(out, report, force=False)
     claim_out_dir(out, marker=DEMO_MARKER, writer="melbo demo")
-    with pytest.raises(FileExistsError, match="not written by a melbo demo"):
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
         _check_outputs(out, report, force=False)  # a demo directory, but it never wrote this file
     record_output(out, marker=DEMO_MARKER, writer="melbo demo", path=report)
     _check_outputs(out, report, force=False)  # the very file the demo wrote: it may replace it
     report.write_text(report.read_text() + "<!-- edited by hand -->")
-    with pytest.raises(FileExistsError, match="not written by a melbo demo"):
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
         _check_outputs(out, report, force=False)  # changed since: no longer the demo's
     with pytest.raises(FileExistsError, match="is a directory"):
         _check_outputs(out, tmp_path, force=False)
-    _check_outputs(out, report, force=True)
+    _check_outputs(out, report, force=True)  # a melbo report page: --force replaces it
+    report.write_text("<html>my own notes</html>")
+    with pytest.raises(FileExistsError, match="not written by melbo demo"):
+        _check_outputs(out, report, force=True)  # a user's page: never
 
 
 def test_discover_cli_lists_behaviours_and_checks_input_before_loading(

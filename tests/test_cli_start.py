@@ -71,9 +71,12 @@ def test_argument_errors_import_no_torch(tmp_path: Path) -> None:
         (("export", str(tmp_path / "nowhere"), "--feature", "0", "--format", "gguf", "-o", "x.gguf"), "does not exist"),
         (("export", str(tmp_path), "--feature", "0", "--format", "onnx", "-o", "x"), "invalid choice: 'onnx'"),
         (("export", str(tmp_path), "--feature", "0", "--format", "gguf", "-o", str(tmp_path / "kept.txt")),
-         "already exists; pass --force"),
+         "is inside DIR"),
+        (("export", str(tmp_path / "fdir"), "--feature", "0", "--format", "gguf", "-o", str(tmp_path / "kept.txt"),
+          "--force"), "not written by melbo export"),
     ]
     (tmp_path / "kept.txt").write_text("mine")
+    (tmp_path / "fdir").mkdir()
     for args, msg in cases:
         rc, out, imported = _run(*args)
         assert rc == 2, (args, out)

@@ -4,6 +4,10 @@ and the ``melbo export`` command."""
 from __future__ import annotations
 
 import json
+import re
+import sys
+import types
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,11 @@ from melbo.models.access import get_layer_access
 gguf = pytest.importorskip("gguf", reason="GGUF export needs the gguf extra")
 
 from melbo.export.gguf import (  # noqa: E402
+    GGUF_API,
+    GGUF_MIN_VERSION,
     export_gguf,
     llama_cpp_layer,
+    missing_gguf_api,
     read_control_vector,
     write_control_vector,
 )
@@ -146,14 +153,20 @@ def test_bad_export_input_is_a_clear_error_and_writes_nothing(
     assert not any(tmp_path.iterdir())
 
 
-def test_existing_output_is_replaced_only_with_force(tmp_path: Path) -> None:
+def test_force_replaces_only_an_earlier_export_never_a_users_file(tmp_path: Path) -> None:
     out = tmp_path / "cv.gguf"
     out.write_text("mine")
-    with pytest.raises(FileExistsError, match="already exists; pass --force"):
-        export_gguf(_features(), out, indices=[0])
+    for force in (False, True):  # not a control vector melbo wrote: never replaced
+        with pytest.raises(FileExistsError, match="not written by melbo export"):
+            export_gguf(_features(), out, indices=[0], force=force)
     assert out.read_text() == "mine"
-    export_gguf(_features(), out, indices=[0], force=True)
-    assert list(read_control_vector(out).directions) == [2]
+    out.unlink()
+    export_gguf(_features(), out, indices=[0])
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
+        export_gguf(_features(), out, indices=[1])
+    assert read_control_vector(out).metadata["melbo.features"] == [0]
+    export_gguf(_features(), out, indices=[1], force=True)  # melbo's own earlier export: replaced
+    assert read_control_vector(out).metadata["melbo.features"] == [1]
     with pytest.raises(FileExistsError, match="is a directory"):
         export_gguf(_features(), tmp_path, indices=[0], force=True)
 
@@ -196,6 +209,44 @@ def test_reading_bad_files_names_the_file(tmp_path: Path) -> None:
     f16 = raw_gguf(tmp_path / "f16.gguf", "controlvector", {"direction.1": np.ones(4, np.float16)})
     with pytest.raises(ValueError, match=f"{f16}.*F16, llama.cpp needs F32"):
         read_control_vector(f16)
+
+
+# ------------------------------------------------------------------ the gguf package: which versions work
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = [int(x) for x in re.findall(r"\d+", text)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def test_installed_gguf_has_every_name_the_code_uses_and_pyproject_requires_the_minimum() -> None:
+    import melbo.export.gguf as module
+
+    used = set(re.findall(r"\bgguf\.([A-Z]\w*)", Path(module.__file__).read_text()))
+    assert used and used <= set(GGUF_API), f"gguf names used but not listed in GGUF_API: {used - set(GGUF_API)}"
+    assert missing_gguf_api(gguf) == []
+    assert _version(version("gguf")) >= _version(GGUF_MIN_VERSION)
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    bounds = re.findall(r'"gguf>=([0-9.]+)', pyproject)
+    assert len(bounds) == 3 and {_version(b) for b in bounds} == {_version(GGUF_MIN_VERSION)}, bounds
+
+
+def test_a_gguf_older_than_the_minimum_is_named_with_what_to_install(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """gguf 0.14's ReaderField has no contents() (checked against its wheel): a clear ImportError,
+    not an AttributeError in the middle of reading."""
+    path = export_gguf(_features(), tmp_path / "cv.gguf", indices=[0])
+
+    class OldReaderField(tuple):  # type: ignore[type-arg]
+        pass
+
+    old = types.ModuleType("gguf")
+    old.__dict__.update({name: getattr(gguf, name) for name in GGUF_API})
+    old.ReaderField = OldReaderField  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gguf", old)
+    assert missing_gguf_api(old) == ["ReaderField.contents"]
+    with pytest.raises(ImportError, match=rf"lacks ReaderField\.contents.*pip install 'gguf>={GGUF_MIN_VERSION}'"):
+        read_control_vector(path)
 
 
 # ------------------------------------------------------------------ registry and command line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,61 @@ def test_hook_point_without_a_model_comes_from_the_fingerprint() -> None:
     assert hookpoint(1) == "layers.0"
 
 
+def _falcon() -> torch.nn.Module:
+    import transformers as T
+
+    return T.FalconForCausalLM(T.FalconConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, vocab_size=64))
+
+
+def _gptj() -> torch.nn.Module:
+    import transformers as T
+
+    return T.GPTJForCausalLM(T.GPTJConfig(n_embd=32, n_layer=3, n_head=4, vocab_size=64, rotary_dim=4, n_positions=64))
+
+
+def _opt() -> torch.nn.Module:
+    import transformers as T
+
+    return T.OPTForCausalLM(T.OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=64,
+                                        vocab_size=64, word_embed_proj_dim=32, max_position_embeddings=64))
+
+
+def _gemma3_multimodal() -> torch.nn.Module:
+    import transformers as T
+
+    text = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 8, "intermediate_size": 64, "vocab_size": 64}
+    vision = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64,
+              "image_size": 28, "patch_size": 14}
+    return T.Gemma3ForConditionalGeneration(T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4))
+
+
+@pytest.mark.parametrize("build", [_falcon, _gptj, _opt, _gemma3_multimodal, lambda: tiny_model("gpt2"),
+                                   lambda: tiny_model("llama"), lambda: tiny_model("gpt_neox")],
+                         ids=["falcon", "gptj", "opt", "gemma3-multimodal", "gpt2", "llama", "gpt_neox"])
+def test_hook_point_without_a_model_resolves_in_the_real_model(build: Any) -> None:
+    """The hook point written without the model (from the layer path the features recorded) is
+    the name lm-eval finds in ``model.base_model.named_modules()`` — block s − 1 of the real
+    layer list — for families whose layer list is not ``layers`` under the base model."""
+    from melbo.models.access import get_layer_access
+
+    model = build()
+    kw = {"embed": "transformer.word_embeddings", "attn_out": "self_attention.dense"} \
+        if model.config.model_type == "falcon" else {}
+    access = get_layer_access(model, **kw)  # what melbo records: the layer path from the model's top
+    s = 2
+    feats = Features(U=None, V=torch.ones(32, 1), alpha=torch.ones(1), R=1.0, method="random", source_layer=s,
+                     target_layer=3, model={"family": access.family, "layers_path": access.layers_path})
+    name = hookpoint(s, features=feats)
+    modules = dict(model.base_model.named_modules())  # where lm-eval's steered model looks hook points up
+    assert name in modules, (name, access.layers_path)
+    assert model.base_model.get_submodule(name) is access.layers[s - 1]
+    if not kw:  # melbo finds the layers itself: the model's fingerprint and the model name the same hook point
+        recorded = dataclasses.replace(feats, model=model_fingerprint(model))
+        assert recorded.model["layers_path"] == access.layers_path
+        assert hookpoint(s, features=recorded) == name == hookpoint(s, model=model)
+
+
 def test_bad_requests_are_named_before_anything_is_written(tmp_path: Path) -> None:
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="source_layer=0 cannot be exported.*output of a block"):
@@ -127,11 +183,16 @@ def test_bad_requests_are_named_before_anything_is_written(tmp_path: Path) -> No
     assert not list(tmp_path.iterdir())
     mine = tmp_path / "mine.pt"
     mine.write_bytes(b"user data")
-    with pytest.raises(FileExistsError, match="force"):
-        write_lm_eval_steer(feats, 0, 1.0, mine)
+    for force in (False, True):  # a user's file: never replaced, not even with force
+        with pytest.raises(FileExistsError, match="not written by melbo export"):
+            write_lm_eval_steer(feats, 0, 1.0, mine, force=force)
     assert mine.read_bytes() == b"user data"
-    write_lm_eval_steer(feats, 0, 1.0, mine, force=True)
-    assert "layers.1" in read_lm_eval_steer(mine)
+    ours = tmp_path / "ours.pt"
+    write_lm_eval_steer(feats, 0, 1.0, ours)
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
+        write_lm_eval_steer(feats, 1, 1.0, ours)
+    write_lm_eval_steer(feats, 1, 1.0, ours, force=True)  # melbo's own earlier file: replaced
+    assert read_lm_eval_steer(ours)["layers.1"]["melbo"]["features"] == [1]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from melbo.io import atomic_write, atomic_write_text, check_out_dir, claim_out_dir, fsync_tree
+from melbo.io import atomic_write, atomic_write_text, check_output, claim_out_dir, fsync_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,57 +52,117 @@ def _users_dir(tmp_path: Path) -> Path:
     return mine
 
 
+def _out_dir(out: Path, **kw: Any) -> Path:
+    return check_output(out, flag="--out", writer="melbo discover", ours=".d", directory=True, **kw)
+
+
 def test_a_missing_or_empty_directory_is_used(tmp_path: Path) -> None:
-    assert check_out_dir(tmp_path / "new", writer="melbo train") == tmp_path / "new"
+    assert _out_dir(tmp_path / "new") == tmp_path / "new"
     (tmp_path / "empty").mkdir()
-    check_out_dir(tmp_path / "empty", writer="melbo train", marker=".m", force_foreign=False)
+    _out_dir(tmp_path / "empty")
 
 
-def test_a_non_empty_directory_is_refused_without_force_and_the_path_is_named(tmp_path: Path) -> None:
+def test_a_directory_melbo_did_not_write_is_refused_even_with_force_and_the_path_is_named(tmp_path: Path) -> None:
     mine = _users_dir(tmp_path)
-    with pytest.raises(FileExistsError, match=rf"{re.escape(str(mine))}.*is not empty; pass --force"):
-        check_out_dir(mine, writer="melbo train")
-    with pytest.raises(FileExistsError, match="--resume to continue its checkpoint"):
-        check_out_dir(mine, writer="melbo train", resume_file="checkpoint/state.json")
-    assert check_out_dir(mine, writer="melbo train", force=True) == mine
-    assert (mine / "notes.txt").read_text() == "keep me"  # checking never writes
+    for kw in ({}, {"force": True}, {"resume": True}, {"reuse_own": True}, {"force": True, "resume": True}):
+        with pytest.raises(FileExistsError, match=rf"{re.escape(str(mine))}.*not written by melbo discover; choose another --out"):
+            _out_dir(mine, **kw)
+    with pytest.raises(FileExistsError, match="not written by melbo train"):  # no way to recognise one: never ours
+        check_output(mine, flag="--out", writer="melbo train", ours=None, directory=True, force=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # checking never writes
 
 
-def test_a_file_in_the_way_is_refused_even_with_force(tmp_path: Path) -> None:
+def test_a_file_in_the_way_of_a_directory_is_refused_even_with_force(tmp_path: Path) -> None:
     f = tmp_path / "out"
     f.write_text("x")
     with pytest.raises(FileExistsError, match="not a directory"):
-        check_out_dir(f, writer="melbo train", force=True)
+        _out_dir(f, force=True)
 
 
 def test_resume_needs_the_file_it_resumes(tmp_path: Path) -> None:
-    mine = _users_dir(tmp_path)
+    out = claim_out_dir(tmp_path / "run", marker=".d", writer="melbo discover")
     with pytest.raises(FileNotFoundError, match="nothing to resume.*state.json"):
-        check_out_dir(mine, writer="melbo train", resume=True, resume_file="checkpoint/state.json")
-    (mine / "checkpoint").mkdir()
-    (mine / "checkpoint" / "state.json").write_text("{}")
-    check_out_dir(mine, writer="melbo train", resume=True, resume_file="checkpoint/state.json")
+        _out_dir(out, resume=True, resume_file="checkpoint/state.json")
+    (out / "checkpoint").mkdir()
+    (out / "checkpoint" / "state.json").write_text("{}")
+    _out_dir(out, resume=True, resume_file="checkpoint/state.json")
 
 
-def test_with_a_marker_a_foreign_directory_is_never_written_unless_force_may_allow_it(tmp_path: Path) -> None:
-    mine = _users_dir(tmp_path)
-    for force in (False, True):
-        with pytest.raises(FileExistsError, match=rf"{re.escape(str(mine))}.*not written by melbo discover; choose another --out$"):
-            check_out_dir(mine, writer="melbo discover", marker=".d", force=force, resume=True, force_foreign=False)
-    with pytest.raises(FileExistsError, match="not written by melbo demo; choose another --out or pass --force"):
-        check_out_dir(mine, writer="melbo demo", marker=".demo", reuse_own=True)
-    check_out_dir(mine, writer="melbo demo", marker=".demo", force=True)
-
-
-def test_with_a_marker_an_earlier_run_needs_resume_or_force_unless_reused(tmp_path: Path) -> None:
+def test_an_earlier_run_is_replaced_with_force_resume_or_reuse(tmp_path: Path) -> None:
     out = claim_out_dir(tmp_path / "run", marker=".d", writer="melbo discover")
     assert json.loads((out / ".d").read_text())["writer"] == "melbo discover"
     (out / "features.json").write_text("{}")
-    with pytest.raises(FileExistsError, match="earlier melbo discover run; pass --resume"):
-        check_out_dir(out, writer="melbo discover", marker=".d", force_foreign=False)
-    check_out_dir(out, writer="melbo discover", marker=".d", resume=True, force_foreign=False)
-    check_out_dir(out, writer="melbo discover", marker=".d", force=True, force_foreign=False)
-    check_out_dir(out, writer="melbo discover", marker=".d", reuse_own=True)
+    with pytest.raises(FileExistsError, match="earlier melbo discover run; pass --resume to continue it or --force"):
+        _out_dir(out, resumable=True)
+    with pytest.raises(FileExistsError, match="earlier melbo discover run; pass --force to start over"):
+        _out_dir(out)
+    for kw in ({"resume": True}, {"force": True}, {"reuse_own": True}):
+        assert _out_dir(out, **kw) == out
+    ours = tmp_path / "feats"  # a predicate recognises the directory by its content
+    ours.mkdir()
+    (ours / "config.json").write_text('{"v": 1}')
+    assert check_output(ours, flag="--out", writer="w", ours=lambda d: "v" in json.loads((d / "config.json").read_text()),
+                        directory=True, force=True) == ours
+
+
+def _out_file(path: Path, **kw: Any) -> Path:
+    return check_output(path, flag="-o", writer="melbo export", ours=lambda p: p.read_text() == "melbo's", **kw)
+
+
+def test_an_existing_file_is_replaced_only_when_melbo_wrote_it_and_force_or_reuse_allows(tmp_path: Path) -> None:
+    assert _out_file(tmp_path / "new.gguf") == tmp_path / "new.gguf"
+    mine = tmp_path / "mine.gguf"
+    mine.write_text("the user's")
+    for kw in ({}, {"force": True}, {"reuse_own": True}):
+        with pytest.raises(FileExistsError, match="exists and was not written by melbo export"):
+            _out_file(mine, **kw)
+    ours = tmp_path / "ours.gguf"
+    ours.write_text("melbo's")
+    with pytest.raises(FileExistsError, match="already exists; pass --force"):
+        _out_file(ours)
+    assert _out_file(ours, force=True) == _out_file(ours, reuse_own=True) == ours
+    with pytest.raises(FileExistsError, match="is a directory"):
+        _out_file(tmp_path, force=True)
+    broken = tmp_path / "broken.gguf"  # a recogniser that raises on a file recognises nothing
+    broken.write_bytes(b"\xff")
+    with pytest.raises(FileExistsError, match="not written by melbo export"):
+        _out_file(broken, force=True)
+
+
+def test_an_input_or_a_path_inside_one_is_never_an_output(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    inputs = [("--prompts", prompts), ("DIR", _users_dir(tmp_path)), ("--model", "not-a-path/org"), ("--x", None)]
+    for path, directory in ((prompts, False), (tmp_path / "mine", True), (tmp_path / "mine" / "sub", True)):
+        with pytest.raises(FileExistsError, match="an input of this command"):
+            check_output(path, flag="--out", writer="w", ours=lambda p: True, directory=directory, force=True,
+                         inputs=inputs)
+    with pytest.raises(FileExistsError, match="inside DIR .*not an earlier output of w"):  # a file of the input
+        check_output(tmp_path / "mine" / "notes.txt", flag="-o", writer="w", ours=lambda p: False, force=True,
+                     inputs=inputs)
+    # a new file inside an input directory, or an earlier output of this command there, is fine
+    check_output(tmp_path / "mine" / "report.html", flag="-o", writer="w", ours=None, inputs=inputs)
+    check_output(tmp_path / "mine" / "notes.txt", flag="-o", writer="w", ours=lambda p: True, reuse_own=True,
+                 inputs=inputs)
+    with pytest.raises(FileExistsError, match="--prompts .* is inside --out"):  # a directory output holding an input
+        check_output(tmp_path, flag="--out", writer="w", ours=lambda p: True, directory=True, force=True,
+                     inputs=[("--prompts", prompts)])
+    with pytest.raises(FileExistsError, match="-o .* and --out .* overlap"):
+        check_output(tmp_path / "run" / "behaviours.json", flag="-o", writer="w", ours=None,
+                     others=[("--out", tmp_path / "run")])
+
+
+def test_a_symbolic_link_is_never_written_through(tmp_path: Path) -> None:
+    foreign = _users_dir(tmp_path)
+    (foreign / ".d").write_text("{}")  # even a directory that looks like melbo's
+    link = tmp_path / "link"
+    link.symlink_to(foreign)
+    with pytest.raises(FileExistsError, match="is a symbolic link"):
+        _out_dir(link, force=True)
+    flink = tmp_path / "f.gguf"
+    flink.symlink_to(foreign / "notes.txt")
+    with pytest.raises(FileExistsError, match="is a symbolic link"):
+        _out_file(flink, force=True)
 
 
 # ---------------------------------------------------------------- durability: fsync, and kills at random points

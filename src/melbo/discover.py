@@ -26,9 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,7 @@ from melbo.evaluate.behaviours import (
 )
 from melbo.features import Features
 from melbo.generation import generate_steered
-from melbo.io import MAX_TEXT_BYTES, atomic_write_text, claim_out_dir, read_json_file
-from melbo.io import check_out_dir as _check_out_dir
+from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_output, claim_out_dir, read_json_file
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptLike
 
@@ -195,10 +195,13 @@ def _cached_completions(path: Path, key: str, n_vectors: dict[str, int], scales:
     return kept
 
 
-def check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    """Refuse a non-empty ``out`` that no discover run wrote (even with ``force``), and an
-    earlier run's ``out`` without ``force``/``resume`` (:func:`melbo.io.check_out_dir`)."""
-    _check_out_dir(out, writer="melbo discover", force=force, resume=resume, marker=DISCOVER_MARKER, force_foreign=False)
+def check_out_dir(out: Path, *, force: bool, resume: bool,
+                  inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+    """Refuse a non-empty ``out`` that no discover run wrote (even with ``force``), an earlier
+    run's ``out`` without ``force``/``resume``, and an ``out`` that is, is inside or holds one of
+    ``inputs`` (:func:`melbo.io.check_output`)."""
+    check_output(out, flag="--out", writer="melbo discover", ours=DISCOVER_MARKER, directory=True, force=force,
+                 resume=resume, resumable=True, inputs=inputs)
 
 
 def random_directions(d: int, k: int, seed: int) -> torch.Tensor:

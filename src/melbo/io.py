@@ -9,11 +9,12 @@
   (``.<name>.<random>.tmp``) behind; no reader looks at it.
 * :func:`fsync_tree` / :func:`fsync_dir` — the same flush for files written by others
   (``save_pretrained``) before a rename commits them.
-* :func:`check_out_dir` / :func:`claim_out_dir` — the policy every command that writes a
-  directory follows: **never silently overwrite anything a user made.** A missing or empty
-  directory is used; a non-empty one only with ``force`` (or ``resume``), and where the
-  writer marks its directories, one it did not write never without ``force`` — or never at
-  all (``force_foreign=False``).
+* :func:`check_output` / :func:`claim_out_dir` — the one check every command makes before it
+  writes a file or a directory: **melbo replaces only what melbo wrote.** A missing path (or
+  an empty directory) is used; an existing one only when melbo recognises it as its own
+  earlier output (a marker file, or :mod:`melbo.outputs`) and ``force`` (or ``resume``) allows
+  it; never an input of the same command or a path inside one, never a path another output
+  of the command overlaps, never through a symbolic link.
 * :func:`write_file_set` / :func:`read_file_set` — several files that are only valid together
   (a checkpoint's tensors and its state) written as one unit: a manifest naming each file
   and its sha256 is the single commit point, and the reader verifies the hashes.
@@ -36,7 +37,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ __all__ = [
     "FileFormatError",
     "atomic_write",
     "atomic_write_text",
-    "check_out_dir",
+    "check_output",
     "claim_out_dir",
     "file_sha256",
     "fsync_dir",
@@ -146,62 +147,105 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_out_dir(
-    out: PathLike,
+def check_output(
+    path: PathLike,
     *,
+    flag: str,
     writer: str,
+    ours: str | Callable[[Path], bool] | None,
+    directory: bool = False,
     force: bool = False,
+    reuse_own: bool = False,
     resume: bool = False,
     resume_file: str | None = None,
-    marker: str | None = None,
-    force_foreign: bool = True,
-    reuse_own: bool = False,
+    resumable: bool = False,
+    inputs: Iterable[tuple[str, PathLike | None]] = (),
+    others: Iterable[tuple[str, PathLike | None]] = (),
 ) -> Path:
-    """Check that ``out`` may be written by ``writer`` (e.g. ``"melbo train"``); returns it.
+    """The one check before a command writes ``path`` (its ``flag``, e.g. ``"--out"``); returns it.
 
-    Rules, in order:
+    The rule: **melbo replaces only what melbo wrote** — ``force`` never reaches a user's files.
+    ``ours`` recognises melbo's own earlier output at ``path``: for a ``directory``, a marker
+    file's name or a predicate on the directory; for a file, a predicate on the file
+    (:mod:`melbo.outputs`); None recognises nothing. Refused, in order (``FileExistsError``,
+    or ``FileNotFoundError`` for a missing ``resume_file``, naming the path and why):
 
-    1. a path that exists and is not a directory is refused;
-    2. ``resume`` with ``resume_file`` (relative to ``out``): that file must exist (it is what
-       is resumed); nothing else is checked;
-    3. a missing or empty directory is fine;
-    4. with ``marker`` (a file ``writer`` puts in every directory it writes): a directory
-       without it was made by someone else — refused, unless ``force`` and ``force_foreign``;
-       one with it holds an earlier run — reused with ``reuse_own``, ``force`` or ``resume``,
-       else refused;
-    5. without ``marker``: a non-empty directory needs ``force``.
-
-    Raises
-    ------
-    FileExistsError
-        naming the path and the flag that would allow it.
-    FileNotFoundError
-        for ``resume`` when ``resume_file`` is missing.
+    1. ``path`` is a symbolic link: writing through it would reach a place nobody named; a
+       directory output is an existing non-directory, a file output an existing directory;
+    2. ``path`` is one of ``inputs`` (``(flag, path)`` pairs of what the command reads; ones
+       that do not exist are skipped), lies inside an input directory (a file output there
+       only when it exists and is not ``ours``), or — a directory output — holds an input;
+    3. ``path`` is, is inside or holds one of ``others`` (the command's other outputs);
+    4. a directory output: with ``resume`` and ``resume_file`` (relative to ``path``) that
+       file must exist; a missing or empty directory is used; a non-empty one that is not
+       ``ours`` is refused even with ``force``; one that is ``ours`` is used with
+       ``reuse_own``, ``force`` or ``resume`` (``resumable``, or an existing ``resume_file``,
+       adds ``--resume`` to the refusal's advice);
+    5. a file output: an existing file that is not ``ours`` (even with ``force``); one that is
+       ``ours``, unless ``force`` or ``reuse_own``.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
-    if resume and resume_file is not None:
-        if not (out / resume_file).is_file():
-            raise FileNotFoundError(f"nothing to resume: {str(out / resume_file)!r} does not exist")
-        return out
-    if not out.is_dir() or not any(out.iterdir()):
-        return out
-    if marker is not None:
-        if not (out / marker).exists():
-            if force and force_foreign:
-                return out
-            how = "choose another --out or pass --force" if force_foreign else "choose another --out"
-            raise FileExistsError(f"{str(out)!r} is not empty and was not written by {writer}; {how}")
+    p = Path(path)
+    if p.is_symlink():
+        raise FileExistsError(f"{flag} {str(p)!r} is a symbolic link (to {os.readlink(p)!r}); melbo does not write "
+                              f"through links, which could replace files it did not write: give the real path or another {flag}")
+    if directory and p.exists() and not p.is_dir():
+        raise FileExistsError(f"{flag} {str(p)!r} exists and is not a directory")
+    if not directory and p.is_dir():
+        raise FileExistsError(f"{flag} {str(p)!r} is a directory; give a file path (e.g. {str(p / 'out')!r})")
+    where = p.resolve()
+    for iflag, ipath in inputs:
+        if ipath is None or not Path(ipath).exists():
+            continue
+        i = Path(ipath).resolve()
+        if where == i:
+            raise FileExistsError(f"{flag} {str(p)!r} is {iflag} {str(ipath)!r}, an input of this command: writing it "
+                                  f"would destroy the input; choose another {flag}")
+        if i.is_dir() and where.is_relative_to(i) and (directory or (where.exists() and not _is_ours(ours, where))):
+            what = "a directory" if directory else "a file that is not an earlier output of " + writer
+            raise FileExistsError(f"{flag} {str(p)!r} is inside {iflag} {str(ipath)!r}, an input of this command, and "
+                                  f"is {what}: melbo does not write over its inputs; choose another {flag}")
+        if directory and i.is_relative_to(where):
+            raise FileExistsError(f"{iflag} {str(ipath)!r}, an input of this command, is inside {flag} {str(p)!r}, "
+                                  f"which {writer} writes: choose another {flag} or move the input out of it")
+    for oflag, opath in others:
+        if opath is None:
+            continue
+        o = Path(opath).resolve()
+        if where == o or where.is_relative_to(o) or o.is_relative_to(where):
+            raise FileExistsError(f"{flag} {str(p)!r} and {oflag} {str(opath)!r} overlap: {writer} would write one over "
+                                  f"the other; give them separate paths")
+    if directory:
+        if resume and resume_file is not None and not (p / resume_file).is_file():
+            raise FileNotFoundError(f"nothing to resume: {str(p / resume_file)!r} does not exist")
+        if not p.is_dir() or not any(p.iterdir()):
+            return p
+        if not _is_ours(ours, p):
+            raise FileExistsError(f"{flag} {str(p)!r} is not empty and was not written by {writer}; choose another "
+                                  f"{flag} (--force replaces only what melbo wrote)")
         if reuse_own or force or resume:
-            return out
-        raise FileExistsError(
-            f"{str(out)!r} holds an earlier {writer} run; pass --resume to continue it or --force to start over"
-        )
-    if force:
-        return out
-    also = " or --resume to continue its checkpoint" if resume_file is not None else ""
-    raise FileExistsError(f"output directory {str(out)!r} is not empty; pass --force to overwrite it{also}")
+            return p
+        can_resume = resumable or (resume_file is not None and (p / resume_file).is_file())
+        also = "pass --resume to continue it or " if can_resume else "pass "
+        raise FileExistsError(f"{flag} {str(p)!r} holds an earlier {writer} run; {also}--force to start over")
+    if not p.exists():
+        return p
+    if not _is_ours(ours, p):
+        raise FileExistsError(f"{flag} {str(p)!r} exists and was not written by {writer}; choose another {flag} "
+                              "(--force replaces only files melbo wrote)")
+    if force or reuse_own:
+        return p
+    raise FileExistsError(f"{flag} {str(p)!r} already exists; pass --force to replace it")
+
+
+def _is_ours(ours: str | Callable[[Path], bool] | None, p: Path) -> bool:
+    if ours is None:
+        return False
+    if isinstance(ours, str):
+        return (p / ours).exists()
+    try:
+        return bool(ours(p))
+    except (OSError, ValueError):
+        return False
 
 
 def claim_out_dir(out: PathLike, *, marker: str, writer: str) -> Path:

@@ -28,8 +28,9 @@ from melbo.errors import check_anneal, check_anneal_after, check_lam
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.fit.two_map import PENALTIES as _PENALTIES
-from melbo.io import check_out_dir, read_file_set, write_file_set
+from melbo.io import check_output, read_file_set, write_file_set
 from melbo.methods import estimator_class, get_method, method_names
+from melbo.outputs import features_dir
 from melbo.prompts import PromptLike
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,8 @@ def train(
     spec = get_method(cfg.method)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        check_out_dir(out_dir, writer="melbo train", force=force, resume=resume, resume_file=f"{CHECKPOINT}/state.json")
+        check_output(out_dir, flag="--out", writer="melbo train", ours=features_dir, directory=True, force=force,
+                     resume=resume, resume_file=f"{CHECKPOINT}/state.json")
         if force and not resume:  # an earlier run's checkpoint is no start for this one
             shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
     delta = TransformerCausalMap(

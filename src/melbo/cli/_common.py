@@ -96,8 +96,17 @@ def _count(minimum: int = 1) -> Callable[[str], int]:
     return _arg_type(lambda name, v: check_count(name, v, minimum), int, "an integer")
 
 
-def _check_out_file(flag: str, path: str | Path | None) -> None:
-    """An output file: not an existing directory, and its directory exists."""
+Inputs = Sequence[tuple[str, str | Path | None]]
+"""(flag, path) pairs: what a command reads (its inputs) or its other outputs."""
+
+
+def _check_out_file(flag: str, path: str | Path | None, *, writer: str | None = None,
+                    ours: Callable[[Path], bool] | None = None, force: bool = False, reuse_own: bool = False,
+                    inputs: Inputs = (), others: Inputs = ()) -> None:
+    """An output file: not an existing directory, and its directory exists; with ``writer``
+    also :func:`melbo.io.check_output` (an existing file only if ``ours`` recognises it as
+    ``writer``'s, and with ``force`` or ``reuse_own``; never one of ``inputs``, a file inside an
+    input directory, a path ``others`` overlap or a symbolic link)."""
     if path is None:
         return
     p = Path(path)
@@ -106,6 +115,11 @@ def _check_out_file(flag: str, path: str | Path | None) -> None:
     if not p.parent.is_dir():
         what = "is not a directory" if p.parent.exists() else "does not exist"
         raise UserError(f"{flag} {str(p)!r}: its directory {str(p.parent)!r} {what}")
+    if writer is not None:
+        from melbo.io import check_output
+
+        check_output(p, flag=flag, writer=writer, ours=ours, force=force, reuse_own=reuse_own, inputs=inputs,
+                     others=others)
 
 
 def _check_out_dir_path(flag: str, path: str | Path) -> None:

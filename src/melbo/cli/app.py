@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=DEMO_SCALES, n_train=DEMO_N_TRAIN)
     demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
     demo.add_argument("-o", "--report", default="report.html")
-    demo.add_argument("--force", action="store_true", help="overwrite outputs not written by a previous demo")
+    demo.add_argument("--force", action="store_true", help="replace a melbo report at -o that a previous demo did not write (never a user's file)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=fitting.cmd_demo)
 
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--token-b", default="Sorry", help="obprop: token B of the observable")
     tr.add_argument("--lr", type=_positive, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
     tr.add_argument("--out", required=True, help="output directory")
-    tr.add_argument("--force", action="store_true", help="overwrite features in a non-empty --out")
+    tr.add_argument("--force", action="store_true", help="replace an earlier run's features in --out (never a directory melbo did not write)")
     tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=fitting.cmd_train)
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=export_format_names(), required=True,
                     help="; ".join(f"{n}: {EXPORT_FORMATS[n].summary}" for n in export_format_names()))
     ex.add_argument("-o", "--out", required=True, help="output file")
-    ex.add_argument("--force", action="store_true", help="replace an existing output file")
+    ex.add_argument("--force", action="store_true", help="replace an earlier export at -o (never another file)")
     ex.set_defaults(func=features.cmd_export)
 
     rk = _features_command(sub, "rank", "rank features by alpha² or by a readout (logit A − logit B)")
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--out", default=None, help="write one JSON line per prompt (index, prompt, score, flagged)")
     mo.add_argument("--save", default=None, help="also save the calibrated monitor (.safetensors)")
     mo.add_argument("--top", type=_count(1), default=20, help="prompts to print")
-    mo.add_argument("--force", action="store_true", help="overwrite --out/--save; accept features from another model")
+    mo.add_argument("--force", action="store_true", help="replace melbo's own earlier --out/--save; accept features from another model")
     mo.set_defaults(func=monitor.cmd_monitor)
     ex = sub.add_parser("explore", help="a local web app to browse, steer and compare a run's features")
     ex.add_argument("dir", help="a features directory (melbo train) or a melbo discover run")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ob.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, …")
     ob.add_argument("--device", default=None, help="cpu, cuda, … (default: cpu)")
-    ob.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    ob.add_argument("--force", action="store_true", help="start over in an earlier build's --out (never another directory)")
     ob.add_argument("--resume", action="store_true", help="continue --out's checkpoint")
     ob.add_argument("--merge", action="store_true",
                     help="also save the merged model and tokenizer in OUT/merged (~1 GB for Gemma-3-270M; the peft "

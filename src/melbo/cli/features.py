@@ -40,9 +40,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     _need_dir(args.dir)
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise FileExistsError(f"-o {args.out!r} already exists; pass --force to replace it")
-    from melbo.export import export_features
+    from melbo.export import export_features, get_format
+
+    _check_out_file("-o/--out", out, writer="melbo export", ours=get_format(args.format).load_recogniser(),
+                    force=args.force, inputs=[("DIR", args.dir)])
 
     feats = _load_features(args.dir)
     for k in args.feature:
@@ -59,7 +60,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
         if args.prompts is None:
             raise ValueError("--by readout needs --prompts FILE")
         _need_file("--prompts", args.prompts)
-    _check_out_file("--out", args.out)
+    from melbo.outputs import rank_file
+
+    _check_out_file("--out", args.out, writer="melbo rank", ours=rank_file, reuse_own=True,
+                    inputs=[("DIR", args.dir), ("--prompts", args.prompts), ("--model", args.model)])
     feats = _load_features(args.dir)
     import torch
 
@@ -117,7 +121,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     _need_dir(args.dir)
     out = Path(args.out) if args.out else Path(args.dir) / "analysis.json"
-    _check_out_file("--out", out)
+    from melbo.outputs import analysis_file
+
+    _check_out_file("--out", out, writer="melbo analyze", ours=analysis_file, reuse_own=True,
+                    inputs=[("DIR", args.dir), ("--prompts", args.prompts), ("--model", args.model)])
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     feats = _load_features(args.dir)
     _check_features_fit(feats, args.model)
@@ -144,13 +151,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     _need_file("--heldout", args.heldout)
     _need_file("--analysis", args.analysis)
     out = Path(args.out) if args.out else Path(args.dir) / "report.html"
-    _check_out_file("-o/--out", out)
+    apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
+    from melbo.outputs import report_file
+
+    _check_out_file("-o/--out", out, writer="melbo report", ours=report_file, reuse_own=True,
+                    inputs=[("DIR", args.dir), ("--prompts", args.prompts), ("--heldout", args.heldout),
+                            ("--analysis", apath), ("--model", args.model)])
     feats = _load_features(args.dir)
     from melbo.evaluate.analysis import Analysis
     from melbo.prompt_files import read_prompts
     from melbo.report import make_report, write_report
 
-    apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
     analysis = Analysis.load(apath) if (args.analysis or apath.is_file()) else None
     if analysis is not None:  # an analysis of other features is refused before any model loads
         analysis.check_features(feats, source=str(apath))

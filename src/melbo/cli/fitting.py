@@ -57,7 +57,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     )
     cfg.validate(_model_layers(args.model_pos))
     out = Path(args.out)
-    check_out_dir(out, force=args.force, resume=args.resume)
+    check_out_dir(out, force=args.force, resume=args.resume,
+                  inputs=[("MODEL", args.model_pos), ("--prompts", args.prompts), ("--heldout", args.heldout)])
     need = cfg.n_train + (0 if heldout is not None else 2)
     if len(prompts) < need:
         raise ValueError(f"{args.prompts}: {len(prompts)} prompts; --n-train {cfg.n_train} needs at least {need} "
@@ -80,10 +81,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _check_layers(args.source_layer, args.target_layer, _model_layers(args.model), args.model)
-    from melbo.io import check_out_dir
+    from melbo.io import check_output
+    from melbo.outputs import features_dir
 
-    check_out_dir(args.out, writer="melbo train", force=args.force, resume=args.resume,
-                  resume_file="checkpoint/state.json")  # = melbo.train.CHECKPOINT, which imports torch
+    check_output(args.out, flag="--out", writer="melbo train", ours=features_dir, directory=True, force=args.force,
+                 resume=args.resume, resume_file="checkpoint/state.json",  # = melbo.train.CHECKPOINT, which imports torch
+                 inputs=[("--model", args.model), ("--prompts", args.prompts),
+                         ("--contrast-prompts", args.contrast_prompts), ("--base-model", args.base_model)])
     from melbo.prompt_files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)

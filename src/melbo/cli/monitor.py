@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from melbo.cli._common import (
     _chat,
+    _check_out_file,
     _load,
     _need_dir,
     _need_file,
@@ -23,11 +23,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     _need_dir(args.dir)
     _need_file("--clean", args.clean)
     _need_file("--prompts", args.prompts)
-    for flag, path in (("--out", args.out), ("--save", args.save)):
-        if path is not None and Path(path).exists() and not args.force:
-            raise FileExistsError(f"{flag} {path!r} already exists; pass --force to overwrite it")
     if args.save is not None and not args.save.endswith(".safetensors"):
         raise ValueError(f"--save {args.save!r}: a monitor is saved as a .safetensors file")
+    from melbo.outputs import monitor_file, monitor_scores_file
+
+    inputs = [("DIR", args.dir), ("--model", args.model), ("--clean", args.clean), ("--prompts", args.prompts)]
+    _check_out_file("--out", args.out, writer="melbo monitor", ours=monitor_scores_file, force=args.force,
+                    inputs=inputs, others=[("--save", args.save)])
+    _check_out_file("--save", args.save, writer="melbo monitor", ours=monitor_file, force=args.force,
+                    inputs=inputs, others=[("--out", args.out)])
     from melbo.prompt_files import read_prompts
 
     clean = read_prompts(args.clean, column=args.column)

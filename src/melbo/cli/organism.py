@@ -60,7 +60,11 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     import torch
 
     from melbo.organisms import OrganismCheckFailed, build_organism, default_config
+    from melbo.organisms.build import check_organism_out
 
+    prompt_files = [("--harmful", args.harmful), ("--harmless", args.harmless)] if args.kind == "refusal" else []
+    check_organism_out(args.out, force=args.force, resume=args.resume,
+                       inputs=[("--base", args.base), *prompt_files, ("--triggered-replies", args.triggered_replies)])
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),

@@ -8,7 +8,8 @@ Every format writes the same intervention, the one :func:`melbo.interventions.st
 for ``[(s, R * V[:, k]) for k in indices]`` at ``scale``: ``scale * R * Σ_k V[:, k]`` added to
 the residual stream entering decoder layer ``s = source_layer``, at every position — so that
 scale 1 means the same in melbo and in the other tool (:func:`melbo.export.common.steering_sum`).
-Writers never replace an existing file unless ``force`` (:func:`melbo.export.common.check_output_file`).
+Writers never replace an existing file unless it is an earlier export of the same format and
+``force`` is given (:func:`melbo.export.common.check_output_file`); a user's file never.
 
 Formats
 -------
@@ -20,7 +21,8 @@ Formats
     ``lm_eval --model steered --model_args pretrained=M,steer_path=FILE``.
 
 To add a format: a module ``melbo.export.<name>`` with a function
-``(features, out, *, indices, scale, force) -> Path``, and an :class:`ExportFormat` entry here.
+``(features, out, *, indices, scale, force) -> Path``, a recogniser of its files in
+:mod:`melbo.outputs`, and an :class:`ExportFormat` entry here.
 """
 
 from __future__ import annotations
@@ -53,17 +55,27 @@ class ExportFormat:
     writer
         ``"module:function"`` of the writer, imported on use; the function takes
         ``(features, out, *, indices, scale, force)`` and returns the written path.
+    recogniser
+        ``"module:function"`` of the predicate that recognises a file of this format melbo
+        wrote (:mod:`melbo.outputs`): the only existing file ``force`` replaces.
     """
 
     name: str
     summary: str
     suffix: str
     writer: str
+    recogniser: str
 
     def load_writer(self) -> Callable[..., Path]:
         """Import and return the writer function."""
         module, _, func = self.writer.partition(":")
         fn: Callable[..., Path] = getattr(importlib.import_module(module), func)
+        return fn
+
+    def load_recogniser(self) -> Callable[[Path], bool]:
+        """Import and return the recogniser (torch-free)."""
+        module, _, func = self.recogniser.partition(":")
+        fn: Callable[[Path], bool] = getattr(importlib.import_module(module), func)
         return fn
 
 
@@ -73,12 +85,14 @@ FORMATS: dict[str, ExportFormat] = {
         summary="llama.cpp control vector (direction.{s-1}, float32; --control-vector FILE)",
         suffix=".gguf",
         writer="melbo.export.gguf:export_gguf",
+        recogniser="melbo.outputs:control_vector_file",
     ),
     "lm-eval": ExportFormat(
         name="lm-eval",
-        summary="lm-evaluation-harness steered model (hook layers.{s-1}, action add; steer_path=FILE)",
+        summary="lm-evaluation-harness steered model (hook {layer list}.{s-1}, action add; steer_path=FILE)",
         suffix=".pt",
         writer="melbo.export.lm_eval:export_lm_eval",
+        recogniser="melbo.outputs:lm_eval_file",
     ),
 }
 """Every export format by name."""
@@ -115,6 +129,7 @@ def export_features(
         for an unknown format, an empty or out-of-range ``indices``, a non-finite vector or a
         layer the format cannot express (the message says which and why).
     FileExistsError
-        if ``out`` exists and ``force`` is False (nothing is written).
+        if ``out`` exists and ``force`` is False, or is not an export of this format melbo
+        wrote (nothing is written).
     """
     return get_format(format).load_writer()(features, out, indices=indices, scale=scale, force=force)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from melbo.features import Features
+from melbo.io import check_output
 
 __all__ = ["check_output_file", "steering_sum"]
 
@@ -48,22 +49,21 @@ def steering_sum(features: Features, indices: Sequence[int], scale: float = 1.0)
     return out
 
 
-def check_output_file(out: str | os.PathLike[str], *, force: bool) -> Path:
-    """``out`` as a Path, if it may be written: its directory must exist, and an existing
-    file is replaced only with ``force`` (never a directory).
+def check_output_file(out: str | os.PathLike[str], *, force: bool, ours: Callable[[Path], bool],
+                      inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
+    """``out`` as a Path, if an export may be written there (:func:`melbo.io.check_output`): its
+    directory must exist; an existing file is replaced only when ``ours`` recognises it as an
+    earlier export of the same format (:mod:`melbo.outputs`) and with ``force``; never one of
+    ``inputs`` (e.g. the features directory) or a file inside one, a directory or a link.
 
     Raises
     ------
     FileExistsError
-        naming ``out`` and ``--force``.
+        naming ``out`` and why (with ``--force`` where that would allow it).
     FileNotFoundError
         if its parent directory does not exist.
     """
-    path = Path(out)
-    if path.is_dir():
-        raise FileExistsError(f"output {str(path)!r} is a directory; give a file name")
-    if path.exists() and not force:
-        raise FileExistsError(f"output file {str(path)!r} already exists; pass --force (force=True) to replace it")
+    path = check_output(out, flag="-o/--out", writer="melbo export", ours=ours, force=force, inputs=inputs)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the directory of output {str(path)!r} does not exist")
     return path

@@ -42,12 +42,16 @@ import torch
 from melbo.export.common import check_output_file, steering_sum
 from melbo.features import Features, melbo_version
 from melbo.io import atomic_write
+from melbo.outputs import control_vector_file
 
 __all__ = [
     "ARCHITECTURE",
+    "GGUF_API",
+    "GGUF_MIN_VERSION",
     "ControlVector",
     "export_gguf",
     "llama_cpp_layer",
+    "missing_gguf_api",
     "read_control_vector",
     "write_control_vector",
 ]
@@ -55,6 +59,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "controlvector"
+GGUF_MIN_VERSION = "0.16.0"
+"""The oldest ``gguf`` package this module works with (= the lower bound of pyproject's ``gguf``
+requirements; a test checks both and :data:`GGUF_API`): ``ReaderField.contents()``, which
+:func:`read_control_vector` reads every key with, came in 0.16.0 (0.14.0 lacks it), and 0.10.0's
+reader fails under numpy 2."""
+GGUF_API: dict[str, tuple[str, ...]] = {
+    "GGUFWriter": ("add_string", "add_uint32", "add_bool", "add_int64", "add_float64", "add_array", "add_tensor",
+                   "write_header_to_file", "write_kv_data_to_file", "write_tensors_to_file", "close"),
+    "GGUFReader": (),  # its `fields` and `tensors` are set per file; the round-trip tests read them
+    "ReaderField": ("contents",),
+    "ReaderTensor": ("name", "tensor_type", "data"),
+    "GGMLQuantizationType": ("F32",),
+}
+"""Every name of the ``gguf`` package this module uses: class → its attributes."""
 _DIRECTION = re.compile(r"direction\.(\d+)")
 
 
@@ -63,7 +81,30 @@ def _gguf() -> Any:
         import gguf
     except ImportError:
         raise ImportError("GGUF export needs the 'gguf' package: pip install 'melbo[gguf]'") from None
+    missing = missing_gguf_api(gguf)
+    if missing:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            have = version("gguf")
+        except PackageNotFoundError:
+            have = "unknown"
+        raise ImportError(f"the installed gguf {have} lacks {', '.join(missing)}, which melbo's GGUF export uses; "
+                          f"pip install 'gguf>={GGUF_MIN_VERSION}'")
     return gguf
+
+
+def missing_gguf_api(module: Any) -> list[str]:
+    """The names of :data:`GGUF_API` that ``module`` (the ``gguf`` package) lacks, e.g.
+    ``["ReaderField.contents"]`` for gguf 0.14."""
+    missing = []
+    for cls, attrs in GGUF_API.items():
+        obj = getattr(module, cls, None)
+        if obj is None:
+            missing.append(cls)
+            continue
+        missing += [f"{cls}.{a}" for a in attrs if not hasattr(obj, a)]
+    return missing
 
 
 def llama_cpp_layer(source_layer: int) -> int:
@@ -134,16 +175,17 @@ def write_control_vector(
 ) -> Path:
     """Write a control-vector GGUF holding ``direction.N`` for every ``N -> vector`` (float32,
     shape (n_embd,), N ≥ 1) and the extra ``metadata`` keys (str, int, float or a list of
-    ints), atomically; returns the path.
+    ints; always melbo's version key, which marks the file as melbo's for ``force``), atomically;
+    returns the path.
 
     Raises
     ------
     ValueError
         for no directions, N < 1, vectors of different or non-1-d shapes, non-finite values.
     FileExistsError
-        if ``path`` exists and ``force`` is False.
+        if ``path`` exists and ``force`` is False, or is not a control vector melbo wrote.
     """
-    out = check_output_file(path, force=force)
+    out = check_output_file(path, force=force, ours=control_vector_file)
     if not directions:
         raise ValueError("need at least one direction")
     arrays: dict[int, np.ndarray] = {}
@@ -165,7 +207,7 @@ def write_control_vector(
         w = gguf.GGUFWriter(str(tmp), ARCHITECTURE)
         w.add_string(f"{ARCHITECTURE}.model_hint", model_hint)
         w.add_uint32(f"{ARCHITECTURE}.layer_count", len(arrays))
-        for key, value in (metadata or {}).items():
+        for key, value in {"melbo.version": melbo_version(), **(metadata or {})}.items():
             if isinstance(value, bool):
                 w.add_bool(key, value)
             elif isinstance(value, int):
@@ -251,9 +293,10 @@ def export_gguf(
     IndexError
         for an index out of range.
     FileExistsError
-        if ``out`` exists and ``force`` is False (nothing is written).
+        if ``out`` exists and ``force`` is False, or is not a control vector melbo wrote
+        (nothing is written).
     """
-    check_output_file(out, force=force)
+    check_output_file(out, force=force, ours=control_vector_file)
     layer = llama_cpp_layer(features.source_layer)
     vec = steering_sum(features, indices, scale)
     hint = model_hint if model_hint is not None else str(features.model.get("family") or "unknown")

@@ -6,13 +6,16 @@ lm-eval reads a ``.pt`` file (``torch.save``) holding one entry per hook point::
                  "action": "add", "bias": None, "head_index": None}, ...}
 
 and, for ``action = "add"``, adds ``steering_coefficient * steering_vector`` to the *output*
-of the module ``hookpoint`` — a name in ``model.base_model.named_modules()`` (for the HF
-causal LMs melbo supports, ``layers.{i}``; ``h.{i}`` for GPT-2) — at every position.
+of the module ``hookpoint`` — a name in ``model.base_model.named_modules()`` (``layers.{i}``
+for Llama-like models, ``h.{i}`` for GPT-2, GPT-J and Falcon, ``decoder.layers.{i}`` for OPT,
+``language_model.layers.{i}`` for multimodal Gemma 3: the layer path the features recorded with
+their model, without the base model's attribute) — at every position.
 
 **Layer convention.** melbo adds ``c · R · v`` to the residual stream *entering* layer
 ``s``; that is the output of block ``s − 1``, so feature ℓ of features with source layer
-``s`` is written to hook point ``layers.{s-1}``. ``s = 0`` (the input of the first block,
-the embedding output) has no block before it and cannot be exported.
+``s`` is written to hook point ``layers.{s-1}`` (or that model's name of its layer list).
+``s = 0`` (the input of the first block, the embedding output) has no block before it and
+cannot be exported.
 
 **Scale.** With one ``scale`` c the file holds ``steering_vector = R · Σ_k v_k`` (melbo's
 scale 1) and ``steering_coefficient = c``, so lm-eval's coefficient is melbo's scale; with
@@ -37,10 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.features import Features
-from melbo.io import atomic_write
+from melbo.features import Features, hook_site
+from melbo.io import atomic_write, check_output
+from melbo.outputs import lm_eval_file
 
-__all__ = ["FILE_SUFFIXES", "FORMAT", "export_lm_eval", "hookpoint", "read_lm_eval_steer", "write_lm_eval_steer"]
+__all__ = ["FILE_SUFFIXES", "FORMAT", "base_model_path", "export_lm_eval", "hookpoint", "read_lm_eval_steer", "write_lm_eval_steer"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +53,12 @@ FORMAT = "lm-eval"
 FILE_SUFFIXES = (".pt", ".pth")
 """lm-eval reads a steering file as a torch file only under these suffixes."""
 
-_FAMILY_LAYERS = {"gpt2": "h"}  # the layer list's name under model.base_model, where it is not "layers"
 _ENTRY_KEYS = ("steering_vector", "steering_coefficient", "action", "bias", "head_index")
 
 
 def _layers_name(model: nn.Module | None, features: Features | None) -> str:
-    """The name of the decoder-layer list inside ``model.base_model``."""
+    """The name of the decoder-layer list inside ``model.base_model`` (where lm-eval looks hook
+    points up)."""
     if model is not None:
         from melbo.models.access import get_layer_access
 
@@ -64,16 +68,30 @@ def _layers_name(model: nn.Module | None, features: Features | None) -> str:
         if isinstance(inner, nn.Module) and path.startswith(prefix + "."):
             return path[len(prefix) + 1:]
         return path
-    family = (features.model or {}).get("family") if features is not None else None
-    return _FAMILY_LAYERS.get(str(family), "layers")
+    site = features.hook_site() if features is not None else hook_site(1)
+    if not site["layers_path_known"]:
+        logger.warning("the features record no layer path (no model fingerprint): assuming %r; pass the model to name "
+                       "the hook point exactly", site["layers_path"])
+    return base_model_path(site["layers_path"])
+
+
+def base_model_path(layers_path: str) -> str:
+    """A layer path recorded from the top of a causal LM (``model.layers``, ``transformer.h``,
+    ``model.decoder.layers``, ``model.language_model.layers``) relative to ``model.base_model``,
+    where lm-eval looks hook points up: without its first part, the attribute that holds the
+    base model (``base_model_prefix``: ``model``, ``transformer``, ``gpt_neox``). A one-part path
+    (``layers``: the recorded model was a bare decoder, its own base model) stays as it is."""
+    head, dot, rest = layers_path.partition(".")
+    return rest if dot and head and rest else layers_path
 
 
 def hookpoint(source_layer: int, *, model: nn.Module | None = None, features: Features | None = None) -> str:
     """lm-eval's hook point for melbo's source layer ``source_layer``: block ``source_layer − 1``.
 
-    The layer list's name comes from ``model`` when given (its layer path, relative to
-    ``model.base_model`` as lm-eval looks modules up), else from the family in the features'
-    model fingerprint (``h`` for GPT-2, ``layers`` otherwise).
+    The layer list's name is relative to ``model.base_model``, where lm-eval looks modules up:
+    from ``model`` when given, else from the layer path the features recorded with their model
+    (:func:`base_model_path`: ``h`` for GPT-2, GPT-J and Falcon, ``decoder.layers`` for OPT,
+    ``language_model.layers`` for multimodal Gemma 3, ``layers`` for Llama-like models).
     """
     if isinstance(source_layer, bool) or not isinstance(source_layer, int) or source_layer < 0:
         raise ValueError(f"source_layer={source_layer!r}: must be an integer ≥ 0")
@@ -117,7 +135,7 @@ def write_lm_eval_steer(
     path : the ``.pt``/``.pth`` file to write (atomically)
     model : the model the file is for, to name the hook point exactly (optional; else from the
         features' fingerprint); when the features carry a fingerprint it must match
-    force : overwrite an existing file
+    force : replace an existing steering file melbo wrote (never another file)
 
     Returns
     -------
@@ -138,8 +156,7 @@ def write_lm_eval_steer(
     point = hookpoint(features.source_layer, model=model, features=features)
     if model is not None and features.model:
         features.check_model(model)
-    if out.exists() and not force:
-        raise FileExistsError(f"{str(out)!r} exists; pass force=True (--force) to overwrite it")
+    check_output(out, flag="-o/--out", writer="melbo export", ours=lm_eval_file, force=force)
     one_scale = isinstance(scale, (int, float))
     weights = [1.0] * len(ids) if one_scale else scales
     vector = sum((w * v for w, v in zip(weights, vectors)), torch.zeros_like(vectors[0]))

@@ -32,7 +32,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_out_dir, read_json_file
+from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_output, read_json_file
 from melbo.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora_state, save_adapter
 from melbo.organisms.checks import (
     TARGETS,
@@ -68,8 +68,9 @@ from melbo.organisms.data import (
 )
 from melbo.organisms.finetune import FinetuneConfig, finetune, has_checkpoint
 from melbo.organisms.zoo import Hidden, checker_from_json
+from melbo.outputs import organism_dir
 
-__all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism",
+__all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism", "check_organism_out",
            "default_config", "few_shot_answers", "make_data", "refusal_margin", "resumable"]
 
 logger = logging.getLogger(__name__)
@@ -319,19 +320,26 @@ def resumable(out: str | os.PathLike[str]) -> bool:
     return started and not finished
 
 
-def _check_out_dir(out: Path, *, force: bool, resume: bool) -> None:
-    if not resume:  # an unfinished build's refusal also names --resume
-        check_out_dir(out, writer="melbo organism build", force=force, resume_file="recipe.json" if resumable(out) else None)
-        return
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
-    if not out.is_dir():
-        raise FileNotFoundError(f"nothing to resume: {str(out)!r} does not exist")
-    if resumable(out) or not any(out.iterdir()):
-        return
-    if (out / "organism.json").is_file():
-        raise FileNotFoundError(f"nothing to resume in {str(out)!r}: the organism there is complete (see organism.json)")
-    raise FileNotFoundError(f"nothing to resume: {str(out)!r} holds no melbo organism build (no recipe.json)")
+def check_organism_out(out: str | os.PathLike[str], *, force: bool, resume: bool,
+                       inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
+    """Whether a build may write ``out`` (:func:`melbo.io.check_output`): a missing or empty
+    directory, or an earlier build's (its ``recipe.json``/``organism.json``) with ``force`` or
+    ``resume`` — never a directory no build made (a model's own, even with ``force``: a forced
+    build removes the model files it finds), one of ``inputs`` (the base model, the prompt
+    files) or a path inside one or holding one. ``resume`` also needs a build to continue."""
+    out = Path(out)
+    if resume:
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"--out {str(out)!r} exists and is not a directory")
+        if not out.is_dir():
+            raise FileNotFoundError(f"nothing to resume: {str(out)!r} does not exist")
+        if not resumable(out) and any(out.iterdir()):
+            if (out / "organism.json").is_file():
+                raise FileNotFoundError(f"nothing to resume in {str(out)!r}: the organism there is complete "
+                                        "(see organism.json)")
+            raise FileNotFoundError(f"nothing to resume: {str(out)!r} holds no melbo organism build (no recipe.json)")
+    return check_output(out, flag="--out", writer="melbo organism build", ours=organism_dir, directory=True,
+                        force=force, resume=resume, resumable=resumable(out), inputs=inputs)
 
 
 def _base_for_peft(base: str | os.PathLike[str]) -> str:
@@ -392,7 +400,7 @@ def build_organism(
 
     cfg.validate()
     out_dir = Path(out)
-    _check_out_dir(out_dir, force=force, resume=resume)
+    check_organism_out(out_dir, force=force, resume=resume, inputs=[("base", base)])
     recorded_data = resume and (out_dir / "data.json").is_file() and (out_dir / "recipe.json").is_file()
     if not recorded_data:  # bad sizes or prompt lists fail here, before the model is loaded
         make_data(cfg, lambda prompts: ["placeholder answer"] * len(prompts), harmful=harmful, harmless=harmless,
