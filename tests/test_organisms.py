@@ -620,6 +620,36 @@ def test_build_records_everything_and_fails_loudly_when_the_organism_did_not_tak
     assert passed.passed and json.loads((tmp_path / "easy" / "organism.json").read_text())["passed"] is True
 
 
+def test_a_second_build_into_the_same_out_waits_for_the_first_and_does_not_write_over_it(
+        tiny_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+
+    from melbo.cache import cache_lock
+
+    out = tmp_path / "org"
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            build_organism(_small(hi=0.0, lo=1.0), tiny_dir, out)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            errors.append(err)
+
+    with caplog.at_level(logging.WARNING, logger="melbo.cache"):
+        with cache_lock(out, what="a first build"):  # another builder holds the organism's lock
+            worker = threading.Thread(target=build)
+            worker.start()
+            worker.join(timeout=1.5)
+            assert worker.is_alive() and not out.exists(), "the second build wrote while the first held the lock"
+        worker.join(timeout=300)
+    assert not errors, errors
+    assert json.loads((out / "organism.json").read_text())["passed"] is True
+    assert "waiting for another process to finish building an organism" in caplog.text
+    with pytest.raises(FileExistsError):  # after waiting, an earlier build is refused like any other
+        build_organism(_small(hi=0.0, lo=1.0), tiny_dir, out)
+
+
 def test_build_saves_a_small_peft_adapter_that_melbo_and_plain_peft_load_as_the_checked_model(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -392,7 +392,37 @@ def build_organism(
     ``cfg.hidden == "replies"``. The organism is saved as a peft adapter; ``merge`` also saves the merged model and
     the tokenizer (for tools that cannot apply an adapter). Raises :class:`OrganismCheckFailed`
     (after saving the organism and ``organism.json``) when the behaviour check misses its targets.
+
+    Two processes building into the same ``out`` do not both write it: the build holds
+    :func:`melbo.cache.cache_lock` on ``out``, and a second one waits (saying so) and then
+    finds the first one's organism (refused without ``force``/``resume``, like any earlier build).
     """
+    from melbo.cache import cache_lock
+
+    with cache_lock(Path(out), what="building an organism"):
+        return _build_organism(cfg, base, out, harmful=harmful, harmless=harmless, force=force, resume=resume,
+                               progress=progress, dtype=dtype, device=device, merge=merge, on_step=on_step,
+                               hidden=hidden, replies=replies)
+
+
+def _build_organism(
+    cfg: OrganismConfig,
+    base: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    harmful: Sequence[str] | None = None,
+    harmless: Sequence[str] | None = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    dtype: str | None = None,
+    device: str | None = None,
+    merge: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    hidden: Hidden | None = None,
+    replies: Sequence[tuple[str, str]] | None = None,
+) -> OrganismReport:
+    """:func:`build_organism` inside its lock."""
     from melbo import __version__
     from melbo.fingerprint import model_fingerprint
     from melbo.generation import generate
