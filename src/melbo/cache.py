@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["CACHE_ENV_VAR", "cache_dir", "cache_lock", "lock_path"]
 
@@ -56,6 +58,10 @@ def lock_path(entry: str | os.PathLike[str]) -> Path:
     return entry.with_name(f".{entry.name}.lock")
 
 
+_LOCKS: dict[str, Any] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def cache_lock(entry: str | os.PathLike[str], *, what: str) -> Iterator[Path]:
     """Hold an exclusive lock on the cache entry ``entry`` (a file or directory) inside the block.
@@ -68,7 +74,9 @@ def cache_lock(entry: str | os.PathLike[str], *, what: str) -> Iterator[Path]:
 
     The lock is an OS file lock (``flock`` on POSIX, ``LockFileEx`` on Windows, through the
     ``filelock`` package): the OS releases it when its holder exits, also when it is
-    killed, so a killed writer never leaves the entry locked. On a file system without
+    killed, so a killed writer never leaves the entry locked. Held again by the same thread inside
+    the block (the demo's build of its organism, which locks the organism too) it re-enters;
+    another thread of this process waits like another process. On a file system without
     ``flock`` (some network mounts) newer ``filelock`` versions fall back to a lock file
     that exists while held; where it cannot lock at all the block runs unlocked, with a
     warning: the writers' atomic renames still keep every entry whole.
@@ -77,7 +85,8 @@ def cache_lock(entry: str | os.PathLike[str], *, what: str) -> Iterator[Path]:
 
     path = lock_path(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    with _LOCKS_GUARD:  # one FileLock per lock file in this process: a nested hold in the same thread re-enters
+        lock = _LOCKS.setdefault(str(path.absolute()), FileLock(str(path)))
     locked = True
     try:
         try:
