@@ -44,6 +44,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be in 1..256")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be ≥ 1")
+    if not args.host.strip():  # "" would listen on every interface
+        raise ValueError(f"--host {args.host!r}: give an address of this machine (127.0.0.1, ::1, 0.0.0.0 for all)")
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -59,7 +61,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.chat is not None:
         run = dataclasses.replace(run, chat=_chat(args))
     from melbo.explore.explorer import Explorer
-    from melbo.explore.server import serve
+    from melbo.explore.server import open_socket, serve
+
+    open_socket(args.host, args.port).close()  # a bad --host or a taken --port is refused before the model loads
 
     if args.threads is not None:
         import torch
