@@ -690,7 +690,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     command = "python bench/" + Path(__file__).name + " " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     summary = summarise(rows)
-    result = {"command": command, "python": sys.version.split()[0], "cpus": os.cpu_count(),
+    result = {"command": command, "python": sys.version.split()[0], "cpu": _cpu_name(), "cpus": os.cpu_count(),
               "loadavg_before": [round(x, 2) for x in load_before],
               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "total_s": round(total, 1), "jobs": a.jobs,
               "summary": summary, "cases": rows}
@@ -699,6 +699,15 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1, ensure_ascii=False))
+
+
+def _cpu_name() -> str:
+    """The CPU's model name as lscpu gives it (recorded with the results)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
 
 
 OUTCOMES = ("exit 2 one-line", "exit 2 multi-line", "exit 0", "exit 1", "traceback", "timeout")
@@ -728,7 +737,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def markdown(res: dict[str, Any]) -> str:
     head = ("| category | tried | exit 2, one line | exit 2, more lines | exit 0 | exit 1 | traceback | timeout | "
             "silent wrong | s to error: median wall (cpu) | max wall (cpu) |")
-    lines = [f"# Bad inputs against the CLI\n\n`{res['command']}` — {res['cpus']} CPUs, load average "
+    lines = [f"# Bad inputs against the CLI\n\n`{res['command']}` — {res.get('cpu', 'unknown CPU')}, {res['cpus']} CPUs, load average "
              f"{res['loadavg_before']} before / {res['loadavg_after']} after, {res['total_s']:.0f} s in all "
              f"({res['jobs']} at once). Each case is a fresh `python -m melbo …` with `OMP_NUM_THREADS=1`. Wall seconds "
              "include waiting for a core on a loaded machine; cpu is the child's own user + sys time.\n",

@@ -67,16 +67,15 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     from melbo.rank import rank_by_alpha, readout_scores
 
-    if args.by == "readout":
-        _check_features_fit(feats, args.model)
-        _check_single_tokens(args.model, args.trust_remote_code, token_a=args.token_a, token_b=args.token_b)
     if args.by == "alpha":
         order = rank_by_alpha(feats.alpha)
         scores = feats.alpha[order] ** 2
     else:
         from melbo.prompt_files import read_prompts
 
+        _check_features_fit(feats, args.model)
         prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+        _check_single_tokens(args.model, args.trust_remote_code, token_a=args.token_a, token_b=args.token_b)
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
         _check_steering(model, tok, prompts, feats, args.scale, args)
