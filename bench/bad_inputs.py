@@ -516,7 +516,7 @@ def catalogue(P: dict[str, Path], gemma: bool) -> list[Case]:
 
     fit = "fit settings"
     for name, argv, want in (
-            ("train --factors 100000 (hidden size 32)", [*tr, "--out", fresh(), "--factors", "100000"], "hidden size"),
+            ("train --factors 100000 (above the hidden size)", [*tr, "--out", fresh(), "--factors", "100000"], "hidden size"),
             ("train --method quadratic --factors 100000", [*tr, "--out", fresh(), "--method", "quadratic", "--factors",
                                                             "100000"], "hidden size"),
             ("discover --factors 100000", [*disc, "--out", fresh(), "--factors", "100000"], "hidden size"),
@@ -686,7 +686,7 @@ def main() -> None:
         root = str(P["root"])
         rows = [{"category": c.category, "name": c.name, "expect": c.expect, "waited_for_load": c.waited_for_load,
                  "want": c.want, "argv": ["melbo", *(x.replace(root, "$TMP") for x in c.argv)], **c.result,
-                 "message": c.result["message"].replace(root, "$TMP")} for c in cases]
+                 "message": _no_cache_path(c.result["message"].replace(root, "$TMP"))} for c in cases]
     total = time.perf_counter() - t0
     command = "python bench/" + Path(__file__).name + " " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     summary = summarise(rows)
@@ -699,6 +699,13 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1, ensure_ascii=False))
+
+
+def _no_cache_path(text: str) -> str:
+    """``text`` with melbo's cache directory written ``$MELBO_CACHE`` (no absolute paths in the results)."""
+    from melbo.cache import cache_dir
+
+    return text.replace(str(cache_dir()), "$MELBO_CACHE")
 
 
 def _cpu_name() -> str:
