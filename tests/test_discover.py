@@ -196,7 +196,9 @@ def test_discover_end_to_end_on_a_tiny_model(llama: torch.nn.Module, tok: Any, t
 @pytest.mark.parametrize(
     ("kw", "match"),
     [({"n_factors": 0}, "n_factors=0"), ({"scales": ()}, "scales="), ({"scales": (float("nan"),)}, "scales="),
-     ({"n_random": -1}, "n_random=-1"), ({"source_layer": 3, "target_layer": 2}, "layers 3 → 2"),
+     ({"n_random": -1}, "n_random -1"), ({"n_random": 10**8}, "n_random 100000000: must be an integer in 0 … 1024"),
+     ({"n_eval": 1}, "n_eval 1: must be an integer ≥ 2"), ({"random_state": 10**23}, "random_state 1"),
+     ({"source_layer": 3, "target_layer": 2}, "layers 3 → 2"),
      ({"target_layer": 9}, "layers 1 → 9"), ({"anneal": 0}, "anneal=0"), ({"anneal_after": -1}, "anneal_after=-1")],
 )
 def test_discover_rejects_bad_settings_before_any_work(llama: torch.nn.Module, tok: Any, kw: dict[str, Any], match: str,

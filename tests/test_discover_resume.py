@@ -102,7 +102,7 @@ def _before(module: Any, name: str, n: int = 1, *, file: str | None = None) -> C
 
 def _points() -> dict[str, Callable[[pytest.MonkeyPatch], None]]:
     import melbo.discover
-    import melbo.features
+    import melbo.features.format
     import melbo.io
     import melbo.train
 
@@ -112,7 +112,7 @@ def _points() -> dict[str, Callable[[pytest.MonkeyPatch], None]]:
         "fit: the second checkpoint's tensors written, its manifest not": _before(
             melbo.io, "atomic_write_text", 2, file="state.json"),
         "fit: the features' tensors saved, their config not": _before(
-            melbo.features, "atomic_write_text", file="config.json"),
+            melbo.features.format, "atomic_write_text", file="config.json"),
         "fit: the features saved, the checkpoint not removed yet": _after(melbo.features.Features, "save"),
         "generate: the unsteered completions made, nothing saved": _before(melbo.discover, "generate_steered", 2),
         "generate: the first scale saved, the second running": _before(melbo.discover, "generate_steered", 3),
@@ -182,13 +182,13 @@ def test_resume_after_a_real_kill_mid_generation(llama: torch.nn.Module, tok: An
 def test_a_save_cut_over_an_earlier_runs_features_is_fitted_again(
         llama: torch.nn.Module, tok: Any, reference: tuple[Discovery, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import melbo.features
+    import melbo.features.format
     from melbo.features import Features
 
     out = tmp_path / "run"
     discover(llama, tok, PROMPTS, DiscoverConfig(**{**SETTINGS, "R": 4.0}), out)  # an earlier run, other settings
     with monkeypatch.context() as mp:  # resumed with new settings: fits again, and is cut between the save's files
-        _before(melbo.features, "atomic_write_text", file="config.json")(mp)
+        _before(melbo.features.format, "atomic_write_text", file="config.json")(mp)
         with pytest.raises(Killed):
             _run(llama, tok, out, resume=True)
     with pytest.raises(ValueError, match="does not match"):  # the new tensors beside the old config

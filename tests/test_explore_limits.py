@@ -340,7 +340,7 @@ def test_the_cli_refuses_an_exposed_plain_http_server_before_loading_the_model(
     missing_model = str(tmp_path / "no-model-here")  # reaching the model load would fail differently
     cases = [
         (["--host", "0.0.0.0"], "--insecure-http"),
-        (["--host", "192.168.1.4", "--certfile", str(tmp_path / "none.pem")], "does not exist"),
+        (["--host", "0.0.0.0", "--certfile", str(tmp_path / "none.pem")], "does not exist"),
         (["--keyfile", str(tmp_path / "k.pem")], "needs --certfile"),
         (["--allow-host", "http://evil"], "--allow-host"),
     ]

@@ -140,16 +140,20 @@ def test_source_layer_0_and_1_are_refused_before_writing(s: int, tmp_path: Path)
         ({"indices": [-7]}, IndexError, r"feature index -7 is out of range"),
         ({"indices": []}, ValueError, r"need at least one feature index"),
         ({"indices": [2, 2]}, ValueError, r"feature indices repeat"),
-        ({"indices": [0], "scale": float("nan")}, ValueError, r"scale must be a finite number, got nan"),
-        ({"indices": [0], "scale": float("inf")}, ValueError, r"scale must be a finite number, got inf"),
-        ({"indices": [0], "scale": 1e39}, ValueError, r"not finite in float32"),
+        ({"indices": [0], "scale": float("nan")}, ValueError, r"scale nan: must be a finite number"),
+        ({"indices": [0], "scale": float("inf")}, ValueError, r"scale inf: must be a finite number"),
+        # refused as every command refuses a steering scale (melbo.errors.check_scale)
+        ({"indices": [0], "scale": 1e30}, ValueError, r"scale 1e\+30: must be non-zero with \|scale\| ≤ 100"),
+        ({"indices": [0], "scale": 0}, ValueError, r"scale 0: must be non-zero"),
+        ({"indices": [0], "R": 1e40}, ValueError, r"not finite in float32"),
     ],
 )
 def test_bad_export_input_is_a_clear_error_and_writes_nothing(
     kwargs: dict[str, Any], err: type[Exception], match: str, tmp_path: Path
 ) -> None:
+    R = kwargs.pop("R", 2.75)
     with pytest.raises(err, match=match):
-        export_gguf(_features(), tmp_path / "cv.gguf", **kwargs)
+        export_gguf(_features(R=R), tmp_path / "cv.gguf", **kwargs)
     assert not any(tmp_path.iterdir())
 
 

@@ -5,6 +5,7 @@ network), and clear errors for bad files."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,20 @@ def test_a_hook_that_disagrees_with_source_layer_is_refused_naming_the_file(tmp_
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=f"{tmp_path / CONFIG_FILE}: hook .* does not agree with source_layer=2"):
         Features.load(tmp_path)
+
+
+@pytest.mark.parametrize("history", ["123", {"1": 2}, [1, "2"], [True], 7])
+def test_a_history_that_is_not_a_list_of_numbers_is_refused_naming_the_file(tmp_path: Path, history: object) -> None:
+    """"history": "123" used to be read as [1.0, 2.0, 3.0]."""
+    _fitted(tiny_model("llama", seed=0)).save(tmp_path)
+    cfg = json.loads((tmp_path / CONFIG_FILE).read_text())
+    cfg["history"] = history
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"{tmp_path}.*history must be a list of floats, got {re.escape(repr(history))}"):
+        Features.from_pretrained(tmp_path)
+    cfg["history"] = [3, 2.5]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
+    assert Features.from_pretrained(tmp_path).history == [3.0, 2.5]
 
 
 def test_directories_written_before_the_hook_existed_still_load(tmp_path: Path) -> None:

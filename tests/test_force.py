@@ -171,7 +171,7 @@ def test_demo_never_writes_its_report_over_the_run(tiny: tuple[Path, Path, Path]
     run = claim_out_dir(tmp_path / "run", marker=DEMO_MARKER, writer="melbo demo")  # an earlier demo's run
     (run / "behaviours.json").write_text('{"groups": []}')
     before = _snapshot(run)
-    demo = ["demo", "--model", str(tiny[0]), "--source-layer", "1", "--target-layer", "3", "--out", str(run),
+    demo = ["demo", "--model", str(tiny[0]), "--source-layer", "1", "--target-layer", "3", "--factors", "8", "--out", str(run),
             "--no-progress"]
     for flags in ([], ["--force"]):
         _refused([*demo, "-o", str(run / "behaviours.json"), *flags], capsys, "overlap")

@@ -105,6 +105,28 @@ def test_every_entry_point_refuses_a_prompt_longer_than_the_context(entry: str) 
         calls[entry]()
 
 
+@pytest.mark.parametrize("entry", ["generate", "generate_steered"])
+def test_generation_past_the_context_is_refused_before_a_token_is_made(entry: str) -> None:
+    """discover --max-new-tokens 100000 on a 128-token context used to run until killed."""
+    from melbo.generation import generate, generate_steered
+
+    tok = tiny_tokenizer()
+    model = tiny_model("gpt2", vocab=len(tok))  # n_positions = 128
+    n = len(tok("short", add_special_tokens=True)["input_ids"])
+    calls = {
+        "generate": lambda k: generate(model, tok, ["short"], max_new_tokens=k, chat=False),
+        "generate_steered": lambda k: generate_steered(model, tok, ["short"], torch.zeros(model.config.n_embd, 1), layer=1,
+                                                       max_new_tokens=k, chat=False),
+    }
+    with pytest.raises(ValueError, match=rf"max_new_tokens=100000 .* longest prompt is {n} tokens and the model's "
+                                         rf"context 128, so at most {128 - n} new tokens fit"):
+        calls[entry](100_000)
+    with pytest.raises(ValueError, match=f"at most {128 - n} new tokens"):
+        calls[entry](128 - n + 1)
+    out = calls[entry](128 - n)  # exactly fills the context: allowed
+    assert len(out) == 1
+
+
 def test_prompt_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "p.txt").write_text("one\n\ntwo\n")
     (tmp_path / "p.json").write_text(json.dumps(["one", [{"role": "user", "content": "two"}]]))

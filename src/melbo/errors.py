@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MAX_LAM", "MAX_SCALE", "UserError", "check_count", "check_finite", "check_lam", "check_scale"]
+__all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "UserError", "check_count", "check_finite", "check_lam",
+           "check_mu", "check_scale", "check_seed"]
 
 MAX_SCALE = 100.0
 """Largest |scale| (a multiple of the features' R) a command steers at. Steering at 100 R is
@@ -28,6 +29,17 @@ directions, 4 prompts) layers 4 → 10: E(10) = 0.43, E(100) = 0.99, E(10³) = 1
 layers 2 → 8 and 8 → 14 level off at 0.999 too (largest E seen 1.01); on tiny random models (Llama,
 Gemma-3, GPT-2, Qwen2) at 0.3–1.0. So λ ≥ 1 is out of reach (``--lam 1e6`` used to widen the bracket for minutes before
 failing); below 1, :func:`~melbo.fit.calibrate.calibrate_R` stops as soon as E levels off under λ."""
+
+
+MAX_SEED = 2**32 - 1
+"""Largest seed (``--seed``, ``random_state``): seeds are integers in 0 … 2³² − 1, which every
+generator melbo seeds (torch's, Python's, numpy's) takes; ``--seed 10**23`` used to fail deep
+in torch with "Overflow when unpacking long long"."""
+
+MAX_MU = 1e3
+"""Largest penalty weight μ of the two-map methods (contrastive, model-diff). μ = 1 already asks
+for more effect on A than on B; at μ = 10³ the penalty outweighs any A-effect by 10⁶ in the
+norm penalty's squares, and a far larger μ overflows (``--mu 1e308`` made the SVD fail)."""
 
 
 class UserError(ValueError):
@@ -54,13 +66,28 @@ def check_anneal_after(value: object, anneal: float | None) -> int:
     return value
 
 
-def check_count(name: str, value: int, minimum: int = 1) -> int:
-    """``value`` if it is an int ≥ ``minimum``, else :class:`UserError`."""
+def check_count(name: str, value: int, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` if it is an int ≥ ``minimum`` (and ≤ ``maximum``, if given), else :class:`UserError`."""
+    valid = f"an integer ≥ {minimum}" if maximum is None else f"an integer in {minimum} … {maximum}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name} {value!r}: must be an integer ≥ {minimum}")
-    if value < minimum:
-        raise UserError(f"{name} {value}: must be an integer ≥ {minimum}")
+        raise UserError(f"{name} {value!r}: must be {valid}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise UserError(f"{name} {value}: must be {valid}")
     return value
+
+
+def check_seed(name: str, value: int) -> int:
+    """A seed: an integer in 0 … :data:`MAX_SEED`."""
+    return check_count(name, value, 0, MAX_SEED)
+
+
+def check_mu(name: str, value: float) -> float:
+    """The two-map penalty weight μ: finite, 0 ≤ μ ≤ :data:`MAX_MU`."""
+    v = check_finite(name, value)
+    if not 0 <= v <= MAX_MU:
+        raise UserError(f"{name} {value!r}: must be a number in 0 … {MAX_MU:g} (the weight of the penalised map; "
+                        "1 asks for more effect on A than on B)")
+    return v
 
 
 def check_scale(name: str, value: float) -> float:

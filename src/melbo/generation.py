@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.decode import DecodeSettings, Forward, decode, model_forward, new_cache
-from melbo.prompts import PromptBatch, PromptLike, build_prompts
+from melbo.prompts import PromptBatch, PromptLike, _max_context, build_prompts
 
 __all__ = ["default_generation_budget", "generate", "generate_steered"]
 
@@ -188,6 +188,13 @@ def _run(
     n = batch.n
     k = 1 if vectors is None else int(vectors.shape[0])
     total = k * n
+    context = _max_context(getattr(model, "config", None))
+    longest = int(batch.lengths.max())
+    if context is not None and longest + max_new_tokens > context:
+        from melbo.errors import UserError
+
+        raise UserError(f"max_new_tokens={max_new_tokens} (--max-new-tokens): the longest prompt is {longest} tokens and "
+                        f"the model's context {context}, so at most {max(context - longest, 0)} new tokens fit")
     eos = _eos_ids(model, tokenizer)
     stopped = _stop_rule(tokenizer, stops)
     rows_per_chunk = _chunk_rows(model, int(batch.input_ids.shape[1]), max_new_tokens, batch_size, memory_budget)

@@ -240,6 +240,7 @@ def check_steering_norm(
     chat: bool | str = "auto",
     system_prompt: str | None = None,
     what: str = "the steering vector",
+    fix: str = "use a smaller --scale, or check the features file's R and V",
 ) -> float:
     """Compare a steering vector's norm with the residual stream it is added to, before steering.
 
@@ -257,7 +258,7 @@ def check_steering_norm(
            f"at layer {layer}")
     if ratio > STEER_REFUSE_RATIO:
         raise UserError(msg + f" (more than {STEER_REFUSE_RATIO:g}×: the prompt would be lost and the completion "
-                        "garbage); use a smaller --scale, or check the features file's R and V")
+                        f"garbage); {fix}")
     if ratio > STEER_WARN_RATIO:
         logger.warning("%s: the model sees mostly the vector", msg)
     return ratio

@@ -59,6 +59,7 @@ __all__ = [
     "read_json_file",
     "read_text_file",
     "record_output",
+    "split_lines",
     "write_file_set",
     "wrote_output",
 ]
@@ -418,6 +419,8 @@ def read_text_file(path: PathLike, *, what: str = "file", max_bytes: int = MAX_T
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise FileFormatError(f"{what} {str(p)!r} is larger than the limit of {_size(max_bytes)}")
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):  # before UTF-16: FF FE starts both
+        raise FileFormatError(f"{what} {str(p)!r} is UTF-32; re-save it as UTF-8")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise FileFormatError(f"{what} {str(p)!r} is UTF-16; re-save it as UTF-8")
     try:
@@ -430,6 +433,13 @@ def read_text_file(path: PathLike, *, what: str = "file", max_bytes: int = MAX_T
             f"{what} {str(p)!r} is not UTF-8 (byte 0x{data[start]:02x} at line {line}, column {col}); "
             "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > NEW`)"
         ) from None
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of ``text``, split at LF (and CRLF) only — not at the other characters
+    :meth:`str.splitlines` breaks at (U+2028, U+2029, U+0085, form feed, vertical tab, U+001C–U+001E),
+    which are text inside a line of a prompt or JSONL file."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: ~4x faster than an alternation

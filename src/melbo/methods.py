@@ -42,6 +42,10 @@ class MethodSpec:
     has_targets : whether it learns target-layer directions U (False: U is None)
     fixed : constructor arguments that make the estimator this method (e.g. the linear
         estimator's ``method="full"``)
+    factors_per_dim : the most features it fits per residual-stream dimension (``n_factors ≤
+        factors_per_dim × d_model``: 1 where V is orthogonalised, 2 for the ±v pairs of the
+        quadratic and linear fits), or None (no bound); the command line checks it against the
+        model's ``config.json`` before loading the model
     """
 
     name: str
@@ -50,6 +54,7 @@ class MethodSpec:
     iterative: bool = False
     has_targets: bool = True
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    factors_per_dim: int | None = None
 
     def make(self, **options: Any) -> Any:
         """The estimator of this method, built from ``options`` — those its constructor
@@ -96,16 +101,22 @@ def make_estimator(name: str, **options: Any) -> Any:
 
 
 for _spec in (
-    MethodSpec("exponential", "melbo.fit.exponential:ExponentialDCT", "exponential DCT fitted by OGI", iterative=True),
-    MethodSpec("quadratic", "melbo.fit.quadratic:QuadraticDCT", "quadratic DCT fitted by ALS", iterative=True),
-    MethodSpec("linear", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the full Jacobian", fixed={"method": "full"}),
+    MethodSpec("exponential", "melbo.fit.exponential:ExponentialDCT", "exponential DCT fitted by OGI", iterative=True,
+               factors_per_dim=1),
+    MethodSpec("quadratic", "melbo.fit.quadratic:QuadraticDCT", "quadratic DCT fitted by ALS", iterative=True,
+               factors_per_dim=2),
+    MethodSpec("linear", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the full Jacobian", fixed={"method": "full"},
+               factors_per_dim=2),
     MethodSpec("linear-projected", "melbo.fit.linear:LinearDCT", "linear DCT: SVD of the Jacobian projected on random directions",
-               fixed={"method": "projected"}),
+               fixed={"method": "projected"}, factors_per_dim=2),
     MethodSpec("contrastive", "melbo.fit.two_map:ContrastiveDCT",
-               "contrastive DCT: effect on the prompts, none on --contrast-prompts", iterative=True),
+               "contrastive DCT: effect on the prompts, none on --contrast-prompts", iterative=True,
+               factors_per_dim=1),
     MethodSpec("model-diff", "melbo.fit.two_map:ModelDiffDCT",
-               "model-diff DCT: effect in the model (a fine-tune), none in --base-model", iterative=True),
-    MethodSpec("melbo-v1", "melbo.baselines.melbo_v1:MelboV1", "original MELBO: maximise the target-layer change per vector"),
+               "model-diff DCT: effect in the model (a fine-tune), none in --base-model", iterative=True,
+               factors_per_dim=1),
+    MethodSpec("melbo-v1", "melbo.baselines.melbo_v1:MelboV1", "original MELBO: maximise the target-layer change per vector",
+               factors_per_dim=1),
     MethodSpec("one-shot", "melbo.baselines.one_shot:OneShotSteering", "one vector optimised on one (prompt, completion) example", has_targets=False),
     MethodSpec("mean-diff", "melbo.baselines.mean_diff:MeanDifference", "difference of mean activations on two prompt sets", has_targets=False),
     MethodSpec("obprop", "melbo.baselines.obprop:ObservablePropagation",

@@ -1,6 +1,7 @@
 """Read prompt files: ``.txt`` (one prompt per line), ``.json`` (a list of strings or of
 chat conversations), ``.jsonl`` (one string or ``{"prompt"/column: …}`` per line) and
-``.csv`` (a named column, default ``goal``).
+``.csv`` (a named column, default ``goal``). Lines end at LF or CRLF only, never inside a
+line at U+2028, a form feed or another character :meth:`str.splitlines` breaks at.
 
 Files are read with :mod:`melbo.io`'s limits (size, JSON nesting; UTF-8 with or without a
 BOM); every error is a ``ValueError`` (:class:`melbo.io.FileFormatError`) naming the file,
@@ -16,7 +17,14 @@ import io
 from pathlib import Path
 from typing import Any
 
-from melbo.io import MAX_JSON_DEPTH, MAX_TEXT_BYTES, FileFormatError, parse_json, read_text_file
+from melbo.io import (
+    MAX_JSON_DEPTH,
+    MAX_TEXT_BYTES,
+    FileFormatError,
+    parse_json,
+    read_text_file,
+    split_lines,
+)
 
 SUFFIXES = (".txt", ".json", ".jsonl", ".csv")
 
@@ -42,7 +50,7 @@ def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = 
         raise FileFormatError(f"{p}: unsupported prompt file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     text = read_text_file(p, what="prompt file", max_bytes=max_bytes)
     if suffix == ".txt":
-        prompts: list[Any] = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts: list[Any] = [line.strip() for line in split_lines(text) if line.strip()]
     elif suffix == ".json":
         data = parse_json(text, source=str(p), max_depth=max_depth)
         if not isinstance(data, list):
@@ -51,7 +59,7 @@ def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = 
     elif suffix == ".jsonl":
         prompts = [
             _from_record(parse_json(line, source=str(p), max_depth=max_depth, first_line=n), column, p, f"line {n}")
-            for n, line in enumerate(text.splitlines(), start=1) if line.strip()
+            for n, line in enumerate(split_lines(text), start=1) if line.strip()
         ]
     else:
         prompts = _read_csv(text, p, column)
@@ -109,7 +117,11 @@ def _from_record(x: Any, column: str, p: Path, where: str) -> Any:
     if isinstance(x, str):
         return x
     if isinstance(x, list) and x and all(isinstance(m, dict) and "role" in m for m in x):
-        return x  # a chat conversation
+        for j, m in enumerate(x):  # a chat conversation: each message a role and its text
+            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise FileFormatError(f"{p}: {where}, message {j} ({str(m)[:60]}) needs a string 'role' and a string "
+                                      "'content'")
+        return x
     if isinstance(x, dict):
         for key in (column, "prompt", "instruction", "goal", "text"):
             if isinstance(x.get(key), str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -24,7 +25,14 @@ from torch import nn
 
 from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
 from melbo.causal_map import TransformerCausalMap
-from melbo.errors import check_anneal, check_anneal_after, check_lam
+from melbo.errors import (
+    UserError,
+    check_anneal,
+    check_anneal_after,
+    check_lam,
+    check_mu,
+    check_seed,
+)
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
 from melbo.fit.two_map import PENALTIES as _PENALTIES
@@ -139,8 +147,8 @@ class TrainConfig:
             raise ValueError(f"ortho is an option of the OGI methods (exponential, {', '.join(TWO_MAP_METHODS)}), "
                              f"not {self.method!r}")
         check_anneal_after(self.anneal_after, check_anneal(self.anneal))
-        if not (isinstance(self.mu, int | float) and not isinstance(self.mu, bool) and 0 <= self.mu < float("inf")):
-            raise ValueError(f"mu={self.mu!r}: must be a finite number >= 0")
+        check_mu("mu", self.mu)
+        check_seed("random_state", self.random_state)
         if self.penalty not in (None, *_PENALTIES):
             raise ValueError(f"penalty={self.penalty!r}: choose one of {', '.join(_PENALTIES)}")
         if self.method not in TWO_MAP_METHODS and (self.mu != 1.0 or self.penalty is not None):
@@ -189,6 +197,33 @@ def check_base_model(method: str, has_base_model: bool) -> None:
         raise ValueError(f"a base model is only used by method 'model-diff', not {method!r}")
 
 
+def check_two_maps_differ(method: str, prompts: Sequence[PromptLike] | None = None,
+                          contrast_prompts: Sequence[PromptLike] | None = None, *, model: Any = None,
+                          base_model: Any = None, contrast_source: str = "--contrast-prompts") -> None:
+    """Refuse a two-map fit whose maps are equal, where that shows without running them: contrastive
+    with the same prompts on both sides, model-diff with the model as its own base (the same
+    object, or the same path). Every feature would be zero (the fit itself probes the maps too,
+    :func:`melbo.fit.two_map.two_map_dct`)."""
+    import json
+
+    if method == "contrastive" and prompts is not None and contrast_prompts is not None:
+        def key(ps: Sequence[PromptLike]) -> set[str]:
+            return {json.dumps(p, sort_keys=True, default=str) for p in ps}
+
+        if key(prompts) == key(contrast_prompts):
+            raise UserError(f"the two maps are equal: {contrast_source} holds the same prompts as --prompts, so Δ_A = Δ_B, "
+                            "their contrast is zero and so would be every feature; give a contrast set B of other prompts")
+    if method == "model-diff" and model is not None and base_model is not None:
+        same = model is base_model
+        if isinstance(model, str | os.PathLike) and isinstance(base_model, str | os.PathLike):
+            a, b = Path(model).expanduser(), Path(base_model).expanduser()
+            same = os.fspath(model) == os.fspath(base_model) or (a.exists() and b.exists() and a.resolve() == b.resolve())
+        if same:
+            raise UserError(f"the two maps are equal: --base-model {str(base_model)!r} is the model itself, so Δ_fine = "
+                            "Δ_base, their difference is zero and so would be every feature; give the model it was "
+                            "fine-tuned from")
+
+
 def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, history: list[float], meta: dict[str, Any]) -> None:
     """Iteration ``it``'s factors and state as one unit (:func:`melbo.io.write_file_set`): a kill
     at any moment leaves iteration ``it - 1``'s checkpoint or this one, never a mix."""
@@ -197,17 +232,22 @@ def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: f
                    {"iteration": it, "R": R, "history": history, **meta})
 
 
-def read_checkpoint(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The state and tensors (U, V) of ``out``'s checkpoint, checked to belong together.
+def read_checkpoint(out: Path, cfg: TrainConfig | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The state and tensors (U, V) of ``out``'s checkpoint, checked to belong together and to
+    make sense: ``iteration`` an integer ≥ 0, ``R`` a finite number > 0, ``history`` finite
+    numbers; with ``cfg``, also made with that configuration and at most its τ iterations. Needs
+    no model, so the command line reads it before loading one.
 
     Raises
     ------
     FileNotFoundError
         when there is no checkpoint (or one of its files is missing).
     ValueError
-        when its files do not belong together or cannot be read.
+        when its files do not belong together, cannot be read or hold bad values (naming the
+        file and the value).
     """
     state, paths = read_file_set(out / CHECKPOINT, what="checkpoint", legacy=("state.safetensors",))
+    where = str(out / CHECKPOINT / "state.json")
     try:
         tensors = load_file(str(paths["state.safetensors"]))
     except (SafetensorError, OSError) as err:
@@ -216,6 +256,28 @@ def read_checkpoint(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
     if bad or not {"U", "V"} <= set(tensors):
         raise ValueError(f"checkpoint in {str(out / CHECKPOINT)!r} lacks {bad or sorted({'U', 'V'} - set(tensors))}; "
                          "start over (--force)")
+    it, R = state["iteration"], state["R"]
+    if not isinstance(it, int) or it < 0:
+        raise UserError(f"checkpoint {where!r}: iteration {it!r} must be an integer ≥ 0 (the iterations done); "
+                        "start over (--force)")
+    if not math.isfinite(R) or R <= 0:
+        raise UserError(f"checkpoint {where!r}: R {R!r} must be a finite number > 0; start over (--force)")
+    history = state.get("history", state.get("objective", []))
+    if not isinstance(history, list) or not all(isinstance(h, int | float) and not isinstance(h, bool) and math.isfinite(h)
+                                                for h in history):
+        raise UserError(f"checkpoint {where!r}: history {str(history)[:60]!r} must be a list of finite numbers; "
+                        "start over (--force)")
+    if cfg is not None:
+        now = asdict(cfg)
+        # compile changes speed, not results: a fit may be resumed with or without it
+        if {k: v for k, v in (state.get("config") or {}).items() if k != "compile"} != \
+                {k: v for k, v in now.items() if k != "compile"}:
+            raise UserError("the checkpoint was made with a different configuration or model; "
+                            f"checkpoint config: {state.get('config')}, now: {now}")
+        tau = cfg.resolved_max_iter()
+        if tau is not None and it > tau:
+            raise UserError(f"checkpoint {where!r}: iteration {it} is beyond this fit's {tau} iterations (--max-iter); "
+                            "start over (--force)")
     return state, tensors
 
 
@@ -247,6 +309,7 @@ def train(
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast_prompts)
     check_base_model(cfg.method, base_model is not None)
+    check_two_maps_differ(cfg.method, prompts, contrast_prompts, model=model, base_model=base_model)
     spec = get_method(cfg.method)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -267,19 +330,19 @@ def train(
     start_it = 0
     history0: list[float] = []
     if resume and out_dir is not None:
-        state, tensors = read_checkpoint(out_dir)
-        # compile changes speed, not results: a fit may be resumed with or without it
-        same = {k: v for k, v in (state.get("config") or {}).items() if k != "compile"} == \
-            {k: v for k, v in meta["config"].items() if k != "compile"}
-        if not same or state.get("model") != fp or state.get("base_model") != meta.get("base_model"):
+        state, tensors = read_checkpoint(out_dir, cfg)
+        if state.get("model") != fp or state.get("base_model") != meta.get("base_model"):
             raise ValueError(
                 "the checkpoint was made with a different configuration or model; "
-                f"checkpoint config: {state.get('config')}, now: {meta['config']}"
+                f"checkpoint model: {state.get('model')}, now: {fp}"
             )
         options["init"] = (tensors["U"].to(delta.device, delta.dtype), tensors["V"].to(delta.device, delta.dtype))
         start_it, history0, options["R"] = int(state["iteration"]), list(state.get("history", state.get("objective", []))), float(state["R"])
+        _check_R(model, tokenizer, prompts, cfg, options["R"], f"R {options['R']:g} of the checkpoint in {str(out_dir / CHECKPOINT)!r}")
         logger.info("resuming from iteration %d of %s", start_it, tau)
         options.update(_resumed_schedule(cfg, start_it))
+    elif cfg.R is not None:
+        _check_R(model, tokenizer, prompts, cfg, cfg.R, f"R {cfg.R:g} (--R)")
     bar = None
     if spec.iterative and tau is not None:
         options["max_iter"] = max(tau - start_it, 1)
@@ -292,6 +355,10 @@ def train(
 
     def callback(i: int, st: Any) -> bool:
         it = start_it + len(seen) + 1
+        if not math.isfinite(float(st.objective)):
+            R_now = options["R"] if options["R"] is not None else est.calibration_.R
+            raise UserError(f"the fit's objective is {float(st.objective)} at iteration {it} (R = {float(R_now):g}): the "
+                            "steered vectors overflow the model; use a smaller --R (or calibrate it with --lam)")
         # no checkpoint of the last iteration (the limit, or the factors stopped moving): the
         # features are saved next, and a kill before that resumes from the one before and
         # repeats this iteration, as an uninterrupted fit ends, rather than running one more
@@ -359,6 +426,16 @@ def _resumed_schedule(cfg: TrainConfig, start_it: int) -> dict[str, Any]:
     if s <= 0:
         return {"anneal_after": -s}
     return {"anneal_after": 0, "anneal": cfg.anneal + s, "beta": cfg.beta * cfg.anneal / (cfg.anneal + s)}
+
+
+def _check_R(model: nn.Module, tokenizer: Any, prompts: Sequence[PromptLike], cfg: TrainConfig, R: float, what: str) -> None:
+    """Refuse a steering norm R that dwarfs the residual stream at the source layer (a checkpoint's
+    R of 1e300 used to end in a NaN objective and "not JSON compliant")."""
+    from melbo.interventions import check_steering_norm
+
+    check_steering_norm(model, tokenizer, list(prompts)[:16], cfg.source_layer, R, chat=cfg.chat,
+                        system_prompt=cfg.system_prompt, what=what,
+                        fix="give a smaller --R (or calibrate it with --lam), or start over (--force)")
 
 
 def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | None) -> dict[str, Any]:

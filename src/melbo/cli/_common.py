@@ -10,7 +10,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from melbo.errors import UserError, check_count, check_finite, check_lam, check_scale
+from melbo.errors import (
+    UserError,
+    check_count,
+    check_finite,
+    check_lam,
+    check_mu,
+    check_scale,
+    check_seed,
+)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -92,8 +100,12 @@ def _check_fpr(name: str, value: float) -> float:
 _fpr = _arg_type(_check_fpr, float, "a number")
 
 
-def _count(minimum: int = 1) -> Callable[[str], int]:
-    return _arg_type(lambda name, v: check_count(name, v, minimum), int, "an integer")
+def _count(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    return _arg_type(lambda name, v: check_count(name, v, minimum, maximum), int, "an integer")
+
+
+_seed = _arg_type(check_seed, int, "an integer")
+_mu = _arg_type(check_mu, float, "a number")
 
 
 Inputs = Sequence[tuple[str, str | Path | None]]
@@ -145,6 +157,78 @@ def _check_layers(source: int, target: int, n_layers: int | None, model: str) ->
                         f"--target-layer ≤ {n_layers}")
 
 
+def _check_factors(n_factors: int, method: str, model: str) -> None:
+    """``--factors`` within what ``method`` fits on the model's width (its config.json's hidden
+    size, read before the model loads; unknown: checked by the fit)."""
+    from melbo.methods import get_method
+    from melbo.models.peek import peek_hidden_size
+
+    per = get_method(method).factors_per_dim
+    d = peek_hidden_size(model) if per is not None else None
+    if per is not None and d is not None and n_factors > per * d:
+        times = "" if per == 1 else f"{per} × "
+        raise UserError(f"--factors {n_factors}: {model} has hidden size {d}, and method {method} fits at most "
+                        f"{times}the hidden size = {per * d} features; give --factors ≤ {per * d}")
+
+
+def _check_max_new_tokens(n: int, model: str) -> None:
+    """``--max-new-tokens`` shorter than the model's context (its config.json, before loading it):
+    the prompt needs some of the context too, which the generation checks once it is tokenised."""
+    from melbo.models.peek import peek_context
+
+    ctx = peek_context(model)
+    if ctx is not None and n >= ctx:
+        raise UserError(f"--max-new-tokens {n}: {model}'s context is {ctx} tokens, prompt and completion together; "
+                        f"give --max-new-tokens < {ctx} minus the prompt's tokens")
+
+
+def _check_model_source(flag: str, model: str) -> None:
+    """The model named by ``flag`` exists (a packaged name, a directory, a .gguf, a cached Hub id),
+    checked before any model loads."""
+    from melbo.models.packaged import PACKAGED_MODELS
+    from melbo.models.source import resolve_source
+
+    try:
+        resolve_source(model, None, packaged=PACKAGED_MODELS)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"{flag} {model!r}: {err}") from None
+
+
+def _peek_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer alone (fast: no weights), where it is on disk as a saved model
+    directory or the packaged model's converted copy; else None (checked after the load)."""
+    from melbo.models import hf
+    from melbo.models.packaged import PACKAGED_MODELS
+    from melbo.models.source import ModelSource, resolve_source
+
+    source = resolve_source(model, None, packaged=PACKAGED_MODELS)
+    if source.kind == "packaged":
+        from melbo.cache import cache_dir
+
+        d = cache_dir() / "models" / PACKAGED_MODELS[source.location].name
+        if not (d / "config.json").is_file():
+            return None
+        source = ModelSource("dir", str(d), None, f"packaged model {source.location!r}")
+    if source.kind != "dir" or source.gguf_file is not None:
+        return None
+    return hf.load_tokenizer(source, trust_remote_code=trust_remote_code)
+
+
+def _check_single_tokens(model: str, trust_remote_code: bool, **tokens: str) -> None:
+    """Each of ``tokens`` (flag name → string) is one token of the model's tokenizer, checked with
+    the tokenizer alone before the model loads (where it is on disk)."""
+    tok = _peek_tokenizer(model, trust_remote_code)
+    if tok is None:
+        return
+    from melbo.rank import resolve_token
+
+    for flag, text in tokens.items():
+        try:
+            resolve_token(tok, text)
+        except ValueError as err:
+            raise UserError(f"--{flag.replace('_', '-')} {err}") from None
+
+
 def _load_features(path: str) -> Any:
     """The features of ``path``, loaded (and so validated) before any model."""
     _need_dir(path)
@@ -153,12 +237,16 @@ def _load_features(path: str) -> Any:
     return Features.load(path)
 
 
-def _check_features_fit(feats: Any, model: str) -> None:
-    """The features' source layer exists in the model (from its config.json, before loading it)."""
+def _check_features_fit(feats: Any, model: str, *, target: bool = False) -> None:
+    """The features' source layer exists in the model (from its config.json, before loading it);
+    with ``target``, their target layer too (a reader of the residual stream there: 0 … n_layers)."""
     n = _model_layers(model)
     if n is not None and feats.source_layer >= n:
         raise UserError(f"these features steer at layer {feats.source_layer}, but {model} has only {n} layers "
                         f"(0 … {n - 1}); were they fitted on another model?")
+    if target and n is not None and feats.target_layer > n:
+        raise UserError(f"these features read layer {feats.target_layer}, but {model} has only {n} layers "
+                        f"(0 … {n}); were they fitted on another model?")
 
 
 def _check_feature_index(feats: Any, k: int, src: str) -> None:

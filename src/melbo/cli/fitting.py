@@ -8,11 +8,16 @@ from pathlib import Path
 
 from melbo.cli._common import (
     _chat,
+    _check_factors,
     _check_layers,
+    _check_max_new_tokens,
+    _check_model_source,
     _check_out_dir_path,
     _check_out_file,
+    _check_single_tokens,
     _load,
     _model_layers,
+    _peek_tokenizer,
     _say,
 )
 
@@ -24,6 +29,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     base = args.organism if args.organism is not None else args.model
     DiscoverConfig(source_layer=args.source_layer, target_layer=args.target_layer).validate(_model_layers(base))
+    _check_factors(args.factors, "exponential", base)
+    _check_max_new_tokens(args.max_new_tokens, base)
     from melbo.demo import run_demo
 
     run_demo(
@@ -59,10 +66,23 @@ def cmd_discover(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_dir(out, force=args.force, resume=args.resume,
                   inputs=[("MODEL", args.model_pos), ("--prompts", args.prompts), ("--heldout", args.heldout)])
+    _check_factors(cfg.n_factors, "exponential", args.model_pos)
+    _check_max_new_tokens(cfg.max_new_tokens, args.model_pos)
+    if args.resume:
+        from melbo.discover import check_resumable
+
+        check_resumable(out, cfg)
     need = cfg.n_train + (0 if heldout is not None else 2)
     if len(prompts) < need:
         raise ValueError(f"{args.prompts}: {len(prompts)} prompts; --n-train {cfg.n_train} needs at least {need} "
                          "(the training prompts, then held-out ones unless --heldout FILE is given)")
+    tok = _peek_tokenizer(args.model_pos, args.trust_remote_code)
+    if tok is not None:  # the held-out prompts and --max-new-tokens fit the context: with the tokenizer alone
+        from melbo.discover import check_context
+        from melbo.models.peek import peek_context
+
+        eval_p = heldout[: cfg.n_eval] if heldout is not None else prompts[cfg.n_train : cfg.n_train + cfg.n_eval]
+        check_context(tok, eval_p, cfg, peek_context(args.model_pos))
     args.model = args.model_pos
     model, tok = _load(args)
     res = discover(model, tok, prompts, cfg, out, heldout=heldout, force=args.force, resume=args.resume,
@@ -93,7 +113,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
-    from melbo.train import TrainConfig, check_base_model, check_contrast_prompts, train
+    from melbo.train import (
+        TrainConfig,
+        check_base_model,
+        check_contrast_prompts,
+        check_two_maps_differ,
+        read_checkpoint,
+        train,
+    )
 
     cfg = TrainConfig(
         source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
@@ -105,8 +132,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         penalty=args.penalty,
     )
     cfg.validate()
+    _check_factors(cfg.n_factors, cfg.method, args.model)
     check_contrast_prompts(cfg.method, contrast)
     check_base_model(cfg.method, args.base_model is not None)
+    check_two_maps_differ(cfg.method, prompts, contrast, model=args.model, base_model=args.base_model,
+                          contrast_source=f"--contrast-prompts {args.contrast_prompts!r}")
+    if args.base_model is not None:
+        _check_model_source("--base-model", args.base_model)
+    if cfg.method == "obprop":
+        _check_single_tokens(args.model, args.trust_remote_code, token_a=args.token_a, token_b=args.token_b)
+    if args.resume:
+        read_checkpoint(Path(args.out), cfg)  # its hash, values and configuration, before the model loads
     model, tok = _load(args)
     base = None
     if args.base_model is not None:

@@ -7,6 +7,7 @@ import json
 
 from melbo.cli._common import (
     _chat,
+    _check_features_fit,
     _check_out_file,
     _load,
     _need_dir,
@@ -44,6 +45,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     feats = Features.load(args.dir)
     if args.detector == "features" and args.view != "source" and feats.U is None:
         raise ValueError(f"{args.dir!r} holds {feats.method!r} features without target directions: use --view source")
+    _check_features_fit(feats, args.model, target=True)
     model, tok = _load(args)
 
     from melbo.io import atomic_write_text

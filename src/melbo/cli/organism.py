@@ -28,11 +28,11 @@ def read_replies(path: str) -> list[tuple[str, str]]:
     naming the file, the line and what is wrong."""
     import json
 
-    from melbo.io import MAX_TEXT_BYTES, read_text_file
+    from melbo.io import MAX_TEXT_BYTES, read_text_file, split_lines
 
     text = read_text_file(path, what="--triggered-replies", max_bytes=MAX_TEXT_BYTES)
     out: list[tuple[str, str]] = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:

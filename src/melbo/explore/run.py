@@ -16,7 +16,6 @@ untrusted and passed on as plain strings; escaping is the page's job.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -101,10 +100,51 @@ class ExploreRun:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    """A run's JSON file, read with :mod:`melbo.io`'s limits (size, nesting, UTF-8): errors name the file."""
+    from melbo.io import MAX_TEXT_BYTES, read_json_file
+
+    return read_json_file(path, what=path.name, max_bytes=MAX_TEXT_BYTES)
+
+
+def _typed(path: Path, where: str, value: Any, types: type | tuple[type, ...], valid: str) -> Any:
+    """``value`` if it is of ``types`` (never a bool for a number), else a one-line error naming the file."""
+    from melbo.io import FileFormatError
+
+    if isinstance(value, types) and not isinstance(value, bool):
+        return value
+    raise FileFormatError(f"{path}: {where} is {str(value)[:60]!r}, not {valid}; is it a melbo discover record?")
+
+
+_NUMBER = (int, float, type(None))
+
+
+def _check_behaviours(path: Path, beh: Any, m: int) -> None:
+    """The fields of a discover ``behaviours.json`` that the explorer reads, of the types discover
+    writes; a feature index outside the features' 0 … m − 1 means another run's record."""
+    from melbo.io import FileFormatError
+
+    if not isinstance(beh, dict) or not isinstance(beh.get("features"), list):
+        raise FileFormatError(f"{path} is not a melbo discover record (no 'features' list)")
+    _typed(path, "'config'", beh.get("config", {}), dict, "an object")
+    prompts = _typed(path, "'eval_prompts'", beh.get("eval_prompts", []), list, "a list of strings")
+    for i, p in enumerate(prompts):
+        _typed(path, f"eval_prompts[{i}]", p, str, "a string")
+    for i, b in enumerate(beh["features"]):
+        _typed(path, f"features[{i}]", b, dict, "an object")
+        k = _typed(path, f"features[{i}].vector", b.get("vector"), int, "a feature index")
+        if not 0 <= k < m:
+            raise FileFormatError(f"{path}: features[{i}] is feature {k}, but the features hold {m} (0 … {m - 1}): "
+                                  "the record belongs to other features")
+        for key in ("scale", "score", "rate"):
+            _typed(path, f"features[{i}].{key}", b.get(key), _NUMBER, "a number")
+        _typed(path, f"features[{i}].signature", b.get("signature", ""), (str, type(None)), "a string")
+    for i, g in enumerate(_typed(path, "'groups'", beh.get("groups", []), list, "a list")):
+        _typed(path, f"groups[{i}]", g, dict, "an object")
+        _typed(path, f"groups[{i}].rank", g.get("rank"), (int, type(None)), "an integer")
+        _typed(path, f"groups[{i}].description", g.get("description", {}), (dict, type(None)), "an object")
+        for j, mem in enumerate(_typed(path, f"groups[{i}].members", g.get("members", []), list, "a list")):
+            _typed(path, f"groups[{i}].members[{j}]", mem, dict, "an object")
+            _typed(path, f"groups[{i}].members[{j}].vector", mem.get("vector"), int, "a feature index")
 
 
 def _finite(x: Any) -> float | None:
@@ -143,9 +183,8 @@ def load_run(directory: str | Path, *, prompts: list[str] | None = None, n_promp
     bpath = d / "behaviours.json"
     if bpath.is_file():
         beh = _read_json(bpath)
-        if not isinstance(beh, dict) or not isinstance(beh.get("features"), list):
-            raise ValueError(f"{bpath} is not a melbo discover record (no 'features' list)")
-        cfg = beh.get("config", {}) if isinstance(beh.get("config"), dict) else {}
+        _check_behaviours(bpath, beh, m)
+        cfg = beh.get("config", {})
         chat = cfg.get("chat", "auto") if isinstance(cfg.get("chat"), bool | str) else "auto"
         run_prompts = [str(p) for p in beh.get("eval_prompts", [])]
         source = f"held-out prompts of the discover run ({bpath.name})"

@@ -13,6 +13,7 @@ other than loopback the token would cross the network, so it is served over TLS
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import re
@@ -65,10 +66,22 @@ def open_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from err
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}; {_bind_fix(err, host)}") from err
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def _bind_fix(err: OSError, host: str) -> str:
+    """What to change when binding failed: the --host (not an address, or not this machine's) or the --port."""
+    if isinstance(err, socket.gaierror):
+        return (f"--host {host!r} is not an IP address or a name that resolves: give an address of this machine "
+                "(127.0.0.1, ::1, 0.0.0.0 for all)")
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host!r} is not an address of this machine: give one of its addresses (127.0.0.1, 0.0.0.0 for all)"
+    if err.errno == errno.EACCES:
+        return "ports below 1024 need privileges: choose a --port ≥ 1024 (0: any free port)"
+    return "choose another --port (0: any free port)"
 
 
 def _bracketed(host: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from melbo.errors import check_scale
 from melbo.features import Features
 from melbo.io import check_output
 
@@ -36,8 +36,7 @@ def steering_sum(features: Features, indices: Sequence[int], scale: float = 1.0)
     ks = [features._check_index(k) for k in indices]
     if len(set(ks)) != len(ks):
         raise ValueError(f"feature indices repeat: {list(indices)}; give each feature once")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    check_scale("scale", scale)  # finite, non-zero, |scale| ≤ MAX_SCALE, as every command steers
     V = features.V.detach().to("cpu", torch.float64)  # (d, m)
     vec = (float(scale) * features.R) * V[:, ks].sum(dim=1)  # (d,)
     out = vec.to(torch.float32)

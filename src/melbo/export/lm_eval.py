@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import check_scale
 from melbo.features import Features, hook_site
 from melbo.io import atomic_write, check_output
 from melbo.outputs import lm_eval_file
@@ -109,10 +110,7 @@ def _scales(scale: float | Sequence[float], n: int) -> list[float]:
         values = values * n
     if len(values) != n:
         raise ValueError(f"scale has {len(values)} values for {n} features: give one scale or one per feature")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"scale={scale!r}: every scale must be a finite number")
-    return [float(v) for v in values]
+    return [check_scale("scale", v) for v in values]  # as every command steers: finite, non-zero, |scale| ≤ MAX_SCALE
 
 
 def write_lm_eval_steer(

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,10 +207,13 @@ class Features:
                 f"need 0 ≤ source_layer < target_layer, got source_layer={s}, target_layer={t_}"
             )
         for name in ("history", "scores"):
-            try:
-                values = [float(x) for x in getattr(self, name)]
+            given = getattr(self, name)
+            try:  # not a string or a mapping: "123" would be read as [1.0, 2.0, 3.0], a dict as its keys
+                if isinstance(given, str | bytes | Mapping) or any(isinstance(x, str | bytes | bool) for x in given):
+                    raise TypeError(name)
+                values = [float(x) for x in given]
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{name} must be a list of floats, got {getattr(self, name)!r}") from err
+                raise ValueError(f"{name} must be a list of floats, got {given!r}") from err
             object.__setattr__(self, name, values)
         if self.scores and len(self.scores) != m:
             raise ValueError(f"scores must hold one value per feature ({m}), got {len(self.scores)}")

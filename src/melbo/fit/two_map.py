@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
@@ -116,9 +115,9 @@ PENALTIES = ("norm", "difference")
 
 
 def _check_mu(mu: object) -> float:
-    if isinstance(mu, bool) or not isinstance(mu, int | float) or not math.isfinite(mu) or mu < 0:
-        raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-    return float(mu)
+    from melbo.errors import check_mu
+
+    return check_mu("mu", mu)  # type: ignore[arg-type]
 
 
 def _check_pair(delta_a: object, delta_b: object) -> tuple[CausalMap, CausalMap]:
@@ -130,6 +129,24 @@ def _check_pair(delta_a: object, delta_b: object) -> tuple[CausalMap, CausalMap]
         if la is not None and lb is not None and la != lb:
             raise ValueError(f"the two maps must be at the same layers, got {name} {la} (A) and {lb} (B)")
     return a, b
+
+
+def _check_maps_differ(a: CausalMap, b: CausalMap, R: float, n_probe: int = 2) -> None:
+    """Refuse two maps that are equal (on ``n_probe`` fixed random directions at norm R): the
+    contrast between them is zero, and so would be every feature (contrastive with the same
+    prompts on both sides, model-diff with the model as its own base). Its own generator: the
+    fit's random state is not consumed."""
+    from melbo.errors import UserError
+
+    g = torch.Generator().manual_seed(0)
+    V = normalize_columns(torch.randn(a.d_model, n_probe, generator=g, dtype=torch.float64)).to(a.dtype).to(a.device)
+    ga = a.value(R * V)
+    gb = b.value(R * V).to(ga)
+    if float((ga - gb).double().norm()) <= 1e-6 * float(ga.double().norm()):
+        raise UserError(
+            "the two maps are equal (Δ_A(R v) = Δ_B(R v) on random directions v), so their contrast and every "
+            "feature would be zero: the contrast prompts are the prompts themselves, or the base model is the "
+            "model itself; give a different --contrast-prompts / --base-model")
 
 
 class DifferenceMap:
@@ -283,6 +300,7 @@ def two_map_dct(
         raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
     if m > a.d_model:
         raise ValueError(f"n_factors must be <= d_model = {a.d_model} to orthogonalise, got {m}")
+    _check_maps_differ(a, b, R)
     diff = DifferenceMap(a, b, mu)
     if penalty == "difference":
         with warnings.catch_warnings(record=True) as caught:

