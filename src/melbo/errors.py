@@ -13,8 +13,9 @@ status 1 and a hint to rerun with ``-v`` for the traceback.
 from __future__ import annotations
 
 import math
+import warnings
 
-__all__ = ["MAX_LAM", "MAX_SCALE", "UserError", "check_count", "check_finite", "check_lam", "check_scale"]
+__all__ = ["MAX_LAM", "MAX_SCALE", "UserError", "check_count", "check_finite", "check_lam", "check_scale", "warn_renamed"]
 
 MAX_SCALE = 100.0
 """Largest |scale| (a multiple of the features' R) a command steers at. Steering at 100 R is
@@ -33,6 +34,12 @@ failing); below 1, :func:`~melbo.fit.calibrate.calibrate_R` stops as soon as E l
 class UserError(ValueError):
     """A mistake in what the user gave (a value, a path, a file); the message names the value,
     the file and what is valid."""
+
+
+def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """A :class:`DeprecationWarning` that ``old`` is an old name of ``new`` (both as the user writes
+    them), pointing at the caller of the function that calls this (``stacklevel`` 3)."""
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=stacklevel)
 
 
 def check_finite(name: str, value: float) -> float:

@@ -62,6 +62,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from melbo.errors import warn_renamed
 from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
 from melbo.io import atomic_write, atomic_write_text, file_sha256, read_json_file
 
@@ -332,7 +333,8 @@ class Features:
 
     @property
     def objective(self) -> list[float]:
-        """The training curve: :attr:`history` (the name of format 1, kept for older code)."""
+        """Deprecated name of :attr:`history`, the training curve (format 1's; a :class:`DeprecationWarning`)."""
+        warn_renamed("Features.objective", "Features.history", stacklevel=3)
         return self.history
 
     def require_targets(self, purpose: str = "this") -> Tensor:
