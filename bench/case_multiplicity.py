@@ -41,6 +41,7 @@ from _case import (
 from melbo.evaluate.analysis import analyze
 from melbo.evaluate.scores import jailbreak_score, steered_scores
 from melbo.features import Features
+from melbo.fit.step import DEFAULT_STEP
 
 PUBLICATION = {
     "n_above": "≥ 240 of 512", "condition_number": 38, "abs_cos": "0.36 ± 0.19",
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--features", default=None, help="reuse features saved by `melbo train` (skips the fit)")
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--m", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--n-val", type=int, default=32)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--threshold", type=float, default=5.0, help="a feature 'works' above this mean score")

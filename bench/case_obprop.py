@@ -38,6 +38,7 @@ from melbo.baselines.mean_diff import mean_difference
 from melbo.baselines.obprop import cosine_similarity, linear_readout, observable_gradients
 from melbo.evaluate.scores import feature_scores, jailbreak_score, score_edit
 from melbo.features import Features
+from melbo.fit.step import DEFAULT_STEP
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=16)
     ap.add_argument("--m", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0])
     args = ap.parse_args(argv)
     setup_logging()

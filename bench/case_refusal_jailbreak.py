@@ -35,6 +35,7 @@ from _case import base_args, emit, load_organism, logger, refusal_prompt_sets, s
 
 from melbo.evaluate.behaviours import words
 from melbo.evaluate.refusal import is_refusal
+from melbo.fit.step import DEFAULT_STEP
 from melbo.generation import generate, generate_steered
 from melbo.methods import get_method
 from melbo.train import TrainConfig, train
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=16)
     ap.add_argument("--m", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--gen-tokens", type=int, default=24)
     ap.add_argument("--min-rate", type=float, default=0.5)

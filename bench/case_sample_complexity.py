@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 from _case import (
+    add_step_arg,
     base_args,
+    bench_step,
     emit,
     fit,
     load_organism,
@@ -37,7 +39,6 @@ from _case import (
     steering_matrix,
 )
 
-from melbo.discover_config import DiscoverConfig
 from melbo.evaluate.refusal import is_refusal
 from melbo.evaluate.scores import generate_for_features, jailbreak_score, steered_scores
 from melbo.generation import generate
@@ -50,15 +51,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", nargs="+", default=["exponential", "quadratic", "linear-projected", "linear"])
     ap.add_argument("--m", type=int, default=32, help="features per fit")
     ap.add_argument("--iters", type=int, default=None,
-                    help="iterations of the exponential/quadratic fits (default: discover's, 20, with --step annealed; else 10)")
+                    help="iterations of the exponential/quadratic fits (default: the step's: 20 annealed, 10 published or settled)")
     ap.add_argument("--n-val", type=int, default=32)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--gen-tokens", type=int, default=16, help="0: skip the generated refusal rate")
-    ap.add_argument("--step", choices=("settled", "annealed", "published"), default="annealed",
-                    help="OGI step of the exponential DCT: annealed = melbo discover's default (DiscoverConfig: β = 0.5, "
-                         "polar, 10 iterations, then the damping annealed as β/(1 + j/5), 20 iterations in all); "
-                         "settled = the same β and polar step, fixed (discover's default before 2026-11-27, 10 "
-                         "iterations; it does not settle on Gemma, the name is historical); published = β = 1 with QR")
+    add_step_arg(ap)  # of the exponential DCT
     args = ap.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()
@@ -86,15 +83,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        t=args.t, lam=args.lam, R=None, seed=args.seed)
         R = float(calib.R)
         logger.info("calibrated R = %.4g", R)
-    step: dict[str, Any] = {}
-    dflt = DiscoverConfig()
-    if args.step in ("settled", "annealed"):
-        step = {"beta": dflt.beta, "ortho": dflt.ortho}
-    if args.step == "annealed":
-        anneal, after = dflt.schedule()
-        step |= {"anneal": anneal, "anneal_after": after}
-    if args.iters is None:
-        args.iters = dflt.max_iter if args.step == "annealed" else 10
+    step = bench_step(args.step)
+    if args.iters is None:  # the quadratic fit runs as many as the exponential one
+        args.iters = step["max_iter"]
+    del step["max_iter"]
     runs: list[dict[str, Any]] = []
     for n in args.ns:
         for sh, prompts in enumerate(draws[n]):

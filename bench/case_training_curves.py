@@ -30,6 +30,7 @@ from _case import (
     setup_logging,
 )
 
+from melbo.fit.step import DEFAULT_STEP
 from melbo.models.loading import load_model
 from melbo.prompt_files import read_prompts
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--model", default=None, help="use this model instead of an organism")
     ap.add_argument("--n-train", type=int, default=4)
     ap.add_argument("--ms", type=int, nargs="+", default=[32, 64, 128, 256])
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     args = ap.parse_args(argv)
     setup_logging()
     t0 = time.perf_counter()

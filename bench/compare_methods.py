@@ -42,6 +42,7 @@ import torch
 
 from melbo.evaluate.scores import jailbreak_score, steered_scores
 from melbo.features import Features
+from melbo.fit.step import DEFAULT_STEP
 from melbo.methods import get_method
 from melbo.models.loading import load_model
 from melbo.prompt_files import read_prompts
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--m", type=int, default=64, help="factors of the DCTs and random vectors")
     ap.add_argument("--m-v1", type=int, default=8, help="melbo-v1 vectors (sequential: costly)")
     ap.add_argument("--v1-steps", type=int, default=100, help="melbo-v1 AMSGrad steps per vector")
-    ap.add_argument("--iters", type=int, default=10, help="OGI iterations")
+    ap.add_argument("--iters", type=int, default=DEFAULT_STEP.max_iter, help="OGI iterations (default: the default step's)")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--methods", nargs="+", default=["exponential", "linear-projected", "melbo-v1", "mean-diff", "random"])
     ap.add_argument("--top-test", type=int, default=8, help="features (best on validation) scored on the test prompts")

@@ -185,7 +185,7 @@ def calibrate(delta: CausalMap, args: argparse.Namespace, device: torch.device, 
         return float(args.R)
     t0 = timed(device)
     try:
-        cal = calibrate_R(delta, 0.5, n_dirs=30, seed=args.seed)
+        cal = calibrate_R(delta, 0.5, n_cal=30, random_state=args.seed)
         R, note = cal.R, f"E(R)={cal.error:.4g}, {cal.n_evals} evaluations"
     except CalibrationError as err:  # e.g. a random-init slice that never gets non-linear enough
         x = getattr(getattr(delta, "slice", None), "x", None)

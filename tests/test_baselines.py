@@ -267,15 +267,22 @@ def test_estimators_store_arguments_and_fit(delta: TransformerCausalMap, llama: 
     mv = MelboV1(2, R=1.0, max_iter=3, lr=0.05, random_state=0)
     assert not hasattr(mv, "result_")
     mv.fit(delta)
-    assert mv.factors_[1].shape == (32, 2) and [len(c) for c in mv.curves_] == [3, 3] and mv.n_iter_ == 3
+    assert mv.V_.shape == (32, 2) and [len(c) for c in mv.curves_] == [3, 3] and mv.n_iter_ == 3
     rv = RandomVectors(3, random_state=0).fit(delta)  # R calibrated at lam = 0.5
-    assert rv.R_ > 0 and rv.factors_[1].shape == (32, 3)
+    assert rv.R_ > 0 and rv.V_.shape == (32, 3)
     md = MeanDifference(CONTRAST, R=2.0).fit(delta)  # the map's prompts are the set A
     ref = mean_difference(llama, PROMPTS, CONTRAST, layer=S, tokenizer=tok, chat=True, R=2.0, delta=delta)
-    assert md.direction_.shape == (32,) and md.R_ == 2.0 and torch.equal(md.V_, ref.V) and md.U_ is None
+    assert md.V_[:, 0].shape == (32,) and md.R_ == 2.0 and torch.equal(md.V_, ref.V) and md.U_ is None
     os_ = OneShotSteering("Sure", max_iter=2).fit(delta)  # the map's first prompt; R (the cap) calibrated
-    torch.testing.assert_close(os_.vector_.norm(), torch.tensor(os_.R_))
+    torch.testing.assert_close((os_.R_ * os_.V_[:, 0]).norm(), torch.tensor(os_.R_))
     assert os_.R_ <= os_.calibration_.R + 1e-6 and os_.U_ is None and len(os_.history_) == 2
+    # the deprecated names of the single vector still read it, with a warning naming the canonical one
+    with pytest.deprecated_call(match=r"use V_\[:, 0\]"):
+        assert torch.equal(md.direction_, md.V_[:, 0])
+    with pytest.deprecated_call(match=r"use R_ \* V_\[:, 0\]"):
+        assert torch.equal(os_.vector_, os_.R_ * os_.V_[:, 0])
+    with pytest.deprecated_call(match="use U_ and V_"):
+        assert mv.factors_[1] is mv.V_
 
 
 # ---------------------------------------------------------------- melbo train

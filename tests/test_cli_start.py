@@ -122,6 +122,9 @@ def test_demo_and_discover_defaults_come_from_their_one_source() -> None:
     base = DiscoverConfig()
     assert demo["n_train"] == DEMO_N_TRAIN == inspect.signature(run_demo).parameters["n_train"].default
     assert tuple(demo["scales"]) == DEMO_SCALES == inspect.signature(run_demo).parameters["scales"].default
-    assert (disc["n_train"], tuple(disc["scales"]), disc["max_iter"], disc["anneal"]) == \
-        (base.n_train, base.scales, base.max_iter, base.anneal)
-    assert demo["max_iter"] == disc["max_iter"] and demo["anneal_after"] is disc["anneal_after"] is None
+    assert (disc["n_train"], tuple(disc["scales"])) == (base.n_train, base.scales)
+    # the OGI step's flags are unset: the step (melbo.fit.step.DEFAULT_STEP, DiscoverConfig's too) decides
+    from melbo.cli._common import _UNSET
+
+    for d in (demo, disc):
+        assert (d["step"], d["max_iter"], d["beta"], d["ortho"], d["anneal_after"]) == (None,) * 5 and d["anneal"] is _UNSET

@@ -414,7 +414,8 @@ def test_exponential_dct_orthogonalises_v_as_scheduled(synth, ortho_iters: int |
         states.append((s.U.clone(), s.V.clone(), s.objective, s.movement))
 
     with pytest.warns(ConvergenceWarning, match="max_iter=3"):
-        res = exponential_dct(delta, 4, R=R, max_iter=3, tol=0.0, init=(U0, V0), ortho_iters=ortho_iters, callback=cb)
+        res = exponential_dct(delta, 4, R=R, max_iter=3, tol=0.0, init=(U0, V0), ortho_iters=ortho_iters, callback=cb,
+                              beta=1.0, ortho="qr", anneal=None)  # the published step, which this reference computes
     U, V = _normalise(U0), _normalise(V0)
     for it, (Us, Vs, obj, mv) in enumerate(states):
         ortho = ortho_iters is None or it < ortho_iters
@@ -530,7 +531,7 @@ def test_nonnegative_alphas_keep_the_strongest_planted_feature_on_top() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = ExponentialDCT(64, lam=0.5, init="random", random_state=1025, max_iter=10, ortho_iters=1).fit(delta)
-    U, V = est.factors_
+    U, V = est.U_, est.V_
     found = (Vs.T @ V) > 0.99  # (4, 64)
     assert bool(found.any(dim=1).all())
     totals = torch.stack([est.alpha_[row].sum() for row in found])
@@ -563,7 +564,7 @@ def test_calibrate_R_solves_E_equals_lambda(request: pytest.FixtureRequest, whic
     """The tiny GPT-2 saturates at E ≈ 0.3 (its residual stream passes θ through), hence λ = 0.25."""
     delta, f = request.getfixturevalue("synth" if which == "synthetic" else "gpt2")
     d = delta.d_model
-    res = calibrate_R(delta, lam, n_dirs=8, seed=3)
+    res = calibrate_R(delta, lam, n_cal=8, random_state=3)
     # the calibration directions: n_dirs unit Gaussians drawn in float64 from the seed
     Vc = _normalise(torch.randn(d, 8, generator=torch.Generator().manual_seed(3), dtype=F64))
     J = _jac0(f, d)
@@ -585,7 +586,7 @@ def _quadratic_bump(c: float, d: int = 6) -> FunctionMap:
 @pytest.mark.parametrize("c", [1.0, 1e-5, 1e5])
 def test_calibrate_R_exact_root_and_bracket_widening(c: float) -> None:
     """Root λ/c: inside the initial bracket (1e-3, 1e2), far above it, far below it."""
-    res = calibrate_R(_quadratic_bump(c), 0.5, n_dirs=4, seed=0)
+    res = calibrate_R(_quadratic_bump(c), 0.5, n_cal=4, random_state=0)
     assert res.R == pytest.approx(0.5 / c, rel=1e-3)
     assert res.error == pytest.approx(0.5, rel=1e-3)
     for R, e in res.history:
@@ -602,14 +603,14 @@ def test_calibrate_R_without_a_root_raises_quoting_E() -> None:
     # an exactly linear map: E(R) = 0 for every R
     A = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(3), dtype=F64)).Q
     with pytest.raises(CalibrationError) as ei:
-        calibrate_R(FunctionMap(lambda th: A @ th, 6), 0.5, n_dirs=3)
+        calibrate_R(FunctionMap(lambda th: A @ th, 6), 0.5, n_cal=3)
     msg = str(ei.value)
     assert isinstance(ei.value, ValueError)
     assert "lam = 0.5" in msg and "E(0.001)=" in msg and "E(1e+10)=" in msg  # 8 widenings tried
     assert msg.count("E(") == 10 + 1  # every evaluation, plus "E(R) = lam"
     # a root beyond the widening budget: the quoted values are E(R) = cR
     with pytest.raises(CalibrationError) as ei:
-        calibrate_R(_quadratic_bump(1e-5), 0.5, n_dirs=3, max_widen=1)
+        calibrate_R(_quadratic_bump(1e-5), 0.5, n_cal=3, max_widen=1)
     msg = str(ei.value)
     assert "E(100)=0.001" in msg and "E(1000)=0.01" in msg and "E(0.001)=1e-08" in msg
 
@@ -617,13 +618,13 @@ def test_calibrate_R_without_a_root_raises_quoting_E() -> None:
 def test_calibrate_R_undefined_when_the_jacobian_vanishes() -> None:
     w = _units(5, 1, 4)[:, 0]
     with pytest.raises(CalibrationError, match="vanishes"):
-        calibrate_R(FunctionMap(lambda th: (th @ th) * w, 5), 0.5, n_dirs=2)
+        calibrate_R(FunctionMap(lambda th: (th @ th) * w, 5), 0.5, n_cal=2)
 
 
 def test_calibrate_R_survives_overflow_at_the_top_of_the_bracket() -> None:
     """exp(W_in θ) overflows for R = 1e4: E = inf there counts as 'very non-linear'."""
     delta = SyntheticMap.planted(16, 2, seed=8, dtype=F64).delta
-    res = calibrate_R(delta, 0.5, n_dirs=6, seed=1, bracket=(1e-3, 1e4))
+    res = calibrate_R(delta, 0.5, n_cal=6, random_state=1, bracket=(1e-3, 1e4))
     assert any(math.isinf(e) for _, e in res.history)
     assert math.isfinite(res.R) and res.error == pytest.approx(0.5, rel=1e-3)
 
@@ -737,9 +738,9 @@ def test_estimators_set_fitted_attributes_like_the_functions(synth, kind: str) -
         else:
             method = kind.split("-")[1]
             est, ref = LinearDCT(6, R=1.5, method=method, random_state=0), linear_dct(delta, 6, R=1.5, method=method, random_state=0)
-        assert not hasattr(est, "factors_")
+        assert not hasattr(est, "U_")
         assert est.fit(delta) is est
-    U, V = est.factors_
+    U, V = est.U_, est.V_
     assert torch.equal(U, ref.U) and torch.equal(V, ref.V) and torch.equal(est.alpha_, ref.alpha)
     assert est.R_ == 1.5 and est.n_iter_ == ref.n_iter and est.history_ == ref.history
     assert isinstance(est.history_, list) and len(est.history_) == est.n_iter_
@@ -752,9 +753,9 @@ def test_estimator_calibrates_R_when_not_given(synth) -> None:  # type: ignore[n
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = ExponentialDCT(4, lam=0.3, max_iter=2, random_state=5).fit(delta)
-        R = calibrate_R(delta, 0.3, seed=make_generator(5)).R  # an int seed: calibration and fit
+        R = calibrate_R(delta, 0.3, random_state=make_generator(5)).R  # an int seed: calibration and fit
         ref = exponential_dct(delta, 4, R=R, max_iter=2, random_state=5)  # each draw from seed 5
-    assert est.R_ == R and torch.equal(est.factors_[1], ref.V)
+    assert est.R_ == R and torch.equal(est.V_, ref.V)
 
 
 def test_calibrate_R_finds_the_upper_root_when_rounding_noise_makes_E_U_shaped() -> None:
@@ -765,7 +766,7 @@ def test_calibrate_R_finds_the_upper_root_when_rounding_noise_makes_E_U_shaped()
     A = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1), dtype=F64)).Q
     w = _units(d, 1, 2)[:, 0]
     eta = sigma * _units(d, 1, 5)[:, 0]
-    res = calibrate_R(FunctionMap(lambda th: A @ th + c * (th @ th) * w + eta, d), 0.5, n_dirs=4, seed=0)
+    res = calibrate_R(FunctionMap(lambda th: A @ th + c * (th @ th) * w + eta, d), 0.5, n_cal=4, random_state=0)
     assert res.R == pytest.approx(0.5 / c, rel=0.01)
     assert res.error == pytest.approx(0.5, rel=1e-3)
     assert res.history[0][1] > 0.5 and res.history[1][1] > 0.5  # both ends of (1e-3, 1e2) above λ

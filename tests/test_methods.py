@@ -163,7 +163,8 @@ def test_format_1_directories_still_load_with_one_meaning_per_field(tmp_path: Pa
     _write_format_1(tmp_path / "os", "one-shot", V[:, :1].clone(), V[:, :1].clone(), [-3.0, -2.0, -1.5])
     exp, v1, os_ = (Features.load(tmp_path / n) for n in ("exp", "v1", "os"))
     assert exp.history == [1.0, 2.0, 3.0] and exp.scores == [] and torch.equal(exp.U, U)  # type: ignore[arg-type]
-    assert exp.objective == exp.history  # the old name reads the training curve
+    with pytest.deprecated_call(match="use Features.history"):
+        assert exp.objective == exp.history  # the old name reads the training curve, with a warning
     assert v1.history == [] and v1.scores == [5.0, 4.0] and torch.equal(v1.U, U)  # type: ignore[arg-type]
     assert os_.U is None and torch.equal(os_.V, V[:, :1]) and os_.history == [-3.0, -2.0, -1.5]
     os_.save(tmp_path / "os2")

@@ -106,8 +106,10 @@ def test_estimator_from_the_registry_equals_the_function(tok: Any, llama: nn.Mod
     torch.testing.assert_close(est.alpha_, ref.alpha)
     feats = est.to_features()
     assert feats.method == "obprop" and feats.U is None
-    torch.testing.assert_close(est.feature_vector_, observable_gradients(
+    torch.testing.assert_close(est.V_[:, 0].cpu() * est.scores_[0], observable_gradients(
         llama, tok, PROMPTS, layer=S, token_a=A, token_b=B).mean(0))
+    with pytest.deprecated_call(match=r"use V_\[:, 0\] \* scores_\[0\]"):  # the old name, with a warning
+        torch.testing.assert_close(est.feature_vector_, est.V_[:, 0].cpu() * est.scores_[0])
 
 
 def test_errors_name_the_bad_value(tok: Any, llama64: nn.Module) -> None:

@@ -187,7 +187,7 @@ def test_exponential_dct_from_random_init_recovers_planted_factors(orthogonal: b
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = ExponentialDCT(64, lam=0.5, init="random", random_state=1000 + seed, max_iter=10, ortho_iters=1)
         est.fit(delta)
-    U, V = est.factors_
+    U, V = est.U_, est.V_
     assert 3.0 < est.R_ < 7.0  # R ~ √d: along random directions Δ is nearly linear
     cos_v = (Vs.T @ V).max(dim=1)  # best factor for each planted feature (signed: exp is not even)
     cos_u = (Us.T @ U).max(dim=1).values

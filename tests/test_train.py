@@ -35,7 +35,7 @@ def test_train_writes_features_and_refuses_to_overwrite(tiny: tuple[Path, Path],
     out = tmp_path / "run"
     assert main(_train_args(model, prompts, out)) == 0
     feats = Features.load(out)
-    assert feats.n_factors == 6 and feats.method == "exponential" and len(feats.objective) == 4
+    assert feats.n_factors == 6 and feats.method == "exponential" and len(feats.history) == 4
     assert not (out / CHECKPOINT).exists()
     before = (out / "features.safetensors").read_bytes()
     with pytest.raises(SystemExit):
@@ -60,7 +60,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny: tuple[Path
     model_dir, prompts_file = tiny
     model, tok = load_model(model_dir)
     prompts = prompts_file.read_text().split("\n")[:3]
-    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True)
+    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, max_iter=4, chat=True)
     full = train(model, tok, prompts, cfg)
 
     def stop_at_2(it: int, obj: float) -> None:
@@ -75,13 +75,13 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny: tuple[Path
     resumed = train(model, tok, prompts, cfg, out, resume=True)
     torch.testing.assert_close(resumed.V, full.V, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(resumed.U, full.U, rtol=1e-5, atol=1e-6)
-    assert resumed.objective == pytest.approx(full.objective, rel=1e-5)
+    assert resumed.history == pytest.approx(full.history, rel=1e-5)
     # every iteration counts, those before the resume too
     assert resumed.extra["n_iter"] == full.extra["n_iter"] == 4 and resumed.extra["resumed_at"] == 2
     assert Features.load(out).extra["n_iter"] == 4
     with pytest.raises(KeyboardInterrupt):
         train(model, tok, prompts, cfg, tmp_path / "run2", on_iteration=stop_at_2)
-    cfg2 = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True, seed=5)
+    cfg2 = TrainConfig(source_layer=1, target_layer=3, n_factors=6, max_iter=4, chat=True, random_state=5)
     with pytest.raises(ValueError, match="different configuration"):
         train(model, tok, prompts, cfg2, tmp_path / "run2", resume=True)
 
@@ -100,7 +100,7 @@ def test_a_kill_between_the_checkpoints_two_writes_leaves_the_previous_checkpoin
     import melbo.io
 
     model, tok, prompts = tiny_loaded
-    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True)
+    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, max_iter=4, chat=True)
     full = train(model, tok, prompts, cfg)
     out = tmp_path / "run"
     real = melbo.io.atomic_write_text
@@ -120,7 +120,7 @@ def test_a_kill_between_the_checkpoints_two_writes_leaves_the_previous_checkpoin
     state = json.loads((out / CHECKPOINT / "state.json").read_text())
     assert state["iteration"] == 2
     saved = load_file(str(out / CHECKPOINT / state["files"]["state.safetensors"]["file"]))
-    full_2 = train(model, tok, prompts, TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=2, chat=True))
+    full_2 = train(model, tok, prompts, TrainConfig(source_layer=1, target_layer=3, n_factors=6, max_iter=2, chat=True))
     torch.testing.assert_close(saved["V"], full_2.V, rtol=1e-5, atol=1e-6)  # iteration 2's tensors, not 3's
     resumed = train(model, tok, prompts, cfg, out, resume=True)
     torch.testing.assert_close(resumed.V, full.V, rtol=1e-5, atol=1e-6)
@@ -129,7 +129,7 @@ def test_a_kill_between_the_checkpoints_two_writes_leaves_the_previous_checkpoin
 
 def test_a_checkpoint_whose_files_do_not_belong_together_is_refused(tiny_loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     model, tok, prompts = tiny_loaded
-    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, iters=4, chat=True)
+    cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, max_iter=4, chat=True)
 
     def stop_at_2(it: int, obj: float) -> None:
         if it == 2:
@@ -229,14 +229,14 @@ def test_anneal_reaches_the_fit_and_is_refused_where_it_means_nothing(tiny: tupl
 
     model, prompts = tiny
     extra = ("--R", "0.5", "--beta", "0.5", "--ortho", "polar", "--chat", "no")
-    assert main(_train_args(model, prompts, tmp_path / "a", *extra, "--anneal", "2")) == 0
+    assert main(_train_args(model, prompts, tmp_path / "a", *extra, "--anneal", "2", "--anneal-after", "0")) == 0
     feats = Features.load(tmp_path / "a")
     # the same fit through the function: β_k = 0.5/(1 + k/2)
     m, tok = load_model(str(model))
     delta = TransformerCausalMap(m, prompts.read_text().splitlines(), 1, 3, tokenizer=tok, chat=False)
-    ref = exponential_dct(delta, 6, R=0.5, max_iter=4, beta=0.5, ortho="polar", anneal=2.0, random_state=0)
+    ref = exponential_dct(delta, 6, R=0.5, max_iter=4, beta=0.5, ortho="polar", anneal=2.0, anneal_after=0, random_state=0)
     torch.testing.assert_close(feats.V, ref.V, rtol=1e-5, atol=1e-6)
-    assert main(_train_args(model, prompts, tmp_path / "b", *extra)) == 0
+    assert main(_train_args(model, prompts, tmp_path / "b", *extra, "--anneal", "none")) == 0
     assert not torch.allclose(Features.load(tmp_path / "b").V, feats.V)  # fixed β differs
     for bad, match in ((["--anneal", "0"], "--anneal"), (["--method", "quadratic", "--anneal", "2"], "anneal")):
         with pytest.raises(SystemExit):
@@ -244,10 +244,11 @@ def test_anneal_reaches_the_fit_and_is_refused_where_it_means_nothing(tiny: tupl
         assert match in capsys.readouterr().err
 
 
-def test_ortho_is_an_option_of_every_ogi_method_only() -> None:
+def test_the_step_is_an_option_of_every_ogi_method_only() -> None:
     for method in ("exponential", "contrastive", "model-diff"):
         TrainConfig(source_layer=1, target_layer=3, method=method, ortho="polar", beta=0.5).validate()
-    with pytest.raises(ValueError, match="ortho is an option of the OGI methods"):
-        TrainConfig(source_layer=1, target_layer=3, method="quadratic", ortho="polar").validate()
-    with pytest.raises(ValueError, match="anneal are options of method 'exponential'"):
-        TrainConfig(source_layer=1, target_layer=3, method="model-diff", anneal=5.0).validate()
+        TrainConfig(source_layer=1, target_layer=3, method=method, ortho="qr", anneal=None).validate()
+    with pytest.raises(ValueError, match="beta/ortho/anneal/anneal_after are the OGI step of methods"):
+        TrainConfig(source_layer=1, target_layer=3, method="quadratic", ortho="qr").validate()
+    with pytest.raises(ValueError, match="sequential/orient are options of method 'exponential'"):
+        TrainConfig(source_layer=1, target_layer=3, method="model-diff", orient=True).validate()

@@ -15,6 +15,7 @@ from melbo.cli import main
 from melbo.features import Features
 from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.exponential import exponential_dct
+from melbo.fit.step import step_options
 from melbo.fit.two_map import (
     ContrastiveDCT,
     DifferenceMap,
@@ -54,12 +55,15 @@ def _top(scores: list[float], k: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("penalty,seeds", [("norm", [0, 1, 2, 3]), ("difference", [1, 2, 3])])
 def test_two_map_fit_recovers_the_a_only_planted_factors_not_the_shared_ones(penalty: str, seeds: list[int]) -> None:
+    # on the published step: the default (annealed, damped) step does not recover these small
+    # orthogonal planted pairs to cosine 0.999 (bench/results/default_step.md)
+    step = {**step_options("published"), "max_iter": 50}
     for seed in seeds:
         da, db, V, S, A = planted_pair(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            res = two_map_dct(da, db, 8, R=2.0, penalty=penalty, max_iter=50, random_state=seed)
-            plain = exponential_dct(da, 8, R=2.0, max_iter=50, random_state=seed)
+            res = two_map_dct(da, db, 8, R=2.0, penalty=penalty, random_state=seed, **step)
+            plain = exponential_dct(da, 8, R=2.0, random_state=seed, **step)
         top = _top(res.scores, len(A))
         cos = (V.T @ res.V[:, top]).abs()  # (K, 2)
         # each A-only factor is one of the two top-scored features, and they are not shared ones

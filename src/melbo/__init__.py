@@ -9,7 +9,7 @@ import torch)::
     model, tok = melbo.load_model("gemma-3-270m")
     delta = melbo.TransformerCausalMap(model, ["Tell me a joke."], 4, 10, tokenizer=tok)
     est = melbo.ExponentialDCT(n_factors=64).fit(delta)    # calibrates R first
-    U, V = est.factors_
+    U, V = est.U_, est.V_
     with melbo.steer(model, V[:, 0], layer=4, scale=est.R_):
         print(melbo.generate(model, tok, ["Tell me a story."]))
 

@@ -104,8 +104,10 @@ def search_layers(
         if not 0 <= s < t <= access.n_layers:
             raise ValueError(f"layers {s} → {t}: need 0 ≤ source < target ≤ {access.n_layers}")
         t0 = time.perf_counter()
+        anneal, anneal_after = cfg.schedule()  # the run's step, over the search's few iterations
         tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, max_iter=max_iter, lam=cfg.lam, R=cfg.R,
-                           random_state=cfg.random_state, chat=cfg.chat, extra={"search": True})
+                           random_state=cfg.random_state, chat=cfg.chat, beta=cfg.beta, ortho=cfg.ortho, anneal=anneal,
+                           anneal_after=anneal_after, extra={"search": True})
         feats = train(model, tokenizer, list(train_prompts), tcfg)
         V = feats.V.to(torch.float32)
         V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.random_state)], dim=1)

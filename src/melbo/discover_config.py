@@ -14,11 +14,12 @@ from melbo.errors import (
     check_lam,
     check_seed,
 )
+from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
 
 __all__ = ["ANNEAL_AFTER", "DEMO_N_TRAIN", "DEMO_SCALES", "MAX_RANDOM", "DiscoverConfig", "default_layers"]
 
-#: Iterations at the full β before discover's default damping schedule starts.
-ANNEAL_AFTER = 10
+#: Iterations at the full β before the default damping schedule starts (:data:`melbo.fit.step.DEFAULT_STEP`).
+ANNEAL_AFTER = DEFAULT_STEP.anneal_after
 
 #: Most random vectors (``--random``) a run steers: each costs a generation per held-out prompt
 #: and scale, as a feature does; 1024 measure the noise floor far beyond what a ranking needs
@@ -43,7 +44,7 @@ class DiscoverConfig:
     source_layer: int | None = None
     target_layer: int | None = None
     n_factors: int = 64
-    max_iter: int = 20
+    max_iter: int = DEFAULT_STEP.max_iter
     n_train: int = 8
     n_eval: int = 16
     scales: tuple[float, ...] = (1.0, 2.0, 3.0)
@@ -57,11 +58,12 @@ class DiscoverConfig:
     batch_size: int | None = None  # generation rows per chunk; None: sized by a memory budget
     sequential: bool = False
     orient: bool = False
-    beta: float = 0.5
-    ortho: str = "polar"
-    # damping schedule (melbo.fit.exponential): anneal_after iterations at β, then β/(1 + (k − anneal_after)/anneal);
-    # None: a fixed β. The default settles the fit on Gemma (README, "Discovery without a target").
-    anneal: float | None = 5.0
+    # the OGI step (melbo.fit.step; the one default of every fit): β, orthogonalisation and damping schedule,
+    # anneal_after iterations at β, then β/(1 + (k − anneal_after)/anneal); None: a fixed β. It settles the
+    # fit on Gemma (README, "Does the fit settle?"); **step_options("published") gives the publication's.
+    beta: float = DEFAULT_STEP.beta
+    ortho: str = DEFAULT_STEP.ortho
+    anneal: float | None = DEFAULT_STEP.anneal
     anneal_after: int | None = None  # None: ANNEAL_AFTER with a schedule, 0 without (see schedule())
     # behaviours beyond a phrase: embed every completion with the subject model and rank semantic shifts too
     # (melbo.evaluate.descriptors); False: the phrase ranking alone
@@ -71,10 +73,7 @@ class DiscoverConfig:
     def schedule(self) -> tuple[float | None, int]:
         """(anneal, anneal_after) as the fit takes them: an unset anneal_after is ANNEAL_AFTER
         when annealing and 0 for a fixed β; one that is set is kept (and refused without anneal)."""
-        after = self.anneal_after
-        if after is None:
-            after = ANNEAL_AFTER if self.anneal is not None else 0
-        return self.anneal, after
+        return self.anneal, resolve_anneal_after(self.anneal, self.anneal_after)
 
     def validate(self, n_layers: int | None = None) -> None:
         for name in ("n_factors", "max_iter", "n_train", "n_eval", "max_new_tokens", "batch_size"):

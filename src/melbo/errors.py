@@ -13,9 +13,10 @@ status 1 and a hint to rerun with ``-v`` for the traceback.
 from __future__ import annotations
 
 import math
+import warnings
 
 __all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "UserError", "check_count", "check_finite", "check_lam",
-           "check_mu", "check_scale", "check_seed"]
+           "check_mu", "check_scale", "check_seed", "warn_renamed"]
 
 MAX_SCALE = 100.0
 """Largest |scale| (a multiple of the features' R) a command steers at. Steering at 100 R is
@@ -45,6 +46,12 @@ norm penalty's squares, and a far larger μ overflows (``--mu 1e308`` made the S
 class UserError(ValueError):
     """A mistake in what the user gave (a value, a path, a file); the message names the value,
     the file and what is valid."""
+
+
+def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """A :class:`DeprecationWarning` that ``old`` is an old name of ``new`` (both as the user writes
+    them), pointing at the caller of the function that calls this (``stacklevel`` 3)."""
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=stacklevel)
 
 
 def check_finite(name: str, value: float) -> float:

@@ -32,9 +32,11 @@ from melbo.errors import (
     check_lam,
     check_mu,
     check_seed,
+    warn_renamed,
 )
 from melbo.features import Features, prompts_hash
 from melbo.fingerprint import model_fingerprint
+from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
 from melbo.fit.two_map import PENALTIES as _PENALTIES
 from melbo.io import check_output, read_file_set, write_file_set
 from melbo.methods import estimator_class, get_method, method_names
@@ -48,6 +50,7 @@ CHECKPOINT = "checkpoint"
 _STEP_METHODS = ("melbo-v1", "one-shot")  # whose τ is optimiser steps (the deprecated `steps`)
 CONTRAST_METHODS = ("mean-diff", "contrastive")  # need a contrast prompt set B
 TWO_MAP_METHODS = ("contrastive", "model-diff")  # melbo.fit.two_map
+OGI_METHODS = ("exponential", *TWO_MAP_METHODS)  # fitted with the OGI step of melbo.fit.step
 
 
 
@@ -56,10 +59,14 @@ class TrainConfig:
     """Everything that defines a fit (recorded in the output's ``config.json``).
 
     ``max_iter`` is τ, the iteration limit of the method (OGI/ALS iterations; melbo-v1:
-    steps per vector; one-shot: steps); None = the method's default (10, 300, 100).
+    steps per vector; one-shot: steps); None = the method's default (OGI: the default step's
+    20; quadratic 10; melbo-v1 300; one-shot 100).
     ``random_state`` seeds calibration and fit (one generator, as the estimators do).
-    Deprecated spellings, mapped on construction: ``iters`` (τ of the DCT methods), ``steps``
-    (τ of melbo-v1 and one-shot), ``seed`` (``random_state``).
+    ``beta``, ``ortho``, ``anneal`` and ``anneal_after`` are the OGI step of the exponential and
+    two-map methods, by default :data:`melbo.fit.step.DEFAULT_STEP`'s; ``**step_options("published")``
+    (:mod:`melbo.fit.step`) gives the publication's, ``max_iter`` included.
+    Deprecated spellings, mapped on construction with a :class:`DeprecationWarning`: ``iters``
+    (τ of the DCT methods), ``steps`` (τ of melbo-v1 and one-shot), ``seed`` (``random_state``).
     """
 
     source_layer: int
@@ -73,13 +80,13 @@ class TrainConfig:
     positions: int = 3
     chat: bool | str = "auto"
     system_prompt: str | None = None
-    beta: float = 1.0
+    beta: float = DEFAULT_STEP.beta  # OGI damping (melbo.fit.step)
     init: str = "projected"
     sequential: bool = False  # exponential: G_V from the updated U (melbo.fit.exponential)
     orient: bool = False  # exponential: flip each factor to the side of larger ‖Δ_R(±v)‖
-    ortho: str = "qr"  # exponential: "qr" (published) or "polar" (symmetric) orthogonalisation
-    anneal: float | None = None  # exponential: damping β_k = β/(1 + k/anneal); None keeps β
-    anneal_after: int = 0  # exponential: iterations at the full β before the schedule starts
+    ortho: str = DEFAULT_STEP.ortho  # OGI: "polar" (symmetric) or "qr" (published) orthogonalisation
+    anneal: float | None = DEFAULT_STEP.anneal  # OGI: damping β/(1 + (k − anneal_after)/anneal); None keeps β
+    anneal_after: int | None = None  # OGI: iterations at the full β first; None: 10 with anneal, 0 without
     mu: float = 1.0  # contrastive / model-diff: weight μ of the penalised map (melbo.fit.two_map)
     penalty: str | None = None  # contrastive / model-diff: "norm" or "difference"; None = the method's default
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +104,9 @@ class TrainConfig:
     seed: InitVar[int | None] = None
 
     def __post_init__(self, iters: int | None, steps: int | None, seed: int | None) -> None:
+        for old, new, v in (("iters", "max_iter", iters), ("steps", "max_iter", steps), ("seed", "random_state", seed)):
+            if v is not None:
+                warn_renamed(f"TrainConfig({old}=...)", f"{new}=", stacklevel=4)
         if seed is not None:
             self.random_state = seed
         self._steps_alias = steps
@@ -105,6 +115,10 @@ class TrainConfig:
                 self.max_iter = steps
             elif iters is not None and self.method in METHODS and get_method(self.method).iterative:
                 self.max_iter = iters
+
+    def schedule(self) -> tuple[float | None, int]:
+        """(anneal, anneal_after) as the fit takes them (:func:`melbo.fit.step.resolve_anneal_after`)."""
+        return self.anneal, resolve_anneal_after(self.anneal, self.anneal_after)
 
     def resolved_max_iter(self) -> int | None:
         """τ: ``max_iter``, or the method's default (None for methods without iterations)."""
@@ -141,12 +155,14 @@ class TrainConfig:
         for name in ("compile", "sequential", "orient"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
-        if self.method != "exponential" and (self.sequential or self.orient or self.anneal is not None):
-            raise ValueError(f"sequential/orient/anneal are options of method 'exponential', not {self.method!r}")
-        if self.method not in ("exponential", *TWO_MAP_METHODS) and self.ortho != "qr":
-            raise ValueError(f"ortho is an option of the OGI methods (exponential, {', '.join(TWO_MAP_METHODS)}), "
+        if self.method != "exponential" and (self.sequential or self.orient):
+            raise ValueError(f"sequential/orient are options of method 'exponential', not {self.method!r}")
+        step = (self.beta, self.ortho, *self.schedule())
+        if self.method not in OGI_METHODS and step != (DEFAULT_STEP.beta, DEFAULT_STEP.ortho, DEFAULT_STEP.anneal,
+                                                       DEFAULT_STEP.anneal_after):
+            raise ValueError(f"beta/ortho/anneal/anneal_after are the OGI step of methods {', '.join(OGI_METHODS)}, "
                              f"not {self.method!r}")
-        check_anneal_after(self.anneal_after, check_anneal(self.anneal))
+        check_anneal_after(self.schedule()[1], check_anneal(self.anneal))
         check_mu("mu", self.mu)
         check_seed("random_state", self.random_state)
         if self.penalty not in (None, *_PENALTIES):
@@ -163,10 +179,11 @@ class TrainConfig:
     def estimator_options(self) -> dict[str, Any]:
         """The constructor arguments of the method's estimator this configuration sets
         (:meth:`melbo.methods.MethodSpec.make` keeps those the estimator accepts)."""
+        anneal, anneal_after = self.schedule()
         opts: dict[str, Any] = {
             "n_factors": self.n_factors, "R": self.R, "lam": self.lam, "random_state": self.random_state,
             "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
-            "ortho": self.ortho, "anneal": self.anneal, "anneal_after": self.anneal_after, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
+            "ortho": self.ortho, "anneal": anneal, "anneal_after": anneal_after, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
             "completion": self.completion, "suppress": self.suppress, "mu": self.mu, "penalty": self.penalty,
             "token_a": self.token_a, "token_b": self.token_b,
         }
@@ -392,7 +409,7 @@ def train(
     fit_settings = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)
                     if f.name in _RECORDED and isinstance(getattr(est, f.name), int | float | str | bool | None)}
     if start_it:  # a resumed fit ran with its remaining iterations and a shifted schedule: record the fit's own
-        configured = {"max_iter": tau, "beta": cfg.beta, "anneal": cfg.anneal, "anneal_after": cfg.anneal_after}
+        configured = {"max_iter": tau, "beta": cfg.beta, "anneal": cfg.anneal, "anneal_after": cfg.schedule()[1]}
         fit_settings.update({k: v for k, v in configured.items() if k in fit_settings})
     calibration = {"E": cal.error, "history": [list(h) for h in cal.history]} if cal is not None else {}
     feats = est.to_features(
@@ -420,12 +437,13 @@ def _resumed_schedule(cfg: TrainConfig, start_it: int) -> dict[str, Any]:
     β / (1 + (k′ + s) / anneal) = β′ / (1 + k′ / anneal′), β′ = β · anneal / (anneal + s),
     anneal′ = anneal + s. A fixed β (no ``anneal``) needs nothing.
     """
-    if cfg.anneal is None or start_it <= 0:
+    anneal, anneal_after = cfg.schedule()
+    if anneal is None or start_it <= 0:
         return {}
-    s = start_it - cfg.anneal_after
+    s = start_it - anneal_after
     if s <= 0:
         return {"anneal_after": -s}
-    return {"anneal_after": 0, "anneal": cfg.anneal + s, "beta": cfg.beta * cfg.anneal / (cfg.anneal + s)}
+    return {"anneal_after": 0, "anneal": anneal + s, "beta": cfg.beta * anneal / (anneal + s)}
 
 
 def _check_R(model: nn.Module, tokenizer: Any, prompts: Sequence[PromptLike], cfg: TrainConfig, R: float, what: str) -> None:

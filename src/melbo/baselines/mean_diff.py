@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
+from melbo.errors import warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
@@ -218,7 +219,8 @@ class MeanDifference(FitEstimator):
     ‖μ_A − μ_B‖).
 
     Fitted attributes as every estimator: ``U_`` None (no target direction), ``alpha_`` =
-    [‖Δ_R(v)‖], ``history_`` and ``scores_`` empty; and ``direction_`` = v (shape (d,)).
+    [‖Δ_R(v)‖], ``history_`` and ``scores_`` empty. The direction v is ``V_[:, 0]`` (``direction_``
+    is its deprecated name).
     """
 
     contrast_prompts: Sequence[PromptLike] | PromptBatch = ()
@@ -241,5 +243,11 @@ class MeanDifference(FitEstimator):
             positions=self.positions, chat=delta.chat, system_prompt=delta.system_prompt,  # type: ignore[arg-type]
             padding_side=self.padding_side, batch_size=self.batch_size, R=R, delta=delta, access=delta.access,
         )
-        self.direction_ = res.V[:, 0]
         return res
+
+    @property
+    def direction_(self) -> torch.Tensor:
+        """Deprecated name of ``V_[:, 0]`` (a :class:`DeprecationWarning`)."""
+        v = self.V_[:, 0]  # AttributeError before the fit
+        warn_renamed("MeanDifference.direction_", "V_[:, 0]", stacklevel=3)
+        return v

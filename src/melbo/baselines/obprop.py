@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
+from melbo.errors import warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
@@ -212,7 +213,8 @@ class ObservablePropagation(FitEstimator):
     ``n_cal`` directions, so obprop is steered at the same R as the other methods.
 
     Fitted attributes as every estimator: ``U_`` None, ``alpha_`` = [‖Δ_R(v)‖], ``scores_`` =
-    [‖y‖], ``history_`` empty; and ``feature_vector_`` = y (shape (d,), unnormalised).
+    [‖y‖], ``history_`` empty. The gradient y (unnormalised) is ``V_[:, 0] * scores_[0]``
+    (``feature_vector_`` is its deprecated name).
     """
 
     token_a: str = "Sure"
@@ -237,5 +239,11 @@ class ObservablePropagation(FitEstimator):
             token_a=self.token_a, token_b=self.token_b, space=self.space, chat=delta.chat,  # type: ignore[arg-type]
             system_prompt=delta.system_prompt, batch_size=self.batch_size, access=delta.access,
         )
-        self.feature_vector_ = res.V[:, 0].detach().cpu() * res.scores[0]
         return res
+
+    @property
+    def feature_vector_(self) -> torch.Tensor:
+        """Deprecated name of ``V_[:, 0] * scores_[0]``, on the CPU (a :class:`DeprecationWarning`)."""
+        y = self.V_[:, 0].detach().cpu() * self.scores_[0]  # AttributeError before the fit
+        warn_renamed("ObservablePropagation.feature_vector_", "V_[:, 0] * scores_[0]", stacklevel=3)
+        return y

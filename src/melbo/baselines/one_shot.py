@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
+from melbo.errors import warn_renamed
 from melbo.fit._common import RandomState, check_choice, check_positive_int, make_generator
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
@@ -329,7 +330,8 @@ class OneShotSteering(FitEstimator):
 
     Fitted attributes as every estimator: ``U_`` is None (one-shot learns no target
     direction), ``R_`` = ‖v‖, ``alpha_`` = [‖Δ_R(v)‖], ``history_`` the objective before every
-    step, ``scores_`` = [the objective at v]; and ``vector_`` = v (shape (d,)).
+    step, ``scores_`` = [the objective at v]. The vector v is ``R_ * V_[:, 0]`` (``vector_`` is its
+    deprecated name).
     """
 
     completion: str = ""
@@ -362,5 +364,11 @@ class OneShotSteering(FitEstimator):
             system_prompt=delta.system_prompt, random_state=generator, delta=delta, access=delta.access,
             callback=self.callback,
         )
-        self.vector_ = res.R * res.V[:, 0]
         return res
+
+    @property
+    def vector_(self) -> torch.Tensor:
+        """Deprecated name of ``R_ * V_[:, 0]`` (a :class:`DeprecationWarning`)."""
+        v = self.R_ * self.V_[:, 0]  # AttributeError before the fit
+        warn_renamed("OneShotSteering.vector_", "R_ * V_[:, 0]", stacklevel=3)
+        return v

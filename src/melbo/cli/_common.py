@@ -108,6 +108,49 @@ _seed = _arg_type(check_seed, int, "an integer")
 _mu = _arg_type(check_mu, float, "a number")
 
 
+# ---------------------------------------------------------------- the OGI step (melbo.fit.step)
+_UNSET: Any = object()  # --anneal's default: not given ('none', a fixed β, is a value)
+
+
+def _add_step_args(p: argparse.ArgumentParser) -> None:
+    """``--step`` and the flags that change one part of it (``--max-iter`` is the command's own)."""
+    from melbo.fit.step import DEFAULT_STEP, PUBLISHED, STEPS
+
+    d, pub = DEFAULT_STEP, PUBLISHED
+    p.add_argument("--step", choices=list(STEPS), default=None,
+                   help=f"the OGI step: {d.name} (default; {d.max_iter} iterations, β = {d.beta:g} with {d.ortho} "
+                        f"orthogonalisation, annealed as β/(1 + j/{d.anneal:g}) after {d.anneal_after}: it settles on "
+                        f"Gemma) or {pub.name} ({pub.max_iter} iterations, β = {pub.beta:g}, {pub.ortho}, for "
+                        "reproduction); --max-iter, --beta, --ortho, --anneal and --anneal-after change one part of it")
+    p.add_argument("--beta", type=_positive, default=None, help="OGI damping in (0, 1] (default: the step's)")
+    p.add_argument("--ortho", choices=("qr", "polar"), default=None, help="OGI orthogonalisation (default: the step's)")
+    p.add_argument("--anneal", type=_anneal, default=_UNSET, metavar="K",
+                   help="after --anneal-after iterations at β, shrink the damping as β/(1 + j/K) at the j-th further "
+                        "one, so the factors come to rest; 'none': a fixed β (default: the step's)")
+    p.add_argument("--anneal-after", type=_count(0), default=None, metavar="N",
+                   help="iterations at the full β before the schedule starts (default: the step's; with --anneal, "
+                        f"{DEFAULT_STEP.anneal_after})")
+
+
+def _step_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The OGI step the flags ask for: ``--step``'s (:data:`melbo.fit.step.DEFAULT_STEP` without it)
+    with each part that a flag gives replaced; an ``--anneal`` without ``--anneal-after`` leaves
+    it unset (:func:`melbo.fit.step.resolve_anneal_after`)."""
+    from melbo.fit.step import DEFAULT_STEP, get_step
+
+    opts = get_step(args.step or DEFAULT_STEP.name).options()
+    if args.anneal is not _UNSET:
+        opts["anneal"], opts["anneal_after"] = args.anneal, None
+    opts.update({k: getattr(args, k) for k in ("max_iter", "beta", "ortho", "anneal_after") if getattr(args, k) is not None})
+    return opts
+
+
+def _step_flags_given(args: argparse.Namespace) -> list[str]:
+    """The step flags given on the command line (``--max-iter`` aside)."""
+    given = [f"--{k.replace('_', '-')}" for k in ("step", "beta", "ortho", "anneal_after") if getattr(args, k) is not None]
+    return given + (["--anneal"] if args.anneal is not _UNSET else [])
+
+
 Inputs = Sequence[tuple[str, str | Path | None]]
 """(flag, path) pairs: what a command reads (its inputs) or its other outputs."""
 

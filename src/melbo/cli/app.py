@@ -17,7 +17,7 @@ from melbo.cli._common import (
     ORGANISM_KINDS,
     PENALTIES,
     _add_model_args,
-    _anneal,
+    _add_step_args,
     _count,
     _finite,
     _fpr,
@@ -61,7 +61,8 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
     p.add_argument("--target-layer", type=_count(0), default=None, help="default: ~5/9 of the depth (10 of 18)")
     p.add_argument("--factors", type=_count(1), default=base.n_factors, help="DCT features to fit")
-    p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=base.max_iter, help="τ: OGI iterations")
+    p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=None,
+                   help=f"τ: OGI iterations (default: the step's, {base.max_iter} for the default step)")
     p.add_argument("--n-train", type=_count(1), default=n_train or base.n_train, help="prompts the features are fitted on")
     p.add_argument("--n-eval", type=_count(2), default=n_eval,
                    help="held-out prompts every feature steers (≥ 2: a behaviour is what a vector does across prompts)")
@@ -73,15 +74,7 @@ def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_
     p.add_argument("--phrases-only", action="store_true",
                    help="rank by shared phrases alone (skip embedding the completions with the model: behaviours that "
                         "are a style, theme or tone are then not seen)")
-    p.add_argument("--beta", type=_positive, default=base.beta,
-                   help="OGI damping in (0, 1] (default %(default)s, then shrunk by --anneal; 1 is the published step)")
-    p.add_argument("--ortho", choices=("qr", "polar"), default=base.ortho,
-                   help="OGI orthogonalisation (default %(default)s; qr is the published one)")
-    p.add_argument("--anneal", type=_anneal, default=base.anneal, metavar="K",
-                   help="after --anneal-after iterations at β, shrink the damping as β/(1 + j/K) at the j-th "
-                        "further one, so the factors come to rest (default %(default)s; 'none': a fixed β)")
-    p.add_argument("--anneal-after", type=_count(0), default=None, metavar="N",
-                   help=f"with --anneal: iterations at the full β before the schedule starts (default {ANNEAL_AFTER})")
+    _add_step_args(p)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
 
@@ -179,20 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
     tr.add_argument("--factors", type=_count(1), default=256, help="number m of features")
     tr.add_argument("--max-iter", "--iters", "--steps", dest="max_iter", type=_count(1), default=None,
-                    help="τ: iterations of the DCTs (default 10), optimiser steps of melbo-v1 per vector (300) and one-shot (100)")
+                    help="τ: iterations of the DCTs (default: the OGI step's, 20; quadratic 10), optimiser steps of "
+                         "melbo-v1 per vector (300) and one-shot (100)")
     g = tr.add_mutually_exclusive_group()
     g.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
     g.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
     tr.add_argument("--seed", type=_seed, default=0)
     tr.add_argument("--positions", type=_count(1), default=3, help="last k tokens of each prompt")
-    tr.add_argument("--beta", type=_positive, default=1.0,
-                    help="OGI damping in (0, 1] (default 1: the published step; melbo discover uses 0.5, which settles on Gemma)")
-    tr.add_argument("--ortho", choices=("qr", "polar"), default="qr",
-                    help="OGI orthogonalisation: qr (published, default) or polar (melbo discover's default)")
-    tr.add_argument("--anneal", type=_positive, default=None, metavar="K",
-                    help="exponential: shrink the damping as β/(1 + k/K) at iteration k (default: fixed β)")
-    tr.add_argument("--anneal-after", type=_count(0), default=0, metavar="N",
-                    help="exponential, with --anneal: N iterations at the full β before the schedule starts")
+    _add_step_args(tr)  # exponential, contrastive, model-diff
     tr.add_argument("--init", default="projected", help="OGI init: projected | random")
     tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
     tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")

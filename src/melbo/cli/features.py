@@ -32,7 +32,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = {k: v for k, v in feats.to_config().items() if k not in ("objective",)}
     info["n_factors"] = feats.n_factors
     info["d_model"] = feats.d_model
-    info["objective_first_last"] = [feats.objective[0], feats.objective[-1]] if feats.objective else []
+    info["objective_first_last"] = [feats.history[0], feats.history[-1]] if feats.history else []
     top = torch.argsort(feats.alpha ** 2, descending=True)[: args.top].tolist()
     info["top_by_alpha"] = [{"feature": k, "alpha": float(feats.alpha[k])} for k in top]
     sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")

@@ -19,6 +19,8 @@ from melbo.cli._common import (
     _model_layers,
     _peek_tokenizer,
     _say,
+    _step_flags_given,
+    _step_options,
 )
 
 
@@ -35,11 +37,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         model=args.model, organism=args.organism, source_layer=args.source_layer, target_layer=args.target_layer,
-        n_factors=args.factors, max_iter=args.max_iter, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
+        n_factors=args.factors, scales=tuple(args.scales), n_train=args.n_train, n_eval=args.n_eval,
         n_random=args.random, max_new_tokens=args.max_new_tokens, organism_steps=args.organism_steps, seed=args.seed,
         top=args.top, out=args.out, report=args.report, force=args.force, progress=not args.no_progress, say=_say,
-        beta=args.beta, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
-        shifts=not args.phrases_only,
+        shifts=not args.phrases_only, **_step_options(args),
     )
     return 0
 
@@ -56,11 +57,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from melbo.report.discovery import write_discovery_report
 
     cfg = DiscoverConfig(
-        source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors, max_iter=args.max_iter,
+        source_layer=args.source_layer, target_layer=args.target_layer, n_factors=args.factors,
         n_train=args.n_train, n_eval=args.n_eval, scales=tuple(args.scales), max_new_tokens=args.max_new_tokens,
         n_random=args.random, lam=args.lam, R=args.R, random_state=args.seed, chat=_chat(args), batch_size=args.batch_size,
-        beta=args.beta, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after,
-        shifts=not args.phrases_only,
+        shifts=not args.phrases_only, **_step_options(args),
     )
     cfg.validate(_model_layers(args.model_pos))
     out = Path(args.out)
@@ -114,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
     from melbo.train import (
+        OGI_METHODS,
         TrainConfig,
         check_base_model,
         check_contrast_prompts,
@@ -122,14 +123,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         train,
     )
 
+    if args.method in OGI_METHODS:
+        step = _step_options(args)
+    elif _step_flags_given(args):
+        raise ValueError(f"{'/'.join(_step_flags_given(args))}: the OGI step of methods {', '.join(OGI_METHODS)}, "
+                         f"not {args.method!r}")
+    else:
+        step = {"max_iter": args.max_iter}
     cfg = TrainConfig(
         source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
-        n_factors=args.factors, max_iter=args.max_iter, lam=args.lam, R=args.R, random_state=args.seed,
+        n_factors=args.factors, lam=args.lam, R=args.R, random_state=args.seed,
         positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
-        beta=args.beta, init=args.init, completion=args.completion, suppress=args.suppress,
+        init=args.init, completion=args.completion, suppress=args.suppress,
         one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
-        sequential=args.sequential, orient=args.orient, ortho=args.ortho, anneal=args.anneal, anneal_after=args.anneal_after, mu=args.mu,
-        penalty=args.penalty,
+        sequential=args.sequential, orient=args.orient, mu=args.mu, penalty=args.penalty, **step,
     )
     cfg.validate()
     _check_factors(cfg.n_factors, cfg.method, args.model)
@@ -153,6 +160,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                   contrast_prompts=contrast, base_model=base)
     sys.stdout.write(
         f"{feats.n_factors} {feats.method} features, R = {feats.R:.4g}, layers {feats.source_layer}→{feats.target_layer}"
-        f", final objective {feats.objective[-1] if feats.objective else float('nan'):.4g} → {args.out}\n"
+        f", final objective {feats.history[-1] if feats.history else float('nan'):.4g} → {args.out}\n"
     )
     return 0

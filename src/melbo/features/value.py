@@ -245,7 +245,10 @@ class Features:
 
     @property
     def objective(self) -> list[float]:
-        """The training curve: :attr:`history` (the name of format 1, kept for older code)."""
+        """Deprecated name of :attr:`history`, the training curve (format 1's; a :class:`DeprecationWarning`)."""
+        from melbo.errors import warn_renamed
+
+        warn_renamed("Features.objective", "Features.history", stacklevel=3)
         return self.history
 
     def require_targets(self, purpose: str = "this") -> Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
+from melbo.errors import warn_renamed
 from melbo.fit._common import (
     RandomState,
     check_delta,
@@ -129,7 +130,7 @@ def calibrate_R(
     max_evals : int
         Hard cap on evaluations of E.
     n_dirs, seed
-        Deprecated names of ``n_cal`` and ``random_state``.
+        Deprecated names of ``n_cal`` and ``random_state`` (a :class:`DeprecationWarning`).
 
     Returns
     -------
@@ -145,8 +146,10 @@ def calibrate_R(
         For invalid arguments.
     """
     if n_dirs is not None:
+        warn_renamed("calibrate_R(n_dirs=...)", "n_cal=")
         n_cal = n_dirs
     if seed is not _UNSET:
+        warn_renamed("calibrate_R(seed=...)", "random_state=")
         random_state = seed
     delta = check_delta(delta)
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not (math.isfinite(lam) and lam > 0):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
+from melbo.errors import warn_renamed
 from melbo.fit._common import RandomState, check_delta, make_generator
 from melbo.fit.result import FitResult
 from melbo.protocol import CausalMap
@@ -108,9 +109,10 @@ class FitEstimator:
 
     @property
     def factors_(self) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(U_, V_) (kept for older code)."""
+        """(U_, V_); deprecated (a :class:`DeprecationWarning`): read ``U_`` and ``V_``."""
         if not hasattr(self, "result_"):
             raise AttributeError(f"{type(self).__name__} is not fitted yet: call fit(delta) first")
+        warn_renamed(f"{type(self).__name__}.factors_", "U_ and V_", stacklevel=3)
         return self.U_, self.V_
 
     def to_features(self, **metadata: Any) -> Features:

@@ -2,14 +2,15 @@
 
 Each iteration, from unit factors U, V (d, m):
 
-1. V ← Q of QR(V), signs fixed so diag(R) ≥ 0     (inputs only, never U)
+1. V ← orthonormalise(V)                          (inputs only, never U; ``ortho``: the polar
+                                                  factor, or Q of QR(V), diag(R) ≥ 0, as published)
 2. G_U ← Δ_R(V)                                   (column ℓ = Δ(R v_ℓ))
 3. G_V ← R · J(R V)ᵀ U                            (column ℓ = R J(R v_ℓ)ᵀ u_ℓ)
 4. U ← normalise(β Ĝ_U + (1−β) U),  V ← normalise(β Ĝ_V + (1−β) V)
 
 Steps 2–3 are one :meth:`CausalMap.value_and_vjp` call (one forward + one backward).
 Ĝ = normalise(G): damping mixes unit vectors, so β means the same whatever the scale of
-Δ (``method.md`` mixes the raw G; identical for the default β = 1).
+Δ (``method.md`` mixes the raw G; identical for the published β = 1).
 
 The objective Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ is recorded at the factors each iteration starts from
 (after step 1). The fit stops when no factor moves more than ``tol`` (max over ℓ of
@@ -17,7 +18,10 @@ The objective Σ_ℓ ⟨u_ℓ, Δ_R(v_ℓ)⟩ is recorded at the factors each it
 iterations, with a :class:`ConvergenceWarning`. The returned V is the last update
 (step 4), not re-orthogonalised. α solves K α = b (:func:`melbo.fit.alphas.exponential_alphas`).
 
-Two options change the step (both off by default, i.e. as published):
+The defaults are the annealed step of :mod:`melbo.fit.step` (20 iterations, β = 0.5, polar
+orthogonalisation, the damping annealed after 10); ``**step_options("published")`` gives the
+publication's (10 iterations, β = 1, QR, a fixed β). Two further options change the step (both
+off by default, i.e. as published):
 
 * ``sequential=True`` updates U first and takes G_V with the *updated* U,
   ``G_V ← R · J(R V)ᵀ U_new`` (Gauss–Seidel, as the quadratic ALS does), instead of the
@@ -73,6 +77,7 @@ from melbo.fit.estimator import FitEstimator
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.loop import iterate
 from melbo.fit.result import FitResult, IterationState
+from melbo.fit.step import DEFAULT_STEP, damping, resolve_anneal_after
 from melbo.protocol import CausalMap
 
 __all__ = ["Callback", "ExponentialDCT", "OGIStep", "exponential_dct", "ogi_step"]
@@ -166,8 +171,8 @@ def exponential_dct(
     n_factors: int = 512,
     *,
     R: float,
-    max_iter: int = 10,
-    beta: float = 1.0,
+    max_iter: int = DEFAULT_STEP.max_iter,
+    beta: float = DEFAULT_STEP.beta,
     tol: float = 1e-4,
     init: Init = "projected",
     ortho_iters: int | None = None,
@@ -177,9 +182,9 @@ def exponential_dct(
     rcond: float = 1e-6,
     sequential: bool = False,
     orient: bool = False,
-    ortho: str = "qr",
-    anneal: float | None = None,
-    anneal_after: int = 0,
+    ortho: str = DEFAULT_STEP.ortho,
+    anneal: float | None = DEFAULT_STEP.anneal,
+    anneal_after: int | None = None,
 ) -> FitResult:
     """Fit an exponential transcoder with OGI (see module docstring).
 
@@ -191,9 +196,9 @@ def exponential_dct(
     R : float
         Steering norm (see :func:`melbo.fit.calibrate_R`; :class:`ExponentialDCT` calibrates it).
     max_iter : int
-        τ ≥ 1, the iteration limit (10 in the publication).
+        τ ≥ 1, the iteration limit (the default step's 20; 10 in the publication).
     beta : float
-        Damping in (0, 1].
+        Damping in (0, 1] (the default step's 0.5; 1 in the publication).
     tol : float
         Convergence threshold on factor movement (≥ 0; 0 never stops early).
     init : {"projected", "backward", "random"} or (U, V)
@@ -214,17 +219,17 @@ def exponential_dct(
         Flip each factor to the side of larger ‖Δ_R(±v_ℓ)‖ before every step.
     ortho : {"qr", "polar"}
         How step 1 orthogonalises V: QR with fixed signs (as published; column ℓ is bent away
-        from columns 1..ℓ−1) or the closest orthonormal matrix (symmetric; see
+        from columns 1..ℓ−1) or the closest orthonormal matrix (symmetric, the default; see
         :func:`melbo.fit._common.polar_columns`).
     anneal : float or None
         Damping schedule: iteration k (from 0) mixes with β_k = β / (1 + k / anneal), so the
         steps shrink and the factors come to rest where a fixed β leaves them circling a
-        plateau of the objective; None keeps β fixed.
-    anneal_after : int
+        plateau of the objective (the default step's 5); None keeps β fixed.
+    anneal_after : int or None
         Iterations at the full β before the schedule starts: iteration k ≥ ``anneal_after``
         mixes with β / (1 + (k − anneal_after) / anneal), so the first ``anneal_after``
         iterations are those of the fixed-β fit and only the rest shrink. Needs ``anneal``
-        when > 0.
+        when > 0. None: the default step's 10 with ``anneal``, 0 without.
 
     Every option works sharded over GPUs too: :func:`melbo.distributed.distributed_fit`
     runs this function on a :class:`melbo.distributed.ShardedCausalMap`.
@@ -246,7 +251,7 @@ def exponential_dct(
     _check_bool("sequential", sequential)
     _check_bool("orient", orient)
     anneal = check_anneal(anneal)
-    anneal_after = check_anneal_after(anneal_after, anneal)
+    anneal_after = check_anneal_after(resolve_anneal_after(anneal, anneal_after), anneal)
     if ortho not in ORTHO:
         raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
     if m > delta.d_model and ortho_iters != 0:
@@ -259,8 +264,7 @@ def exponential_dct(
 
     def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
         Vo = orthonormalize(V, ortho) if ortho_iters is None or it < ortho_iters else V
-        b = beta if anneal is None else beta / (1.0 + max(0, it - anneal_after) / anneal)
-        step = ogi_step(delta, U, Vo, R, b, sequential=sequential, orient=orient)
+        step = ogi_step(delta, U, Vo, R, damping(beta, it, anneal, anneal_after), sequential=sequential, orient=orient)
         return step.U, step.V, step.objective, max(column_movement(step.U, U), column_movement(step.V, V))
 
     loop = iterate(one, U, V, max_iter=max_iter, tol=tol, callback=callback, name="OGI")
@@ -273,7 +277,8 @@ def exponential_dct(
 class ExponentialDCT(FitEstimator):
     """Estimator of :func:`exponential_dct` (the contract of :mod:`melbo.fit.estimator`).
 
-    Parameters are those of :func:`exponential_dct`, plus ``R`` (None: calibrated with
+    Parameters are those of :func:`exponential_dct` (defaults: the annealed step of
+    :mod:`melbo.fit.step`; ``**step_options("published")`` for the publication's), plus ``R`` (None: calibrated with
     :func:`melbo.fit.calibrate_R` at ``lam`` on ``n_cal`` directions). Fitted attributes:
     ``U_``, ``V_``, ``alpha_``, ``R_``, ``history_`` (the objective per iteration),
     ``scores_`` (empty), ``n_iter_``, ``converged_``, ``result_``, ``calibration_``.
@@ -281,8 +286,8 @@ class ExponentialDCT(FitEstimator):
 
     n_factors: int = 512
     _: KW_ONLY
-    max_iter: int = 10
-    beta: float = 1.0
+    max_iter: int = DEFAULT_STEP.max_iter
+    beta: float = DEFAULT_STEP.beta
     tol: float = 1e-4
     init: Init = "projected"
     ortho_iters: int | None = None
@@ -291,8 +296,8 @@ class ExponentialDCT(FitEstimator):
     rcond: float = 1e-6
     sequential: bool = False
     orient: bool = False
-    ortho: str = "qr"
-    anneal: float | None = None
-    anneal_after: int = 0
+    ortho: str = DEFAULT_STEP.ortho
+    anneal: float | None = DEFAULT_STEP.anneal
+    anneal_after: int | None = None
 
     _fit_function = staticmethod(exponential_dct)

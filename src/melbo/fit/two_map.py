@@ -29,7 +29,7 @@ V orthogonalised as in OGI, and one of two penalties:
   2. G_A, H_A ← Δ_A(R V), J_A(R V)ᵀ U              (one ``value_and_vjp`` on map A)
   3. G_B ← Δ_B(R V);  H_B ← J_B(R V)ᵀ G_B          (``value`` then ``vjp`` on map B)
   4. c_ℓ ← ⟨u_ℓ, G_A[:, ℓ]⟩;  U ← normalise(G_A);  V ← normalise(R (H_A c − μ² H_B))
-     (β-damped as in OGI)
+     (β-damped, and the damping annealed, as in OGI: the step of :mod:`melbo.fit.step`)
 
   Step 4's V is the gradient of f at the current (u, v): u lags one iteration, as in the
   published OGI (with μ = 0 this *is* the OGI step on Δ_A). Where Δ_B(R v_ℓ) = 0 the
@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from melbo.errors import check_anneal, check_anneal_after
 from melbo.fit._common import (
     ORTHO,
     RandomState,
@@ -92,6 +93,7 @@ from melbo.fit.exponential import Callback, exponential_dct
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.loop import iterate
 from melbo.fit.result import FitResult
+from melbo.fit.step import DEFAULT_STEP, damping, resolve_anneal_after
 from melbo.protocol import CausalMap
 
 if TYPE_CHECKING:
@@ -250,15 +252,17 @@ def two_map_dct(
     mu: float = 1.0,
     penalty: str = "norm",
     method: str = "contrastive",
-    max_iter: int = 10,
-    beta: float = 1.0,
+    max_iter: int = DEFAULT_STEP.max_iter,
+    beta: float = DEFAULT_STEP.beta,
     tol: float = 1e-4,
     init: Init = "projected",
     random_state: RandomState = None,
     d_proj: int = 32,
     callback: Callback | None = None,
     rcond: float = 1e-6,
-    ortho: str = "qr",
+    ortho: str = DEFAULT_STEP.ortho,
+    anneal: float | None = DEFAULT_STEP.anneal,
+    anneal_after: int | None = None,
 ) -> FitResult:
     """Fit features with an effect on Δ_A and none on Δ_B (module docstring).
 
@@ -276,8 +280,9 @@ def two_map_dct(
         See the module docstring.
     method : str
         The registry name recorded in the result.
-    max_iter, beta, tol, init, random_state, d_proj, callback, rcond, ortho
-        As in :func:`melbo.fit.exponential.exponential_dct`. The initial factors come from
+    max_iter, beta, tol, init, random_state, d_proj, callback, rcond, ortho, anneal, anneal_after
+        As in :func:`melbo.fit.exponential.exponential_dct` (defaults: the annealed step of
+        :mod:`melbo.fit.step`). The initial factors come from
         the difference map D = Δ_A − μΔ_B (its projected Jacobian for ``"projected"``), so
         they start where the linear responses differ.
 
@@ -298,6 +303,8 @@ def two_map_dct(
     tol = check_tol(tol)
     if ortho not in ORTHO:
         raise ValueError(f"ortho={ortho!r}: choose one of {', '.join(ORTHO)}")
+    anneal = check_anneal(anneal)
+    anneal_after = check_anneal_after(resolve_anneal_after(anneal, anneal_after), anneal)
     if m > a.d_model:
         raise ValueError(f"n_factors must be <= d_model = {a.d_model} to orthogonalise, got {m}")
     _check_maps_differ(a, b, R)
@@ -306,7 +313,8 @@ def two_map_dct(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             res = exponential_dct(diff, m, R=R, max_iter=max_iter, beta=beta, tol=tol, init=init,
-                                  random_state=random_state, d_proj=d_proj, callback=callback, rcond=rcond, ortho=ortho)
+                                  random_state=random_state, d_proj=d_proj, callback=callback, rcond=rcond, ortho=ortho,
+                                  anneal=anneal, anneal_after=anneal_after)
         for w in caught:  # re-issued here so that it points at the caller of this function
             warnings.warn(str(w.message), w.category, stacklevel=2)
         scores = contrast_scores(a, b, res.V, R, mu)
@@ -317,7 +325,7 @@ def two_map_dct(
     if not isinstance(init, tuple):
         U = normalize_columns(a.value(R * V))  # u starts on A's effect, as OGI's does
     def one(it: int, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, float, float]:
-        step = contrastive_step(a, b, U, orthonormalize(V, ortho), R, mu, beta)
+        step = contrastive_step(a, b, U, orthonormalize(V, ortho), R, mu, damping(beta, it, anneal, anneal_after))
         return step.U, step.V, step.objective, max(column_movement(step.U, U), column_movement(step.V, V))
 
     loop = iterate(one, U, V, max_iter=max_iter, tol=tol, callback=callback, name="contrastive DCT")
@@ -335,14 +343,16 @@ class _TwoMapDCT(FitEstimator):
     _: KW_ONLY
     mu: float = 1.0
     penalty: str | None = None
-    max_iter: int = 10
-    beta: float = 1.0
+    max_iter: int = DEFAULT_STEP.max_iter
+    beta: float = DEFAULT_STEP.beta
     tol: float = 1e-4
     init: Init = "projected"
     d_proj: int = 32
     callback: Callback | None = None
     rcond: float = 1e-6
-    ortho: str = "qr"
+    ortho: str = DEFAULT_STEP.ortho
+    anneal: float | None = DEFAULT_STEP.anneal
+    anneal_after: int | None = None
 
     _method: ClassVar[str] = ""
     _default_penalty: ClassVar[str] = "norm"
@@ -356,7 +366,8 @@ class _TwoMapDCT(FitEstimator):
         return two_map_dct(
             delta, other, self.n_factors, R=R, mu=self.mu, penalty=self.penalty or self._default_penalty, method=self._method,
             max_iter=self.max_iter, beta=self.beta, tol=self.tol, init=self.init, random_state=generator,
-            d_proj=self.d_proj, callback=self.callback, rcond=self.rcond, ortho=self.ortho,
+            d_proj=self.d_proj, callback=self.callback, rcond=self.rcond, ortho=self.ortho, anneal=self.anneal,
+            anneal_after=self.anneal_after,
         )
 
 

@@ -73,7 +73,7 @@ def _config_rows(features: Features) -> list[_Row]:
         _Row("source → target layer", f"{features.source_layer} → {features.target_layer}"),
         _Row("steering applied at", f"input of layer {features.source_layer}, all positions, R·v"),
         _value_row("target positions", features.positions),
-        _Row("iterations", str(len(features.objective))),
+        _Row("iterations", str(len(features.history))),
         _Row("prompts hash", features.prompts_hash[:16] or "–", title=features.prompts_hash),
         _Row("melbo version", str(cfg["melbo_version"])),
     ]
@@ -160,7 +160,7 @@ def render_report(
         ("features", f"{m}"),
         ("layers", f"{features.source_layer} → {features.target_layer}"),
         ("R", f"{features.R:.4g}"),
-        ("final objective", num(features.objective[-1], 4) if features.objective else "–"),
+        ("final objective", num(features.history[-1], 4) if features.history else "–"),
     ]
     score_figure = None
     if scored is not None:
@@ -185,10 +185,10 @@ def render_report(
         sections.append(("completions", "Completions"))
 
     objective_figure = None
-    if features.objective:
+    if features.history:
         objective_figure = _figure(
-            figures.objective_figure(features.objective), "objective", "training objective per iteration",
-            f"Causal objective Σℓ ⟨uℓ, Δ(R vℓ)⟩ per iteration ({len(features.objective)} iterations).",
+            figures.objective_figure(features.history), "objective", "training objective per iteration",
+            f"Causal objective Σℓ ⟨uℓ, Δ(R vℓ)⟩ per iteration ({len(features.history)} iterations).",
         )
     cos_v = pairwise_cosines(features.V).tolist() if m > 1 else []
     cos_u = pairwise_cosines(features.U).tolist() if m > 1 and features.U is not None else []
