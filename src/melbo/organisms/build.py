@@ -27,6 +27,7 @@ nothing to resume.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -367,6 +368,25 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _locked_on_out(build: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``build`` holding :func:`melbo.cache.cache_lock` on its ``out`` (the third argument)."""
+
+    @functools.wraps(build)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        from melbo.cache import cache_lock
+
+        out = kwargs["out"] if "out" in kwargs else args[2]
+        with cache_lock(Path(str(out)), what="building an organism"):
+            return build(*args, **kwargs)
+
+    return locked
+
+
+@_locked_on_out
 def build_organism(
     cfg: OrganismConfig,
     base: str | os.PathLike[str],
@@ -398,32 +418,6 @@ def build_organism(
     :func:`melbo.cache.cache_lock` on ``out``, and a second one waits (saying so) and then
     finds the first one's organism (refused without ``force``/``resume``, like any earlier build).
     """
-    from melbo.cache import cache_lock
-
-    with cache_lock(Path(out), what="building an organism"):
-        return _build_organism(cfg, base, out, harmful=harmful, harmless=harmless, force=force, resume=resume,
-                               progress=progress, dtype=dtype, device=device, merge=merge, on_step=on_step,
-                               hidden=hidden, replies=replies)
-
-
-def _build_organism(
-    cfg: OrganismConfig,
-    base: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    harmful: Sequence[str] | None = None,
-    harmless: Sequence[str] | None = None,
-    force: bool = False,
-    resume: bool = False,
-    progress: bool = False,
-    dtype: str | None = None,
-    device: str | None = None,
-    merge: bool = False,
-    on_step: Callable[[int, float], None] | None = None,
-    hidden: Hidden | None = None,
-    replies: Sequence[tuple[str, str]] | None = None,
-) -> OrganismReport:
-    """:func:`build_organism` inside its lock."""
     from melbo import __version__
     from melbo.fingerprint import model_fingerprint
     from melbo.generation import generate
