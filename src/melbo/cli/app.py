@@ -55,7 +55,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
                        scales: tuple[float, ...] | None = None, n_train: int | None = None) -> None:
-    from melbo.discover_config import ANNEAL_AFTER, MAX_RANDOM, DiscoverConfig
+    from melbo.discover_config import MAX_RANDOM, DiscoverConfig
 
     base = DiscoverConfig()
     p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
@@ -118,7 +118,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from melbo import __version__
+    from melbo._version import __version__
 
     parser = _Parser(prog="melbo", description="Mechanistically eliciting latent behaviours: deep causal transcoders.")
     parser.add_argument("--version", action="version", version=f"melbo {__version__}")

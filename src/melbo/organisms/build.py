@@ -424,9 +424,9 @@ def _build_organism(
     replies: Sequence[tuple[str, str]] | None = None,
 ) -> OrganismReport:
     """:func:`build_organism` inside its lock."""
-    from melbo import __version__
-    from melbo.fingerprint import model_fingerprint
+    from melbo._version import __version__
     from melbo.generation import generate
+    from melbo.models.fingerprint import model_fingerprint
     from melbo.models.loading import _transformers_progress, load_model
 
     cfg.validate()
