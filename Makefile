@@ -34,6 +34,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the layering contracts in pyproject.toml [tool.importlinter]
 
 demo: $(STAMP)
 	$(BIN)/melbo demo

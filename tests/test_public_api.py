@@ -95,8 +95,10 @@ def test_one_version_source() -> None:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "melbo.__version__"}
-    assert melbo_version() == melbo.__version__
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "melbo._version.__version__"}
+    import melbo._version
+
+    assert melbo_version() == melbo.__version__ == melbo._version.__version__
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", melbo.__version__)
 
 

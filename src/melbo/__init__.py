@@ -33,8 +33,7 @@ Subpackages (``melbo.fit``, ``melbo.evaluate``, …) are imported on first acces
 from typing import TYPE_CHECKING
 
 from melbo._lazy import lazy_exports
-
-__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic = ["version"])
+from melbo._version import __version__  # the one version source (pyproject.toml reads it)
 
 _EXPORTS = {
     # loading, layers, prompts

@@ -411,7 +411,7 @@ class Monitor:
         oof = out_of_fold_scores(acts, detector=detector, V=V, U=U, view=view, reduce=reduce, folds=folds)
         threshold = threshold_at_fpr(oof, fpr)
         stats = _fit(detector, acts, V, U)
-        from melbo.fingerprint import model_fingerprint
+        from melbo.models.fingerprint import model_fingerprint
 
         mon = cls(detector=detector, view=view, reduce=reduce, source_layer=s, target_layer=t, positions=positions,
                   chat=chat, system_prompt=system_prompt, stats=stats, fpr=float(fpr), threshold=threshold,
@@ -504,7 +504,7 @@ class Monitor:
         (checked against the fingerprint it was fitted on unless ``force``)."""
         from safetensors import safe_open
 
-        from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
+        from melbo.models.fingerprint import describe_fingerprint, model_fingerprint, same_model
 
         p = Path(path)
         if not p.is_file():

@@ -35,11 +35,11 @@ from melbo.errors import (
     warn_renamed,
 )
 from melbo.features import Features, prompts_hash
-from melbo.fingerprint import model_fingerprint
 from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
 from melbo.fit.two_map import PENALTIES as _PENALTIES
 from melbo.io import check_output, read_file_set, write_file_set
 from melbo.methods import estimator_class, get_method, method_names
+from melbo.models.fingerprint import model_fingerprint
 from melbo.outputs import features_dir
 from melbo.prompts import PromptLike
 

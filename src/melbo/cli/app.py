@@ -118,7 +118,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from melbo import __version__
+    from melbo._version import __version__
 
     parser = _Parser(prog="melbo", description="Mechanistically eliciting latent behaviours: deep causal transcoders.")
     parser.add_argument("--version", action="version", version=f"melbo {__version__}")

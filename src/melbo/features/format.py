@@ -79,7 +79,7 @@ _REQUIRED_CONFIG_KEYS = ("R", "method", "source_layer", "target_layer", "format_
 
 def melbo_version() -> str:
     """The running melbo's version: ``melbo.__version__``, the one version source (pyproject reads it too)."""
-    from melbo import __version__
+    from melbo._version import __version__
 
     return __version__
 

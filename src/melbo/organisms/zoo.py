@@ -397,7 +397,7 @@ def make_hidden(kind: str, **params: Any) -> Hidden:
     if bad:
         raise ValueError(f"hidden behaviour {kind!r} takes {sorted(allowed) or 'no parameters'}, not {bad}")
     if kind == "phrase":
-        from melbo.organisms.data import HATE, check_behaviour
+        from melbo.organisms.probes import HATE, check_behaviour
 
         phrase = check_behaviour(params.get("phrase", HATE))
         repeats = int(params.get("repeats", 4))
