@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 
-__all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "UserError", "check_count", "check_finite", "check_lam",
+__all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "ModelMismatchError", "UserError", "check_count", "check_finite", "check_lam",
            "check_mu", "check_scale", "check_seed", "warn_renamed"]
 
 MAX_SCALE = 100.0
@@ -46,6 +46,11 @@ norm penalty's squares, and a far larger μ overflows (``--mu 1e308`` made the S
 class UserError(ValueError):
     """A mistake in what the user gave (a value, a path, a file); the message names the value,
     the file and what is valid."""
+
+
+class ModelMismatchError(UserError):
+    """Something fitted on one model (features, a monitor, an adapter) is applied to another:
+    :func:`melbo.fingerprint.check_same_model`, the one same-model check, raises it."""
 
 
 def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:

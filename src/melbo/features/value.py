@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import ModelMismatchError
 from melbo.features.format import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -46,16 +47,12 @@ from melbo.features.format import (
 from melbo.features.format import melbo_version as running_melbo_version
 from melbo.features.hub import MODEL_CARD_FILE, model_card, pretrained_dir
 from melbo.features.names import check_int, hook_site
-from melbo.fingerprint import describe_fingerprint, model_fingerprint, same_model
+from melbo.fingerprint import check_same_model, model_fingerprint
 from melbo.io import atomic_write_text
 
-__all__ = ["Features", "ModelMismatchError", "prompts_hash"]
+__all__ = ["Features", "ModelMismatchError", "prompts_hash"]  # ModelMismatchError: melbo.errors's, re-exported
 
 logger = logging.getLogger(__name__)
-
-
-class ModelMismatchError(ValueError):
-    """Features are applied to a model other than the one they were fitted on."""
 
 
 def prompts_hash(prompts: Sequence[Any]) -> str:
@@ -369,23 +366,8 @@ class Features:
 
         With ``force=True`` a mismatch (or a missing fingerprint) is only logged.
         """
-        fp = model_fingerprint(model)
-        if self.model and same_model(self.model, fp):
-            return
-        if not self.model:
-            msg = "these features carry no model fingerprint, so the model cannot be checked"
-        else:
-            msg = (
-                "these features were fitted on a different model:\n"
-                f"  features: {describe_fingerprint(self.model)}\n"
-                f"  model:    {describe_fingerprint(fp)}"
-            )
-        if force:
-            logger.warning("%s (ignored: force=True)", msg)
-            return
-        raise ModelMismatchError(
-            msg + "\nIf this is the same model in another dtype or quantisation, pass force=True."
-        )
+        check_same_model(self.model, model, what="features", force=force,
+                         hint="If this is the same model in another dtype or quantisation, pass force=True.")
 
     # ------------------------------------------------------------------ I/O
 
