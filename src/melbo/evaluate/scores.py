@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import check_finite
 from melbo.generation import generate_steered
 from melbo.hooks import forward_until
 from melbo.interventions import ablate, row_steering, steer
@@ -329,8 +329,7 @@ def steered_scores(
     if not bool(torch.isfinite(vectors).all()):
         raise ValueError("vectors has non-finite values")
     acc.check_layer(layer)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
     a = resolve_score_tokens(tokenizer, token_a, space)
     b = resolve_score_tokens(tokenizer, token_b, space)
     batch = _prepare(model, tokenizer, prompts, chat, system_prompt)

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.errors import ModelMismatchError
+from melbo.errors import ModelMismatchError, check_R
 from melbo.features.format import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -190,11 +189,7 @@ class Features:
                     f"{name} has {int(bad.sum())} non-finite values, e.g. {name}{idx} = "
                     f"{t[tuple(idx)].item()}"
                 )
-        if isinstance(self.R, bool) or not isinstance(self.R, (int, float)):
-            raise TypeError(f"R must be a float, got {self.R!r}")
-        if not math.isfinite(self.R) or self.R <= 0:
-            raise ValueError(f"R must be finite and > 0, got {self.R}")
-        object.__setattr__(self, "R", float(self.R))
+        object.__setattr__(self, "R", check_R(self.R))
         if not isinstance(self.method, str) or not self.method:
             raise ValueError(f"method must be a non-empty str, got {self.method!r}")
         s = check_int("source_layer", self.source_layer)
