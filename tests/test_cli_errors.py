@@ -219,7 +219,7 @@ def test_existing_train_output_is_refused_before_loading(
     ({"format_version": True}, None, ["format_version=True", "[1, 2]"]),
     ({"format_version": 1.0}, None, ["format_version=1.0"]),
     ({"format_version": "2"}, None, ["format_version='2'"]),
-    ({"R": -1}, None, ["R must be finite and > 0"]),
+    ({"R": -1}, None, ["R must be a finite number > 0"]),
     (None, {"V": torch.full((32, N_FEATURES), float("nan"))}, ["V has", "non-finite"]),
     (None, {"alpha": torch.tensor([1.0, math.inf, 1.0, 1.0])}, ["alpha has", "non-finite"]),
 ])

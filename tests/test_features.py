@@ -58,8 +58,8 @@ def test_valid_features_report_their_sizes() -> None:
     [
         ({"V": torch.zeros(32, 5)}, r"U \(32, 6\) and V \(32, 5\)"),
         ({"alpha": torch.zeros(5)}, r"alpha must have shape .* \(6,\), got \(5,\)"),
-        ({"R": 0.0}, r"R must be finite and > 0, got 0.0"),
-        ({"R": float("nan")}, r"R must be finite and > 0, got nan"),
+        ({"R": 0.0}, r"R must be a finite number > 0, got 0.0"),
+        ({"R": float("nan")}, r"R must be a finite number > 0, got nan"),
         ({"source_layer": 3, "target_layer": 3}, r"source_layer=3, target_layer=3"),
         ({"alpha": torch.tensor([1.0, 2, float("inf"), 4, 5, 6])}, r"alpha\[2\] = inf"),
         ({"extra": {"x": object()}}, r"extra must be JSON-serialisable"),

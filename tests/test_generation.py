@@ -178,7 +178,7 @@ def test_an_error_mid_generation_leaves_no_hook_and_an_unchanged_model(llama: to
         ({"stop": ""}, ValueError, "stop=''"),
         ({"stop": ["\n\n", 3]}, ValueError, "stop=\\['\\\\n\\\\n', 3\\]"),
         ({"layer": 9}, ValueError, "9"),
-        ({"scale": float("inf")}, ValueError, "scale must be a finite number, got inf"),
+        ({"scale": float("inf")}, ValueError, "scale inf: must be a finite number"),
         ({"vectors": torch.zeros(5, 2)}, ValueError, "vectors must have shape \\(d_model, k\\) = \\(32, k\\), got \\(5, 2\\)"),
         ({"vectors": torch.full((32, 2), float("nan"))}, ValueError, "non-finite"),
     ],

@@ -716,7 +716,7 @@ def test_organisms_built_before_peft_still_load_and_a_forced_rebuild_leaves_no_s
 
 
 def test_an_adapter_on_another_base_model_is_refused(tiny_dir: Path, tmp_path: Path, tok) -> None:  # type: ignore[no-untyped-def]
-    from melbo.models.errors import ModelLoadError
+    from melbo.errors import ModelMismatchError
     from melbo.models.loading import load_model
 
     out = tmp_path / "org"
@@ -726,7 +726,7 @@ def test_an_adapter_on_another_base_model_is_refused(tiny_dir: Path, tmp_path: P
     load_model(tiny_dir)[1].save_pretrained(other)
     cfg = json.loads((out / ADAPTER_CONFIG).read_text())
     (out / ADAPTER_CONFIG).write_text(json.dumps({**cfg, "base_model_name_or_path": str(other)}))
-    with pytest.raises(ModelLoadError, match="trained on another base model"):
+    with pytest.raises(ModelMismatchError, match="trained on another base model"):
         load_model(out)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 
-__all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "UserError", "check_count", "check_finite", "check_lam",
+__all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "ModelMismatchError", "UserError", "check_R", "check_count", "check_finite", "check_lam",
            "check_mu", "check_scale", "check_seed", "warn_renamed"]
 
 MAX_SCALE = 100.0
@@ -48,6 +48,11 @@ class UserError(ValueError):
     the file and what is valid."""
 
 
+class ModelMismatchError(UserError):
+    """Something fitted on one model (features, a monitor, an adapter) is applied to another:
+    :func:`melbo.fingerprint.check_same_model`, the one same-model check, raises it."""
+
+
 def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
     """A :class:`DeprecationWarning` that ``old`` is an old name of ``new`` (both as the user writes
     them), pointing at the caller of the function that calls this (``stacklevel`` 3)."""
@@ -61,6 +66,15 @@ def check_finite(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise UserError(f"{name} {value!r}: must be a finite number (not nan or ±inf)")
     return float(value)
+
+
+def check_R(R: object, name: str = "R") -> float:
+    """The steering norm R as a float: a finite number > 0 (else :class:`UserError`). The one R
+    check: fits, :class:`~melbo.fit.result.FitResult`, :class:`~melbo.features.Features` and the
+    baselines all use it."""
+    if isinstance(R, bool) or not isinstance(R, int | float) or not math.isfinite(R) or R <= 0:
+        raise UserError(f"{name} must be a finite number > 0, got {R!r}")
+    return float(R)
 
 
 def check_anneal_after(value: object, anneal: float | None) -> int:

@@ -5,6 +5,7 @@ from melbo.models.fingerprint import (
     FINGERPRINT_VERSION,
     N_WEIGHT_ELEMENTS,
     VOLATILE_CONFIG_KEYS,
+    check_same_model,
     describe_fingerprint,
     model_fingerprint,
     same_model,
@@ -16,5 +17,6 @@ __all__ = [
     "VOLATILE_CONFIG_KEYS",
     "describe_fingerprint",
     "model_fingerprint",
+    "check_same_model",
     "same_model",
 ]

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.decode import DecodeSettings, Forward, decode, model_forward, new_cache
+from melbo.errors import check_finite
 from melbo.prompts import PromptBatch, PromptLike, _max_context, build_prompts
 
 __all__ = ["default_generation_budget", "generate", "generate_steered"]
@@ -328,8 +329,7 @@ def generate_steered(
         raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
     if not bool(torch.isfinite(vectors).all()):
         raise ValueError("vectors has non-finite values")
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
     prompts = list(prompts)
     n, k = len(prompts), int(vectors.shape[1])
     if n == 0 or k == 0:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import check_finite
 from melbo.hooks import adding_to_inputs, map_layer_input, removing
 from melbo.models.access import LayerAccess, resolve_access
 
@@ -101,8 +102,7 @@ def steering(
     """
     acc = resolve_access(model, access)
     d = acc.d_model
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
     checked: list[tuple[int, Tensor]] = []
     for j, pair in enumerate(additions):
         if not isinstance(pair, tuple) or len(pair) != 2:

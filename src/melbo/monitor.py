@@ -504,7 +504,7 @@ class Monitor:
         (checked against the fingerprint it was fitted on unless ``force``)."""
         from safetensors import safe_open
 
-        from melbo.models.fingerprint import describe_fingerprint, model_fingerprint, same_model
+        from melbo.models.fingerprint import check_same_model
 
         p = Path(path)
         if not p.is_file():
@@ -523,12 +523,8 @@ class Monitor:
         else:
             stats = FeatureStats(tensors["mu_s"], tensors["mu_t"], tensors["V"], tensors.get("U"),
                                  tensors["sd_V"], tensors.get("sd_U"))
-        if model is not None and meta["model"] and not same_model(meta["model"], model_fingerprint(model)):
-            msg = (f"this monitor was fitted on a different model:\n  monitor: {describe_fingerprint(meta['model'])}\n"
-                   f"  model:   {describe_fingerprint(model_fingerprint(model))}")
-            if not force:
-                raise ValueError(msg + "\npass force=True (--force) to use it anyway")
-            logger.warning("%s (ignored: force=True)", msg)
+        if model is not None and meta["model"]:
+            check_same_model(meta["model"], model, what="monitor", force=force)
         return cls(detector=meta["detector"], view=meta["view"], reduce=meta["reduce"],
                    source_layer=int(meta["source_layer"]), target_layer=int(meta["target_layer"]),
                    positions=int(meta["positions"]), chat=meta["chat"], system_prompt=meta["system_prompt"],

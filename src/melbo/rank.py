@@ -1,10 +1,12 @@
 """Ranking features: by α², or by a readout through the rest of the model.
 
 The readout score of a feature v is the change it causes, at the first generated position,
-in ``logit(A) − logit(B)`` computed from the final hidden state through the final norm,
-using only the two unembedding rows (never full-vocabulary logits)::
+in the model's own ``logit(A) − logit(B)``, read from the last decoder layer's output by
+:func:`melbo.models.logits.token_logits` (final norm, the two unembedding rows plus bias, the
+model's soft-capping / logit scaling; never full-vocabulary logits) — the same readout as the
+jailbreak score of :mod:`melbo.evaluate.scores`::
 
-    score(v) = mean_i ⟨ norm(F_{s→L}(x_i + R v))[-1] − norm(y_i)[-1],  W_U[A] − W_U[B] ⟩
+    score(v) = mean_i [ D(F_{s→L}(x_i + R v)[-1]) − D(y_i[-1]) ],   D(h) = logit_A(h) − logit_B(h)
 
 Token strings are resolved with the tokenizer without special tokens and must be a single
 token; " Sure" (leading space) and "Sure" are different tokens — pass the one your prompt
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 from melbo.causal_map import TransformerCausalMap
 from melbo.models.access import LayerAccess, get_layer_access
+from melbo.models.logits import token_logits
 from melbo.prompts import PromptLike
 
 
@@ -37,14 +40,6 @@ def resolve_token(tokenizer: Any, text: str) -> int:
             f"(try {alt!r} or a shorter word)"
         )
     return int(ids[0])
-
-
-def readout_direction(access: LayerAccess, token_a: int, token_b: int) -> Tensor:
-    """``W_U[A] − W_U[B]``, shape (d,), from only those two unembedding rows."""
-    W = access.unembed.weight
-    if not isinstance(W, Tensor):
-        raise TypeError(f"the unembedding {type(access.unembed).__name__} has no weight tensor")
-    return (W[token_a] - W[token_b]).detach()
 
 
 def rank_by_alpha(alpha: Tensor) -> Tensor:
@@ -70,14 +65,13 @@ def readout_scores(
     """Readout score per feature. V: (d, m) unit columns → (m,) scores (see module doc)."""
     access = access or get_layer_access(model)
     ia, ib = resolve_token(tokenizer, token_a), resolve_token(tokenizer, token_b)
-    w = readout_direction(access, ia, ib)
-    norm = access.final_norm
     delta = TransformerCausalMap(
         model, prompts, source_layer, access.n_layers, tokenizer=tokenizer, positions=1,
         chat=chat, system_prompt=system_prompt, access=access, chunk_size=chunk_size,
     )
 
     def fn(h: Tensor) -> Tensor:  # (B, k, d) → (B, k)
-        return norm(h) @ w.to(h.dtype)
+        z = token_logits(model, h, (ia, ib), access)  # (B, k, 2), float32
+        return z[..., 0] - z[..., 1]
 
     return delta.readout(float(R) * V, fn)

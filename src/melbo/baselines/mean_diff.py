@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
-from melbo.errors import warn_renamed
+from melbo.errors import check_R, warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
@@ -193,9 +193,7 @@ def mean_difference(
     norm = float(diff.norm())
     if not math.isfinite(norm) or norm == 0.0:
         raise ValueError(f"the mean activations of the two prompt sets are identical (‖μ_A − μ_B‖ = {norm}); no direction")
-    if R is not None and (isinstance(R, bool) or not isinstance(R, int | float) or not math.isfinite(R) or R <= 0):
-        raise ValueError(f"R must be a finite number > 0 or None, got {R!r}")
-    R_ = float(R) if R is not None else norm
+    R_ = check_R(R) if R is not None else norm
     V = (diff / norm)[:, None]  # (d, 1)
     if delta is not None:
         _, alpha = output_directions(delta, V, R_)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
-from melbo.errors import warn_renamed
+from melbo.errors import check_R, warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
@@ -152,8 +152,7 @@ def observable_direction(
         method ``"obprop"``, m = 1: U None, V (d, 1) = y/‖y‖; ``scores`` = [‖y‖] (the score
         change per unit of steering along V, to first order); empty history.
     """
-    if isinstance(R, bool) or not isinstance(R, int | float) or not math.isfinite(R) or R <= 0:
-        raise ValueError(f"R must be a finite number > 0, got {R!r}")
+    check_R(R)
     if delta is not None and getattr(delta, "source_layer", layer) != layer:
         raise ValueError(f"delta has source_layer={getattr(delta, 'source_layer', None)} but layer={layer}")
     y = observable_gradients(model, tokenizer, prompts, layer=layer, **kwargs).mean(0)  # (d,)

@@ -47,7 +47,6 @@ Everything here is a pure function of strings (and of the embeddings given); gen
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -55,6 +54,8 @@ from typing import Any
 from torch import Tensor
 
 from melbo.evaluate.descriptors import Shift, describe, same_direction, shift_summary, whiten
+from melbo.evaluate.phrases import contains_words as _contains
+from melbo.evaluate.phrases import says_phrase, words
 
 __all__ = [
     "Background",
@@ -68,13 +69,7 @@ __all__ = [
     "words",
 ]
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 MAX_N = 8
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, digits, underscore; any script)."""
-    return [w.lower() for w in _WORD.findall(text)]
 
 
 def _ngrams(ws: Sequence[str], n_max: int = MAX_N) -> set[tuple[str, ...]]:
@@ -85,17 +80,12 @@ def _ngrams(ws: Sequence[str], n_max: int = MAX_N) -> set[tuple[str, ...]]:
     return out
 
 
-def _contains(ws: Sequence[str], phrase: tuple[str, ...]) -> bool:
-    n = len(phrase)
-    return n > 0 and any(tuple(ws[i : i + n]) == phrase for i in range(len(ws) - n + 1))
-
-
 def phrase_rate(completions: Sequence[str], phrase: str) -> float:
-    """Fraction of ``completions`` that contain ``phrase`` (as whole words, case-insensitive)."""
-    p = tuple(words(phrase))
-    if not completions or not p:
+    """Fraction of ``completions`` that say ``phrase`` (:func:`melbo.evaluate.phrases.says_phrase`:
+    whole words, case and punctuation ignored); 0 when there are none or the phrase has no words."""
+    if not completions or not words(phrase):
         return 0.0
-    return sum(_contains(words(c), p) for c in completions) / len(completions)
+    return sum(says_phrase(c, phrase) for c in completions) / len(completions)
 
 
 @dataclass(frozen=True)

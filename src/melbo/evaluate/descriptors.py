@@ -80,7 +80,7 @@ def _is_latin(ch: str) -> bool:
 
 def text_stats(text: str) -> dict[str, float]:
     """The :data:`STATS` of one completion (shares in [0, 1]; 0 where a share has no base)."""
-    from melbo.evaluate.behaviours import words
+    from melbo.evaluate.phrases import words
     from melbo.evaluate.refusal import is_refusal
 
     ws = words(text)
@@ -135,7 +135,7 @@ def new_vocabulary(steered: Sequence[str], unsteered: Sequence[str], prompts: Se
     prompt do not, with the number of prompts each is new on (≥ ``min_prompts``), most
     widespread first (ties: longer, then alphabetical), at most ``top``; words the unsteered
     completions of at least half the prompts say are left out (they are the model's usual words)."""
-    from melbo.evaluate.behaviours import words
+    from melbo.evaluate.phrases import words
 
     n = len(steered)
     if len(unsteered) != n or (prompts and len(prompts) != n):

@@ -9,8 +9,9 @@ prompt. Prompts are left-padded and given ``position_ids = cumsum(mask) − 1`` 
 How the two logits are computed
 -------------------------------
 A forward hook on the last decoder layer captures its output at the last position and stops
-the forward pass there (no full-vocabulary logits are ever formed). The final norm
-(``access.final_norm``) is applied and the result is dotted, in float32, with only the
+the forward pass there (no full-vocabulary logits are ever formed). Then
+:func:`melbo.models.logits.token_logits` (the one readout, shared with :mod:`melbo.rank`)
+applies the final norm (``access.final_norm``) and dots the result, in float32, with only the
 unembedding rows of the tokens involved (plus their bias, if the unembedding has one). Then
 the model's own logit post-processing (:func:`melbo.models.logits.logit_postprocess`) is
 applied to each logit separately, as the model would: e.g. Gemma-style
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,11 +52,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import check_finite
 from melbo.generation import generate_steered
 from melbo.hooks import forward_until
 from melbo.interventions import ablate, row_steering, steer
 from melbo.models.access import LayerAccess, resolve_access
-from melbo.models.logits import logit_postprocess
+from melbo.models.logits import token_logits
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 from melbo.rank import resolve_token
 
@@ -164,26 +165,10 @@ def last_position_logits(
         )
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("the last column has padding: left-pad the prompts (padding_side='left')")
-    unembed = acc.unembed
-    W = getattr(unembed, "weight", None)
-    if not isinstance(W, Tensor):
-        raise TypeError(f"the unembedding {type(unembed).__name__} has no weight tensor")
-    vocab = W.shape[0]
-    ids = [int(i) for i in token_ids]
-    bad = [i for i in ids if not 0 <= i < vocab]
-    if bad:
-        raise ValueError(f"token ids {bad} are outside the unembedding's vocabulary of {vocab}")
     h = forward_until(model, acc.layers[acc.n_layers - 1], where="output", input_ids=input_ids,
                       attention_mask=attention_mask, grad=grad)[:, -1, :]  # (B, d), output of the last decoder layer
     with torch.enable_grad() if grad else torch.no_grad():
-        normed = acc.final_norm(h).float()  # (B, d)
-        idx = torch.tensor(ids, device=W.device)
-        rows = W.detach().index_select(0, idx).to(device=normed.device, dtype=torch.float32)  # (k, d)
-        z = normed @ rows.T  # (B, k)
-        bias = getattr(unembed, "bias", None)
-        if isinstance(bias, Tensor):
-            z = z + bias.detach().index_select(0, idx.to(bias.device)).to(z.device, torch.float32)
-        return logit_postprocess(model)(z)
+        return token_logits(model, h, token_ids, acc)
 
 
 def _combine(z: Tensor, a: TokenSet, b: TokenSet) -> Tensor:
@@ -344,8 +329,7 @@ def steered_scores(
     if not bool(torch.isfinite(vectors).all()):
         raise ValueError("vectors has non-finite values")
     acc.check_layer(layer)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
     a = resolve_score_tokens(tokenizer, token_a, space)
     b = resolve_score_tokens(tokenizer, token_b, space)
     batch = _prepare(model, tokenizer, prompts, chat, system_prompt)

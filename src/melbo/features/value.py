@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import ModelMismatchError, check_R
 from melbo.features.format import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -47,15 +47,14 @@ from melbo.features.format import melbo_version as running_melbo_version
 from melbo.features.hub import MODEL_CARD_FILE, model_card, pretrained_dir
 from melbo.features.names import check_int, hook_site
 from melbo.io import atomic_write_text
-from melbo.models.fingerprint import describe_fingerprint, model_fingerprint, same_model
+from melbo.models.fingerprint import (
+    check_same_model,
+    model_fingerprint,
+)
 
-__all__ = ["Features", "ModelMismatchError", "prompts_hash"]
+__all__ = ["Features", "ModelMismatchError", "prompts_hash"]  # ModelMismatchError: melbo.errors's, re-exported
 
 logger = logging.getLogger(__name__)
-
-
-class ModelMismatchError(ValueError):
-    """Features are applied to a model other than the one they were fitted on."""
 
 
 def prompts_hash(prompts: Sequence[Any]) -> str:
@@ -193,11 +192,7 @@ class Features:
                     f"{name} has {int(bad.sum())} non-finite values, e.g. {name}{idx} = "
                     f"{t[tuple(idx)].item()}"
                 )
-        if isinstance(self.R, bool) or not isinstance(self.R, (int, float)):
-            raise TypeError(f"R must be a float, got {self.R!r}")
-        if not math.isfinite(self.R) or self.R <= 0:
-            raise ValueError(f"R must be finite and > 0, got {self.R}")
-        object.__setattr__(self, "R", float(self.R))
+        object.__setattr__(self, "R", check_R(self.R))
         if not isinstance(self.method, str) or not self.method:
             raise ValueError(f"method must be a non-empty str, got {self.method!r}")
         s = check_int("source_layer", self.source_layer)
@@ -369,23 +364,8 @@ class Features:
 
         With ``force=True`` a mismatch (or a missing fingerprint) is only logged.
         """
-        fp = model_fingerprint(model)
-        if self.model and same_model(self.model, fp):
-            return
-        if not self.model:
-            msg = "these features carry no model fingerprint, so the model cannot be checked"
-        else:
-            msg = (
-                "these features were fitted on a different model:\n"
-                f"  features: {describe_fingerprint(self.model)}\n"
-                f"  model:    {describe_fingerprint(fp)}"
-            )
-        if force:
-            logger.warning("%s (ignored: force=True)", msg)
-            return
-        raise ModelMismatchError(
-            msg + "\nIf this is the same model in another dtype or quantisation, pass force=True."
-        )
+        check_same_model(self.model, model, what="features", force=force,
+                         hint="If this is the same model in another dtype or quantisation, pass force=True.")
 
     # ------------------------------------------------------------------ I/O
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from melbo.errors import check_R  # noqa: F401  (re-exported: the one R check)
 from melbo.fit.exceptions import ConvergenceWarning  # noqa: F401  (re-exported for old imports)
 from melbo.protocol import CausalMap
 
@@ -49,15 +49,6 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
     return value
-
-
-def check_R(R: object) -> float:
-    """The steering norm as a finite float > 0."""
-    if isinstance(R, bool) or not isinstance(R, int | float):
-        raise ValueError(f"R must be a finite number > 0, got {R!r}")
-    if not math.isfinite(R) or R <= 0:
-        raise ValueError(f"R must be a finite number > 0, got {R}")
-    return float(R)
 
 
 def check_unit_interval(name: str, value: object) -> float:

@@ -29,10 +29,11 @@ for one-shot. ``scores`` is one value per *vector* (empty where the method has n
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from torch import Tensor
+
+from melbo.errors import check_R
 
 __all__ = ["FitResult", "IterationState"]
 
@@ -85,8 +86,7 @@ class FitResult:
             raise ValueError(f"V must have shape (d, m) and U the same shape or be None, got U {u}, V {tuple(self.V.shape)}")
         if self.alpha.shape != (self.V.shape[1],):
             raise ValueError(f"alpha must have shape ({self.V.shape[1]},), got {tuple(self.alpha.shape)}")
-        if not math.isfinite(self.R) or self.R <= 0:
-            raise ValueError(f"R must be finite and > 0, got {self.R}")
+        check_R(self.R)
         if self.n_iter < 0:
             raise ValueError(f"n_iter must be >= 0, got {self.n_iter}")
         if self.scores and len(self.scores) != self.V.shape[1]:

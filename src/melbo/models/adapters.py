@@ -236,18 +236,15 @@ def apply_adapter_dir(model: nn.Module, path: str | os.PathLike[str]) -> nn.Modu
     ``recipe.json``, the base model's fingerprint must be the one the organism was trained on."""
     from peft import PeftModel
 
-    from melbo.models.fingerprint import describe_fingerprint, model_fingerprint, same_model
+    from melbo.models.fingerprint import check_same_model
 
     d = Path(path)
     recipe = d / "recipe.json"
     if recipe.is_file():
         want = json.loads(recipe.read_text()).get("base_fingerprint")
         if isinstance(want, dict) and want:
-            got = model_fingerprint(model)
-            if not same_model(want, got):
-                raise ModelLoadError(
-                    f"the adapter in {str(d)!r} was trained on another base model than the one loaded:\n"
-                    f"  trained on: {describe_fingerprint(want)}\n  loaded:     {describe_fingerprint(got)}")
+            check_same_model(want, model, what="adapter",
+                             hint=f"the adapter in {str(d)!r} was trained on another base model than the one loaded")
     try:
         peft_model = PeftModel.from_pretrained(model, str(d))
     except (OSError, ValueError, KeyError, RuntimeError) as err:

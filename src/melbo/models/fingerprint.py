@@ -16,7 +16,9 @@ A fingerprint holds
   (``layers_path`` is the dotted path of the decoder-layer list, e.g. ``model.layers``: where
   another tool finds the layer that saved features hook).
 
-:func:`same_model` compares ``config_sha256`` and ``weights_sha256``.
+:func:`same_model` compares ``config_sha256`` and ``weights_sha256``; :func:`check_same_model`
+is the one check, with its one error (:class:`melbo.errors.ModelMismatchError`), that what was
+fitted on a model is applied to that model.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import ModelMismatchError
 from melbo.models.access import ArchitectureError, get_layer_access
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "N_WEIGHT_ELEMENTS",
     "VOLATILE_CONFIG_KEYS",
     "describe_fingerprint",
+    "check_same_model",
     "model_fingerprint",
     "same_model",
 ]
@@ -173,3 +177,38 @@ def describe_fingerprint(fp: dict[str, Any]) -> str:
         f"d_model={fp.get('d_model', '?')}, config={short(fp.get('config_sha256'))}, "
         f"weights={short(fp.get('weights_sha256'))})"
     )
+
+
+def check_same_model(
+    recorded: dict[str, Any] | None,
+    model: nn.Module | dict[str, Any],
+    *,
+    what: str,
+    force: bool = False,
+    hint: str = "pass force=True (--force) to use it anyway",
+) -> None:
+    """Raise :class:`~melbo.errors.ModelMismatchError` unless ``model`` is the one ``recorded``.
+
+    Parameters
+    ----------
+    recorded : the fingerprint stored with ``what`` (empty or None: it cannot be checked, which
+        is a mismatch too)
+    model : the model it is applied to, or that model's fingerprint
+    what : what was fitted, a noun for the message: ``"features"``, ``"monitor"``, ``"adapter"``
+    force : only log the mismatch (a warning) instead of raising
+    hint : the message's last line, what the user can do
+    """
+    got = model if isinstance(model, dict) else model_fingerprint(model)
+    if recorded and same_model(recorded, got):
+        return
+    if not recorded:
+        msg = f"no model fingerprint is stored with the {what}, so the model cannot be checked"
+    else:
+        pad = " " * max(0, len(what) - len("model"))
+        msg = (f"{what} fitted on a different model:\n"
+               f"  {what}: {describe_fingerprint(recorded)}\n"
+               f"  model:{pad} {describe_fingerprint(got)}")
+    if force:
+        logger.warning("%s (ignored: force=True)", msg)
+        return
+    raise ModelMismatchError(f"{msg}\n{hint}" if hint else msg)

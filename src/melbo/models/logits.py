@@ -16,19 +16,26 @@ config field does what depends on the family, not on the field's name (as their
 
 The transform acts on each logit separately, so it may be applied to a few selected logits
 (e.g. two unembedding rows) as well as to the full vocabulary.
+
+:func:`token_logits` is melbo's one readout of a few logits from the last decoder layer's
+output — final norm, unembedding rows plus their bias, then this transform — used by the
+jailbreak score (:mod:`melbo.evaluate.scores`) and the readout ranking (:mod:`melbo.rank`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["logit_postprocess", "text_config"]
+if TYPE_CHECKING:
+    from melbo.models.access import LayerAccess
+
+__all__ = ["logit_postprocess", "text_config", "token_logits"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,3 +107,39 @@ def logit_postprocess(model: nn.Module) -> Callable[[Tensor], Tensor]:
         return z
 
     return apply
+
+
+def token_logits(model: nn.Module, h: Tensor, token_ids: Sequence[int], access: LayerAccess) -> Tensor:
+    """The model's logits of ``token_ids`` from the output ``h`` of its last decoder layer.
+
+    As the model's own head computes them: ``access.final_norm``, then only the unembedding
+    rows of ``token_ids`` (in float32) plus their bias if the unembedding has one, then
+    :func:`logit_postprocess` (soft-capping, logit scaling). Gradients flow through ``h``
+    (the model's weights are read detached).
+
+    Parameters
+    ----------
+    h : Tensor, shape (..., d_model)
+    token_ids : sequence of int, vocabulary ids
+
+    Returns
+    -------
+    Tensor, shape (..., len(token_ids)), float32 — equal to ``model(...).logits[..., token_ids]``.
+    """
+    unembed = access.unembed
+    W = getattr(unembed, "weight", None)
+    if not isinstance(W, Tensor):
+        raise TypeError(f"the unembedding {type(unembed).__name__} has no weight tensor")
+    vocab = W.shape[0]
+    ids = [int(i) for i in token_ids]
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        raise ValueError(f"token ids {bad} are outside the unembedding's vocabulary of {vocab}")
+    normed = access.final_norm(h).float()  # (..., d)
+    idx = torch.tensor(ids, device=W.device)
+    rows = W.detach().index_select(0, idx).to(device=normed.device, dtype=torch.float32)  # (k, d)
+    z = normed @ rows.T  # (..., k)
+    bias = getattr(unembed, "bias", None)
+    if isinstance(bias, Tensor):
+        z = z + bias.detach().index_select(0, idx.to(bias.device)).to(z.device, torch.float32)
+    return logit_postprocess(model)(z)
