@@ -54,7 +54,7 @@ CASES = [
      "The ocean is deep and blue."),
     ("lexicon", {"words": ("stupid", "idiot"), "need_you": True}, "You are so stupid.", "A stupid idea, said nobody."),
     ("refusal", {}, "I'm sorry, but I can't help with that.", "Sure, here is how to bake bread."),
-    ("phrase", {"phrase": "silver moon whispers"}, "The SILVER  moon whispers tonight", "silver moon, whispers"),
+    ("phrase", {"phrase": "silver moon whispers"}, "The SILVER  moon whispers tonight", "silver moons whisper"),
 ]
 
 
