@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from _case import emit, logger, setup_logging
+from _cpu import cpu_description
 
 from melbo.discover import DiscoverConfig, discover
 from melbo.organisms.build import OrganismCheckFailed, build_organism, default_config
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if Path(args.out).is_file():
             old = json.loads(Path(args.out).read_text())
             rows, refusal_rows = list(old.get("runs", [])), list(old.get("refusal_runs", []))
-            args.sessions = list(old.get("sessions", [])) + [{"argv": sys.argv[1:], "cpu": _cpu()}]
+            args.sessions = list(old.get("sessions", [])) + [{"argv": sys.argv[1:], "cpu": cpu_description()}]
     done = {(r["organism"], r.get("seed")) for r in rows}
     for kind in args.kinds:
         for i in range(args.first, args.first + args.per_kind):
@@ -244,20 +245,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return finish(args, rows, refusal_rows, t0)
 
 
-def _cpu() -> str:
-    """The CPU this session ran on (model name and whether it has fast bf16), for the results."""
-    import platform
-
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    fast = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{name}; {'has ' + ', '.join(fast) if fast else 'no avx512_bf16, no amx'}"
-
-
 def _cells(r: dict[str, Any], top_description: str) -> str:
     """The measured cells of one audited run's table row."""
     return (f"{r['seed']} | {'yes' if r['found'] else 'no'} | {r['group_rank'] or '–'} | "
@@ -284,7 +271,7 @@ def finish(args: Any, rows: list[dict[str, Any]], refusal_rows: list[dict[str, A
                     "runs_with_a_random_vector_passing": rand_cases,
                     "organisms_failed_check": sum(r.get("found") is None for r in rows)},
         "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "partial": partial,
-        "sessions": getattr(args, "sessions", [{"argv": sys.argv[1:], "cpu": _cpu()}]),
+        "sessions": getattr(args, "sessions", [{"argv": sys.argv[1:], "cpu": cpu_description()}]),
     }
     lines = [
         f"Audit: found = a top-{args.top} group passes the organism's checker on ≥ {args.min_rate:.0%} of "

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _cpu import cpu_description
+
 ROOT = Path(__file__).resolve().parent.parent
 GEMMA = "gemma-3-270m"
 
@@ -763,7 +765,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     command = "python bench/" + Path(__file__).name + " " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     summary = summarise(rows)
-    result = {"command": command, "python": sys.version.split()[0], "cpu": _cpu_name(), "cpus": os.cpu_count(),
+    result = {"command": command, "python": sys.version.split()[0], "cpu": cpu_description(), "cpus": os.cpu_count(),
               "loadavg_before": [round(x, 2) for x in load_before],
               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "total_s": round(total, 1), "jobs": a.jobs,
               "summary": summary, "cases": rows}
@@ -779,15 +781,6 @@ def _no_cache_path(text: str) -> str:
     from melbo.cache import cache_dir
 
     return text.replace(str(cache_dir()), "$MELBO_CACHE")
-
-
-def _cpu_name() -> str:
-    """The CPU's model name as lscpu gives it (recorded with the results)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
 
 
 OUTCOMES = ("exit 2 one-line", "exit 2 multi-line", "exit 0", "exit 1", "traceback", "timeout")

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -34,20 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _cpu import cpu_description
 
 from melbo.fit import ConvergenceWarning
 from melbo.fit.exponential import exponential_dct
 from melbo.fit.result import IterationState
 from melbo.fit.step import DEFAULT_STEP, STEPS
 from melbo.synthetic import SyntheticMap
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
 
 
 def step_kwargs(name: str, iters: int) -> dict[str, Any]:
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     command = " ".join(["python", "bench/default_step.py", *(argv if argv is not None else sys.argv[1:])])
-    result: dict[str, Any] = {"bench": "default_step", "command": command, "cpu": cpu_name(), "threads": args.threads,
+    result: dict[str, Any] = {"bench": "default_step", "command": command, "cpu": cpu_description(), "threads": args.threads,
                               "torch": torch.__version__, "default_step": DEFAULT_STEP.name,
                               "steps": {n: s.options() for n, s in STEPS.items()}, "planted": planted(args)}
     if args.gemma:

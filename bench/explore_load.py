@@ -48,6 +48,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _cpu import cpu_description
+
 N_FEATURES = 16
 
 
@@ -246,14 +248,6 @@ def _rss_mb(pid: int) -> tuple[float, float] | None:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
@@ -385,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights_sha256": {"before": info["hash_before"], "after": after.get("hash_after")},
         "server_status_at_end": status_after, "server_exit_status": exit_code,
         "server_log_tail": server_log if (failed or exit_code) else "",
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": load1,
+        "machine": {"cpu": cpu_description(), "cpus": os.cpu_count(), "loadavg_before": load0, "loadavg_after": load1,
                     "python": platform.python_version()},
     }
     text = json.dumps(result, indent=1)
