@@ -173,11 +173,11 @@ def _cached_completions(path: Path, key: str, n_vectors: dict[str, int], scales:
     anything else (another run's key, an unreadable file, an entry cut short or of the wrong
     shape) is left out, to be generated again, with a warning."""
     try:
-        old = read_json_file(path, what="completions cache", max_bytes=MAX_TEXT_BYTES)
+        old = read_completions_cache(path)  # the file's format, checked in one place
     except (OSError, ValueError) as err:
         logger.warning("not reusing %s: %s", path, err)
         return {}
-    if not isinstance(old, dict) or old.get("key") != key:
+    if old.get("key") != key:
         return {}
 
     def texts(v: Any) -> bool:
