@@ -132,8 +132,10 @@
     const panes = [{ feature: k, es: null }];
     const compare = params.get("compare");
     if (compare !== null && compare !== "" && Number(compare) !== k) panes.push({ feature: Number(compare), es: null });
-    const label = el("input", { id: "label", type: "text", maxlength: 200, placeholder: "label" });
-    const note = el("textarea", { id: "note", rows: 3, placeholder: "notes" });
+    // disabled until the stored notes arrive, so nothing typed before then is overwritten by them
+    const label = el("input", { id: "label", type: "text", maxlength: 200, placeholder: "label", disabled: true });
+    const note = el("textarea", { id: "note", rows: 3, placeholder: "notes", disabled: true });
+    const saveBtn = el("button", { id: "save-notes", type: "button", disabled: true, on: { click: saveNotes } }, "save");
     const saved = el("span", { id: "notes-saved" });
     const scale = el("input", { id: "scale", type: "range", min: -4, max: 4, step: 0.25, value: params.get("scale") || 1 });
     const scaleOut = el("output", { id: "scale-value" });
@@ -149,7 +151,7 @@
 
     main.replaceChildren(
       el("h1", {}, el("a", { href: "/" }, "features"), " / feature ", String(k), panes[1] ? ` vs ${panes[1].feature}` : ""),
-      el("section", { class: "notes" }, label, note, el("button", { id: "save-notes", type: "button", on: { click: saveNotes } }, "save"), saved),
+      el("section", { class: "notes" }, label, note, saveBtn, saved),
       el("section", { class: "controls" },
         el("label", {}, "scale ", scale, " ", scaleOut),
         el("label", {}, ablV, " ablate v"), el("label", { title: RUN.has_targets ? "" : "these features have no output directions" }, ablU, " ablate u"),
@@ -291,6 +293,7 @@
     api("/api/features").then((d) => {
       Object.assign(row0, d.rows[k] || {});
       label.value = row0.label || ""; note.value = row0.note || "";
+      label.disabled = note.disabled = saveBtn.disabled = false;
       if (params.get("scale") === null && typeof row0.best_scale === "number") { scale.value = row0.best_scale; showScale(); }
       document.body.dataset.ready = "feature";
       runAll();
