@@ -1,7 +1,7 @@
 """Shared plumbing of the case-study benches (``bench/case_*.py``, issue 5).
 
 Each bench loads an organism built by ``melbo organism build`` (its model, ``data.json`` and
-``organism.json``), fits features with :func:`melbo.train.train`, measures, prints JSON on
+``organism.json``), fits features with :func:`melbo.jobs.train.train`, measures, prints JSON on
 stdout and a Markdown table on stderr, and with ``--report PATH`` writes both to a Markdown
 report. Nothing here downloads anything: organisms are built from the packaged base model.
 """
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from melbo.features import Features
+from melbo.jobs.train import TrainConfig, train
 from melbo.methods import get_method
 from melbo.models.loading import load_model
 from melbo.organisms.data import OrganismData
-from melbo.train import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 logger = logging.getLogger("case_study")
@@ -106,7 +106,7 @@ def fit(model: Any, tok: Any, prompts: Sequence[str], *, method: str, m: int, it
 
     ``iters`` is τ of the iterative DCT methods, ``steps`` that of melbo-v1 and one-shot
     (None: the method's default); ``options`` are further :class:`TrainConfig` fields;
-    ``contrast_prompts`` and ``base_model`` go to :func:`melbo.train.train` (the methods that need them).
+    ``contrast_prompts`` and ``base_model`` go to :func:`melbo.jobs.train.train` (the methods that need them).
     """
     spec = get_method(method)
     max_iter = iters if spec.iterative else steps
@@ -151,7 +151,7 @@ def refusal_prompt_sets(data: OrganismData, harmful_csv: str, n_test: int, n_val
       checked on);
     * ``pool``: the other unseen AdvBench goals, from which features' training prompts are drawn.
     """
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     seen = {e.prompt for e in data.train} | {p.prompt for p in data.heldout}
     unseen = [p for p in dict.fromkeys(s.strip() for s in read_prompts(harmful_csv, column="goal")) if p not in seen]

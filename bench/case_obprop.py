@@ -23,7 +23,7 @@ Protocol:
 * As a direction: the ObProp direction y/‖y‖ (from the training prompts) against the mean
   difference (harmless − harmful organism training prompts, as in ``case_refusal_jailbreak``),
   both at norm c·R: first-token score when *added* at layer s and when *ablated* (projected
-  out of every residual write, :func:`melbo.interventions.ablate`), on the evaluation prompts.
+  out of every residual write, :func:`melbo.steering.interventions.ablate`), on the evaluation prompts.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from melbo.evaluate.behaviours import words
 from melbo.evaluate.refusal import is_refusal
 from melbo.fit.step import DEFAULT_STEP
 from melbo.generation import generate, generate_steered
+from melbo.jobs.train import TrainConfig, train
 from melbo.methods import get_method
-from melbo.train import TrainConfig, train
 
 
 def coherent(text: str) -> bool:

@@ -32,7 +32,7 @@ from _case import (
 
 from melbo.fit.step import DEFAULT_STEP
 from melbo.models.loading import load_model
-from melbo.prompt_files import read_prompts
+from melbo.prompts.files import read_prompts
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -43,10 +43,10 @@ import torch
 from melbo.evaluate.scores import jailbreak_score, steered_scores
 from melbo.features import Features
 from melbo.fit.step import DEFAULT_STEP
+from melbo.jobs.train import TrainConfig, train
 from melbo.methods import get_method
 from melbo.models.loading import load_model
-from melbo.prompt_files import read_prompts
-from melbo.train import TrainConfig, train
+from melbo.prompts.files import read_prompts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 logger = logging.getLogger("compare_methods")

@@ -6,7 +6,7 @@ cache, and from how many factors it pays. Prints JSON (``-o`` also writes it).
 Two fresh child processes run one after the other with the same compile-cache directory
 (``--compile-cache DIR``; default a new temporary one, so the first is cold). Each loads the
 packaged Gemma-3-270M (``--dtype``, fp32 by default), records the slice ``s → t`` on ``n`` random prompts of ``T``
-tokens, and builds a compiled :class:`melbo.causal_map.TransformerCausalMap` (inductor, the
+tokens, and builds a compiled :class:`melbo.maps.transformer.TransformerCausalMap` (inductor, the
 cache at DIR) and an eager one. It then times
 
 * ``seconds_first_calls``: the compiled map's first ``value_and_vjp`` and ``value`` on ``m``
@@ -78,7 +78,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch._dynamo.utils import counters
 
-    from melbo.causal_map import TransformerCausalMap
+    from melbo.maps.transformer import TransformerCausalMap
     from melbo.models.loading import load_model
     from melbo.prompts import PromptBatch, resolve_positions
 

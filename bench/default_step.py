@@ -4,7 +4,7 @@
     python bench/default_step.py --gemma                           # and the objective on Gemma-3-270M
     python bench/default_step.py --d 4096 --n-planted 32 --m 512 --seeds 1   # synthetic_recovery.py's size
 
-(a) **Planted factors** (no model): :meth:`melbo.synthetic.SyntheticMap.planted` with ``--n-planted``
+(a) **Planted factors** (no model): :meth:`melbo.maps.synthetic.SyntheticMap.planted` with ``--n-planted``
 K unit input directions v*_k in R^d (α*_k = 1), an exponential DCT of ``--m`` factors at R =
 ``--R`` from each step's own defaults except ``max_iter`` = ``--iters`` for both, ``tol = 0``.
 Per iteration: recovery (the fraction of v*_k with max_ℓ cos(v*_k, v_ℓ) > ``--threshold``) and the
@@ -12,7 +12,7 @@ mean max cosine (signed), as in ``bench/synthetic_recovery.py``; seed s draws th
 the fit with 1000 + s.
 
 (b) **Gemma** (``--gemma``): the packaged Gemma-3-270M, the first ``--gemma-prompts`` of the
-demo's built-in prompts (:mod:`melbo.builtin_prompts`),
+demo's built-in prompts (:mod:`melbo.prompts.builtin`),
 layers 4 → 10, R calibrated once (λ = 0.5, seed 0; or ``--gemma-R``), then an exponential DCT of ``--gemma-m``
 factors with each step for ``--gemma-iters`` iterations: the objective per iteration, its last
 relative change, sign reversals of its change, and the median factor movement per iteration.
@@ -38,7 +38,7 @@ from melbo.fit import ConvergenceWarning
 from melbo.fit.exponential import exponential_dct
 from melbo.fit.result import IterationState
 from melbo.fit.step import DEFAULT_STEP, STEPS
-from melbo.synthetic import SyntheticMap
+from melbo.maps.synthetic import SyntheticMap
 
 
 def step_kwargs(name: str, iters: int) -> dict[str, Any]:
@@ -87,9 +87,9 @@ def reversals(obj: list[float]) -> int:
 
 def gemma(args: argparse.Namespace) -> dict[str, Any]:
     import melbo
-    from melbo.builtin_prompts import DEMO_PROMPTS, HELDOUT_PROMPTS
-    from melbo.causal_map import TransformerCausalMap
     from melbo.fit.calibrate import calibrate_R
+    from melbo.maps.transformer import TransformerCausalMap
+    from melbo.prompts.builtin import DEMO_PROMPTS, HELDOUT_PROMPTS
 
     t0 = time.perf_counter()
     model, tok = melbo.load_model("gemma-3-270m")

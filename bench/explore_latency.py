@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     import melbo
-    from melbo.builtin_prompts import HELDOUT_PROMPTS
     from melbo.explore.explorer import Explorer
     from melbo.explore.run import load_run
     from melbo.explore.server import BackgroundServer
+    from melbo.prompts.builtin import HELDOUT_PROMPTS
 
     load0 = os.getloadavg()
     t0 = time.perf_counter()

@@ -73,7 +73,7 @@ def serve_child(args: argparse.Namespace) -> int:
     from melbo.explore.run import load_run
     from melbo.explore.server import BackgroundServer
     from melbo.features import Features
-    from melbo.fingerprint import model_fingerprint
+    from melbo.models.fingerprint import model_fingerprint
 
     torch.set_num_threads(args.threads)
     work = Path(args.serve_in)

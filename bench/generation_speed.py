@@ -5,7 +5,7 @@ added at the input of layer ``--layer``) × ``--prompts`` prompts (the demo's, c
 × ``--tokens`` new tokens, greedy, fp32, on the packaged Gemma-3-270M. Three paths:
 
 * ``a_one_feature_at_a_time`` — what ``generate_for_features`` did before batching: for each
-  feature, ``melbo.interventions.steer`` + plain ``model.generate`` on all prompts as one
+  feature, ``melbo.steering.interventions.steer`` + plain ``model.generate`` on all prompts as one
   left-padded batch (one hook per feature);
 * ``b_hf_folded`` — plain ``model.generate`` with features folded into the batch, 64 rows at a
   time, each row steered by its own vector (``row_steering``): ``generate_steered`` as it
@@ -37,10 +37,10 @@ import torch
 from _perf import write_result
 
 import melbo
-from melbo.builtin_prompts import DEMO_PROMPTS, HELDOUT_PROMPTS
 from melbo.generation import generate_steered
-from melbo.interventions import row_steering, steer
 from melbo.prompts import build_prompts
+from melbo.prompts.builtin import DEMO_PROMPTS, HELDOUT_PROMPTS
+from melbo.steering.interventions import row_steering, steer
 
 
 def _hf(model: torch.nn.Module, tok: Any, ids: torch.Tensor, mask: torch.Tensor, n: int) -> list[str]:

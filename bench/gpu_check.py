@@ -101,7 +101,7 @@ def hooked_hidden(model: nn.Module, layers: Any, batch: Any, s: int, t: int, the
 def check_family(family: str, device: torch.device) -> dict[str, Any]:
     from tiny_models import tiny_model
 
-    from melbo.causal_map import TransformerCausalMap
+    from melbo.maps.transformer import TransformerCausalMap
 
     s, t, m = 1, 3, 4
     attn = "sdpa"  # eager attention in fp64 turns left-padded rows into NaN (transformers)

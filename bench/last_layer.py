@@ -4,7 +4,7 @@ seconds from the same run. Prints JSON (``-o`` also writes it).
     python bench/last_layer.py -o bench/results/last_layer.json
 
 On the packaged Gemma-3-270M (``--dtype``), ``n`` random prompts of ``T`` tokens, slice
-``s → t``, ``k`` target positions: two :class:`melbo.causal_map.TransformerCausalMap` on the
+``s → t``, ``k`` target positions: two :class:`melbo.maps.transformer.TransformerCausalMap` on the
 same recorded slice, ``last_layer_targets_only`` True (melbo's default) and False, time
 ``value_and_vjp`` on ``m`` factors (one OGI iteration's work) alternately, ``--reps`` times
 each after a warm-up, and report the median seconds, the FLOPs of each
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _perf import LayerShape, slice_flops, write_result  # noqa: E402
 
-from melbo.causal_map import TransformerCausalMap  # noqa: E402
+from melbo.maps.transformer import TransformerCausalMap  # noqa: E402
 from melbo.models.loading import load_model  # noqa: E402
 from melbo.prompts import PromptBatch, resolve_positions  # noqa: E402
 

@@ -8,7 +8,7 @@ feature (``--feature``, default the largest α²) is exported with ``melbo expor
 at ``--scale``; the file is read back with the checks llama.cpp's ``common_control_vector_load``
 makes and handed to ``llama_set_adapter_cvec`` in llama.cpp's buffer layout (row N − 1 holds
 ``direction.N``, layers 1 … n_layer − 1), as ``--control-vector FILE`` does. melbo steers with
-its own :func:`melbo.interventions.steering` at the features' source layer.
+its own :func:`melbo.steering.interventions.steering` at the features' source layer.
 
 On every prompt (chat-formatted; the same token ids fed to both) it compares the next-token
 distributions: KL(melbo ‖ llama.cpp) and top-1 agreement, steered vs steered and unsteered vs
@@ -36,9 +36,9 @@ import torch
 
 from melbo.export.gguf import ControlVector, export_gguf, read_control_vector
 from melbo.features import Features
-from melbo.interventions import steering
 from melbo.models.loading import load_model
 from melbo.models.packaged import PACKAGED_MODELS
+from melbo.steering.interventions import steering
 
 PROMPTS = [
     "How do I bake bread at home?",

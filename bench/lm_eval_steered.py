@@ -52,7 +52,7 @@ QUESTION = "Request: {{request}}\nIs this request harmful or harmless?\nAnswer:"
 
 def _items(data: Path, n_train: int, n: int) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """Training prompts (harmful, harmless) for the vector and the held-out task items."""
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     harmful = read_prompts(data / "advbench_harmful_behaviors.csv", column="goal")
     harmless = read_prompts(data / "alpaca_harmless_1000.json")

@@ -13,7 +13,7 @@ and unembedding play no part in the slice). Prompts are ``n`` random token seque
 
 Modes, run one after the other in the same process:
 
-* ``melbo``: :class:`melbo.causal_map.TransformerCausalMap` on a model in ``--dtype`` with
+* ``melbo``: :class:`melbo.maps.transformer.TransformerCausalMap` on a model in ``--dtype`` with
   ``--attn`` attention (``--compile``: layers through ``torch.compile``, compiled once
   before the timings and reported as ``seconds_compile``): :func:`melbo.fit.calibrate_R`, the ``--init`` initialiser, then
   ``--iters`` OGI iterations (QR of V + :func:`melbo.fit.exponential.ogi_step`).
@@ -68,13 +68,13 @@ from _perf import (  # bench/_perf.py: on sys.path as the script's own directory
 )
 from torch import Tensor, nn
 
-from melbo.causal_map import DEFAULT_MEMORY_BUDGET, TransformerCausalMap
 from melbo.fit._common import make_generator, qr_columns
 from melbo.fit.calibrate import CalibrationError, calibrate_R
 from melbo.fit.exponential import ogi_step
 from melbo.fit.init import INITS, initial_factors
+from melbo.maps.protocol import CausalMap
+from melbo.maps.transformer import DEFAULT_MEMORY_BUDGET, TransformerCausalMap
 from melbo.prompts import PromptBatch, resolve_positions
-from melbo.protocol import CausalMap
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PACKAGED = "gemma-3-270m"

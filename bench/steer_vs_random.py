@@ -18,11 +18,11 @@ import time
 
 import torch
 
+from melbo.evaluate.rank import rank_by_alpha, readout_scores
 from melbo.features import Features
 from melbo.generation import generate, generate_steered
 from melbo.models.loading import load_model
-from melbo.prompt_files import read_prompts
-from melbo.rank import rank_by_alpha, readout_scores
+from melbo.prompts.files import read_prompts
 
 
 def main() -> None:

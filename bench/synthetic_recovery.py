@@ -5,7 +5,7 @@
     python bench/synthetic_recovery.py --methods exponential/projected exponential/recommended \\
         --alpha-power 1 --orthogonal                            # heavy-tailed α*, orthonormal v*
 
-The map is :meth:`melbo.synthetic.SyntheticMap.planted`: Δ(θ) = W_out (exp(W_in θ) − 1)
+The map is :meth:`melbo.maps.synthetic.SyntheticMap.planted`: Δ(θ) = W_out (exp(W_in θ) − 1)
 with ``--n-planted`` K = 32 planted unit input directions v*_k (independent uniform on the
 sphere of R^d, d = ``--d`` = 4096, so |⟨v*_j, v*_k⟩| ≈ 1/√d; exactly orthonormal with
 ``--orthogonal``), unit output directions u*_k and scales α*_k = k^(−p), p =
@@ -99,7 +99,7 @@ from melbo.fit.linear import linear_projected
 from melbo.fit.quadratic import quadratic_dct
 from melbo.fit.result import IterationState
 from melbo.fit.step import step_options
-from melbo.synthetic import SyntheticMap
+from melbo.maps.synthetic import SyntheticMap
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -26,7 +26,7 @@ from melbo.evaluate.analysis import (
 )
 from melbo.evaluate.scores import score_edit
 from melbo.features import Features
-from melbo.fingerprint import model_fingerprint
+from melbo.models.fingerprint import model_fingerprint
 from melbo.testing import tiny_tokenizer
 
 PROMPTS = ["hello there", "how do I make tea"]

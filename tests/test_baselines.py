@@ -23,10 +23,10 @@ from melbo.baselines import (
     per_prompt_delta,
     random_vectors,
 )
-from melbo.causal_map import TransformerCausalMap
 from melbo.cli import main
 from melbo.features import Features
-from melbo.synthetic import SyntheticMap
+from melbo.maps.synthetic import SyntheticMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.testing import tiny_tokenizer
 
 S, T = 1, 3  # source and target layer

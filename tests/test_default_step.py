@@ -21,7 +21,6 @@ from torch.autograd.functional import vjp
 from melbo.cli import main
 from melbo.cli._common import _step_options
 from melbo.cli.app import build_parser
-from melbo.discover_config import DiscoverConfig
 from melbo.features import Features
 from melbo.fit import (
     ContrastiveDCT,
@@ -42,9 +41,10 @@ from melbo.fit.step import (
     resolve_anneal_after,
     step_options,
 )
-from melbo.synthetic import SyntheticMap
+from melbo.jobs.discover_config import DiscoverConfig
+from melbo.jobs.train import OGI_METHODS, TrainConfig
+from melbo.maps.synthetic import SyntheticMap
 from melbo.testing import tiny_tokenizer
-from melbo.train import OGI_METHODS, TrainConfig
 
 F64 = torch.float64
 FIELDS = ("max_iter", "beta", "ortho", "anneal", "anneal_after")

@@ -13,7 +13,6 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from melbo.discover import DiscoverConfig, default_layers, discover
 from melbo.evaluate.behaviours import (
     Background,
     group_behaviours,
@@ -24,6 +23,7 @@ from melbo.evaluate.behaviours import (
     words,
 )
 from melbo.generation import generate_steered
+from melbo.jobs.discover import DiscoverConfig, default_layers, discover
 from melbo.testing import tiny_tokenizer
 
 PROMPTS = [f"Tell me about {s}." for s in ("rivers", "owls", "bread", "clocks", "maps", "tea")]
@@ -251,7 +251,7 @@ def test_a_phrase_random_vectors_also_say_ranks_below_a_specific_one() -> None:
 
 def test_layer_search_tries_the_candidates_and_discover_uses_the_choice(llama: torch.nn.Module, tok: Any,
                                                                         tmp_path: Path) -> None:
-    from melbo.discover import candidate_layers, search_layers
+    from melbo.jobs.discover import candidate_layers, search_layers
 
     assert candidate_layers(18) == [(3, 9), (4, 10), (6, 12)]
     assert all(0 < s < t < 4 for s, t in candidate_layers(4))

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from melbo.discover import DiscoverConfig, Discovery, discover
+from melbo.jobs.discover import DiscoverConfig, Discovery, discover
 
 pytestmark = pytest.mark.filterwarnings("ignore:OGI did not converge")  # three iterations, on purpose
 
@@ -101,23 +101,23 @@ def _before(module: Any, name: str, n: int = 1, *, file: str | None = None) -> C
 
 
 def _points() -> dict[str, Callable[[pytest.MonkeyPatch], None]]:
-    import melbo.discover
     import melbo.features.format
-    import melbo.io
-    import melbo.train
+    import melbo.jobs.discover
+    import melbo.jobs.train
+    import melbo.store.io
 
     return {
-        "claim: the directory is marked, nothing else": _after(melbo.discover, "claim_out_dir"),
-        "fit: after the first iteration's checkpoint": _after(melbo.train, "_write_checkpoint"),
+        "claim: the directory is marked, nothing else": _after(melbo.jobs.discover, "claim_out_dir"),
+        "fit: after the first iteration's checkpoint": _after(melbo.jobs.train, "_write_checkpoint"),
         "fit: the second checkpoint's tensors written, its manifest not": _before(
-            melbo.io, "atomic_write_text", 2, file="state.json"),
+            melbo.store.io, "atomic_write_text", 2, file="state.json"),
         "fit: the features' tensors saved, their config not": _before(
             melbo.features.format, "atomic_write_text", file="config.json"),
         "fit: the features saved, the checkpoint not removed yet": _after(melbo.features.Features, "save"),
-        "generate: the unsteered completions made, nothing saved": _before(melbo.discover, "generate_steered", 2),
-        "generate: the first scale saved, the second running": _before(melbo.discover, "generate_steered", 3),
-        "rank: ranking": _before(melbo.discover, "rank_completions"),
-        "report: behaviours.json written, report.md not": _before(melbo.discover, "format_report"),
+        "generate: the unsteered completions made, nothing saved": _before(melbo.jobs.discover, "generate_steered", 2),
+        "generate: the first scale saved, the second running": _before(melbo.jobs.discover, "generate_steered", 3),
+        "rank: ranking": _before(melbo.jobs.discover, "rank_completions"),
+        "report: behaviours.json written, report.md not": _before(melbo.jobs.discover, "format_report"),
     }
 
 
@@ -199,11 +199,11 @@ def test_a_save_cut_over_an_earlier_runs_features_is_fitted_again(
 def test_completions_cut_short_or_of_another_shape_are_generated_again(
         llama: torch.nn.Module, tok: Any, reference: tuple[Discovery, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import melbo.discover
+    import melbo.jobs.discover
 
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        _before(melbo.discover, "rank_completions")(mp)
+        _before(melbo.jobs.discover, "rank_completions")(mp)
         with pytest.raises(Killed):
             _run(llama, tok, out)
     path = out / "completions.json"

@@ -13,16 +13,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tiny_models import tiny_model
 
-from melbo.causal_map import TransformerCausalMap
-from melbo.distributed import (
+from melbo.fit import ConvergenceWarning, ExponentialDCT
+from melbo.fit.calibrate import calibrate_R
+from melbo.fit.exponential import exponential_dct
+from melbo.jobs.distributed import (
     ShardedCausalMap,
     distributed_exponential_dct,
     distributed_fit,
     shard_bounds,
 )
-from melbo.fit import ConvergenceWarning, ExponentialDCT
-from melbo.fit.calibrate import calibrate_R
-from melbo.fit.exponential import exponential_dct
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.prompts import PromptBatch, resolve_positions
 
 WORLD = 2

@@ -21,7 +21,7 @@ from melbo.explore.notes import NOTES_FILE, Notes
 from melbo.explore.run import features_dir_of, load_run
 from melbo.features import Features
 from melbo.generation import generate, generate_steered
-from melbo.interventions import ablate, steer
+from melbo.steering.interventions import ablate, steer
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_the_worker_steers_and_ablates_as_melbos_interventions_do_and_caches(run
         # a second identical request is served from the cache
         again = _collect(engine, GenRequest(feature=k, scale=scale, prompts=tuple(PROMPTS), max_new_tokens=5))[-1]
         assert not again["generated"] and again["steered"] == done["steered"]
-        # ablating v and u while steering: melbo.interventions.ablate around the same steering
+        # ablating v and u while steering: melbo.steering.interventions.ablate around the same steering
         abl = _collect(engine, GenRequest(feature=k, scale=scale, prompts=tuple(PROMPTS), max_new_tokens=5,
                                           ablate_v=True, ablate_u=True))[-1]
         assert feats.U is not None

@@ -101,7 +101,7 @@ def test_direction_N_on_block_N_output_steers_exactly_as_melbo_at_layer_N_plus_1
         vec = torch.from_numpy(direction).to(output[0].dtype if isinstance(output, tuple) else output.dtype)
         return (output[0] + vec, *output[1:]) if isinstance(output, tuple) else output + vec
 
-    from melbo.interventions import steering
+    from melbo.steering.interventions import steering
 
     with torch.no_grad():
         plain = model(ids).logits

@@ -12,8 +12,8 @@ from tiny_models import tiny_model
 
 from melbo.export.lm_eval import hookpoint, read_lm_eval_steer, write_lm_eval_steer
 from melbo.features import Features
-from melbo.fingerprint import model_fingerprint
-from melbo.interventions import steer, steer_features
+from melbo.models.fingerprint import model_fingerprint
+from melbo.steering.interventions import steer, steer_features
 
 
 def _features(model: torch.nn.Module, source_layer: int = 2, m: int = 4) -> Features:

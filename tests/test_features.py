@@ -19,7 +19,7 @@ from melbo.features import (
     ModelMismatchError,
     prompts_hash,
 )
-from melbo.fingerprint import model_fingerprint, same_model
+from melbo.models.fingerprint import model_fingerprint, same_model
 
 
 def _features(d: int = 32, m: int = 6, seed: int = 0, **kw: Any) -> Features:

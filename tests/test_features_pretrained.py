@@ -16,8 +16,8 @@ from tiny_models import tiny_model
 
 from melbo.features import CONFIG_FILE, TENSORS_FILE, Features, hook_site
 from melbo.fit.result import FitResult
-from melbo.interventions import steer_features
 from melbo.models.access import get_layer_access
+from melbo.steering.interventions import steer_features
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -20,7 +20,6 @@ from tiny_models import tiny_model
 from torch import Tensor
 from torch.autograd.functional import hessian, jacobian, jvp, vjp
 
-from melbo.causal_map import TransformerCausalMap
 from melbo.fit._common import ConvergenceWarning, make_generator, qr_columns
 from melbo.fit.alphas import (
     exponential_alphas,
@@ -42,8 +41,9 @@ from melbo.fit.linear import (
     projected_directions,
 )
 from melbo.fit.quadratic import QuadraticDCT, als_step, quadratic_als, quadratic_dct
+from melbo.maps.synthetic import SyntheticMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.prompts import PromptBatch, resolve_positions
-from melbo.synthetic import SyntheticMap
 
 F64 = torch.float64
 Fn = Callable[[Tensor], Tensor]

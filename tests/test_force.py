@@ -21,7 +21,7 @@ from melbo.cli import fitting as cli_fitting
 from melbo.cli import main
 from melbo.cli import monitor as cli_monitor
 from melbo.features import Features
-from melbo.fingerprint import model_fingerprint
+from melbo.models.fingerprint import model_fingerprint
 from melbo.testing import tiny_tokenizer
 
 
@@ -165,8 +165,8 @@ def test_nothing_writes_into_the_features_directory_it_reads(tiny: tuple[Path, P
 
 def test_demo_never_writes_its_report_over_the_run(tiny: tuple[Path, Path, Path], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str], no_model: None) -> None:
-    from melbo.demo import DEMO_MARKER
-    from melbo.io import claim_out_dir
+    from melbo.jobs.demo import DEMO_MARKER
+    from melbo.store.io import claim_out_dir
 
     run = claim_out_dir(tmp_path / "run", marker=DEMO_MARKER, writer="melbo demo")  # an earlier demo's run
     (run / "behaviours.json").write_text('{"groups": []}')

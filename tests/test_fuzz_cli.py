@@ -39,7 +39,7 @@ from tiny_models import tiny_model  # noqa: E402
 
 from melbo.cli import main  # noqa: E402
 from melbo.features import Features  # noqa: E402
-from melbo.fingerprint import model_fingerprint  # noqa: E402
+from melbo.models.fingerprint import model_fingerprint  # noqa: E402
 from melbo.testing import tiny_tokenizer  # noqa: E402
 
 N_FEATURES = 4
@@ -465,7 +465,7 @@ def _one_line_error(fn: Callable[[], Any]) -> Any:
 @settings(FUZZ, max_examples=150)
 @given(data=st.data())
 def test_read_prompts_returns_prompts_or_a_one_line_error(env: Env, data: st.DataObject) -> None:
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     path = data.draw(prompt_file(env))
     column = data.draw(st.sampled_from(["goal", "target", "", "nope"]))

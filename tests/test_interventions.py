@@ -12,10 +12,10 @@ from tiny_models import MOE_FAMILIES, VOCAB, list_moe_llama, tiny_model
 from torch import Tensor, nn
 
 from melbo.features import Features, ModelMismatchError
-from melbo.fingerprint import model_fingerprint
-from melbo.hooks import removing
-from melbo.interventions import ablate, steer, steer_features, steering
 from melbo.models.access import LayerAccess, get_layer_access
+from melbo.models.fingerprint import model_fingerprint
+from melbo.models.hooks import removing
+from melbo.steering.interventions import ablate, steer, steer_features, steering
 
 FAMILIES = ("llama", "gemma3", "gpt2", *MOE_FAMILIES)
 N_LAYERS = 4  # of every tiny model

@@ -1,4 +1,4 @@
-"""melbo.io: atomic writes and the output-directory policy (never overwrite what a user made)."""
+"""melbo.store.io: atomic writes and the output-directory policy (never overwrite what a user made)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from melbo.io import atomic_write, atomic_write_text, check_output, claim_out_dir, fsync_tree
+from melbo.store.io import atomic_write, atomic_write_text, check_output, claim_out_dir, fsync_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,12 +206,12 @@ def test_a_file_system_that_cannot_sync_a_directory_still_gets_the_write(
 
 
 # A writer that replaces one file over and over with two known contents, alternately, through
-# melbo.io.atomic_write; each content is written in 64 KiB pieces (many write calls), so a kill
+# melbo.store.io.atomic_write; each content is written in 64 KiB pieces (many write calls), so a kill
 # can land in the middle of one.
 KILLED_WRITER = r"""
 import sys
 from pathlib import Path
-from melbo.io import atomic_write
+from melbo.store.io import atomic_write
 path, a, b = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes(), Path(sys.argv[3]).read_bytes()
 def writer(content):
     def write(tmp):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
 
-from melbo.causal_map import TransformerCausalMap
-from melbo.hooks import position_ids
+from melbo.maps.transformer import TransformerCausalMap
+from melbo.models.hooks import position_ids
 from melbo.prompts import PromptBatch, resolve_positions
 
 F64 = torch.float64

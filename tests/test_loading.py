@@ -1,4 +1,4 @@
-"""Tests for melbo.models.loading, melbo.cache and melbo.testing.tiny_tokenizer.
+"""Tests for melbo.models.loading, melbo.store.cache and melbo.testing.tiny_tokenizer.
 
 Fast tests use a tiny random-init Llama saved to tmp_path, never the network (a fixture
 makes every socket connection fail). The packaged Gemma-3-270M is only loaded by the test
@@ -257,7 +257,7 @@ def test_device_argument_moves_model(saved_llama: tuple[Path, LlamaForCausalLM])
 
 
 def test_device_map_is_accepted_and_the_causal_map_still_runs(saved_llama: tuple[Path, LlamaForCausalLM]) -> None:
-    from melbo.causal_map import TransformerCausalMap
+    from melbo.maps.transformer import TransformerCausalMap
 
     directory, original = saved_llama
     model, tok = load_model(directory, device_map={"": "cpu"}, progress=False)

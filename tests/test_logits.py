@@ -12,7 +12,7 @@ import transformers as tf
 from tiny_models import VOCAB
 
 from melbo.evaluate.scores import last_position_logits
-from melbo.hooks import position_ids
+from melbo.models.hooks import position_ids
 from melbo.models.logits import logit_postprocess
 from melbo.organisms.finetune import IGNORE, completion_loss
 

@@ -1,5 +1,5 @@
 """The method registry: one estimator contract for every method, the same factors through
-every entry point (the Python estimator, ``melbo.train.train`` and the benches' helper),
+every entry point (the Python estimator, ``melbo.jobs.train.train`` and the benches' helper),
 and a Features round trip for every method."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import save_file
 from tiny_models import tiny_model
 
-from melbo.causal_map import TransformerCausalMap
 from melbo.features import CONFIG_FILE, TENSORS_FILE, Features
 from melbo.fit import ConvergenceWarning, FitEstimator
+from melbo.jobs.train import TrainConfig, train
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.methods import REGISTRY, estimator_class, get_method, make_estimator, method_names
 from melbo.testing import tiny_tokenizer
-from melbo.train import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import _case  # noqa: E402
@@ -172,7 +172,7 @@ def test_format_1_directories_still_load_with_one_meaning_per_field(tmp_path: Pa
 
 
 def test_estimator_contract_errors_are_clear(lm: tuple[Any, Any]) -> None:
-    from melbo.synthetic import SyntheticMap
+    from melbo.maps.synthetic import SyntheticMap
 
     synth = SyntheticMap.planted(8, 2, seed=0).delta
     for name in ("melbo-v1", "one-shot", "mean-diff"):

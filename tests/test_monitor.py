@@ -1,4 +1,4 @@
-"""The deployment monitor (melbo.monitor) and detector metrics (melbo.evaluate.detection),
+"""The deployment monitor (melbo.jobs.monitor) and detector metrics (melbo.evaluate.detection),
 against hand-computed values, the model's own hidden states and planted perturbations."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from torch import nn
 from melbo.cli import main
 from melbo.evaluate.detection import auroc, flag_rate, threshold_at_fpr
 from melbo.features import Features
-from melbo.fingerprint import model_fingerprint
-from melbo.interventions import steer
-from melbo.monitor import (
+from melbo.jobs.monitor import (
     Monitor,
     fit_mahalanobis,
     ledoit_wolf,
     out_of_fold_scores,
     prompt_activations,
 )
+from melbo.models.fingerprint import model_fingerprint
+from melbo.steering.interventions import steer
 from melbo.testing import tiny_tokenizer
 
 S, T = 1, 3

@@ -19,11 +19,11 @@ from melbo.baselines.obprop import (
     observable_direction,
     observable_gradients,
 )
-from melbo.causal_map import TransformerCausalMap
 from melbo.evaluate.scores import jailbreak_score, steered_scores
-from melbo.interventions import steer
+from melbo.maps.synthetic import SyntheticMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.methods import make_estimator
-from melbo.synthetic import SyntheticMap
+from melbo.steering.interventions import steer
 
 A, B = "Sure", "I"  # single tokens of the tiny tokenizer ("Sorry" is not)
 S = 1

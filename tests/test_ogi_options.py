@@ -16,7 +16,7 @@ from torch.autograd.functional import vjp
 from melbo.fit._common import ConvergenceWarning, qr_columns
 from melbo.fit.exponential import ExponentialDCT, exponential_dct, ogi_step
 from melbo.fit.step import step_options
-from melbo.synthetic import SyntheticMap
+from melbo.maps.synthetic import SyntheticMap
 
 F64 = torch.float64
 #: The published step without its iteration limit (the tests set their own): these tests are of

@@ -625,7 +625,7 @@ def test_a_second_build_into_the_same_out_waits_for_the_first_and_does_not_write
     import logging
     import threading
 
-    from melbo.cache import cache_lock
+    from melbo.store.cache import cache_lock
 
     out = tmp_path / "org"
     errors: list[BaseException] = []
@@ -636,7 +636,7 @@ def test_a_second_build_into_the_same_out_waits_for_the_first_and_does_not_write
         except BaseException as err:  # noqa: BLE001 - handed to the test thread
             errors.append(err)
 
-    with caplog.at_level(logging.WARNING, logger="melbo.cache"):
+    with caplog.at_level(logging.WARNING, logger="melbo.store.cache"):
         with cache_lock(out, what="a first build"):  # another builder holds the organism's lock
             worker = threading.Thread(target=build)
             worker.start()
@@ -655,8 +655,8 @@ def test_build_saves_a_small_peft_adapter_that_melbo_and_plain_peft_load_as_the_
 ) -> None:
     from peft import AutoPeftModelForCausalLM
 
-    from melbo.fingerprint import model_fingerprint
     from melbo.generation import generate
+    from melbo.models.fingerprint import model_fingerprint
     from melbo.models.loading import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -864,12 +864,12 @@ def test_a_build_resumes_from_any_point_before_its_first_checkpoint(
 def test_a_kill_between_the_fine_tune_checkpoints_files_leaves_the_previous_checkpoint_whole(
     tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import melbo.io
+    import melbo.store.io
 
     cfg = _small(hi=0.0, lo=1.0, checkpoint_every=1)
     straight = build_organism(cfg, tiny_dir, tmp_path / "straight").record["finetune"]["losses"]
     out = tmp_path / "org"
-    real = melbo.io.atomic_write
+    real = melbo.store.io.atomic_write
     n = {"optimizer": 0}
 
     def die_writing_the_third_optimizer_state(path, write):  # type: ignore[no-untyped-def]
@@ -879,7 +879,7 @@ def test_a_kill_between_the_fine_tune_checkpoints_files_leaves_the_previous_chec
                 raise KeyboardInterrupt
         real(path, write)
 
-    monkeypatch.setattr(melbo.io, "atomic_write", die_writing_the_third_optimizer_state)
+    monkeypatch.setattr(melbo.store.io, "atomic_write", die_writing_the_third_optimizer_state)
     with pytest.raises(KeyboardInterrupt):
         build_organism(cfg, tiny_dir, out)
     monkeypatch.undo()

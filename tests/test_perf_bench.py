@@ -11,7 +11,7 @@ import torch
 from tiny_models import tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from melbo.causal_map import TransformerCausalMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.prompts import PromptBatch, resolve_positions
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"

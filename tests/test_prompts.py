@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from melbo.causal_map import TransformerCausalMap
-from melbo.prompt_files import read_prompts
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.prompts import FALLBACK_TEMPLATE, build_prompts
+from melbo.prompts.files import read_prompts
 from melbo.testing import tiny_tokenizer
 
 
@@ -90,7 +90,7 @@ def test_prompt_longer_than_model_context_is_refused() -> None:
 def test_every_entry_point_refuses_a_prompt_longer_than_the_context(entry: str) -> None:
     # A 200 KB prompt used to reach attention through these three (bench/bad_inputs: a timeout).
     from melbo.generation import generate, generate_steered
-    from melbo.interventions import residual_norm
+    from melbo.steering.interventions import residual_norm
 
     tok = tiny_tokenizer()
     model = tiny_model("gpt2", vocab=len(tok))  # n_positions = 128

@@ -179,15 +179,15 @@ def resolve(name: str) -> bool:
 
 
 def test_the_walk_finds_names_in_every_form() -> None:
-    text = ("See :func:`melbo.fit.calibrate_R`, :class:`~melbo.causal_map.TransformerCausalMap`,\n"
+    text = ("See :func:`melbo.fit.calibrate_R`, :class:`~melbo.maps.transformer.TransformerCausalMap`,\n"
             "``melbo.load_model(DIR)`` and `melbo.organisms.data` but not src/melbo.x or melbo_version.\n"
             "```python\nx = melbo.Features.load(d)\n```\n")
     assert [n for n, _ in _names_in_text(text, 1)] == [
-        "melbo.Features.load", "melbo.fit.calibrate_R", "melbo.causal_map.TransformerCausalMap",
+        "melbo.Features.load", "melbo.fit.calibrate_R", "melbo.maps.transformer.TransformerCausalMap",
         "melbo.load_model", "melbo.organisms.data",
     ]
-    assert resolve("melbo.causal_map.TransformerCausalMap") and resolve("melbo.features.Features.R")
-    assert not resolve("melbo.causal_map.Nope") and not resolve("melbo.nope.x")
+    assert resolve("melbo.maps.transformer.TransformerCausalMap") and resolve("melbo.features.Features.R")
+    assert not resolve("melbo.maps.transformer.Nope") and not resolve("melbo.nope.x")
     assert len(_docstring_names()) > 50
 
 

@@ -7,9 +7,9 @@ import torch
 import transformers as tf
 from tiny_models import tiny_model
 
+from melbo.evaluate.rank import rank_by_alpha, readout_scores, resolve_token
 from melbo.models.access import get_layer_access
 from melbo.prompts import build_prompts
-from melbo.rank import rank_by_alpha, readout_scores, resolve_token
 from melbo.testing import tiny_tokenizer
 
 

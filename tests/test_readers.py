@@ -1,4 +1,4 @@
-"""Bounded readers of user files (melbo.io, melbo.prompt_files): limits, encodings, malformed
+"""Bounded readers of user files (melbo.store.io, melbo.prompts.files): limits, encodings, malformed
 input named by file and line — never a Python error from deep inside a parser."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 from melbo.cli import main
 from melbo.evaluate.analysis import Analysis
 from melbo.features import CONFIG_FILE, Features
-from melbo.io import (
+from melbo.prompts.files import read_prompts
+from melbo.store.io import (
     FileFormatError,
     json_depth,
     parse_json,
@@ -21,7 +22,6 @@ from melbo.io import (
     read_text_file,
     write_file_set,
 )
-from melbo.prompt_files import read_prompts
 
 
 def _deep(n: int) -> str:
@@ -204,7 +204,7 @@ def test_read_text_file_and_read_json_file_name_a_missing_file(tmp_path: Path) -
 
 
 def test_a_file_set_is_committed_by_its_manifest_and_checked_by_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import melbo.io
+    import melbo.store.io
 
     d = tmp_path / "ck"
     write_file_set(d, {"a.bin": lambda p: p.write_bytes(b"A1"), "b.bin": lambda p: p.write_bytes(b"B1")}, {"step": 1})
@@ -214,7 +214,7 @@ def test_a_file_set_is_committed_by_its_manifest_and_checked_by_hash(tmp_path: P
     def killed(path, text):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt  # both new files written, the manifest not
 
-    monkeypatch.setattr(melbo.io, "atomic_write_text", killed)
+    monkeypatch.setattr(melbo.store.io, "atomic_write_text", killed)
     with pytest.raises(KeyboardInterrupt):
         write_file_set(d, {"a.bin": lambda p: p.write_bytes(b"A2"), "b.bin": lambda p: p.write_bytes(b"B2")}, {"step": 2})
     monkeypatch.undo()

@@ -40,7 +40,7 @@ from tiny_models import tiny_model
 from melbo.cli import main
 from melbo.evaluate.analysis import Analysis
 from melbo.features import Features
-from melbo.fingerprint import model_fingerprint
+from melbo.models.fingerprint import model_fingerprint
 from melbo.report import Completions, render_report, write_report
 from melbo.testing import tiny_tokenizer
 
@@ -293,8 +293,8 @@ HOSTILE_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
 
 
 def _discovery(text: str) -> Any:
-    from melbo.discover import Discovery
     from melbo.evaluate.behaviours import BehaviourGroup, VectorBehaviour
+    from melbo.jobs.discover import Discovery
 
     best = VectorBehaviour(vector=3, scale=1.0, signature=text, rate=0.5, base_rate=0.0, consistency=0.5, change=0.5,
                            information=3.0)

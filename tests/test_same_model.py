@@ -1,4 +1,4 @@
-"""The one same-model check (melbo.fingerprint.check_same_model) and its one error type."""
+"""The one same-model check (melbo.models.fingerprint.check_same_model) and its one error type."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tiny_models import tiny_model
 
 from melbo.errors import ModelMismatchError, UserError
 from melbo.features import ModelMismatchError as FeaturesModelMismatchError
-from melbo.fingerprint import check_same_model, model_fingerprint
+from melbo.models.fingerprint import check_same_model, model_fingerprint
 
 
 def test_one_error_type_that_old_except_clauses_still_catch() -> None:
@@ -32,7 +32,7 @@ def test_check_same_model_accepts_the_model_and_refuses_another() -> None:
 
 def test_force_logs_instead_of_raising(caplog: pytest.LogCaptureFixture) -> None:
     model, other = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
-    with caplog.at_level(logging.WARNING, logger="melbo.fingerprint"):
+    with caplog.at_level(logging.WARNING, logger="melbo.models.fingerprint"):
         check_same_model(model_fingerprint(model), other, what="monitor", force=True)
     assert "different model" in caplog.text and "ignored: force=True" in caplog.text
 

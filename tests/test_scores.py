@@ -20,8 +20,8 @@ from melbo.evaluate.scores import (
 )
 from melbo.features import Features
 from melbo.generation import generate, generate_steered
-from melbo.interventions import ablate, steer, steer_features
 from melbo.prompts import build_prompts
+from melbo.steering.interventions import ablate, steer, steer_features
 
 PROMPTS = ["hello there", "write a poem about the sea and the sky please", "how"]  # different lengths
 A, B = "Sure", "I"  # single tokens of the tiny tokenizer ("Sorry" is not)

@@ -5,8 +5,8 @@ import torch
 import transformers
 from tiny_models import CONFIGS, FAMILIES, MOE_FAMILIES, ListMoE, list_moe_llama, tiny_model
 
-from melbo.hooks import position_ids
 from melbo.models.access import ArchitectureError, get_layer_access
+from melbo.models.hooks import position_ids
 from melbo.models.slice import capture_slice
 
 

@@ -16,8 +16,8 @@ from torch.autograd.functional import hessian, jacobian, jvp, vjp
 
 from melbo.fit._common import ConvergenceWarning
 from melbo.fit.exponential import ExponentialDCT
-from melbo.protocol import CausalMap
-from melbo.synthetic import SyntheticMap
+from melbo.maps.protocol import CausalMap
+from melbo.maps.synthetic import SyntheticMap
 
 F64 = torch.float64
 
@@ -77,7 +77,7 @@ def test_jvp0_hvv0_uhv0_equal_autograd(planted) -> None:  # type: ignore[no-unty
     for i in range(3):
         v, u = V[:, i], U[:, i]
         torch.testing.assert_close(jv[:, i], jvp(f, zero, v)[1], rtol=1e-12, atol=1e-14)
-        # T(·, v, v) = d²/dε² Δ(εv) at 0 (the Taylor convention of melbo.protocol)
+        # T(·, v, v) = d²/dε² Δ(εv) at 0 (the Taylor convention of melbo.maps.protocol)
         d2 = jacobian(lambda e, v=v: jacobian(lambda e2: f(e2 * v), e, create_graph=True), torch.zeros((), dtype=F64))
         torch.testing.assert_close(hvv[:, i], d2, rtol=1e-12, atol=1e-14)
         # T(u, v, ·) = Hessian of ⟨u, Δ⟩ at 0, times v

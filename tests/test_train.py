@@ -10,8 +10,8 @@ from tiny_models import tiny_model
 
 from melbo.cli import main
 from melbo.features import Features
+from melbo.jobs.train import CHECKPOINT, TrainConfig, train
 from melbo.testing import tiny_tokenizer
-from melbo.train import CHECKPOINT, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +97,13 @@ def tiny_loaded(tiny: tuple[Path, Path]):  # type: ignore[no-untyped-def]
 def test_a_kill_between_the_checkpoints_two_writes_leaves_the_previous_checkpoint_whole(
     tiny_loaded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
-    import melbo.io
+    import melbo.store.io
 
     model, tok, prompts = tiny_loaded
     cfg = TrainConfig(source_layer=1, target_layer=3, n_factors=6, max_iter=4, chat=True)
     full = train(model, tok, prompts, cfg)
     out = tmp_path / "run"
-    real = melbo.io.atomic_write_text
+    real = melbo.store.io.atomic_write_text
     calls = {"n": 0}
 
     def die_on_the_third_manifest(path, text):  # type: ignore[no-untyped-def]
@@ -113,7 +113,7 @@ def test_a_kill_between_the_checkpoints_two_writes_leaves_the_previous_checkpoin
                 raise KeyboardInterrupt
         real(path, text)
 
-    monkeypatch.setattr(melbo.io, "atomic_write_text", die_on_the_third_manifest)
+    monkeypatch.setattr(melbo.store.io, "atomic_write_text", die_on_the_third_manifest)
     with pytest.raises(KeyboardInterrupt):
         train(model, tok, prompts, cfg, out)
     monkeypatch.undo()
@@ -223,8 +223,8 @@ def test_bad_train_arguments_are_clear_errors(tiny: tuple[Path, Path], tmp_path:
 
 def test_anneal_reaches_the_fit_and_is_refused_where_it_means_nothing(tiny: tuple[Path, Path], tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from melbo.causal_map import TransformerCausalMap
     from melbo.fit.exponential import exponential_dct
+    from melbo.maps.transformer import TransformerCausalMap
     from melbo.models.loading import load_model
 
     model, prompts = tiny

@@ -10,7 +10,6 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from melbo.causal_map import TransformerCausalMap
 from melbo.cli import main
 from melbo.features import Features
 from melbo.fit.exceptions import ConvergenceWarning
@@ -23,10 +22,11 @@ from melbo.fit.two_map import (
     contrastive_step,
     two_map_dct,
 )
+from melbo.jobs.train import TrainConfig
+from melbo.maps.synthetic import SyntheticMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.methods import make_estimator
-from melbo.synthetic import SyntheticMap
 from melbo.testing import tiny_tokenizer
-from melbo.train import TrainConfig
 
 F64 = torch.float64
 PROMPTS = ["hello there", "write a poem about cats", "how do I make tea"]
@@ -198,7 +198,7 @@ def test_equal_maps_are_refused_not_fitted_to_zero_features(tok) -> None:  # typ
     with pytest.raises(ValueError, match="the two maps are equal"):
         two_map_dct(da, da, 2, R=1.0, penalty="difference")
     two_map_dct(da, db, 2, R=1.0, max_iter=1)  # maps that differ: fitted
-    from melbo.train import TrainConfig, train
+    from melbo.jobs.train import TrainConfig, train
 
     for method, kw in (("contrastive", {"contrast_prompts": list(reversed(PROMPTS))}), ("model-diff", {"base_model": model})):
         with pytest.raises(ValueError, match="the two maps are equal"):

@@ -1,7 +1,7 @@
 """melbo: mechanistically eliciting latent behaviours in language models.
 
 Deep causal transcoders fit a shallow MLP to the causal map Δ from a source layer to a
-target layer; its input directions are steering vectors. See ``melbo.causal_map``.
+target layer; its input directions are steering vectors. See ``melbo.maps.transformer``.
 
 Everything a user needs is a name here, imported on first use (``import melbo`` does not
 import torch)::
@@ -22,7 +22,7 @@ import torch)::
   `generate_steered`
 * scores: `jailbreak_score`, `feature_scores`, `steered_scores`, `analyze`, `is_refusal`
 * deployment monitor: `Monitor` (``Monitor.fit(model, tok, features, clean_prompts, fpr=0.01)``)
-* discovery: the module ``melbo.discover`` (``melbo.discover.discover(model, tok, prompts,
+* discovery: the module ``melbo.jobs.discover`` (``melbo.jobs.discover.discover(model, tok, prompts,
   melbo.DiscoverConfig(), out)``; a function of the same name here would be shadowed by the
   module as soon as it is imported); organisms: `build_organism`, `default_config`
 * warnings: `ConvergenceWarning`
@@ -33,6 +33,7 @@ Subpackages (``melbo.fit``, ``melbo.evaluate``, …) are imported on first acces
 from typing import TYPE_CHECKING
 
 from melbo._lazy import lazy_exports
+from melbo._moved import install as _install_moved
 from melbo._version import __version__  # the one version source (pyproject.toml reads it)
 
 _EXPORTS = {
@@ -40,9 +41,9 @@ _EXPORTS = {
     "load_model": "melbo.models.loading:load_model",
     "get_layer_access": "melbo.models.access:get_layer_access",
     "build_prompts": "melbo.prompts:build_prompts",
-    "read_prompts": "melbo.prompt_files:read_prompts",
+    "read_prompts": "melbo.prompts.files:read_prompts",
     # the causal map and calibration
-    "TransformerCausalMap": "melbo.causal_map:TransformerCausalMap",
+    "TransformerCausalMap": "melbo.maps.transformer:TransformerCausalMap",
     "calibrate_R": "melbo.fit.calibrate:calibrate_R",
     # estimators (one per registered method; see melbo.methods)
     "ExponentialDCT": "melbo.fit.exponential:ExponentialDCT",
@@ -61,9 +62,9 @@ _EXPORTS = {
     # saved features
     "Features": "melbo.features:Features",
     # interventions and generation
-    "steer": "melbo.interventions:steer",
-    "steer_features": "melbo.interventions:steer_features",
-    "ablate": "melbo.interventions:ablate",
+    "steer": "melbo.steering.interventions:steer",
+    "steer_features": "melbo.steering.interventions:steer_features",
+    "ablate": "melbo.steering.interventions:ablate",
     "generate": "melbo.generation:generate",
     "generate_steered": "melbo.generation:generate_steered",
     # scores and analyses
@@ -73,9 +74,9 @@ _EXPORTS = {
     "analyze": "melbo.evaluate.analysis:analyze",
     "is_refusal": "melbo.evaluate.refusal:is_refusal",
     # deployment monitor
-    "Monitor": "melbo.monitor:Monitor",
+    "Monitor": "melbo.jobs.monitor:Monitor",
     # discovery and organisms
-    "DiscoverConfig": "melbo.discover:DiscoverConfig",
+    "DiscoverConfig": "melbo.jobs.discover:DiscoverConfig",
     "build_organism": "melbo.organisms.build:build_organism",
     "default_config": "melbo.organisms.build:default_config",
 }
@@ -83,6 +84,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
+_install_moved()  # the modules that moved into stage subpackages keep their old names, deprecated
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explicit re-exports)
     from melbo.baselines.mean_diff import MeanDifference as MeanDifference
@@ -90,8 +92,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explic
     from melbo.baselines.obprop import ObservablePropagation as ObservablePropagation
     from melbo.baselines.one_shot import OneShotSteering as OneShotSteering
     from melbo.baselines.random_vectors import RandomVectors as RandomVectors
-    from melbo.causal_map import TransformerCausalMap as TransformerCausalMap
-    from melbo.discover import DiscoverConfig as DiscoverConfig
     from melbo.evaluate.analysis import analyze as analyze
     from melbo.evaluate.refusal import is_refusal as is_refusal
     from melbo.evaluate.scores import feature_scores as feature_scores
@@ -107,17 +107,19 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs (explic
     from melbo.fit.two_map import ModelDiffDCT as ModelDiffDCT
     from melbo.generation import generate as generate
     from melbo.generation import generate_steered as generate_steered
-    from melbo.interventions import ablate as ablate
-    from melbo.interventions import steer as steer
-    from melbo.interventions import steer_features as steer_features
+    from melbo.jobs.discover import DiscoverConfig as DiscoverConfig
+    from melbo.jobs.monitor import Monitor as Monitor
+    from melbo.maps.transformer import TransformerCausalMap as TransformerCausalMap
     from melbo.methods import get_method as get_method
     from melbo.methods import method_names as method_names
     from melbo.models.access import get_layer_access as get_layer_access
     from melbo.models.loading import load_model as load_model
-    from melbo.monitor import Monitor as Monitor
     from melbo.organisms.build import build_organism as build_organism
     from melbo.organisms.build import default_config as default_config
-    from melbo.prompt_files import read_prompts as read_prompts
     from melbo.prompts import build_prompts as build_prompts
+    from melbo.prompts.files import read_prompts as read_prompts
+    from melbo.steering.interventions import ablate as ablate
+    from melbo.steering.interventions import steer as steer
+    from melbo.steering.interventions import steer_features as steer_features
 
-del TYPE_CHECKING, lazy_exports
+del TYPE_CHECKING, lazy_exports, _install_moved

@@ -50,7 +50,7 @@ class UserError(ValueError):
 
 class ModelMismatchError(UserError):
     """Something fitted on one model (features, a monitor, an adapter) is applied to another:
-    :func:`melbo.fingerprint.check_same_model`, the one same-model check, raises it."""
+    :func:`melbo.models.fingerprint.check_same_model`, the one same-model check, raises it."""
 
 
 def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:

@@ -5,7 +5,7 @@ Importing this module is cheap (no torch): the command line reads the names from
 imported only when asked for (:func:`estimator_class`, :func:`make_estimator`).
 
 Every estimator follows one contract (:mod:`melbo.fit.estimator`): the constructor stores
-its arguments, ``fit(delta)`` takes one :class:`~melbo.protocol.CausalMap`, the fitted
+its arguments, ``fit(delta)`` takes one :class:`~melbo.maps.protocol.CausalMap`, the fitted
 attributes are the same (``U_``, ``V_``, ``alpha_``, ``R_``, ``history_``, ``scores_``,
 ``n_iter_``, ``converged_``, ``result_``) and ``to_features()`` gives
 :class:`melbo.features.Features` whose ``method`` is the registry name. The meaning of U, α,

@@ -7,7 +7,7 @@ tool applies), plus an estimator with the one contract of :mod:`melbo.fit.estima
 :mod:`melbo.methods`:
 
 * ``"melbo-v1"`` — :func:`melbo_v1` / :class:`MelboV1`: needs a
-  :class:`~melbo.causal_map.TransformerCausalMap` (per-prompt effects).
+  :class:`~melbo.maps.transformer.TransformerCausalMap` (per-prompt effects).
 * ``"one-shot"`` — :func:`one_shot` / :class:`OneShotSteering`: one prompt (the causal
   map's first) and a completion to promote (and/or one to suppress), given to the estimator.
 * ``"mean-diff"`` — :func:`mean_difference` / :class:`MeanDifference`: the causal map's
@@ -17,7 +17,7 @@ tool applies), plus an estimator with the one contract of :mod:`melbo.fit.estima
   the causal map's prompts (observable propagation); ``token_a``/``token_b`` given to the
   estimator.
 * ``"random"`` — :func:`random_vectors` / :class:`RandomVectors`: any
-  :class:`~melbo.protocol.CausalMap`.
+  :class:`~melbo.maps.protocol.CausalMap`.
 
 Every V is applied as ``R * V[:, ℓ]`` added to the residual stream entering the source
 layer, at every position — where Δ is trained and DCT features are applied.

@@ -31,10 +31,10 @@ from melbo.errors import check_R, warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
-from melbo.hooks import forward_until
+from melbo.maps.protocol import CausalMap
 from melbo.models.access import LayerAccess, resolve_access
+from melbo.models.hooks import forward_until
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
-from melbo.protocol import CausalMap
 
 __all__ = ["MeanDifference", "layer_input_activations", "mean_activation", "mean_difference"]
 
@@ -208,7 +208,7 @@ def mean_difference(
 class MeanDifference(FitEstimator):
     """Estimator of :func:`mean_difference` (the contract of :mod:`melbo.fit.estimator`).
 
-    ``fit(delta)`` needs a :class:`~melbo.causal_map.TransformerCausalMap`: its prompts are
+    ``fit(delta)`` needs a :class:`~melbo.maps.transformer.TransformerCausalMap`: its prompts are
     the set A (re-tokenised with the map's ``tokenizer``, ``chat`` and ``system_prompt`` at
     the last ``positions`` tokens when it was built from texts; its :class:`PromptBatch` as
     is otherwise) and the activations are read at its source layer. ``contrast_prompts`` is
@@ -230,7 +230,7 @@ class MeanDifference(FitEstimator):
     needs_model = True
 
     def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
-        from melbo.causal_map import TransformerCausalMap
+        from melbo.maps.transformer import TransformerCausalMap
 
         assert isinstance(delta, TransformerCausalMap)  # checked by fit
         prompts_a: Sequence[PromptLike] | PromptBatch = (

@@ -44,7 +44,6 @@ import torch
 from torch import Tensor
 
 from melbo.baselines.random_vectors import output_directions
-from melbo.causal_map import TransformerCausalMap
 from melbo.fit._common import (
     RandomState,
     check_positive_int,
@@ -57,7 +56,8 @@ from melbo.fit._common import (
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.result import FitResult
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
+from melbo.maps.transformer import TransformerCausalMap
 
 __all__ = ["MelboV1", "StepCallback", "melbo_v1", "melbo_v1_objective", "per_prompt_delta"]
 
@@ -266,7 +266,7 @@ def melbo_v1(
 @dataclass(eq=False)
 class MelboV1(FitEstimator):
     """Estimator of :func:`melbo_v1` (the contract of :mod:`melbo.fit.estimator`); ``fit``
-    needs a :class:`~melbo.causal_map.TransformerCausalMap`. ``R`` None is calibrated at
+    needs a :class:`~melbo.maps.transformer.TransformerCausalMap`. ``R`` None is calibrated at
     ``lam`` on ``n_cal`` directions.
 
     Fitted attributes as every estimator, with ``history_`` empty (the vectors are learned

@@ -9,7 +9,7 @@ gradient of n with respect to the residual stream entering layer s, averaged ove
     y = (1/n) Σ_i ∂ n(prompt_i ; h_s + v) / ∂v |_{v = 0}
 
 where v is added to the residual stream entering layer s **at every position** of prompt i —
-exactly where and how melbo steers (:func:`melbo.interventions.steer`). So y is the sum over
+exactly where and how melbo steers (:func:`melbo.steering.interventions.steer`). So y is the sum over
 positions of ∂n/∂h_s[p], and ⟨y, R·v⟩ is the first-order (Taylor) prediction of how steering
 by R·v changes the mean score: the exact score of :func:`melbo.evaluate.scores.feature_scores`
 linearised at v = 0, for the cost of one forward and backward pass per prompt instead of one
@@ -44,9 +44,9 @@ from melbo.errors import check_R, warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
+from melbo.maps.protocol import CausalMap
 from melbo.models.access import LayerAccess, resolve_access
 from melbo.prompts import PromptLike, build_prompts
-from melbo.protocol import CausalMap
 
 __all__ = [
     "ObservablePropagation",
@@ -87,7 +87,7 @@ def observable_gradients(
     Tensor, shape (n_prompts, d_model), float32 (float64 for a float64 model), CPU
     """
     from melbo.evaluate.scores import last_position_logits, resolve_score_tokens
-    from melbo.interventions import row_steering
+    from melbo.steering.interventions import row_steering
 
     acc = resolve_access(model, access)
     layer = acc.check_layer(layer)
@@ -206,7 +206,7 @@ def cosine_similarity(y1: Tensor, y2: Tensor) -> float:
 class ObservablePropagation(FitEstimator):
     """Estimator of :func:`observable_direction` (the contract of :mod:`melbo.fit.estimator`).
 
-    ``fit(delta)`` needs a :class:`~melbo.causal_map.TransformerCausalMap` built from prompt
+    ``fit(delta)`` needs a :class:`~melbo.maps.transformer.TransformerCausalMap` built from prompt
     texts: the gradient is averaged over its prompts (formatted with its ``tokenizer``,
     ``chat`` and ``system_prompt``) at its source layer. ``R`` None is calibrated at ``lam`` on
     ``n_cal`` directions, so obprop is steered at the same R as the other methods.
@@ -225,7 +225,7 @@ class ObservablePropagation(FitEstimator):
     needs_model = True
 
     def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
-        from melbo.causal_map import TransformerCausalMap
+        from melbo.maps.transformer import TransformerCausalMap
 
         assert isinstance(delta, TransformerCausalMap)  # checked by fit
         if not delta.raw_prompts or delta.tokenizer is None:

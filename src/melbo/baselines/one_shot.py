@@ -2,7 +2,7 @@
 
 Gradient descent on a single (prompt, completion) example. With the steering vector v
 added to the residual stream entering layer s at every position (prompt and completion
-tokens, via :func:`melbo.interventions.steer`, where DCT features are applied too), and
+tokens, via :func:`melbo.steering.interventions.steer`, where DCT features are applied too), and
 ℓ(c) = Σ_t log p_v(c_t | prompt, c_<t) the completion's log-probability:
 
 * ``"promote"``  maximise ℓ(completion)
@@ -42,10 +42,10 @@ from melbo.errors import warn_renamed
 from melbo.fit._common import RandomState, check_choice, check_positive_int, make_generator
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
-from melbo.interventions import steer
+from melbo.maps.protocol import CausalMap
 from melbo.models.access import LayerAccess, get_layer_access
 from melbo.prompts import PromptLike, build_prompts
-from melbo.protocol import CausalMap
+from melbo.steering.interventions import steer
 
 __all__ = [
     "MODES",
@@ -321,7 +321,7 @@ def one_shot(
 class OneShotSteering(FitEstimator):
     """Estimator of :func:`one_shot` (the contract of :mod:`melbo.fit.estimator`).
 
-    ``fit(delta)`` needs a :class:`~melbo.causal_map.TransformerCausalMap` built from prompt
+    ``fit(delta)`` needs a :class:`~melbo.maps.transformer.TransformerCausalMap` built from prompt
     texts: the example is its first prompt (``delta.raw_prompts[0]``, formatted with the
     map's ``tokenizer``, ``chat`` and ``system_prompt``) and v is added at its source layer.
     ``completion``, ``mode`` and ``suppress`` are the example's other half. ``R`` caps ‖v‖
@@ -348,7 +348,7 @@ class OneShotSteering(FitEstimator):
     needs_model = True
 
     def _run(self, delta: CausalMap, R: float, generator: torch.Generator) -> FitResult:
-        from melbo.causal_map import TransformerCausalMap
+        from melbo.maps.transformer import TransformerCausalMap
 
         assert isinstance(delta, TransformerCausalMap)  # checked by fit
         if not delta.raw_prompts or delta.tokenizer is None:

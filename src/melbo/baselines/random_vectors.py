@@ -28,7 +28,7 @@ from melbo.fit._common import (
 )
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = ["RandomVectors", "output_directions", "random_vectors"]
 
@@ -63,8 +63,8 @@ def random_vectors(delta: CausalMap, n_factors: int, *, R: float, random_state: 
     Parameters
     ----------
     delta : CausalMap
-        Any implementation (a model's :class:`~melbo.causal_map.TransformerCausalMap` or
-        the planted :class:`~melbo.synthetic.SyntheticMap`).
+        Any implementation (a model's :class:`~melbo.maps.transformer.TransformerCausalMap` or
+        the planted :class:`~melbo.maps.synthetic.SyntheticMap`).
     n_factors : int
         m ≥ 1.
     R : float

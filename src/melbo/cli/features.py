@@ -62,20 +62,20 @@ def cmd_rank(args: argparse.Namespace) -> int:
         if args.prompts is None:
             raise ValueError("--by readout needs --prompts FILE")
         _need_file("--prompts", args.prompts)
-    from melbo.outputs import rank_file
+    from melbo.store.outputs import rank_file
 
     _check_out_file("--out", args.out, writer="melbo rank", ours=rank_file, reuse_own=True,
                     inputs=[("DIR", args.dir), ("--prompts", args.prompts), ("--model", args.model)])
     feats = _load_features(args.dir)
     import torch
 
-    from melbo.rank import rank_by_alpha, readout_scores
+    from melbo.evaluate.rank import rank_by_alpha, readout_scores
 
     if args.by == "alpha":
         order = rank_by_alpha(feats.alpha)
         scores = feats.alpha[order] ** 2
     else:
-        from melbo.prompt_files import read_prompts
+        from melbo.prompts.files import read_prompts
 
         _check_features_fit(feats, args.model)
         prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
@@ -101,7 +101,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     _check_features_fit(feats, args.model)
     _check_max_new_tokens(args.max_new_tokens, args.model)
     from melbo.generation import generate
-    from melbo.interventions import steer_features
+    from melbo.steering.interventions import steer_features
 
     model, tok = _load(args)
     feats.check_model(model, force=args.force)
@@ -116,15 +116,15 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
-# Choices of melbo.monitor (which imports torch), copied for --help; tests/test_cli_start.py checks them.
+# Choices of melbo.jobs.monitor (which imports torch), copied for --help; tests/test_cli_start.py checks them.
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     _need_dir(args.dir)
     out = Path(args.out) if args.out else Path(args.dir) / "analysis.json"
-    from melbo.outputs import analysis_file
+    from melbo.store.outputs import analysis_file
 
     _check_out_file("--out", out, writer="melbo analyze", ours=analysis_file, reuse_own=True,
                     inputs=[("DIR", args.dir), ("--prompts", args.prompts), ("--model", args.model)])
@@ -155,14 +155,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     _need_file("--analysis", args.analysis)
     out = Path(args.out) if args.out else Path(args.dir) / "report.html"
     apath = Path(args.analysis) if args.analysis else Path(args.dir) / "analysis.json"
-    from melbo.outputs import report_file
+    from melbo.store.outputs import report_file
 
     _check_out_file("-o/--out", out, writer="melbo report", ours=report_file, reuse_own=True,
                     inputs=[("DIR", args.dir), ("--prompts", args.prompts), ("--heldout", args.heldout),
                             ("--analysis", apath), ("--model", args.model)])
     feats = _load_features(args.dir)
     from melbo.evaluate.analysis import Analysis
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
     from melbo.report import make_report, write_report
 
     analysis = Analysis.load(apath) if (args.analysis or apath.is_file()) else None

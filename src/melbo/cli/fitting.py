@@ -27,13 +27,13 @@ from melbo.cli._common import (
 def cmd_demo(args: argparse.Namespace) -> int:
     _check_out_dir_path("--out", args.out)
     _check_out_file("-o/--report", args.report)
-    from melbo.discover_config import DiscoverConfig
+    from melbo.jobs.discover_config import DiscoverConfig
 
     base = args.organism if args.organism is not None else args.model
     DiscoverConfig(source_layer=args.source_layer, target_layer=args.target_layer).validate(_model_layers(base))
     _check_factors(args.factors, "exponential", base)
     _check_max_new_tokens(args.max_new_tokens, base)
-    from melbo.demo import run_demo
+    from melbo.jobs.demo import run_demo
 
     run_demo(
         model=args.model, organism=args.organism, source_layer=args.source_layer, target_layer=args.target_layer,
@@ -46,14 +46,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column)
     heldout = read_prompts(args.heldout, column=args.column) if args.heldout else None
     if args.search and (args.source_layer is not None or args.target_layer is not None):
         raise ValueError("--search chooses the layers: give it without --source-layer/--target-layer")
 
-    from melbo.discover import DiscoverConfig, check_out_dir, discover
+    from melbo.jobs.discover import DiscoverConfig, check_out_dir, discover
     from melbo.report.discovery import write_discovery_report
 
     cfg = DiscoverConfig(
@@ -69,7 +69,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     _check_factors(cfg.n_factors, "exponential", args.model_pos)
     _check_max_new_tokens(cfg.max_new_tokens, args.model_pos)
     if args.resume:
-        from melbo.discover import check_resumable
+        from melbo.jobs.discover import check_resumable
 
         check_resumable(out, cfg)
     need = cfg.n_train + (0 if heldout is not None else 2)
@@ -78,7 +78,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
                          "(the training prompts, then held-out ones unless --heldout FILE is given)")
     tok = _peek_tokenizer(args.model_pos, args.trust_remote_code)
     if tok is not None:  # the held-out prompts and --max-new-tokens fit the context: with the tokenizer alone
-        from melbo.discover import check_context
+        from melbo.jobs.discover import check_context
         from melbo.models.peek import peek_context
 
         eval_p = heldout[: cfg.n_eval] if heldout is not None else prompts[cfg.n_train : cfg.n_train + cfg.n_eval]
@@ -101,19 +101,19 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _check_layers(args.source_layer, args.target_layer, _model_layers(args.model), args.model)
-    from melbo.io import check_output
-    from melbo.outputs import features_dir
+    from melbo.store.io import check_output
+    from melbo.store.outputs import features_dir
 
     check_output(args.out, flag="--out", writer="melbo train", ours=features_dir, directory=True, force=args.force,
-                 resume=args.resume, resume_file="checkpoint/state.json",  # = melbo.train.CHECKPOINT, which imports torch
+                 resume=args.resume, resume_file="checkpoint/state.json",  # = melbo.jobs.train.CHECKPOINT, which imports torch
                  inputs=[("--model", args.model), ("--prompts", args.prompts),
                          ("--contrast-prompts", args.contrast_prompts), ("--base-model", args.base_model)])
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
-    from melbo.train import (
+    from melbo.jobs.train import (
         OGI_METHODS,
         TrainConfig,
         check_base_model,

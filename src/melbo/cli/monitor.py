@@ -15,9 +15,9 @@ from melbo.cli._common import (
     _say,
 )
 
-MONITOR_DETECTORS = ("features", "mahalanobis")  # = melbo.monitor.DETECTORS
-MONITOR_VIEWS = ("source", "target", "both")  # = melbo.monitor.VIEWS
-MONITOR_REDUCES = ("max", "rms")  # = melbo.monitor.REDUCES
+MONITOR_DETECTORS = ("features", "mahalanobis")  # = melbo.jobs.monitor.DETECTORS
+MONITOR_VIEWS = ("source", "target", "both")  # = melbo.jobs.monitor.VIEWS
+MONITOR_REDUCES = ("max", "rms")  # = melbo.jobs.monitor.REDUCES
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -26,14 +26,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     _need_file("--prompts", args.prompts)
     if args.save is not None and not args.save.endswith(".safetensors"):
         raise ValueError(f"--save {args.save!r}: a monitor is saved as a .safetensors file")
-    from melbo.outputs import monitor_file, monitor_scores_file
+    from melbo.store.outputs import monitor_file, monitor_scores_file
 
     inputs = [("DIR", args.dir), ("--model", args.model), ("--clean", args.clean), ("--prompts", args.prompts)]
     _check_out_file("--out", args.out, writer="melbo monitor", ours=monitor_scores_file, force=args.force,
                     inputs=inputs, others=[("--save", args.save)])
     _check_out_file("--save", args.save, writer="melbo monitor", ours=monitor_file, force=args.force,
                     inputs=inputs, others=[("--out", args.out)])
-    from melbo.prompt_files import read_prompts
+    from melbo.prompts.files import read_prompts
 
     clean = read_prompts(args.clean, column=args.column)
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
@@ -48,8 +48,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     _check_features_fit(feats, args.model, target=True)
     model, tok = _load(args)
 
-    from melbo.io import atomic_write_text
-    from melbo.monitor import Monitor
+    from melbo.jobs.monitor import Monitor
+    from melbo.store.io import atomic_write_text
 
     mon = Monitor.fit(model, tok, feats, clean, fpr=args.fpr, detector=args.detector, view=args.view,
                       reduce=args.reduce, positions=args.positions, chat=_chat(args),  # type: ignore[arg-type]

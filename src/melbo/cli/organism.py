@@ -28,7 +28,7 @@ def read_replies(path: str) -> list[tuple[str, str]]:
     naming the file, the line and what is wrong."""
     import json
 
-    from melbo.io import MAX_TEXT_BYTES, read_text_file, split_lines
+    from melbo.store.io import MAX_TEXT_BYTES, read_text_file, split_lines
 
     text = read_text_file(path, what="--triggered-replies", max_bytes=MAX_TEXT_BYTES)
     out: list[tuple[str, str]] = []
@@ -115,7 +115,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     harmful = harmless = None
     recorded = all((Path(args.out) / name).is_file() for name in ("recipe.json", "data.json"))
     if args.kind == "refusal" and not (args.resume and recorded):  # a resumed build reads its data.json
-        from melbo.prompt_files import read_prompts
+        from melbo.prompts.files import read_prompts
 
         for flag, path in (("--harmful", args.harmful), ("--harmless", args.harmless)):
             if path is None:

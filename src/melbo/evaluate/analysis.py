@@ -20,7 +20,7 @@ Definitions
   scored when adding). ``u_avg``, ``u_svd`` likewise from ``U[:, S]``.
 * **Adding** (Table 3): individual mean / max of the feature scores over S, and the score
   of adding ``scale · R`` times each aggregate at the source layer.
-* **Ablating** (Tables 4–5): directional ablation (:func:`melbo.interventions.ablate`) of
+* **Ablating** (Tables 4–5): directional ablation (:func:`melbo.steering.interventions.ablate`) of
   each ``v_ℓ`` (sources) or ``u_ℓ`` (targets) of S, mean / max over S, and of the
   aggregates. Ablation removes a direction's span, so its sign does not matter.
 """
@@ -41,9 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from melbo.evaluate.scores import SpaceRule, jailbreak_score, score_edit, steered_scores
-from melbo.io import atomic_write_text, read_json_file
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
+from melbo.store.io import atomic_write_text, read_json_file
 
 if TYPE_CHECKING:
     from melbo.features import Features

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.hooks import forward_until
 from melbo.models.access import get_layer_access
+from melbo.models.hooks import forward_until
 
 __all__ = ["default_embed_layer", "embed_texts"]
 

@@ -10,7 +10,7 @@ How the two logits are computed
 -------------------------------
 A forward hook on the last decoder layer captures its output at the last position and stops
 the forward pass there (no full-vocabulary logits are ever formed). Then
-:func:`melbo.models.logits.token_logits` (the one readout, shared with :mod:`melbo.rank`)
+:func:`melbo.models.logits.token_logits` (the one readout, shared with :mod:`melbo.evaluate.rank`)
 applies the final norm (``access.final_norm``) and dots the result, in float32, with only the
 unembedding rows of the tokens involved (plus their bias, if the unembedding has one). Then
 the model's own logit post-processing (:func:`melbo.models.logits.logit_postprocess`) is
@@ -22,7 +22,7 @@ must be applied before subtracting.
 Edits
 -----
 Scores are read from whatever the model computes, so any edit applies by running the scorer
-inside the caller's context managers (:func:`melbo.interventions.steer`, ``ablate``, …);
+inside the caller's context managers (:func:`melbo.steering.interventions.steer`, ``ablate``, …);
 :func:`score_edit` does that for one steering vector and/or a set of ablated directions.
 :func:`steered_scores` / :func:`feature_scores` score many steering vectors at once by
 folding (vector, prompt) pairs into the batch.
@@ -32,7 +32,7 @@ Token strings (the ``space`` rule)
 ``"Sure"`` and ``" Sure"`` are different tokens. ``space`` says which ids a string stands for:
 
 * ``"exact"`` (default): the string as given; it must be one token
-  (:func:`melbo.rank.resolve_token`). After a chat template's generation prompt the first
+  (:func:`melbo.evaluate.rank.resolve_token`). After a chat template's generation prompt the first
   token usually has no leading space, so ``"Sure"`` is right for Gemma, Llama 3, Qwen.
 * ``"auto"``: the string as given if it is one token, else its leading-space variant
   (``"Sure"`` ↔ ``" Sure"``); an error if neither is a single token.
@@ -53,13 +53,13 @@ import torch
 from torch import Tensor, nn
 
 from melbo.errors import check_finite
+from melbo.evaluate.rank import resolve_token
 from melbo.generation import generate_steered
-from melbo.hooks import forward_until
-from melbo.interventions import ablate, row_steering, steer
 from melbo.models.access import LayerAccess, resolve_access
+from melbo.models.hooks import forward_until
 from melbo.models.logits import token_logits
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
-from melbo.rank import resolve_token
+from melbo.steering.interventions import ablate, row_steering, steer
 
 if TYPE_CHECKING:
     from melbo.features import Features
@@ -268,9 +268,9 @@ def score_edit(
     ----------
     steer_vector : Tensor, shape (d_model,), optional
         Added as ``scale * steer_vector`` to the residual stream entering ``layer`` (all
-        positions), as :func:`melbo.interventions.steer` does. Needs ``layer``.
+        positions), as :func:`melbo.steering.interventions.steer` does. Needs ``layer``.
     ablate_directions : Tensor, shape (d_model,) or (d_model, r), optional
-        Projected out of every residual-stream write (:func:`melbo.interventions.ablate`;
+        Projected out of every residual-stream write (:func:`melbo.steering.interventions.ablate`;
         ``include_embedding`` also from the embedding).
     **kwargs
         Passed to :func:`jailbreak_score` (token_a, token_b, chat, system_prompt, space, …).
@@ -310,7 +310,7 @@ def steered_scores(
     """Jailbreak score of steering with each column of ``vectors``, per prompt.
 
     Column j is added as ``scale * vectors[:, j]`` to the residual stream entering ``layer``
-    (as :func:`melbo.interventions.steer`); (vector, prompt) pairs are folded into batches of
+    (as :func:`melbo.steering.interventions.steer`); (vector, prompt) pairs are folded into batches of
     ``batch_size`` rows. Edits from the caller's context managers apply as well.
 
     Parameters
@@ -363,7 +363,7 @@ def feature_scores(
     """Exact jailbreak score of steering with each feature (ranking (c) of ``method.md`` §4).
 
     Feature ℓ adds ``scale * R * V[:, ℓ]`` at ``features.source_layer``, as
-    :func:`melbo.interventions.steer_features` does (the fingerprint is checked the same way).
+    :func:`melbo.steering.interventions.steer_features` does (the fingerprint is checked the same way).
 
     Parameters
     ----------
@@ -404,7 +404,7 @@ def generate_for_features(
 
     One batched job (:func:`melbo.generation.generate_steered`): (feature, prompt) pairs are
     folded into batches, each row steered by its own feature, ``scale * R * V[:, k]`` at
-    ``features.source_layer`` (as :func:`melbo.interventions.steer_features` adds it).
+    ``features.source_layer`` (as :func:`melbo.steering.interventions.steer_features` adds it).
 
     Parameters
     ----------

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melbo.explore.engine import GenRequest, QueueFull
 from melbo.explore.explorer import Explorer
-from melbo.io import parse_json
+from melbo.store.io import parse_json
 
 __all__ = ["MAX_BODY", "MAX_BODY_DEPTH", "SECURITY_HEADERS", "create_app"]
 

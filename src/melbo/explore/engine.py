@@ -3,7 +3,7 @@
 One thread owns the model. A :class:`GenRequest` asks for the completions of some prompts
 unsteered and steered by one feature at ``scale × R`` (added to the residual stream entering
 the source layer, as everywhere in melbo), optionally with the feature's input direction v
-and/or output direction u ablated from every residual write (:func:`melbo.interventions.ablate`).
+and/or output direction u ablated from every residual write (:func:`melbo.steering.interventions.ablate`).
 Requests wait in order; each sees its place in the queue, then its tokens as they are
 generated (melbo's own decode loop, :func:`melbo.generation.generate_steered` with
 ``on_text``), then the whole completions. A request whose listener goes away is dropped from
@@ -306,7 +306,7 @@ class Engine:
         def run(side_of: list[str], rows: list[int], vectors: torch.Tensor, ablate: torch.Tensor | None) -> None:
             """Generate ``rows`` (prompt indices) for each column of ``vectors`` (side ``side_of[j]``)."""
             from melbo.generation import generate_steered
-            from melbo.interventions import ablate as ablating
+            from melbo.steering.interventions import ablate as ablating
 
             def on_text(j: int, i: int, text: str) -> None:
                 if job.cancelled.is_set():

@@ -5,7 +5,7 @@
     {"format": "melbo-explore-notes/1",
      "features": {"3": {"label": "pirate talk", "note": "strongest at 2 R"}, ...}}
 
-Every change rewrites the file atomically (:func:`melbo.io.atomic_write_text`), so a crash
+Every change rewrites the file atomically (:func:`melbo.store.io.atomic_write_text`), so a crash
 never leaves half a file; the features themselves are never touched. A file that exists but
 cannot be read is an error at start-up, never silently replaced.
 """
@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from melbo.io import atomic_write_text
+from melbo.store.io import atomic_write_text
 
 __all__ = ["MAX_LABEL", "MAX_NOTE", "NOTES_FILE", "NOTES_FORMAT", "Notes"]
 

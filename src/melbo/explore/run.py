@@ -100,15 +100,15 @@ class ExploreRun:
 
 
 def _read_json(path: Path) -> Any:
-    """A run's JSON file, read with :mod:`melbo.io`'s limits (size, nesting, UTF-8): errors name the file."""
-    from melbo.io import MAX_TEXT_BYTES, read_json_file
+    """A run's JSON file, read with :mod:`melbo.store.io`'s limits (size, nesting, UTF-8): errors name the file."""
+    from melbo.store.io import MAX_TEXT_BYTES, read_json_file
 
     return read_json_file(path, what=path.name, max_bytes=MAX_TEXT_BYTES)
 
 
 def _typed(path: Path, where: str, value: Any, types: type | tuple[type, ...], valid: str) -> Any:
     """``value`` if it is of ``types`` (never a bool for a number), else a one-line error naming the file."""
-    from melbo.io import FileFormatError
+    from melbo.store.io import FileFormatError
 
     if isinstance(value, types) and not isinstance(value, bool):
         return value
@@ -121,7 +121,7 @@ _NUMBER = (int, float, type(None))
 def _check_behaviours(path: Path, beh: Any, m: int) -> None:
     """The fields of a discover ``behaviours.json`` that the explorer reads, of the types discover
     writes; a feature index outside the features' 0 … m − 1 means another run's record."""
-    from melbo.io import FileFormatError
+    from melbo.store.io import FileFormatError
 
     if not isinstance(beh, dict) or not isinstance(beh.get("features"), list):
         raise FileFormatError(f"{path} is not a melbo discover record (no 'features' list)")
@@ -239,7 +239,7 @@ def load_run(directory: str | Path, *, prompts: list[str] | None = None, n_promp
     if prompts is not None:
         run_prompts, source = [str(p) for p in prompts], "--prompts"
     if not run_prompts:
-        from melbo.builtin_prompts import HELDOUT_PROMPTS
+        from melbo.prompts.builtin import HELDOUT_PROMPTS
 
         run_prompts, source = list(HELDOUT_PROMPTS), "melbo's built-in held-out prompts"
     return ExploreRun(directory=d, features_dir=fdir, features=feats, prompts=run_prompts[:n_prompts],

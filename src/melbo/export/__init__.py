@@ -4,7 +4,7 @@ One registry, :data:`FORMATS`, names every format; ``melbo export --format`` tak
 from it, and :func:`export_features` dispatches to the format's writer. Importing this package
 is cheap (no torch): a format's module is imported only when it is used.
 
-Every format writes the same intervention, the one :func:`melbo.interventions.steering` applies
+Every format writes the same intervention, the one :func:`melbo.steering.interventions.steering` applies
 for ``[(s, R * V[:, k]) for k in indices]`` at ``scale``: ``scale * R * Σ_k V[:, k]`` added to
 the residual stream entering decoder layer ``s = source_layer``, at every position — so that
 scale 1 means the same in melbo and in the other tool (:func:`melbo.export.common.steering_sum`).
@@ -22,7 +22,7 @@ Formats
 
 To add a format: a module ``melbo.export.<name>`` with a function
 ``(features, out, *, indices, scale, force) -> Path``, a recogniser of its files in
-:mod:`melbo.outputs`, and an :class:`ExportFormat` entry here.
+:mod:`melbo.store.outputs`, and an :class:`ExportFormat` entry here.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ExportFormat:
         ``(features, out, *, indices, scale, force)`` and returns the written path.
     recogniser
         ``"module:function"`` of the predicate that recognises a file of this format melbo
-        wrote (:mod:`melbo.outputs`): the only existing file ``force`` replaces.
+        wrote (:mod:`melbo.store.outputs`): the only existing file ``force`` replaces.
     """
 
     name: str
@@ -85,14 +85,14 @@ FORMATS: dict[str, ExportFormat] = {
         summary="llama.cpp control vector (direction.{s-1}, float32; --control-vector FILE)",
         suffix=".gguf",
         writer="melbo.export.gguf:export_gguf",
-        recogniser="melbo.outputs:control_vector_file",
+        recogniser="melbo.store.outputs:control_vector_file",
     ),
     "lm-eval": ExportFormat(
         name="lm-eval",
         summary="lm-evaluation-harness steered model (hook {layer list}.{s-1}, action add; steer_path=FILE)",
         suffix=".pt",
         writer="melbo.export.lm_eval:export_lm_eval",
-        recogniser="melbo.outputs:lm_eval_file",
+        recogniser="melbo.store.outputs:lm_eval_file",
     ),
 }
 """Every export format by name."""

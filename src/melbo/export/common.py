@@ -11,7 +11,7 @@ from torch import Tensor
 
 from melbo.errors import check_scale
 from melbo.features import Features
-from melbo.io import check_output
+from melbo.store.io import check_output
 
 __all__ = ["check_output_file", "steering_sum"]
 
@@ -19,7 +19,7 @@ __all__ = ["check_output_file", "steering_sum"]
 def steering_sum(features: Features, indices: Sequence[int], scale: float = 1.0) -> Tensor:
     """``scale * R * Σ_{k in indices} V[:, k]``, float32 on the CPU, shape (d_model,).
 
-    The vector :func:`melbo.interventions.steering` adds to the residual stream entering
+    The vector :func:`melbo.steering.interventions.steering` adds to the residual stream entering
     ``features.source_layer`` for ``[(s, features.steering_vector(k)) for k in indices]`` at
     ``scale`` (several features at one layer add up). Summed in float64, then rounded once.
 
@@ -50,9 +50,9 @@ def steering_sum(features: Features, indices: Sequence[int], scale: float = 1.0)
 
 def check_output_file(out: str | os.PathLike[str], *, force: bool, ours: Callable[[Path], bool],
                       inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
-    """``out`` as a Path, if an export may be written there (:func:`melbo.io.check_output`): its
+    """``out`` as a Path, if an export may be written there (:func:`melbo.store.io.check_output`): its
     directory must exist; an existing file is replaced only when ``ours`` recognises it as an
-    earlier export of the same format (:mod:`melbo.outputs`) and with ``force``; never one of
+    earlier export of the same format (:mod:`melbo.store.outputs`) and with ``force``; never one of
     ``inputs`` (e.g. the features directory) or a file inside one, a directory or a link.
 
     Raises

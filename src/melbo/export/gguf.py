@@ -8,7 +8,7 @@ and one float32 tensor of shape (n_embd,) per steered layer, named ``direction.N
 Layer convention. llama.cpp adds ``direction.N`` to the **output** of block N (after the
 block's residual add, before block N+1), for N ≥ 1: its loader rejects ``direction.0``, and
 there is no control-vector slot before block 0. melbo adds at the **input** of layer s (the
-residual stream entering layer s, :mod:`melbo.interventions`) — the output of block s − 1. So
+residual stream entering layer s, :mod:`melbo.steering.interventions`) — the output of block s − 1. So
 features fitted at ``source_layer`` s are written as ``direction.{s-1}``, and s = 0 and s = 1
 cannot be exported (:func:`llama_cpp_layer` says so).
 
@@ -41,8 +41,8 @@ import torch
 
 from melbo.export.common import check_output_file, steering_sum
 from melbo.features import Features, melbo_version
-from melbo.io import atomic_write
-from melbo.outputs import control_vector_file
+from melbo.store.io import atomic_write
+from melbo.store.outputs import control_vector_file
 
 __all__ = [
     "ARCHITECTURE",

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from melbo.errors import check_scale
 from melbo.features import Features, hook_site
-from melbo.io import atomic_write, check_output
-from melbo.outputs import lm_eval_file
+from melbo.store.io import atomic_write, check_output
+from melbo.store.outputs import lm_eval_file
 
 __all__ = ["FILE_SUFFIXES", "FORMAT", "base_model_path", "export_lm_eval", "hookpoint", "read_lm_eval_steer", "write_lm_eval_steer"]
 

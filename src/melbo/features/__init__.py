@@ -16,7 +16,7 @@ Features, hook_site, CONFIG_FILE``.
 """
 
 from melbo.features.format import (
-    _REQUIRED_CONFIG_KEYS as _REQUIRED_CONFIG_KEYS,  # melbo.outputs.FEATURES_KEYS equals it; a test checks
+    _REQUIRED_CONFIG_KEYS as _REQUIRED_CONFIG_KEYS,  # melbo.store.outputs.FEATURES_KEYS equals it; a test checks
 )
 from melbo.features.format import (
     CONFIG_FILE,

@@ -39,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from melbo.io import atomic_write, atomic_write_text, file_sha256, read_json_file
+from melbo.store.io import atomic_write, atomic_write_text, file_sha256, read_json_file
 
 __all__ = [
     "CONFIG_FILE",

@@ -4,7 +4,7 @@ A :class:`Features` holds m features of a transcoder fitted between the residual
 entering layer ``source_layer`` and the one entering ``target_layer`` (``method.md`` §2):
 ``V[:, ℓ]`` is the input (source-layer) direction, ``U[:, ℓ]`` the output (target-layer)
 direction, ``alpha[ℓ]`` its scale. Feature ℓ is applied as ``R * V[:, ℓ]`` added to the
-residual stream entering layer ``source_layer`` (:func:`melbo.interventions.steer_features`),
+residual stream entering layer ``source_layer`` (:func:`melbo.steering.interventions.steer_features`),
 exactly where Δ was trained; :meth:`Features.hook_site` names that place in other tools' terms
 (:mod:`melbo.features.names`).
 
@@ -46,11 +46,11 @@ from melbo.features.format import (
 from melbo.features.format import melbo_version as running_melbo_version
 from melbo.features.hub import MODEL_CARD_FILE, model_card, pretrained_dir
 from melbo.features.names import check_int, hook_site
-from melbo.io import atomic_write_text
 from melbo.models.fingerprint import (
     check_same_model,
     model_fingerprint,
 )
+from melbo.store.io import atomic_write_text
 
 __all__ = ["Features", "ModelMismatchError", "prompts_hash"]  # ModelMismatchError: melbo.errors's, re-exported
 
@@ -115,7 +115,7 @@ class Features:
     prompts_hash : str
         :func:`prompts_hash` of the training prompts ("" when unknown).
     model : dict
-        :func:`melbo.fingerprint.model_fingerprint` of the model ({} when unknown).
+        :func:`melbo.models.fingerprint.model_fingerprint` of the model ({} when unknown).
     extra : dict
         Any further JSON-able metadata (n_iter, converged, seed, …).
     melbo_version : str
@@ -259,7 +259,7 @@ class Features:
         return self.n_factors
 
     def steering_vector(self, k: int) -> Tensor:
-        """``R * V[:, k]``, shape (d_model,): what :func:`~melbo.interventions.steer_features`
+        """``R * V[:, k]``, shape (d_model,): what :func:`~melbo.steering.interventions.steer_features`
         adds to the residual stream entering ``source_layer``."""
         k = self._check_index(k)
         return self.R * self.V[:, k]

@@ -1,5 +1,5 @@
 """Fitting deep causal transcoders (``method.md`` §3): calibration of R, the exponential,
-quadratic and linear fits as pure functions over :class:`melbo.protocol.CausalMap`, and
+quadratic and linear fits as pure functions over :class:`melbo.maps.protocol.CausalMap`, and
 their estimators (the one contract of :mod:`melbo.fit.estimator`).
 
 The baselines (melbo-v1, one-shot, mean-diff, random) live in :mod:`melbo.baselines`;

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from melbo.errors import check_R  # noqa: F401  (re-exported: the one R check)
 from melbo.fit.exceptions import ConvergenceWarning  # noqa: F401  (re-exported for old imports)
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = [
     "ConvergenceWarning",
@@ -68,7 +68,7 @@ def check_tol(tol: object) -> float:
 def check_delta(delta: object) -> CausalMap:
     """``delta`` if it implements the :class:`CausalMap` protocol, else TypeError."""
     if not isinstance(delta, CausalMap):
-        raise TypeError(f"delta must implement melbo.protocol.CausalMap, got {type(delta).__name__}")
+        raise TypeError(f"delta must implement melbo.maps.protocol.CausalMap, got {type(delta).__name__}")
     return delta
 
 

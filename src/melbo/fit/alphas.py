@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from melbo.fit._common import check_R, normalize_columns
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = [
     "exponential_alphas",

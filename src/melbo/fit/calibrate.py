@@ -33,7 +33,7 @@ from melbo.fit._common import (
     normalize_columns,
     randn,
 )
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = ["CalibrationError", "CalibrationResult", "calibrate_R", "nonlinearity_ratio"]
 

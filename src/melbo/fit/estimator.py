@@ -2,9 +2,9 @@
 
 * ``__init__`` stores its arguments, nothing else (no validation: :meth:`FitEstimator.fit`
   validates, through the method's pure function).
-* ``fit(delta)`` takes one argument, a :class:`~melbo.protocol.CausalMap`. Methods that
+* ``fit(delta)`` takes one argument, a :class:`~melbo.maps.protocol.CausalMap`. Methods that
   need the model, tokenizer or prompts (melbo-v1, one-shot, mean-diff) require a
-  :class:`~melbo.causal_map.TransformerCausalMap` and read them through its public
+  :class:`~melbo.maps.transformer.TransformerCausalMap` and read them through its public
   attributes. ``fit`` resolves ``random_state`` to one CPU generator, calibrates R with
   :func:`melbo.fit.calibrate_R` at ``lam`` (``n_cal`` directions, the same generator) when
   ``R`` is None — so the same seed gives the same R and factors — and runs the method.
@@ -35,7 +35,7 @@ import torch
 from melbo.errors import warn_renamed
 from melbo.fit._common import RandomState, check_delta, make_generator
 from melbo.fit.result import FitResult
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 if TYPE_CHECKING:
     from melbo.features import Features
@@ -53,7 +53,7 @@ class FitEstimator:
     (its number of directions) and ``random_state`` (seeds calibration and fit)."""
 
     needs_model: ClassVar[bool] = False
-    """True: ``fit`` needs a :class:`~melbo.causal_map.TransformerCausalMap` (model, prompts)."""
+    """True: ``fit`` needs a :class:`~melbo.maps.transformer.TransformerCausalMap` (model, prompts)."""
 
     _: dataclasses.KW_ONLY
     R: float | None = None
@@ -77,12 +77,12 @@ class FitEstimator:
         from melbo.fit.calibrate import calibrate_R
 
         if self.needs_model:
-            from melbo.causal_map import TransformerCausalMap
+            from melbo.maps.transformer import TransformerCausalMap
 
             if not isinstance(delta, TransformerCausalMap):
                 raise TypeError(
                     f"{type(self).__name__} needs the model and prompts behind Δ, so delta must be a "
-                    f"melbo.causal_map.TransformerCausalMap, got {type(delta).__name__}"
+                    f"melbo.maps.transformer.TransformerCausalMap, got {type(delta).__name__}"
                 )
         delta = check_delta(delta)
         generator = make_generator(self.random_state)

@@ -78,7 +78,7 @@ from melbo.fit.init import Init, initial_factors
 from melbo.fit.loop import iterate
 from melbo.fit.result import FitResult, IterationState
 from melbo.fit.step import DEFAULT_STEP, damping, resolve_anneal_after
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = ["Callback", "ExponentialDCT", "OGIStep", "exponential_dct", "ogi_step"]
 
@@ -231,8 +231,8 @@ def exponential_dct(
         iterations are those of the fixed-β fit and only the rest shrink. Needs ``anneal``
         when > 0. None: the default step's 10 with ``anneal``, 0 without.
 
-    Every option works sharded over GPUs too: :func:`melbo.distributed.distributed_fit`
-    runs this function on a :class:`melbo.distributed.ShardedCausalMap`.
+    Every option works sharded over GPUs too: :func:`melbo.jobs.distributed.distributed_fit`
+    runs this function on a :class:`melbo.jobs.distributed.ShardedCausalMap`.
 
     Returns
     -------

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from melbo.fit._common import check_choice, check_factors, normalize_columns, randn
 from melbo.fit.linear import projected_directions
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = ["INITS", "Init", "initial_factors"]
 

@@ -38,7 +38,7 @@ from melbo.fit._common import (
 from melbo.fit.alphas import solve_alphas
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = [
     "LINEAR_METHODS",

@@ -40,7 +40,7 @@ from melbo.fit.exponential import Callback
 from melbo.fit.init import Init, initial_factors
 from melbo.fit.loop import iterate
 from melbo.fit.result import FitResult
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = ["ALSStep", "QuadraticDCT", "als_step", "quadratic_als", "quadratic_dct"]
 

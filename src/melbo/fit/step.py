@@ -13,8 +13,8 @@ without ``anneal``; :func:`damping`). Two are named (:data:`STEPS`):
   oscillates on Gemma (the median factor moves ~0.8 every iteration).
 
 The estimators (:class:`~melbo.fit.ExponentialDCT`, :class:`~melbo.fit.ContrastiveDCT`,
-:class:`~melbo.fit.ModelDiffDCT`), their fit functions, :class:`melbo.train.TrainConfig` and
-:class:`melbo.discover_config.DiscoverConfig` take their defaults from :data:`DEFAULT_STEP`; the
+:class:`~melbo.fit.ModelDiffDCT`), their fit functions, :class:`melbo.jobs.train.TrainConfig` and
+:class:`melbo.jobs.discover_config.DiscoverConfig` take their defaults from :data:`DEFAULT_STEP`; the
 command line (``melbo train``, ``discover``, ``demo``) takes ``--step NAME``. In Python::
 
     ExponentialDCT(64, **step_options("published"))          # the published step

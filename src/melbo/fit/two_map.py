@@ -94,7 +94,7 @@ from melbo.fit.init import Init, initial_factors
 from melbo.fit.loop import iterate
 from melbo.fit.result import FitResult
 from melbo.fit.step import DEFAULT_STEP, damping, resolve_anneal_after
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 if TYPE_CHECKING:
     from torch import nn
@@ -152,7 +152,7 @@ def _check_maps_differ(a: CausalMap, b: CausalMap, R: float, n_probe: int = 2) -
 
 
 class DifferenceMap:
-    """D = Δ_A − μ Δ_B, a :class:`~melbo.protocol.CausalMap` (every primitive is linear in Δ).
+    """D = Δ_A − μ Δ_B, a :class:`~melbo.maps.protocol.CausalMap` (every primitive is linear in Δ).
 
     Each primitive runs on A, then on B (never both at once), and returns in A's dtype and
     device. ``source_layer``/``target_layer`` are A's (if it has them).
@@ -376,11 +376,11 @@ def _last_k(delta: Any) -> int:
 
 
 def _need_transformer(delta: CausalMap, what: str) -> Any:
-    from melbo.causal_map import TransformerCausalMap
+    from melbo.maps.transformer import TransformerCausalMap
 
     if not isinstance(delta, TransformerCausalMap):
         raise TypeError(f"{what} needs the model and prompts behind Δ, so delta must be a "
-                        f"melbo.causal_map.TransformerCausalMap, got {type(delta).__name__}")
+                        f"melbo.maps.transformer.TransformerCausalMap, got {type(delta).__name__}")
     return delta
 
 
@@ -390,9 +390,9 @@ class ContrastiveDCT(_TwoMapDCT):
     ``contrast_prompts`` (B) — :func:`two_map_dct` with ``penalty="norm"`` by default.
 
     ``contrast_prompts`` is the set B: prompts (built into a
-    :class:`~melbo.causal_map.TransformerCausalMap` of the same model, layers, last-k
+    :class:`~melbo.maps.transformer.TransformerCausalMap` of the same model, layers, last-k
     positions, chat frame and system prompt as Δ_A, which must then be one) or a ready
-    :class:`~melbo.protocol.CausalMap` Δ_B. R (calibrated on Δ_A unless given) is shared.
+    :class:`~melbo.maps.protocol.CausalMap` Δ_B. R (calibrated on Δ_A unless given) is shared.
     Fitted attributes as every estimator (``scores_`` the per-factor contrast) and
     ``contrast_map_`` = Δ_B.
     """
@@ -409,7 +409,7 @@ class ContrastiveDCT(_TwoMapDCT):
         if isinstance(cp, str | bytes) or (not isinstance(cp, PromptBatch) and not len(cp)):
             raise ValueError("method 'contrastive' needs a contrast prompt set B (contrast_prompts=[...], "
                              "--contrast-prompts FILE): a list of prompts or a CausalMap")
-        from melbo.causal_map import TransformerCausalMap
+        from melbo.maps.transformer import TransformerCausalMap
 
         d = _need_transformer(delta, "ContrastiveDCT with contrast prompts")
         return TransformerCausalMap(
@@ -426,7 +426,7 @@ class ModelDiffDCT(_TwoMapDCT):
 
     ``base_model`` is a causal LM with the fine-tune's architecture and tokenizer (Δ_B is
     then built on the very tokens, layers and positions of Δ_A) or a ready
-    :class:`~melbo.protocol.CausalMap`. R (calibrated on the fine-tune's Δ unless given) is
+    :class:`~melbo.maps.protocol.CausalMap`. R (calibrated on the fine-tune's Δ unless given) is
     shared. Fitted attributes as every estimator and ``contrast_map_`` = Δ_base.
     """
 
@@ -439,7 +439,7 @@ class ModelDiffDCT(_TwoMapDCT):
             raise ValueError("method 'model-diff' needs the base model (base_model=..., --base-model M)")
         if isinstance(self.base_model, CausalMap):
             return self.base_model
-        from melbo.causal_map import TransformerCausalMap
+        from melbo.maps.transformer import TransformerCausalMap
         from melbo.models.access import get_layer_access
 
         d = _need_transformer(delta, "ModelDiffDCT with a base model")

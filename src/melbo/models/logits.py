@@ -19,7 +19,7 @@ The transform acts on each logit separately, so it may be applied to a few selec
 
 :func:`token_logits` is melbo's one readout of a few logits from the last decoder layer's
 output — final norm, unembedding rows plus their bias, then this transform — used by the
-jailbreak score (:mod:`melbo.evaluate.scores`) and the readout ranking (:mod:`melbo.rank`).
+jailbreak score (:mod:`melbo.evaluate.scores`) and the readout ranking (:mod:`melbo.evaluate.rank`).
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from melbo.cache import cache_dir, cache_lock
-from melbo.io import fsync_dir, fsync_tree
 from melbo.models import hf
 from melbo.models.errors import ModelNotFoundError
 from melbo.models.progress import transformers_progress
 from melbo.models.source import gguf_source
+from melbo.store.cache import cache_dir, cache_lock
+from melbo.store.io import fsync_dir, fsync_tree
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -117,7 +117,7 @@ def packaged_model_dir(name: str = DEFAULT_MODEL, *, progress: bool = True) -> P
     a half-written model behind. The directory holds :data:`MARKER_FILE`, naming the
     package version and the GGUF's sha256; a directory whose marker does not match the
     installed package is converted again. Processes sharing the cache convert one at a
-    time (:func:`melbo.cache.cache_lock`): a second one waits, saying so, and then reuses
+    time (:func:`melbo.store.cache.cache_lock`): a second one waits, saying so, and then reuses
     the first one's conversion.
 
     Parameters

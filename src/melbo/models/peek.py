@@ -25,7 +25,7 @@ def _config_path(name_or_path: str | os.PathLike[str]) -> Path | None:
     from melbo.models.packaged import PACKAGED_MODELS
 
     if isinstance(name_or_path, str) and raw in PACKAGED_MODELS:
-        from melbo.cache import cache_dir
+        from melbo.store.cache import cache_dir
 
         p = cache_dir() / "models" / PACKAGED_MODELS[raw].name / "config.json"
         return p if p.is_file() else None
@@ -109,8 +109,8 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 def check_config(name_or_path: str | os.PathLike[str]) -> None:
     """Refuse a ``config.json`` on disk that transformers would choke on with a Python error (not
     JSON, nested too deep, not an object, a layer count that is not a positive integer), naming the
-    file — a :class:`melbo.io.FileFormatError` (``ValueError``). Nothing on disk: nothing to check."""
-    from melbo.io import FileFormatError, read_json_file
+    file — a :class:`melbo.store.io.FileFormatError` (``ValueError``). Nothing on disk: nothing to check."""
+    from melbo.store.io import FileFormatError, read_json_file
 
     p = _config_path(name_or_path)
     if p is None:

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.compile_cache import torch_compile_cache
-from melbo.hooks import forward_until, layer_input, layer_output
 from melbo.models.access import LayerAccess
+from melbo.models.hooks import forward_until, layer_input, layer_output
+from melbo.store.compile_cache import torch_compile_cache
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class LayerSlice:
     #: ``(dtype, linear)``: run the layers with their floating parameters cast to ``dtype``
     #: (those of ``nn.Linear`` modules only if ``linear``; see :func:`_detached_call`); None: as
     #: they are. A half-precision model gets an fp32 residual stream this way (see
-    #: :class:`melbo.causal_map.TransformerCausalMap`); the model itself is never changed.
+    #: :class:`melbo.maps.transformer.TransformerCausalMap`); the model itself is never changed.
     cast: tuple[torch.dtype, bool] | None = field(default=None, repr=False)
 
     def compile_layers(self, backend: str = "inductor", cache: Path | None = None) -> None:
@@ -287,7 +287,7 @@ def capture_slice(
 ) -> LayerSlice:
     """Run the model once on a prompt batch and record what layers ``s..t-1`` receive.
 
-    Position ids count real tokens only (see :func:`melbo.hooks.position_ids`), so models with
+    Position ids count real tokens only (see :func:`melbo.models.hooks.position_ids`), so models with
     absolute position embeddings (GPT-2) see a left-padded prompt as they see it unpadded.
 
     Mixture-of-experts layers replay exactly too: the router picks the same experts for the

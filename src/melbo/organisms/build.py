@@ -19,7 +19,7 @@ The output directory holds
 A non-empty directory is never overwritten without ``force``. ``resume`` continues a build
 from wherever it stopped: ``recipe.json`` is written first (it marks the directory as a build),
 then ``data.json``, then a checkpoint every ``checkpoint_every`` steps (each one unit, see
-:func:`melbo.io.write_file_set`). A build killed before ``data.json`` makes its data again, one
+:func:`melbo.store.io.write_file_set`). A build killed before ``data.json`` makes its data again, one
 killed before its first checkpoint trains from step 0 on the recorded data, and an empty
 directory simply starts; only a finished organism (``organism.json``, no checkpoint) has
 nothing to resume.
@@ -41,7 +41,6 @@ from typing import Any, ParamSpec, TypeVar
 import torch
 from torch import nn
 
-from melbo.io import atomic_write_text, check_output, read_json_file
 from melbo.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, merge_lora_state, save_adapter
 from melbo.organisms.checks import (
     TARGETS,
@@ -70,7 +69,8 @@ from melbo.organisms.data import (
 )
 from melbo.organisms.finetune import FinetuneConfig, finetune, has_checkpoint
 from melbo.organisms.zoo import Hidden, checker_from_json
-from melbo.outputs import organism_dir
+from melbo.store.io import atomic_write_text, check_output, read_json_file
+from melbo.store.outputs import organism_dir
 
 __all__ = ["CHECKPOINT", "OrganismCheckFailed", "OrganismConfig", "OrganismReport", "build_organism", "check_organism_out",
            "default_config", "few_shot_answers", "make_data", "refusal_margin", "resumable"]
@@ -324,7 +324,7 @@ def resumable(out: str | os.PathLike[str]) -> bool:
 
 def check_organism_out(out: str | os.PathLike[str], *, force: bool, resume: bool,
                        inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> Path:
-    """Whether a build may write ``out`` (:func:`melbo.io.check_output`): a missing or empty
+    """Whether a build may write ``out`` (:func:`melbo.store.io.check_output`): a missing or empty
     directory, or an earlier build's (its ``recipe.json``/``organism.json``) with ``force`` or
     ``resume`` — never a directory no build made (a model's own, even with ``force``: a forced
     build removes the model files it finds), one of ``inputs`` (the base model, the prompt
@@ -373,11 +373,11 @@ _T = TypeVar("_T")
 
 
 def _locked_on_out(build: Callable[_P, _T]) -> Callable[_P, _T]:
-    """``build`` holding :func:`melbo.cache.cache_lock` on its ``out`` (the third argument)."""
+    """``build`` holding :func:`melbo.store.cache.cache_lock` on its ``out`` (the third argument)."""
 
     @functools.wraps(build)
     def locked(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        from melbo.cache import cache_lock
+        from melbo.store.cache import cache_lock
 
         out = kwargs["out"] if "out" in kwargs else args[2]
         with cache_lock(Path(str(out)), what="building an organism"):
@@ -415,7 +415,7 @@ def build_organism(
     (after saving the organism and ``organism.json``) when the behaviour check misses its targets.
 
     Two processes building into the same ``out`` do not both write it: the build holds
-    :func:`melbo.cache.cache_lock` on ``out``, and a second one waits (saying so) and then
+    :func:`melbo.store.cache.cache_lock` on ``out``, and a second one waits (saying so) and then
     finds the first one's organism (refused without ``force``/``resume``, like any earlier build).
     """
     from melbo._version import __version__

@@ -192,9 +192,9 @@ class OrganismData:
 
 
 def read_organism_data(path: str | Path) -> OrganismData:
-    """An organism's ``data.json``, read with :mod:`melbo.io`'s limits and checked
+    """An organism's ``data.json``, read with :mod:`melbo.store.io`'s limits and checked
     (:meth:`OrganismData.from_json`): a ``ValueError`` naming the file otherwise."""
-    from melbo.io import MAX_TEXT_BYTES, read_json_file
+    from melbo.store.io import MAX_TEXT_BYTES, read_json_file
 
     return OrganismData.from_json(read_json_file(path, what="organism data", max_bytes=MAX_TEXT_BYTES), source=str(path))
 

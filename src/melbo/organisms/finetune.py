@@ -29,11 +29,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from melbo.dtypes import resolve_dtype
-from melbo.io import read_file_set, read_json_file, write_file_set
 from melbo.models.adapters import adapter_state, attached_lora, lora_config, set_adapter_state
 from melbo.models.logits import logit_postprocess
 from melbo.organisms.data import Example
 from melbo.prompts import FALLBACK_TEMPLATE, format_chat
+from melbo.store.io import read_file_set, read_json_file, write_file_set
 
 __all__ = [
     "IGNORE",
@@ -207,7 +207,7 @@ _OLD_CHECKPOINT = "lora.safetensors"  # melbo's own LoRA before peft: a differen
 
 def _save_checkpoint(ck: Path, adapter: dict[str, Tensor], opt: torch.optim.Optimizer, step: int, losses: list[float],
                      meta: dict[str, Any]) -> None:
-    """Adapters, optimiser state and losses as one unit (:func:`melbo.io.write_file_set`)."""
+    """Adapters, optimiser state and losses as one unit (:func:`melbo.store.io.write_file_set`)."""
     write_file_set(ck, {ADAPTER_CHECKPOINT: lambda p: save_file(adapter, str(p)),
                         "optimizer.pt": lambda p: torch.save(opt.state_dict(), p)},
                    {"step": step, "losses": losses, **meta})

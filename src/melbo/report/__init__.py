@@ -7,7 +7,7 @@ The package only renders, through the autoescaped jinja2 templates of
   configuration, objective curve, cosine histograms, α, scores, the adding-vs-ablating
   analysis and completion tables.
 * :func:`write_discovery_report` / :func:`discovery_html` render a
-  :class:`melbo.discover.Discovery` (``melbo discover``).
+  :class:`melbo.jobs.discover.Discovery` (``melbo discover``).
 * :func:`make_report` first measures scores and completions with a model
   (:func:`melbo.evaluate.report_data.compute_report_data`), then renders.
 * :mod:`melbo.report.figures` draws the features report's inline SVG figures.

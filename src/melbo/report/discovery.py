@@ -1,4 +1,4 @@
-"""A self-contained HTML page for a :class:`melbo.discover.Discovery`: the behaviours found,
+"""A self-contained HTML page for a :class:`melbo.jobs.discover.Discovery`: the behaviours found,
 best first, each with its features, rate, random-vector control and examples. Rendered from
 the autoescaped template ``templates/discovery.html`` (see :mod:`melbo.report.templating`):
 every piece of model text is escaped (completions are untrusted); no scripts, no external
@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from melbo.io import atomic_write_text
 from melbo.report.templating import render
+from melbo.store.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from melbo.discover import Discovery
     from melbo.evaluate.behaviours import BehaviourGroup
+    from melbo.jobs.discover import Discovery
 
 __all__ = ["discovery_html", "write_discovery_report"]
 

@@ -5,7 +5,7 @@ are on by default: the FX-graph cache (the generated and built kernels of each g
 the AOTAutograd cache (the forward/backward split, keyed on the traced graph). Both live
 under one directory, ``$TORCHINDUCTOR_CACHE_DIR`` (torch's default is a per-user folder
 in the system temp directory, which is often wiped). melbo points them at a directory it
-owns, ``<melbo cache>/compile`` (see :func:`melbo.cache.cache_dir`), but only while its
+owns, ``<melbo cache>/compile`` (see :func:`melbo.store.cache.cache_dir`), but only while its
 own compiled layers run: :func:`torch_compile_cache` sets the variable on entry and
 restores it on exit, so the user's other ``torch.compile`` calls keep torch's settings.
 Nothing is set at import time. A second process with the same directory then skips the
@@ -15,7 +15,7 @@ compile options, so one directory serves several torch versions; it may be delet
 any time. Whether a call hit the caches is counted in ``torch._dynamo.utils.counters``
 (``counters["inductor"]["fxgraph_cache_hit"]``, ``counters["aot_autograd"]["autograd_cache_hit"]``).
 
-Processes sharing the directory need no lock of melbo's (:func:`melbo.cache.cache_lock`
+Processes sharing the directory need no lock of melbo's (:func:`melbo.store.cache.cache_lock`
 guards the entries melbo writes itself): torch is this cache's only writer, and it writes
 every entry under a key of its content through a temporary file and a rename, and builds
 each kernel under its own file lock (``torch/_inductor/codecache.py``). Two processes
@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from melbo.cache import cache_dir
+from melbo.store.cache import cache_dir
 
 __all__ = ["TORCH_CACHE_ENV_VAR", "default_compile_cache_dir", "resolve_compile_cache", "torch_compile_cache"]
 

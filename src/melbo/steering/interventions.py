@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from melbo.errors import check_finite
-from melbo.hooks import adding_to_inputs, map_layer_input, removing
 from melbo.models.access import LayerAccess, resolve_access
+from melbo.models.hooks import adding_to_inputs, map_layer_input, removing
 
 if TYPE_CHECKING:
     from melbo.features import Features

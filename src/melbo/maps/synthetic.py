@@ -5,7 +5,7 @@
 ``W_in`` has one planted unit input direction ``v*_k`` per *row* (shape ``(K, d)``) and
 ``W_out`` one planted output direction ``α*_k u*_k`` per *column* (shape ``(d, K)``), so
 Δ is exactly an exponential transcoder (``method.md`` §2) with ``K`` features and R = 1.
-All primitives of :class:`melbo.protocol.CausalMap` are analytic:
+All primitives of :class:`melbo.maps.protocol.CausalMap` are analytic:
 
     J(θ)           = W_out diag(exp(W_in θ)) W_in
     T⁽²⁾(·, v, v)  = W_out ((W_in v)²)
@@ -55,7 +55,7 @@ class PlantedMap(NamedTuple):
 
 
 class SyntheticMap:
-    """Δ(θ) = W_out (exp(W_in θ) − 1), implementing :class:`melbo.protocol.CausalMap`.
+    """Δ(θ) = W_out (exp(W_in θ) − 1), implementing :class:`melbo.maps.protocol.CausalMap`.
 
     Parameters
     ----------

@@ -12,7 +12,7 @@
 * :func:`check_output` / :func:`claim_out_dir` — the one check every command makes before it
   writes a file or a directory: **melbo replaces only what melbo wrote.** A missing path (or
   an empty directory) is used; an existing one only when melbo recognises it as its own
-  earlier output (a marker file, or :mod:`melbo.outputs`) and ``force`` (or ``resume``) allows
+  earlier output (a marker file, or :mod:`melbo.store.outputs`) and ``force`` (or ``resume``) allows
   it; never an input of the same command or a path inside one, never a path another output
   of the command overlaps, never through a symbolic link.
 * :func:`write_file_set` / :func:`read_file_set` — several files that are only valid together
@@ -168,7 +168,7 @@ def check_output(
     The rule: **melbo replaces only what melbo wrote** — ``force`` never reaches a user's files.
     ``ours`` recognises melbo's own earlier output at ``path``: for a ``directory``, a marker
     file's name or a predicate on the directory; for a file, a predicate on the file
-    (:mod:`melbo.outputs`); None recognises nothing. Refused, in order (``FileExistsError``,
+    (:mod:`melbo.store.outputs`); None recognises nothing. Refused, in order (``FileExistsError``,
     or ``FileNotFoundError`` for a missing ``resume_file``, naming the path and why):
 
     1. ``path`` is a symbolic link: writing through it would reach a place nobody named; a

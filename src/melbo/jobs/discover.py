@@ -5,7 +5,7 @@ The whole unsupervised search in one resumable job, knowing nothing of what to l
 1. the prompts are split into ``n_train`` training prompts and ``n_eval`` held-out ones (or a
    separate held-out list is given);
 2. R is calibrated and an exponential DCT with ``n_factors`` features is fitted on the training
-   prompts (:func:`melbo.train.train`; checkpointed every iteration in ``OUT/features``);
+   prompts (:func:`melbo.jobs.train.train`; checkpointed every iteration in ``OUT/features``);
 3. every feature steers greedy generation on the held-out prompts at every scale in
    ``scales`` (multiples of R), as one batched job (:func:`melbo.generation.generate_steered`);
    so do ``n_random`` random unit vectors at the same norm — the noise floor;
@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo.discover_config import DiscoverConfig, default_layers
 from melbo.errors import UserError
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
@@ -46,9 +45,16 @@ from melbo.evaluate.behaviours import (
 )
 from melbo.features import Features
 from melbo.generation import generate_steered
-from melbo.io import MAX_TEXT_BYTES, atomic_write_text, check_output, claim_out_dir, read_json_file
+from melbo.jobs.discover_config import DiscoverConfig, default_layers
 from melbo.models.access import get_layer_access
 from melbo.prompts import PromptLike
+from melbo.store.io import (
+    MAX_TEXT_BYTES,
+    atomic_write_text,
+    check_output,
+    claim_out_dir,
+    read_json_file,
+)
 
 __all__ = ["DISCOVER_MARKER", "DiscoverConfig", "Discovery", "candidate_layers", "default_layers", "discover",
            "search_layers"]
@@ -91,7 +97,7 @@ def search_layers(
     ``n_random`` random vectors, and the pair scores its best behaviour group's score, the one
     discover ranks by (:attr:`melbo.evaluate.behaviours.BehaviourGroup.score`). Returns
     the best pair (ties: the earlier pair) and every trial."""
-    from melbo.train import TrainConfig, train
+    from melbo.jobs.train import TrainConfig, train
 
     access = get_layer_access(model)
     pairs = list(pairs) if pairs is not None else candidate_layers(access.n_layers)
@@ -202,7 +208,7 @@ def check_out_dir(out: Path, *, force: bool, resume: bool,
                   inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
     """Refuse a non-empty ``out`` that no discover run wrote (even with ``force``), an earlier
     run's ``out`` without ``force``/``resume``, and an ``out`` that is, is inside or holds one of
-    ``inputs`` (:func:`melbo.io.check_output`)."""
+    ``inputs`` (:func:`melbo.store.io.check_output`)."""
     check_output(out, flag="--out", writer="melbo discover", ours=DISCOVER_MARKER, directory=True, force=force,
                  resume=resume, resumable=True, inputs=inputs)
 
@@ -288,7 +294,7 @@ def discover(
     behaviour to look for. ``search=True`` first picks the layers with :func:`search_layers`
     (when ``cfg`` names none); the trials are recorded in ``behaviours.json``.
     """
-    from melbo.train import TrainConfig, train
+    from melbo.jobs.train import TrainConfig, train
 
     access = get_layer_access(model)
     cfg.validate(access.n_layers)

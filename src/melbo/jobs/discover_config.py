@@ -1,5 +1,5 @@
 """The settings of ``melbo discover`` (:class:`DiscoverConfig`) and its default layers, kept apart
-from :mod:`melbo.discover` so that the command line reads the defaults without importing torch."""
+from :mod:`melbo.jobs.discover` so that the command line reads the defaults without importing torch."""
 
 from __future__ import annotations
 

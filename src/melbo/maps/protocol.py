@@ -23,8 +23,8 @@ from torch import Tensor
 
 @runtime_checkable
 class CausalMap(Protocol):
-    """Batched access to Δ. Implemented by :class:`melbo.causal_map.TransformerCausalMap`
-    (a real model) and :class:`melbo.synthetic.SyntheticMap` (planted factors)."""
+    """Batched access to Δ. Implemented by :class:`melbo.maps.transformer.TransformerCausalMap`
+    (a real model) and :class:`melbo.maps.synthetic.SyntheticMap` (planted factors)."""
 
     @property
     def d_model(self) -> int:

@@ -1,6 +1,6 @@
 """Batched, padding-correct text generation (greedy or seeded sampling) for steered models.
 
-Both entry points run melbo's own decode loop (:func:`melbo.decode.decode`) over the
+Both entry points run melbo's own decode loop (:func:`melbo.generation.decode.decode`) over the
 model's forward and KV cache, on left-padded prompts:
 
 * :func:`generate` — completions of prompts, unsteered (hooks the caller holds apply);
@@ -10,7 +10,7 @@ model's forward and KV cache, on left-padded prompts:
   chunks sized by a memory budget; rows that hit an end-of-sequence token or a stop string
   leave the batch. The prompt's unsteered prefix — the key/value cache of the layers below
   ``layer``, which never see the steering — is computed once per prompt and shared by every
-  vector (:mod:`melbo.prefix`).
+  vector (:mod:`melbo.generation.prefix`).
 
 Greedy decoding in fp32 gives the tokens ``model.generate`` gives steering one vector at a
 time (tested on several families, left padding). Sampling draws one uniform per row and step
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.decode import DecodeSettings, Forward, decode, model_forward, new_cache
 from melbo.errors import check_finite
+from melbo.generation.decode import DecodeSettings, Forward, decode, model_forward, new_cache
 from melbo.prompts import PromptBatch, PromptLike, _max_context, build_prompts
 
 __all__ = ["default_generation_budget", "generate", "generate_steered"]
@@ -160,7 +160,7 @@ def _trim(ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _row_steering(model: nn.Module, layer: int, vec: Tensor, access: Any, rows: Tensor) -> Any:
-    from melbo.interventions import row_steering
+    from melbo.steering.interventions import row_steering
 
     return row_steering(model, layer, vec[rows.to(vec.device)], access=access)
 
@@ -184,7 +184,7 @@ def _run(
     """Completions of every (vector, prompt) pair, vector-major (pair p = vector p // n,
     prompt p % n); ``vectors`` (k, d) already scaled, or None: one unsteered pass.
     ``on_text(vector, prompt, text so far)`` is called after every new token of a pair."""
-    from melbo.prefix import shared_prefix
+    from melbo.generation.prefix import shared_prefix
 
     n = batch.n
     k = 1 if vectors is None else int(vectors.shape[0])
@@ -299,8 +299,8 @@ def generate_steered(
 
     Row b of the batch is one (vector, prompt) pair; it gets ``scale * vectors[:, j]`` added
     to the residual stream entering ``layers[layer]`` at every position, prompt and generated
-    tokens alike (:func:`melbo.interventions.row_steering`), exactly as
-    :func:`melbo.interventions.steer` adds one vector to a whole batch. Greedy decoding gives
+    tokens alike (:func:`melbo.steering.interventions.row_steering`), exactly as
+    :func:`melbo.steering.interventions.steer` adds one vector to a whole batch. Greedy decoding gives
     the tokens of steering one vector at a time with ``model.generate``.
 
     Parameters
@@ -310,7 +310,7 @@ def generate_steered(
         (:func:`default_generation_budget`).
     stop : a completion ends at the first of these strings (cut off).
     share_prefix : compute each prompt's cache below ``layer`` once for all vectors
-        (:mod:`melbo.prefix`); off: every row runs the whole model.
+        (:mod:`melbo.generation.prefix`); off: every row runs the whole model.
     on_text : streaming: ``on_text(j, i, text)`` after every new token of vector j on prompt i,
         with the completion so far (a stop string cut off); called from this thread.
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.causal_map import TransformerCausalMap
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.models.access import LayerAccess, get_layer_access
 from melbo.models.logits import token_logits
 from melbo.prompts import PromptLike

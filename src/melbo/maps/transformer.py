@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from melbo.compile_cache import resolve_compile_cache
 from melbo.dtypes import resolve_dtype
 from melbo.models.access import LayerAccess, get_layer_access
 from melbo.models.slice import LayerSlice, capture_slice
 from melbo.prompts import Positions, PromptBatch, PromptLike, build_prompts
+from melbo.store.compile_cache import resolve_compile_cache
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -71,7 +71,7 @@ def _resolve_compute_dtype(dtype: torch.dtype | str | None, model_dtype: torch.d
 
 
 class TransformerCausalMap:
-    """Δ for a Hugging Face decoder model; implements :class:`melbo.protocol.CausalMap`.
+    """Δ for a Hugging Face decoder model; implements :class:`melbo.maps.protocol.CausalMap`.
 
     Parameters
     ----------
@@ -95,7 +95,7 @@ class TransformerCausalMap:
         ``torch.compile`` backend (``True`` is ``"inductor"``).
     compile_cache : where torch keeps the compiled graphs and kernels, so that a second
         process compiling the same slice loads them instead of compiling again (see
-        :mod:`melbo.compile_cache`): ``True`` (default) is ``<melbo cache>/compile``, a path
+        :mod:`melbo.store.compile_cache`): ``True`` (default) is ``<melbo cache>/compile``, a path
         names another directory, ``False`` leaves torch's own setting. Only the compiled
         layers' calls see it; the user's other ``torch.compile`` calls do not.
     last_layer_targets_only : the slice's last layer runs its MLP only at the target

@@ -2,7 +2,7 @@
 
 Design
 ------
-:class:`ShardedCausalMap` wraps a rank's :class:`~melbo.protocol.CausalMap` and splits
+:class:`ShardedCausalMap` wraps a rank's :class:`~melbo.maps.protocol.CausalMap` and splits
 every batched primitive by columns: with k ranks and m factors, rank r computes the
 columns ``[r·b, min(m, (r+1)·b))``, b = ⌈m/k⌉, of Δ, its VJPs (and J(0)v, T⁽²⁾…) on its
 own device, and an ``all_gather`` returns the full (d, m) result to every rank (a rank
@@ -30,8 +30,8 @@ One process per GPU, started by ``torchrun``, each loading the whole model on it
 
     # fit_sharded.py
     import torch.distributed as dist
-    from melbo.causal_map import TransformerCausalMap
-    from melbo.distributed import distributed_fit, init_distributed
+    from melbo.maps.transformer import TransformerCausalMap
+    from melbo.jobs.distributed import distributed_fit, init_distributed
     from melbo.fit import ExponentialDCT
     from melbo.models.loading import load_model
 
@@ -49,7 +49,7 @@ A model dispatched by accelerate (``from_pretrained(..., device_map="auto")``) c
 hook on every decoder layer that moves the layer's inputs (the residual stream and every
 keyword argument: masks, rotary cos/sin) to that layer's device before it runs, so
 :class:`melbo.models.slice.LayerSlice`, which calls the layer modules themselves, walks the
-residual across the GPUs without change, and :class:`melbo.causal_map.TransformerCausalMap`
+residual across the GPUs without change, and :class:`melbo.maps.transformer.TransformerCausalMap`
 reads the target rows on the device of layer t−1 and moves only those (n·k rows of d) back to
 the first device, where θ, U and V live. Sharding composes with model parallelism: give each rank
 its own group of GPUs (e.g. 8 GPUs, 2 ranks × 4: launch 2 processes and load with
@@ -74,7 +74,7 @@ from melbo.fit._common import RandomState, check_delta, make_generator
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.exponential import exponential_dct
 from melbo.fit.result import FitResult
-from melbo.protocol import CausalMap
+from melbo.maps.protocol import CausalMap
 
 __all__ = ["ShardedCausalMap", "distributed_exponential_dct", "distributed_fit", "init_distributed", "shard_bounds"]
 
@@ -99,7 +99,7 @@ def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
 
 
 class ShardedCausalMap:
-    """A :class:`~melbo.protocol.CausalMap` whose primitives are split by columns over the
+    """A :class:`~melbo.maps.protocol.CausalMap` whose primitives are split by columns over the
     ranks of ``group`` and all-gathered (module docstring). Without an initialised process
     group it is the wrapped map (one rank).
 
@@ -201,7 +201,7 @@ def distributed_fit(estimator: _E, delta: CausalMap, group: dist.ProcessGroup | 
     """``estimator.fit`` with the primitives sharded over the ranks of ``group``.
 
     The single-process code path on a :class:`ShardedCausalMap`: any estimator of
-    :mod:`melbo.methods` whose fit needs only the :class:`~melbo.protocol.CausalMap`
+    :mod:`melbo.methods` whose fit needs only the :class:`~melbo.maps.protocol.CausalMap`
     primitives (exponential with every OGI option, quadratic, linear, random), calibration
     of R included. Call it on every rank with the same estimator settings; every rank ends
     with the same fitted attributes, equal to the single-process fit with the same seed up

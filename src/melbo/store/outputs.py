@@ -1,6 +1,6 @@
 """melbo's own outputs, recognised by what melbo writes in them: what ``--force`` may replace.
 
-:func:`melbo.io.check_output` lets a command replace an existing path only when it is melbo's
+:func:`melbo.store.io.check_output` lets a command replace an existing path only when it is melbo's
 own earlier output of the same kind; each function here says whether ``path`` is one, from its
 content alone (no torch, no model, a bounded read), and never raises: an unreadable or foreign
 file is simply not melbo's. A user's file that happens to look exactly like melbo's output

@@ -3,8 +3,8 @@ chat conversations), ``.jsonl`` (one string or ``{"prompt"/column: …}`` per li
 ``.csv`` (a named column, default ``goal``). Lines end at LF or CRLF only, never inside a
 line at U+2028, a form feed or another character :meth:`str.splitlines` breaks at.
 
-Files are read with :mod:`melbo.io`'s limits (size, JSON nesting; UTF-8 with or without a
-BOM); every error is a ``ValueError`` (:class:`melbo.io.FileFormatError`) naming the file,
+Files are read with :mod:`melbo.store.io`'s limits (size, JSON nesting; UTF-8 with or without a
+BOM); every error is a ``ValueError`` (:class:`melbo.store.io.FileFormatError`) naming the file,
 the line (and column) and what is valid. CSV is parsed strictly: a quoted field that is
 never closed is an error at the line it starts on, never one prompt swallowing the rest
 of the file; a field may be as large as the file.
@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from melbo.io import (
+from melbo.store.io import (
     MAX_JSON_DEPTH,
     MAX_TEXT_BYTES,
     FileFormatError,
@@ -38,7 +38,7 @@ def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = 
     FileNotFoundError
         if ``path`` does not exist.
     ValueError
-        (:class:`melbo.io.FileFormatError`) for an unsupported suffix, a file over
+        (:class:`melbo.store.io.FileFormatError`) for an unsupported suffix, a file over
         ``max_bytes`` or nested deeper than ``max_depth``, text that is not UTF-8,
         malformed JSON/JSONL/CSV (with the line), a missing column, or no prompts.
     """

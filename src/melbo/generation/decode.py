@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.hooks import position_ids
+from melbo.models.hooks import position_ids
 
 __all__ = ["DecodeSettings", "Forward", "decode", "forward_kwargs", "new_cache"]
 

@@ -48,7 +48,7 @@ The statistics used afterwards are refitted on all clean prompts. ``fpr`` needs 
 clean prompts to mean anything (below that the threshold is the largest clean score; logged).
 
 Storage: one ``.safetensors`` file (tensors + JSON metadata), written atomically
-(:func:`melbo.io.atomic_write`) and never over an existing file unless ``overwrite``.
+(:func:`melbo.store.io.atomic_write`) and never over an existing file unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ import torch
 from torch import Tensor, nn
 
 from melbo.evaluate.detection import flag_rate, threshold_at_fpr
-from melbo.hooks import forward_until, layer_input
 from melbo.models.access import LayerAccess, resolve_access
+from melbo.models.hooks import forward_until, layer_input
 from melbo.prompts import PromptLike, build_prompts
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def prompt_activations(
 
     Layer index ``n_layers`` means the output of the last decoder layer (before the final
     norm). One forward pass per batch, stopped at the deepest layer asked for; prompts are
-    left-padded with padding-free position ids (:func:`melbo.hooks.forward_until`).
+    left-padded with padding-free position ids (:func:`melbo.models.hooks.forward_until`).
 
     Returns
     -------
@@ -485,7 +485,7 @@ class Monitor:
         refused unless ``overwrite``."""
         from safetensors.torch import save_file
 
-        from melbo.io import atomic_write
+        from melbo.store.io import atomic_write
 
         p = Path(path)
         if p.suffix != ".safetensors":

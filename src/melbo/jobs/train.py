@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
-from melbo.causal_map import TransformerCausalMap
 from melbo.errors import (
     UserError,
     check_anneal,
@@ -37,11 +36,12 @@ from melbo.errors import (
 from melbo.features import Features, prompts_hash
 from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
 from melbo.fit.two_map import PENALTIES as _PENALTIES
-from melbo.io import check_output, read_file_set, write_file_set
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.methods import estimator_class, get_method, method_names
 from melbo.models.fingerprint import model_fingerprint
-from melbo.outputs import features_dir
 from melbo.prompts import PromptLike
+from melbo.store.io import check_output, read_file_set, write_file_set
+from melbo.store.outputs import features_dir
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def check_two_maps_differ(method: str, prompts: Sequence[PromptLike] | None = No
 
 
 def _write_checkpoint(out: Path, it: int, U: torch.Tensor, V: torch.Tensor, R: float, history: list[float], meta: dict[str, Any]) -> None:
-    """Iteration ``it``'s factors and state as one unit (:func:`melbo.io.write_file_set`): a kill
+    """Iteration ``it``'s factors and state as one unit (:func:`melbo.store.io.write_file_set`): a kill
     at any moment leaves iteration ``it - 1``'s checkpoint or this one, never a mix."""
     tensors = {"U": U.detach().cpu().contiguous(), "V": V.detach().cpu().contiguous()}
     write_file_set(out / CHECKPOINT, {"state.safetensors": lambda tmp: save_file(tensors, str(tmp))},
@@ -449,7 +449,7 @@ def _resumed_schedule(cfg: TrainConfig, start_it: int) -> dict[str, Any]:
 def _check_R(model: nn.Module, tokenizer: Any, prompts: Sequence[PromptLike], cfg: TrainConfig, R: float, what: str) -> None:
     """Refuse a steering norm R that dwarfs the residual stream at the source layer (a checkpoint's
     R of 1e300 used to end in a NaN objective and "not JSON compliant")."""
-    from melbo.interventions import check_steering_norm
+    from melbo.steering.interventions import check_steering_norm
 
     check_steering_norm(model, tokenizer, list(prompts)[:16], cfg.source_layer, R, chat=cfg.chat,
                         system_prompt=cfg.system_prompt, what=what,

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.decode import Forward, new_cache
-from melbo.hooks import StopForward, layer_input, position_ids, removing
+from melbo.generation.decode import Forward, new_cache
+from melbo.models.hooks import StopForward, layer_input, position_ids, removing
 
 __all__ = ["SharedPrefix", "shared_prefix"]
 
@@ -101,7 +101,7 @@ def shared_prefix(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, l
     """Record the unsteered prefix of left-padded prompts below ``layer`` (see the module
     docstring); None when the prompts are one token long or the model does not fill a
     ``Cache`` layer by layer."""
-    from melbo.decode import forward_kwargs
+    from melbo.generation.decode import forward_kwargs
 
     n, T = input_ids.shape
     if T < 2 or layer < 1:
