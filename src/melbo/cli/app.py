@@ -13,16 +13,14 @@ from typing import Any
 from melbo.cli import explore, features, fitting, monitor, organism
 from melbo.cli._common import (
     HIDDEN_CHOICES,
-    ONE_SHOT_MODES,
     ORGANISM_KINDS,
-    PENALTIES,
+    _add_method_option_args,
     _add_model_args,
     _add_step_args,
     _count,
     _finite,
     _fpr,
     _lam,
-    _mu,
     _positive,
     _scale,
     _seed,
@@ -30,7 +28,7 @@ from melbo.cli._common import (
 )
 from melbo.export import FORMATS as EXPORT_FORMATS
 from melbo.export import format_names as export_format_names
-from melbo.methods import get_method, method_names
+from melbo.methods import get_method, method_names, methods_where
 
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
@@ -172,34 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
     tr.add_argument("--factors", type=_count(1), default=256, help="number m of features")
     tr.add_argument("--max-iter", "--iters", "--steps", dest="max_iter", type=_count(1), default=None,
-                    help="τ: iterations of the DCTs (default: the OGI step's, 20; quadratic 10), optimiser steps of "
-                         "melbo-v1 per vector (300) and one-shot (100)")
+                    help="τ: iterations of the iterative methods (" + ", ".join(methods_where(lambda s: s.iterative))
+                         + "), optimiser steps of " + ", ".join(methods_where(lambda s: s.optimiser_steps))
+                         + " (default: the method's; the OGI step's 20)")
     g = tr.add_mutually_exclusive_group()
     g.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
     g.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
     tr.add_argument("--seed", type=_seed, default=0)
     tr.add_argument("--positions", type=_count(1), default=3, help="last k tokens of each prompt")
-    _add_step_args(tr)  # exponential, contrastive, model-diff
-    tr.add_argument("--init", default="projected", help="OGI init: projected | random")
-    tr.add_argument("--sequential", action="store_true", help="OGI: G_V from the updated U (Gauss–Seidel)")
-    tr.add_argument("--orient", action="store_true", help="OGI: flip each factor to the side of larger ‖Δ_R(±v)‖")
+    _add_step_args(tr)  # the methods that take the OGI step (MethodSpec.ogi_step)
     tr.add_argument("--compile", action="store_true",
                     help="torch.compile the slice layers (~20 s the first time, ~2 s once cached in "
                          "$MELBO_CACHE/compile), then faster bf16 iterations (long fits)")
     tr.add_argument("--contrast-prompts", default=None,
-                    help="mean-diff, contrastive (required there): the contrast set B, same formats as --prompts")
+                    help=", ".join(methods_where(lambda s: s.contrast))
+                         + " (required there): the contrast set B, same formats as --prompts")
     tr.add_argument("--base-model", default=None,
-                    help="model-diff (required there): the model --model was fine-tuned from (same architecture and tokenizer)")
-    tr.add_argument("--mu", type=_mu, default=1.0, help="contrastive, model-diff: weight μ of the penalised map")
-    tr.add_argument("--penalty", choices=PENALTIES, default=None,
-                    help="contrastive, model-diff: penalise ‖Δ_B‖ (norm; contrastive's default) or fit Δ_A − μΔ_B "
-                         "(difference; model-diff's default)")
-    tr.add_argument("--completion", default=None, help="one-shot (required there): the completion to promote (suppress in mode suppress)")
-    tr.add_argument("--suppress", default=None, help="one-shot, mode mixed: the completion to suppress")
-    tr.add_argument("--one-shot-mode", choices=ONE_SHOT_MODES, default="promote")
-    tr.add_argument("--token-a", default="Sure", help="obprop: the observable is logit(A) − logit(B) at the first generated position")
-    tr.add_argument("--token-b", default="Sorry", help="obprop: token B of the observable")
-    tr.add_argument("--lr", type=_positive, default=None, help="learning rate: melbo-v1 (default 1e-3), one-shot (0.01)")
+                    help=", ".join(methods_where(lambda s: s.base_model))
+                         + " (required there): the model --model was fine-tuned from (same architecture and tokenizer)")
+    _add_method_option_args(tr)  # every registered method's own options (MethodSpec.options)
+    tr.add_argument("--lr", type=_positive, default=None,
+                    help="learning rate: " + ", ".join(methods_where(lambda s: s.optimiser_steps)) + " (default: the method's)")
     tr.add_argument("--out", required=True, help="output directory")
     tr.add_argument("--force", action="store_true", help="replace an earlier run's features in --out (never a directory melbo did not write)")
     tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")

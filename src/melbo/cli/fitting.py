@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from melbo.cli._common import (
     _check_out_file,
     _check_single_tokens,
     _load,
+    _method_option_values,
     _model_layers,
     _peek_tokenizer,
     _say,
@@ -113,8 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
+    from melbo.methods import get_method, method_options, methods_where
     from melbo.train import (
-        OGI_METHODS,
         TrainConfig,
         check_base_model,
         check_contrast_prompts,
@@ -123,20 +125,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         train,
     )
 
-    if args.method in OGI_METHODS:
+    spec = get_method(args.method)
+    if spec.ogi_step:
         step = _step_options(args)
     elif _step_flags_given(args):
-        raise ValueError(f"{'/'.join(_step_flags_given(args))}: the OGI step of methods {', '.join(OGI_METHODS)}, "
-                         f"not {args.method!r}")
+        raise ValueError(f"{'/'.join(_step_flags_given(args))}: the OGI step of methods "
+                         f"{', '.join(methods_where(lambda s: s.ogi_step))}, not {args.method!r}")
     else:
         step = {"max_iter": args.max_iter}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = _method_option_values(args)
+    defaults = {n: o.default for n, (o, _) in method_options().items()}
     cfg = TrainConfig(
         source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
         n_factors=args.factors, lam=args.lam, R=args.R, random_state=args.seed,
-        positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
-        init=args.init, completion=args.completion, suppress=args.suppress,
-        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
-        sequential=args.sequential, orient=args.orient, mu=args.mu, penalty=args.penalty, **step,
+        positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt, lr=args.lr, compile=args.compile,
+        method_options={n: v for n, v in values.items() if n not in fields and v != defaults[n]},
+        **{n: v for n, v in values.items() if n in fields}, **step,
     )
     cfg.validate()
     _check_factors(cfg.n_factors, cfg.method, args.model)
@@ -146,8 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                           contrast_source=f"--contrast-prompts {args.contrast_prompts!r}")
     if args.base_model is not None:
         _check_model_source("--base-model", args.base_model)
-    if cfg.method == "obprop":
-        _check_single_tokens(args.model, args.trust_remote_code, token_a=args.token_a, token_b=args.token_b)
+    own = cfg.option_values(spec)
+    tokens = {o.name: own[o.name] for o in spec.options if o.single_token}
+    if tokens:
+        _check_single_tokens(args.model, args.trust_remote_code, **tokens)
     if args.resume:
         read_checkpoint(Path(args.out), cfg)  # its hash, values and configuration, before the model loads
     model, tok = _load(args)
