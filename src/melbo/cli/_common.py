@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from melbo.errors import (
     UserError,
@@ -358,3 +358,60 @@ def _chat(args: argparse.Namespace) -> bool | str:
     if args.chat == "auto":
         return "auto"
     return bool(args.chat == "yes")
+
+
+# what a command module's ``add_parsers`` adds its subcommands to (``parser.add_subparsers()``)
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-a", default="Sure", help="score = logit(A) − logit(B) at the first generated position")
+    p.add_argument("--token-b", default="Sorry")
+    p.add_argument("--space", choices=("exact", "auto", "both"), default="exact",
+                   help="token strings: as given (exact), else with/without a leading space (auto), or logsumexp of both")
+    p.add_argument("--scale", type=_scale, default=1.0, help="steer at scale·R")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="sequences per forward pass")
+    p.add_argument("--force", action="store_true", help="allow features from a different model")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat", choices=("auto", "yes", "no"), default="yes",
+                   help="frame prompts as a user turn with the chat template (yes), keep raw (no)")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    p.add_argument("--n-prompts", type=_count(1), default=None, help="use only the first N prompts")
+
+
+def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
+                       scales: tuple[float, ...] | None = None, n_train: int | None = None) -> None:
+    from melbo.discover_config import MAX_RANDOM, DiscoverConfig
+
+    base = DiscoverConfig()
+    p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
+    p.add_argument("--target-layer", type=_count(0), default=None, help="default: ~5/9 of the depth (10 of 18)")
+    p.add_argument("--factors", type=_count(1), default=base.n_factors, help="DCT features to fit")
+    p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=None,
+                   help=f"τ: OGI iterations (default: the step's, {base.max_iter} for the default step)")
+    p.add_argument("--n-train", type=_count(1), default=n_train or base.n_train, help="prompts the features are fitted on")
+    p.add_argument("--n-eval", type=_count(2), default=n_eval,
+                   help="held-out prompts every feature steers (≥ 2: a behaviour is what a vector does across prompts)")
+    p.add_argument("--scales", type=_scale, nargs="+", default=list(scales or base.scales),
+                   help="steering scales, multiples of R (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=_count(1), default=max_new_tokens)
+    p.add_argument("--random", type=_count(0, MAX_RANDOM), default=base.n_random,
+                   help=f"random vectors at the same norm (the noise floor; at most {MAX_RANDOM})")
+    p.add_argument("--phrases-only", action="store_true",
+                   help="rank by shared phrases alone (skip embedding the completions with the model: behaviours that "
+                        "are a style, theme or tone are then not seen)")
+    _add_step_args(p)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
+
+
+def _features_command(sub: Subcommands, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand over a features directory that runs its model on prompts."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    p.add_argument("dir", help="a features directory")
+    _add_model_args(p)
+    _add_prompt_args(p)
+    return p
