@@ -128,3 +128,26 @@ def test_demo_and_discover_defaults_come_from_their_one_source() -> None:
 
     for d in (demo, disc):
         assert (d["step"], d["max_iter"], d["beta"], d["ortho"], d["anneal_after"]) == (None,) * 5 and d["anneal"] is _UNSET
+
+
+def test_each_command_module_adds_the_parsers_of_the_commands_it_runs() -> None:
+    """A subcommand's arguments live beside its ``cmd_*``; ``build_parser`` only orders the modules."""
+    import argparse
+
+    from melbo.cli import explore, features, fitting, monitor, organism
+
+    def runnable(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        return [q for s in subs for c in s.choices.values() for q in runnable(c)] if subs else [p]
+
+    added: list[str] = []
+    for module in (fitting, features, monitor, explore, organism):
+        sub = argparse.ArgumentParser().add_subparsers()
+        module.add_parsers(sub)
+        assert sub.choices, module.__name__
+        for name, p in sub.choices.items():
+            added.append(name)
+            for q in runnable(p):
+                assert q.get_default("func").__module__ == module.__name__, (name, module.__name__)
+    top = [a for a in cli.build_parser()._actions if getattr(a, "choices", None)]
+    assert len(top) == 1 and added == list(top[0].choices)

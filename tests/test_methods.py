@@ -4,6 +4,7 @@ and a Features round trip for every method."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -67,7 +68,7 @@ def fitted(lm: tuple[Any, Any]) -> dict[str, Any]:
     """Every method fitted through the Python API, R calibrated (random_state seeds both)."""
     out = {}
     for name in method_names():
-        opts = {k: v for k, v in OPTIONS[name].items() if not (k == "n_factors" and name in ("one-shot", "mean-diff"))}
+        opts = {k: v for k, v in OPTIONS[name].items() if not (k == "n_factors" and name in ("one-shot", "mean-diff", "obprop"))}
         est = make_estimator(name, random_state=SEED, **opts)
         out[name] = _quiet(lambda est=est: est.fit(_delta(lm)))
     return out
@@ -78,8 +79,13 @@ def test_every_method_is_registered_once_with_an_estimator_of_the_one_contract()
     for name in method_names():
         cls = estimator_class(name)
         assert issubclass(cls, FitEstimator), name
-        est = get_method(name).make(random_state=3, R=2.0, unknown_option=1)  # options it lacks are ignored
+        est = get_method(name).make(random_state=3, R=2.0)
         assert est.random_state == 3 and est.R == 2.0 and not hasattr(est, "result_")
+        # an option the estimator lacks is refused, naming it and the options it takes (its signature)
+        with pytest.raises(ValueError, match=f"method '{name}' takes no option 'unknown_option'; its options: ") as exc:
+            get_method(name).make(random_state=3, unknown_option=1)
+        taken = str(exc.value).split("its options: ")[1].split(", ")
+        assert set(taken) == set(inspect.signature(cls).parameters) - set(get_method(name).fixed)
     with pytest.raises(ValueError, match="choose one of"):
         get_method("cubic")
 

@@ -99,7 +99,7 @@ def test_linear_readout_is_the_first_order_change_of_the_exact_score(tok: Any, l
 
 def test_estimator_from_the_registry_equals_the_function(tok: Any, llama: nn.Module) -> None:
     delta = TransformerCausalMap(llama, PROMPTS, S, 3, tokenizer=tok, chat=True)
-    est = make_estimator("obprop", token_a=A, token_b=B, R=2.0, n_factors=9).fit(delta)
+    est = make_estimator("obprop", token_a=A, token_b=B, R=2.0).fit(delta)
     ref = observable_direction(llama, tok, PROMPTS, layer=S, token_a=A, token_b=B, R=2.0, delta=delta)
     assert est.U_ is None and est.V_.shape == (llama.config.hidden_size, 1) and est.R_ == 2.0
     torch.testing.assert_close(est.V_, ref.V)

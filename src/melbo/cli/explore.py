@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 from melbo.cli._common import (
+    Subcommands,
+    _add_model_args,
     _chat,
+    _count,
     _load,
     _need_dir,
     _need_file,
@@ -86,3 +89,30 @@ def cmd_explore(args: argparse.Namespace) -> int:
     serve(explorer, host=args.host, port=args.port, say=_say, certfile=args.certfile, keyfile=args.keyfile,
           insecure_http=args.insecure_http, allow_hosts=args.allow_host)
     return 0
+
+
+def add_parsers(sub: Subcommands) -> None:
+    """``melbo explore``: its arguments."""
+    ex = sub.add_parser("explore", help="a local web app to browse, steer and compare a run's features")
+    ex.add_argument("dir", help="a features directory (melbo train) or a melbo discover run")
+    _add_model_args(ex)
+    ex.set_defaults(model=None)
+    ex.add_argument("--chat", choices=("auto", "yes", "no"), default=None,
+                    help="prompt framing (default: the discover run's, else auto)")
+    ex.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    ex.add_argument("--prompts", default=None, help="held-out prompts to steer (default: the discover run's, else built-in ones)")
+    ex.add_argument("--n-prompts", type=int, default=4, help="how many of them each feature page steers")
+    ex.add_argument("--max-new-tokens", type=int, default=32)
+    ex.add_argument("--port", type=_count(0, 65535), default=8765, help="0: any free port")
+    ex.add_argument("--host", default="127.0.0.1", help="listen here (default 127.0.0.1: this machine only; any "
+                    "other address needs --certfile/--keyfile or --insecure-http)")
+    ex.add_argument("--certfile", default=None, help="serve HTTPS with this PEM certificate (chain)")
+    ex.add_argument("--keyfile", default=None, help="the certificate's PEM private key (default: in --certfile)")
+    ex.add_argument("--insecure-http", action="store_true",
+                    help="allow plain HTTP on a --host other than loopback (the token crosses the network in clear)")
+    ex.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                    help="also answer requests for this Host name (repeatable; loopback names and --host always are)")
+    ex.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's; 1 is faster on cores other jobs share)")
+    ex.add_argument("--force", action="store_true", help="allow features from a different model")
+    ex.set_defaults(func=cmd_explore)

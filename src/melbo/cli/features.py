@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from melbo.cli._common import (
+    Subcommands,
+    _add_score_args,
     _chat,
     _check_feature_index,
     _check_features_fit,
@@ -17,12 +19,18 @@ from melbo.cli._common import (
     _check_out_file,
     _check_single_tokens,
     _check_steering,
+    _count,
+    _features_command,
+    _finite,
     _load,
     _load_features,
     _need_dir,
     _need_file,
     _say,
+    _scale,
 )
+from melbo.export import FORMATS as EXPORT_FORMATS
+from melbo.export import format_names as export_format_names
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -191,3 +199,63 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     sys.stdout.write(f"report written to {path}\n")
     return 0
+
+
+def add_parsers(sub: Subcommands) -> None:
+    """``melbo inspect``, ``export``, ``rank``, ``steer``, ``analyze`` and ``report``: their arguments."""
+    ins = sub.add_parser("inspect", help="summarise a features directory")
+    ins.add_argument("dir")
+    ins.add_argument("--top", type=_count(1), default=10)
+    ins.set_defaults(func=cmd_inspect)
+
+    ex = sub.add_parser("export", help="write features for another tool (llama.cpp control vector, …)")
+    ex.add_argument("dir", help="a features directory")
+    ex.add_argument("--feature", type=int, action="append", required=True,
+                    help="feature index; repeat to sum several into one vector (as melbo steers them together)")
+    ex.add_argument("--scale", type=_scale, default=1.0, help="write scale·R·v: scale 1 steers as melbo does at 1 (default 1)")
+    ex.add_argument("--format", choices=export_format_names(), required=True,
+                    help="; ".join(f"{n}: {EXPORT_FORMATS[n].summary}" for n in export_format_names()))
+    ex.add_argument("-o", "--out", required=True, help="output file")
+    ex.add_argument("--force", action="store_true", help="replace an earlier export at -o (never another file)")
+    ex.set_defaults(func=cmd_export)
+
+    rk = _features_command(sub, "rank", "rank features by alpha² or by a readout (logit A − logit B)")
+    rk.add_argument("--by", choices=("alpha", "readout"), default="alpha")
+    rk.add_argument("--prompts", default=None)
+    rk.add_argument("--token-a", default="Sure")
+    rk.add_argument("--token-b", default="Sorry")
+    rk.add_argument("--scale", type=_scale, default=1.0, help="score at scale·R")
+    rk.add_argument("--top", type=_count(1), default=20)
+    rk.add_argument("--out", default=None, help="write the full ranking as JSON")
+    rk.add_argument("--force", action="store_true", help="allow features from a different model")
+    rk.set_defaults(func=cmd_rank)
+
+    st = _features_command(sub, "steer", "steered vs unsteered completions for one feature")
+    st.add_argument("--feature", type=_count(0), required=True)
+    st.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    st.add_argument("--scale", type=_scale, default=1.0)
+    st.add_argument("--max-new-tokens", type=_count(1), default=32)
+    st.add_argument("--force", action="store_true", help="allow features from a different model")
+    st.set_defaults(func=cmd_steer)
+
+    an = _features_command(sub, "analyze", "rank features by exact jailbreak score; multiplicity, adding vs ablating (Tables 3–5)")
+    _add_score_args(an)
+    an.add_argument("--prompts", required=True, help="validation prompts (.txt, .json/.jsonl, .csv)")
+    an.add_argument("--threshold", type=_finite, default=5.0, help="a feature counts if its mean score is above this")
+    an.add_argument("--top", type=_count(1), default=10, help="features to list; also the set size if none is above the threshold")
+    an.add_argument("--max-ablations", type=_count(1), default=None, help="ablate at most this many features individually")
+    an.add_argument("--ablate-embedding", action="store_true", help="also ablate from the embedding")
+    an.add_argument("--out", default=None, help="JSON output (default: DIR/analysis.json)")
+    an.set_defaults(func=cmd_analyze)
+
+    rp = _features_command(sub, "report", "write a self-contained HTML report of a features directory")
+    _add_score_args(rp)
+    rp.add_argument("-o", "--out", default=None, help="HTML output (default: DIR/report.html)")
+    rp.add_argument("--prompts", default=None, help="score every feature on these prompts (needs the model)")
+    rp.add_argument("--heldout", default=None, help="prompts for the completions table (default: the first --n-heldout of --prompts)")
+    rp.add_argument("--n-heldout", type=_count(1), default=4)
+    rp.add_argument("--analysis", default=None, help="an analysis JSON from melbo analyze (default: DIR/analysis.json if present)")
+    rp.add_argument("--top-k", type=_count(1), default=5, help="features with completions")
+    rp.add_argument("--max-new-tokens", type=_count(1), default=48)
+    rp.add_argument("--title", default=None)
+    rp.set_defaults(func=cmd_report)

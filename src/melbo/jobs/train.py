@@ -23,35 +23,47 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from melbo.baselines.one_shot import MODES as ONE_SHOT_MODES
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.errors import (
     UserError,
     check_anneal,
     check_anneal_after,
     check_lam,
-    check_mu,
     check_seed,
     warn_renamed,
 )
 from melbo.features import Features, prompts_hash
 from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
-from melbo.fit.two_map import PENALTIES as _PENALTIES
-from melbo.maps.transformer import TransformerCausalMap
-from melbo.methods import estimator_class, get_method, method_names
-from melbo.models.fingerprint import model_fingerprint
-from melbo.prompts import PromptLike
 from melbo.store.io import check_output, read_file_set, write_file_set
+from melbo.methods import (
+    MethodSpec,
+    describe_methods,
+    get_method,
+    method_names,
+    method_options,
+    methods_where,
+)
+from melbo.models.fingerprint import model_fingerprint
 from melbo.store.outputs import features_dir
+from melbo.prompts import PromptLike
 
 logger = logging.getLogger(__name__)
 
-METHODS = method_names()
 CHECKPOINT = "checkpoint"
-_STEP_METHODS = ("melbo-v1", "one-shot")  # whose τ is optimiser steps (the deprecated `steps`)
-CONTRAST_METHODS = ("mean-diff", "contrastive")  # need a contrast prompt set B
-TWO_MAP_METHODS = ("contrastive", "model-diff")  # melbo.fit.two_map
-OGI_METHODS = ("exponential", *TWO_MAP_METHODS)  # fitted with the OGI step of melbo.fit.step
+_STEP_FIELDS = ("beta", "ortho", "anneal", "anneal_after")  # the OGI step (melbo.fit.step)
 
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """The method groups of old, derived from the registry when read (so they include methods
+    registered after import): ``METHODS``, ``CONTRAST_METHODS`` (need a contrast set B),
+    ``OGI_METHODS`` (take the OGI step), ``TWO_MAP_METHODS`` (OGI with a second map)."""
+    groups: dict[str, Any] = {
+        "METHODS": lambda s: True, "CONTRAST_METHODS": lambda s: s.contrast, "OGI_METHODS": lambda s: s.ogi_step,
+        "TWO_MAP_METHODS": lambda s: s.ogi_step and (s.contrast or s.base_model),
+    }
+    if name in groups:
+        return methods_where(groups[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -65,8 +77,12 @@ class TrainConfig:
     ``beta``, ``ortho``, ``anneal`` and ``anneal_after`` are the OGI step of the exponential and
     two-map methods, by default :data:`melbo.fit.step.DEFAULT_STEP`'s; ``**step_options("published")``
     (:mod:`melbo.fit.step`) gives the publication's, ``max_iter`` included.
+    The method's own options (:attr:`melbo.methods.MethodSpec.options`) are the fields of
+    old below (``init`` … ``orthogonal``) or, for an option that is no field, ``method_options``
+    (name → value); a method refuses another method's option set to other than its default.
     Deprecated spellings, mapped on construction with a :class:`DeprecationWarning`: ``iters``
-    (τ of the DCT methods), ``steps`` (τ of melbo-v1 and one-shot), ``seed`` (``random_state``).
+    (τ of the iterative methods), ``steps`` (τ of the methods whose τ is optimiser steps), ``seed``
+    (``random_state``).
     """
 
     source_layer: int
@@ -99,6 +115,7 @@ class TrainConfig:
     lr: float | None = None  # melbo-v1: 1e-3; one-shot: 0.01
     orthogonal: bool = True  # melbo-v1: each vector orthogonal to the earlier ones
     compile: bool = False  # torch.compile the slice layers (pays on long fits; see TransformerCausalMap)
+    method_options: dict[str, Any] = field(default_factory=dict)  # the method's options that are no field above
     iters: InitVar[int | None] = None
     steps: InitVar[int | None] = None
     seed: InitVar[int | None] = None
@@ -110,10 +127,11 @@ class TrainConfig:
         if seed is not None:
             self.random_state = seed
         self._steps_alias = steps
-        if self.max_iter is None:
-            if steps is not None and self.method in _STEP_METHODS:
+        if self.max_iter is None and self.method in method_names():
+            spec = get_method(self.method)
+            if steps is not None and spec.optimiser_steps:
                 self.max_iter = steps
-            elif iters is not None and self.method in METHODS and get_method(self.method).iterative:
+            elif iters is not None and spec.iterative:
                 self.max_iter = iters
 
     def schedule(self) -> tuple[float | None, int]:
@@ -124,12 +142,26 @@ class TrainConfig:
         """τ: ``max_iter``, or the method's default (None for methods without iterations)."""
         if self.max_iter is not None:
             return self.max_iter
-        default = inspect.signature(estimator_class(self.method)).parameters.get("max_iter")
+        default = inspect.signature(get_method(self.method).estimator_class()).parameters.get("max_iter")
         return None if default is None else int(default.default)
 
+    def as_record(self) -> dict[str, Any]:
+        """The configuration as recorded (a checkpoint's ``config``): its fields, without
+        ``method_options`` when empty, so records made before that field existed still match."""
+        d = asdict(self)
+        if not d["method_options"]:
+            del d["method_options"]
+        return d
+
+    def option_values(self, spec: MethodSpec | None = None) -> dict[str, Any]:
+        """The value of every registered method option (or only ``spec``'s): the field of that
+        name, else ``method_options``'s entry, else the option's default."""
+        options = {o.name: o for o in spec.options} if spec is not None else {n: o for n, (o, _) in method_options().items()}
+        fields = {f.name for f in dataclasses.fields(self)}
+        return {n: getattr(self, n) if n in fields else self.method_options.get(n, o.default) for n, o in options.items()}
+
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: choose one of {', '.join(METHODS)}")
+        spec = get_method(self.method)
         for name in ("n_factors", "positions"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -137,100 +169,124 @@ class TrainConfig:
         for name, v in (("max_iter", self.max_iter), ("steps", self._steps_alias)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
-        if self.max_iter is not None and "max_iter" not in inspect.signature(estimator_class(self.method)).parameters:
+        if self.max_iter is not None and "max_iter" not in spec.parameters():
             raise ValueError(f"max_iter={self.max_iter!r} (--max-iter): method {self.method!r} runs no iterations or optimiser steps")
         if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
             raise ValueError(f"R={self.R!r}: must be a finite number > 0")
         check_lam("lam", self.lam)
         if not (isinstance(self.beta, int | float) and 0 < self.beta <= 1):
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
-        if self.one_shot_mode not in ONE_SHOT_MODES:
-            raise ValueError(f"one_shot_mode={self.one_shot_mode!r}: choose one of {', '.join(ONE_SHOT_MODES)}")
-        if self.method == "one-shot" and not self.completion:
-            raise ValueError("method 'one-shot' needs a completion (--completion TEXT)")
-        if self.method == "one-shot" and self.one_shot_mode == "mixed" and not self.suppress:
-            raise ValueError("one-shot mode 'mixed' needs a completion to suppress (--suppress TEXT)")
-        if self.method != "one-shot" and (self.completion is not None or self.suppress is not None):
-            raise ValueError(f"completion/suppress are only used by method 'one-shot', not {self.method!r}")
-        for name in ("compile", "sequential", "orient"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be True or False")
-        if self.method != "exponential" and (self.sequential or self.orient):
-            raise ValueError(f"sequential/orient are options of method 'exponential', not {self.method!r}")
+        if not isinstance(self.method_options, dict):
+            raise ValueError(f"method_options={self.method_options!r}: must be a dict of option name → value")
+        known = method_options()
+        own = {o.name for o in spec.options}
+        fields = {f.name for f in dataclasses.fields(self)}
+        for name in self.method_options:  # another method's option is refused with the fields' (below)
+            if name in fields:
+                raise ValueError(f"method_options: {name!r} is a field of TrainConfig: give {name}=... instead")
+            if name not in known:
+                raise ValueError(f"method_options: {name!r} is no method's option; method {self.method!r} takes "
+                                 f"{', '.join(sorted(own)) or 'none'}")
+        values = self.option_values()
+        for name, (opt, _) in known.items():
+            opt.validate(values[name])
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile={self.compile!r}: must be True or False")
+        if spec.check is not None:
+            spec.check({n: values[n] for n in own})
+        misplaced = [n for n, (opt, _) in known.items() if n not in own and values[n] != opt.default]
+        if misplaced:  # named with every option of the methods that take it
+            takers = known[misplaced[0]][1]
+            group = [n for n, (_, t) in known.items() if t == takers]
+            are = "is an option" if len(group) == 1 else "are options"
+            raise ValueError(f"{'/'.join(group)} {are} of {describe_methods(takers)}, not {self.method!r}")
         step = (self.beta, self.ortho, *self.schedule())
-        if self.method not in OGI_METHODS and step != (DEFAULT_STEP.beta, DEFAULT_STEP.ortho, DEFAULT_STEP.anneal,
-                                                       DEFAULT_STEP.anneal_after):
-            raise ValueError(f"beta/ortho/anneal/anneal_after are the OGI step of methods {', '.join(OGI_METHODS)}, "
-                             f"not {self.method!r}")
+        if not spec.ogi_step and step != (DEFAULT_STEP.beta, DEFAULT_STEP.ortho, DEFAULT_STEP.anneal,
+                                           DEFAULT_STEP.anneal_after):
+            raise ValueError(f"{'/'.join(_STEP_FIELDS)} are the OGI step of methods "
+                             f"{', '.join(methods_where(lambda s: s.ogi_step))}, not {self.method!r}")
         check_anneal_after(self.schedule()[1], check_anneal(self.anneal))
-        check_mu("mu", self.mu)
         check_seed("random_state", self.random_state)
-        if self.penalty not in (None, *_PENALTIES):
-            raise ValueError(f"penalty={self.penalty!r}: choose one of {', '.join(_PENALTIES)}")
-        if self.method not in TWO_MAP_METHODS and (self.mu != 1.0 or self.penalty is not None):
-            raise ValueError(f"mu/penalty are options of methods {', '.join(TWO_MAP_METHODS)}, not {self.method!r}")
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
         if self.lr is not None and not (self.lr > 0 and torch.isfinite(torch.tensor(self.lr))):
             raise ValueError(f"lr={self.lr!r}: must be a finite number > 0")
-        if self.method not in _STEP_METHODS and (self._steps_alias is not None or self.lr is not None):
-            raise ValueError(f"steps/lr are only used by methods 'melbo-v1' and 'one-shot', not {self.method!r}")
+        if not spec.optimiser_steps and (self._steps_alias is not None or self.lr is not None):
+            takers = methods_where(lambda s: s.optimiser_steps)
+            raise ValueError(f"steps/lr are only used by methods {' and '.join(map(repr, takers))}, not {self.method!r}")
 
     def estimator_options(self) -> dict[str, Any]:
-        """The constructor arguments of the method's estimator this configuration sets
-        (:meth:`melbo.methods.MethodSpec.make` keeps those the estimator accepts)."""
-        anneal, anneal_after = self.schedule()
-        opts: dict[str, Any] = {
-            "n_factors": self.n_factors, "R": self.R, "lam": self.lam, "random_state": self.random_state,
-            "beta": self.beta, "init": self.init, "sequential": self.sequential, "orient": self.orient,
-            "ortho": self.ortho, "anneal": anneal, "anneal_after": anneal_after, "orthogonal": self.orthogonal, "mode": self.one_shot_mode,
-            "completion": self.completion, "suppress": self.suppress, "mu": self.mu, "penalty": self.penalty,
-            "token_a": self.token_a, "token_b": self.token_b,
-        }
-        for name, v in (("max_iter", self.max_iter), ("lr", self.lr)):
-            if v is not None:
-                opts[name] = v
+        """The constructor arguments of the method's estimator that this configuration sets:
+        the shared ones (``R``, ``lam``, ``random_state``; ``n_factors`` where the estimator
+        has it; ``max_iter`` when set), the OGI step where the method takes it, ``lr`` where τ
+        counts optimiser steps, and the method's own options (those not None)."""
+        spec = get_method(self.method)
+        opts: dict[str, Any] = {"R": self.R, "lam": self.lam, "random_state": self.random_state}
+        if "n_factors" in spec.parameters():
+            opts["n_factors"] = self.n_factors
+        if self.max_iter is not None:
+            opts["max_iter"] = self.max_iter
+        if spec.ogi_step:
+            anneal, anneal_after = self.schedule()
+            opts.update(beta=self.beta, ortho=self.ortho, anneal=anneal, anneal_after=anneal_after)
+        if spec.optimiser_steps and self.lr is not None:
+            opts["lr"] = self.lr
+        values = self.option_values(spec)
+        opts.update({o.estimator_arg: values[o.name] for o in spec.options if values[o.name] is not None})
         return opts
 
 
-#: Estimator settings recorded in the features' ``extra["fit"]`` (those the method has).
-_RECORDED = ("max_iter", "beta", "tol", "init", "ortho", "ortho_iters", "sequential", "orient", "anneal", "anneal_after",
-             "orthogonal", "mode", "lr", "mu", "penalty")
+#: Estimator settings recorded in the features' ``extra["fit"]`` whatever the method (those it has),
+#: besides the OGI step, ``lr`` and the method's own options marked ``record``.
+_RECORDED = ("max_iter", "tol", "ortho_iters")
+
+
+def _recorded(spec: MethodSpec) -> set[str]:
+    """The estimator settings of ``spec``'s method that ``extra["fit"]`` records."""
+    return {*_RECORDED, *(_STEP_FIELDS if spec.ogi_step else ()), *(("lr",) if spec.optimiser_steps else ()),
+            *(o.estimator_arg for o in spec.options if o.record)}
 
 
 def check_contrast_prompts(method: str, contrast_prompts: Sequence[PromptLike] | None) -> None:
-    """mean-diff and contrastive need the contrast set B; every other method refuses one."""
-    if method in CONTRAST_METHODS and not contrast_prompts:
-        raise ValueError(f"method {method!r} needs a contrast prompt set B (--contrast-prompts FILE)")
-    if method not in CONTRAST_METHODS and contrast_prompts is not None:
-        raise ValueError(f"contrast prompts are only used by methods {', '.join(CONTRAST_METHODS)}, not {method!r}")
+    """The methods that need the contrast set B (:attr:`MethodSpec.contrast`) get one; every other
+    method refuses one."""
+    takers = methods_where(lambda s: s.contrast)
+    if get_method(method).contrast:
+        if not contrast_prompts:
+            raise ValueError(f"method {method!r} needs a contrast prompt set B (--contrast-prompts FILE)")
+    elif contrast_prompts is not None:
+        raise ValueError(f"contrast prompts are only used by {describe_methods(takers)}, not {method!r}")
 
 
 def check_base_model(method: str, has_base_model: bool) -> None:
-    """model-diff needs the base model; every other method refuses one."""
-    if method == "model-diff" and not has_base_model:
-        raise ValueError("method 'model-diff' needs the base model the fine-tune came from (--base-model M)")
-    if method != "model-diff" and has_base_model:
-        raise ValueError(f"a base model is only used by method 'model-diff', not {method!r}")
+    """The methods that need the base model (:attr:`MethodSpec.base_model`) get one; every other
+    method refuses one."""
+    takers = methods_where(lambda s: s.base_model)
+    if get_method(method).base_model:
+        if not has_base_model:
+            raise ValueError(f"method {method!r} needs the base model the fine-tune came from (--base-model M)")
+    elif has_base_model:
+        raise ValueError(f"a base model is only used by {describe_methods(takers)}, not {method!r}")
 
 
 def check_two_maps_differ(method: str, prompts: Sequence[PromptLike] | None = None,
                           contrast_prompts: Sequence[PromptLike] | None = None, *, model: Any = None,
                           base_model: Any = None, contrast_source: str = "--contrast-prompts") -> None:
-    """Refuse a two-map fit whose maps are equal, where that shows without running them: contrastive
-    with the same prompts on both sides, model-diff with the model as its own base (the same
-    object, or the same path). Every feature would be zero (the fit itself probes the maps too,
-    :func:`melbo.fit.two_map.two_map_dct`)."""
+    """Refuse a fit on two maps that are equal, where that shows without running them: a method
+    with a contrast set B given the same prompts on both sides, one with a base model given the
+    model as its own base (the same object, or the same path). Every feature would be zero (the
+    two-map fit itself probes the maps too, :func:`melbo.fit.two_map.two_map_dct`)."""
     import json
 
-    if method == "contrastive" and prompts is not None and contrast_prompts is not None:
+    spec = get_method(method)
+    if spec.contrast and prompts is not None and contrast_prompts is not None:
         def key(ps: Sequence[PromptLike]) -> set[str]:
             return {json.dumps(p, sort_keys=True, default=str) for p in ps}
 
         if key(prompts) == key(contrast_prompts):
             raise UserError(f"the two maps are equal: {contrast_source} holds the same prompts as --prompts, so Δ_A = Δ_B, "
                             "their contrast is zero and so would be every feature; give a contrast set B of other prompts")
-    if method == "model-diff" and model is not None and base_model is not None:
+    if spec.base_model and model is not None and base_model is not None:
         same = model is base_model
         if isinstance(model, str | os.PathLike) and isinstance(base_model, str | os.PathLike):
             a, b = Path(model).expanduser(), Path(base_model).expanduser()
@@ -285,7 +341,7 @@ def read_checkpoint(out: Path, cfg: TrainConfig | None = None) -> tuple[dict[str
         raise UserError(f"checkpoint {where!r}: history {str(history)[:60]!r} must be a list of finite numbers; "
                         "start over (--force)")
     if cfg is not None:
-        now = asdict(cfg)
+        now = cfg.as_record()
         # compile changes speed, not results: a fit may be resumed with or without it
         if {k: v for k, v in (state.get("config") or {}).items() if k != "compile"} != \
                 {k: v for k, v in now.items() if k != "compile"}:
@@ -316,12 +372,11 @@ def train(
 
     The method's estimator comes from the registry (:mod:`melbo.methods`) and is fitted on
     the causal map of ``prompts`` exactly as from Python: the same ``random_state`` gives
-    the same factors. ``contrast_prompts`` (the set B) is required by ``mean-diff`` and
-    refused otherwise; so is ``base_model`` (the model ``model`` was fine-tuned from, the
-    penalised map of ``model-diff``; Δ_base is built on the same tokens, layers and
-    positions). Iterative methods get a checkpoint after every iteration (resumable);
-    every method uses R (given, else calibrated): melbo-v1 and random vectors at norm R,
-    mean-diff steered at R, one-shot capped at R.
+    the same factors. ``contrast_prompts`` (the set B) is required by the methods whose spec
+    says ``contrast`` and refused by the others; so is ``base_model`` (the model ``model`` was
+    fine-tuned from; Δ_base is built on the same tokens, layers and positions) by those that
+    say ``base_model``. Iterative methods get a checkpoint after every iteration (resumable);
+    every method uses R (given, else calibrated).
     """
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast_prompts)
@@ -339,7 +394,7 @@ def train(
         positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt, compile=cfg.compile,
     )
     fp = model_fingerprint(model)
-    meta: dict[str, Any] = {"config": asdict(cfg), "model": fp}
+    meta: dict[str, Any] = {"config": cfg.as_record(), "model": fp}
     if base_model is not None:
         meta["base_model"] = model_fingerprint(base_model)
     options = cfg.estimator_options()
@@ -357,7 +412,8 @@ def train(
         start_it, history0, options["R"] = int(state["iteration"]), list(state.get("history", state.get("objective", []))), float(state["R"])
         _check_R(model, tokenizer, prompts, cfg, options["R"], f"R {options['R']:g} of the checkpoint in {str(out_dir / CHECKPOINT)!r}")
         logger.info("resuming from iteration %d of %s", start_it, tau)
-        options.update(_resumed_schedule(cfg, start_it))
+        if spec.ogi_step:
+            options.update(_resumed_schedule(cfg, start_it))
     elif cfg.R is not None:
         _check_R(model, tokenizer, prompts, cfg, cfg.R, f"R {cfg.R:g} (--R)")
     bar = None
@@ -394,9 +450,9 @@ def train(
 
     if spec.iterative:
         options["callback"] = callback
-    if contrast_prompts is not None:
+    if spec.contrast and contrast_prompts is not None:
         options["contrast_prompts"] = list(contrast_prompts)
-    if base_model is not None:
+    if spec.base_model:
         options["base_model"] = base_model
     est = spec.make(**options)
     try:
@@ -407,7 +463,7 @@ def train(
     cal = est.calibration_
     # how the factors were fitted, as the estimator took it (its JSON-able settings; not the callback)
     fit_settings = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)
-                    if f.name in _RECORDED and isinstance(getattr(est, f.name), int | float | str | bool | None)}
+                    if f.name in _recorded(spec) and isinstance(getattr(est, f.name), int | float | str | bool | None)}
     if start_it:  # a resumed fit ran with its remaining iterations and a shifted schedule: record the fit's own
         configured = {"max_iter": tau, "beta": cfg.beta, "anneal": cfg.anneal, "anneal_after": cfg.schedule()[1]}
         fit_settings.update({k: v for k, v in configured.items() if k in fit_settings})
@@ -457,12 +513,12 @@ def _check_R(model: nn.Module, tokenizer: Any, prompts: Sequence[PromptLike], cf
 
 
 def _baseline_extra(cfg: TrainConfig, contrast_prompts: Sequence[PromptLike] | None) -> dict[str, Any]:
-    if cfg.method in CONTRAST_METHODS and contrast_prompts:
-        return {"contrast_prompts_hash": prompts_hash(list(contrast_prompts)), "n_contrast_prompts": len(contrast_prompts)}
-    if cfg.method == "one-shot":
-        return {"completion": cfg.completion, "suppress": cfg.suppress, "one_shot_mode": cfg.one_shot_mode}
-    if cfg.method == "melbo-v1":
-        return {"orthogonal": cfg.orthogonal}
-    if cfg.method == "obprop":
-        return {"observable": [cfg.token_a, cfg.token_b]}
-    return {}
+    """What the method records into the features' ``extra``: the contrast set's hash and size where
+    it takes one, and its spec's own :attr:`~melbo.methods.MethodSpec.extra`."""
+    spec = get_method(cfg.method)
+    out: dict[str, Any] = {}
+    if spec.contrast and contrast_prompts:
+        out.update(contrast_prompts_hash=prompts_hash(list(contrast_prompts)), n_contrast_prompts=len(contrast_prompts))
+    if spec.extra is not None:
+        out.update(spec.extra(cfg.option_values(spec)))
+    return out
