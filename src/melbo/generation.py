@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.decode import DecodeSettings, Forward, decode, model_forward, new_cache
-from melbo.errors import check_finite
+from melbo.errors import check_prompts, check_scale
 from melbo.prompts import PromptBatch, PromptLike, _max_context, build_prompts
 
 __all__ = ["default_generation_budget", "generate", "generate_steered"]
@@ -262,7 +262,7 @@ def generate(
     per chunk (default: as many as ``memory_budget`` bytes hold, 1 GiB on the CPU).
     """
     stops = _check_args(max_new_tokens, batch_size, do_sample, temperature, seed, stop, memory_budget)
-    prompts = list(prompts)
+    prompts = check_prompts(prompts, empty_ok=True)
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -329,8 +329,8 @@ def generate_steered(
         raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
     if not bool(torch.isfinite(vectors).all()):
         raise ValueError("vectors has non-finite values")
-    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
-    prompts = list(prompts)
+    check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
+    prompts = check_prompts(prompts, empty_ok=True)
     n, k = len(prompts), int(vectors.shape[1])
     if n == 0 or k == 0:
         return [[] for _ in range(k)]

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from melbo.errors import check_finite
-from melbo.hooks import adding_to_inputs, map_layer_input, removing
+from melbo.errors import check_scale
+from melbo.hooks import adding_to_inputs, map_layer_input, removing, residual_stream
 from melbo.models.access import LayerAccess, resolve_access
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def steering(
     """
     acc = resolve_access(model, access)
     d = acc.d_model
-    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
+    check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
     checked: list[tuple[int, Tensor]] = []
     for j, pair in enumerate(additions):
         if not isinstance(pair, tuple) or len(pair) != 2:
@@ -208,7 +208,8 @@ def residual_norm(
     access: LayerAccess | None = None,
 ) -> float:
     """Median norm of the residual stream entering ``layers[layer]`` over the prompts' tokens
-    (padding excluded): one unsteered forward pass."""
+    (padding excluded): one unsteered forward pass, stopped there (:func:`melbo.hooks.residual_stream`,
+    so a left-padded prompt sees the positions it sees alone)."""
     from melbo.prompts import build_prompts
 
     acc = resolve_access(model, access)
@@ -216,16 +217,8 @@ def residual_norm(
     device = next(model.parameters()).device
     batch = build_prompts(tokenizer, list(prompts), chat=chat, system_prompt=system_prompt,  # type: ignore[arg-type]
                           positions=1, padding_side="left", model_config=getattr(model, "config", None)).to(device)
-    seen: list[Tensor] = []
-
-    def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        h = args[0] if args else kwargs["hidden_states"]
-        seen.append(h.detach())
-
-    with removing() as handles:
-        handles.append(acc.layers[layer].register_forward_pre_hook(grab, with_kwargs=True))
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    h = seen[0].float()  # (n, T, d)
+    h = residual_stream(model, acc.layers, [layer], input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask)[layer].float()  # (n, T, d)
     norms = h.norm(dim=-1)[batch.attention_mask.to(h.device).bool()]  # (n_tokens,)
     return float(norms.median())
 

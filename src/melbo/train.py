@@ -31,6 +31,7 @@ from melbo.errors import (
     check_anneal_after,
     check_lam,
     check_mu,
+    check_R,
     check_seed,
     warn_renamed,
 )
@@ -139,8 +140,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
         if self.max_iter is not None and "max_iter" not in inspect.signature(estimator_class(self.method)).parameters:
             raise ValueError(f"max_iter={self.max_iter!r} (--max-iter): method {self.method!r} runs no iterations or optimiser steps")
-        if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
-            raise ValueError(f"R={self.R!r}: must be a finite number > 0")
+        if self.R is not None:
+            check_R(self.R, f"R={self.R!r}:")
         check_lam("lam", self.lam)
         if not (isinstance(self.beta, int | float) and 0 < self.beta <= 1):
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
@@ -277,8 +278,10 @@ def read_checkpoint(out: Path, cfg: TrainConfig | None = None) -> tuple[dict[str
     if not isinstance(it, int) or it < 0:
         raise UserError(f"checkpoint {where!r}: iteration {it!r} must be an integer ≥ 0 (the iterations done); "
                         "start over (--force)")
-    if not math.isfinite(R) or R <= 0:
-        raise UserError(f"checkpoint {where!r}: R {R!r} must be a finite number > 0; start over (--force)")
+    try:
+        R = check_R(R)
+    except UserError:
+        raise UserError(f"checkpoint {where!r}: R {R!r} must be a finite number > 0; start over (--force)") from None
     history = state.get("history", state.get("objective", []))
     if not isinstance(history, list) or not all(isinstance(h, int | float) and not isinstance(h, bool) and math.isfinite(h)
                                                 for h in history):

@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from melbo.errors import check_finite
+from melbo.errors import check_scale
 from melbo.generation import generate_steered
-from melbo.hooks import forward_until
+from melbo.hooks import residual_stream
 from melbo.interventions import ablate, row_steering, steer
 from melbo.models.access import LayerAccess, resolve_access
 from melbo.models.logits import token_logits
@@ -165,8 +165,9 @@ def last_position_logits(
         )
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("the last column has padding: left-pad the prompts (padding_side='left')")
-    h = forward_until(model, acc.layers[acc.n_layers - 1], where="output", input_ids=input_ids,
-                      attention_mask=attention_mask, grad=grad)[:, -1, :]  # (B, d), output of the last decoder layer
+    n = acc.n_layers
+    h = residual_stream(model, acc.layers, [n], input_ids=input_ids, attention_mask=attention_mask,
+                        grad=grad)[n][:, -1, :]  # (B, d), output of the last decoder layer
     with torch.enable_grad() if grad else torch.no_grad():
         return token_logits(model, h, token_ids, acc)
 
@@ -329,7 +330,7 @@ def steered_scores(
     if not bool(torch.isfinite(vectors).all()):
         raise ValueError("vectors has non-finite values")
     acc.check_layer(layer)
-    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
+    check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
     a = resolve_score_tokens(tokenizer, token_a, space)
     b = resolve_score_tokens(tokenizer, token_b, space)
     batch = _prepare(model, tokenizer, prompts, chat, system_prompt)
