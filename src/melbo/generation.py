@@ -319,16 +319,13 @@ def generate_steered(
     list of k lists (one per column of ``vectors``) of ``len(prompts)`` completions (generated
     text only).
     """
+    from melbo.interventions import check_vectors
     from melbo.models.access import resolve_access
 
     stops = _check_args(max_new_tokens, batch_size, do_sample, temperature, seed, stop, memory_budget)
     acc = resolve_access(model, access)
     acc.check_layer(layer)
-    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != acc.d_model:
-        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
-        raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
-    if not bool(torch.isfinite(vectors).all()):
-        raise ValueError("vectors has non-finite values")
+    check_vectors(vectors, acc.d_model)
     check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
     prompts = check_prompts(prompts, empty_ok=True)
     n, k = len(prompts), int(vectors.shape[1])

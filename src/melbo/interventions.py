@@ -52,6 +52,7 @@ __all__ = [
     "STEER_WARN_RATIO",
     "ablate",
     "check_steering_norm",
+    "check_vectors",
     "orthonormal_basis",
     "residual_norm",
     "row_steering",
@@ -73,6 +74,18 @@ def _check_vector(name: str, v: object, d: int) -> Tensor:
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name} has non-finite values")
     return v
+
+
+def check_vectors(vectors: object, d_model: int) -> Tensor:
+    """``vectors`` if it is a finite tensor of k steering vectors as columns, shape (d_model, k);
+    else ValueError naming the shape wanted (the one check of ``generate_steered`` and the
+    score functions that steer with a matrix of vectors)."""
+    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != d_model:
+        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ValueError(f"vectors must have shape (d_model, k) = ({d_model}, k), got {shape}")
+    if not bool(torch.isfinite(vectors).all()):
+        raise ValueError("vectors has non-finite values")
+    return vectors
 
 
 @contextmanager

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from melbo.errors import check_scale
 from melbo.generation import generate_steered
 from melbo.hooks import residual_stream
-from melbo.interventions import ablate, row_steering, steer
+from melbo.interventions import ablate, check_vectors, row_steering, steer
 from melbo.models.access import LayerAccess, resolve_access
 from melbo.models.logits import token_logits
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
@@ -324,11 +324,7 @@ def steered_scores(
     """
     _check_batch_size(batch_size)
     acc = resolve_access(model, access)
-    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != acc.d_model:
-        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
-        raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
-    if not bool(torch.isfinite(vectors).all()):
-        raise ValueError("vectors has non-finite values")
+    check_vectors(vectors, acc.d_model)
     acc.check_layer(layer)
     check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
     a = resolve_score_tokens(tokenizer, token_a, space)
