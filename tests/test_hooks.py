@@ -15,11 +15,13 @@ from melbo.models.hooks import (
     StopForward,
     adding_to_inputs,
     forward_until,
+    gather_positions,
     layer_input,
     layer_output,
     map_layer_input,
     position_ids,
     removing,
+    residual_stream,
 )
 
 LENGTHS = (5, 2, 4)
@@ -179,3 +181,44 @@ def test_stop_forward_is_an_exception_that_removing_survives() -> None:
         handles.append(lin.register_forward_pre_hook(stop))
         lin(torch.zeros(2))
     assert not _hooks(lin)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])  # rotary, learned absolute, sliding window
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_residual_stream_at_target_positions_is_output_hidden_states_of_each_prompt_alone(family: str, side: str) -> None:
+    """The one reader of hidden states, on a padded batch, against each prompt run alone (no padding)
+    with the model's own ``output_hidden_states=True``: layer x < n is hidden_states[x]; layer n, the
+    last layer's output, is hidden_states[-1] before the final norm."""
+    model = tiny_model(family)
+    acc = get_layer_access(model)
+    n, k = acc.n_layers, 2
+    prompts = _prompts()
+    ids, mask = _pad(prompts, side)
+    T = ids.shape[1]
+    # the last k real tokens of each row, as indices into the padded batch
+    positions = torch.tensor([[T - k + j if side == "left" else len(p) - k + j for j in range(k)] for p in prompts])
+    wanted = [0, 2, n]
+    hooks_before = _hooks(model)
+    got = residual_stream(model, acc.layers, wanted, input_ids=ids, attention_mask=mask, positions=positions)
+    full = residual_stream(model, acc.layers, [n, 2], input_ids=ids, attention_mask=mask)
+    assert _hooks(model) == hooks_before and sorted(got) == wanted and sorted(full) == [2, n]
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            hs = model(input_ids=p[None], output_hidden_states=True, use_cache=False).hidden_states
+        for x in wanted:
+            assert got[x].shape == (len(prompts), k, acc.d_model)
+            mine = got[x][i] if x < n else acc.final_norm(got[x][i])
+            torch.testing.assert_close(mine, hs[x][0, -k:], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(full[2][i, mask[i].bool()], hs[2][0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(gather_positions(full[n], positions), got[n])
+
+
+def test_residual_stream_refuses_layers_out_of_range_and_gather_positions_bad_shapes() -> None:
+    model = tiny_model("llama")
+    acc = get_layer_access(model)
+    ids, mask = _pad(_prompts(), "left")
+    for wanted in ([acc.n_layers + 1], [-1], []):
+        with pytest.raises(ValueError, match="give one or more of 0"):
+            residual_stream(model, acc.layers, wanted, input_ids=ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="must be \\(B, k\\)"):
+        gather_positions(torch.zeros(3, 5, 4), torch.zeros(2, 1, dtype=torch.long))

@@ -13,6 +13,7 @@ from tiny_models import tiny_model
 
 from melbo.cli import build_parser, main
 from melbo.features import Features
+from melbo.jobs.train import TrainConfig
 from melbo.methods import (
     REGISTRY,
     MethodOption,
@@ -25,7 +26,6 @@ from melbo.methods import (
     unregister,
 )
 from melbo.testing import tiny_tokenizer
-from melbo.jobs.train import TrainConfig
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import torch
 from melbo.baselines.random_vectors import output_directions
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
-from melbo.methods import MethodOption, MethodSpec
 from melbo.maps.protocol import CausalMap
+from melbo.methods import MethodOption, MethodSpec
 
 NAME = "toy-axes"
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 __all__ = ["MAX_LAM", "MAX_MU", "MAX_SCALE", "MAX_SEED", "ModelMismatchError", "UserError", "check_R", "check_count", "check_finite", "check_lam",
-           "check_mu", "check_scale", "check_seed", "warn_renamed"]
+           "check_conversation", "check_mu", "check_prompts", "check_scale", "check_seed", "warn_renamed"]
 
 MAX_SCALE = 100.0
 """Largest |scale| (a multiple of the features' R) a command steers at. Steering at 100 R is
@@ -111,11 +112,20 @@ def check_mu(name: str, value: float) -> float:
     return v
 
 
-def check_scale(name: str, value: float) -> float:
-    """A steering scale (a multiple of R): finite, non-zero, |scale| ≤ :data:`MAX_SCALE`."""
+def check_scale(name: str, value: float, *, zero: bool = False, bound: float | None = MAX_SCALE) -> float:
+    """A steering scale (a multiple of R) as a float: the one scale check.
+
+    Always a finite number; either sign (features are signed: −v steers otherwise than v).
+    The commands, exports and :class:`~melbo.jobs.discover_config.DiscoverConfig` take the defaults:
+    non-zero (a scale of 0 steers nothing) with |scale| ≤ ``bound`` = :data:`MAX_SCALE`.
+    ``zero=True`` admits 0 where it means "unsteered" (the explorer's baseline, or a library
+    call that adds nothing); ``bound=None`` admits any finite size (the library's steering
+    functions, which the commands bound)."""
     v = check_finite(name, value)
-    if v == 0 or abs(v) > MAX_SCALE:
-        raise UserError(f"{name} {value!r}: must be non-zero with |scale| ≤ {MAX_SCALE:g} (a multiple of R)")
+    if (v == 0 and not zero) or (bound is not None and abs(v) > bound):
+        size = "" if bound is None else f" with |scale| ≤ {bound:g}"
+        raise UserError(f"{name} {value!r}: must be {'a multiple of R' if zero else 'non-zero'}{size}"
+                        + ("" if zero else " (a multiple of R)"))
     return v
 
 
@@ -135,3 +145,40 @@ def check_lam(name: str, value: float) -> float:
         raise UserError(f"{name} {value!r}: must be in (0, {MAX_LAM:g}); the non-linear share E(R) that calibration "
                         f"matches levels off near or below {MAX_LAM:g} for large R (0.5 is the usual choice)")
     return v
+
+
+def check_conversation(conv: object, where: str) -> list[dict[str, str]]:
+    """A chat conversation as a list: a non-empty list (or tuple) of messages, each a dict with a
+    string ``role`` and a string ``content``; else :class:`UserError` naming ``where``."""
+    if not isinstance(conv, list | tuple) or not conv:
+        raise UserError(f"{where} is {str(conv)[:60]!r}, neither a prompt string nor a chat conversation "
+                        "(a non-empty list of {'role': ..., 'content': ...} messages)")
+    for j, m in enumerate(conv):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise UserError(f"{where}, message {j} ({str(m)[:60]}) needs a string 'role' and a string 'content'")
+    return list(conv)
+
+
+def check_prompts(prompts: object, source: str = "the prompt list", *, empty_ok: bool = False) -> list[Any]:
+    """``prompts`` as a list: the one prompt-list check of every entry point that takes prompts
+    (:func:`melbo.prompts.build_prompts` and the functions that read activations or steer
+    without it, the prompt files, the explorer).
+
+    A sequence — not one string, which would be a list of one-character prompts (a
+    :class:`TypeError`) — of at least one prompt (unless ``empty_ok``), each a string that is
+    not blank or a chat conversation (:func:`check_conversation`); else :class:`UserError`
+    naming ``source`` and the first bad prompt's index."""
+    if isinstance(prompts, str | bytes):
+        raise TypeError(f"{source} must be a list of prompts, not a single string")
+    if isinstance(prompts, dict) or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"{source} must be a list of prompts, got {type(prompts).__name__}")
+    out = list(prompts)  # type: ignore[call-overload]
+    if not out and not empty_ok:
+        raise UserError(f"{source} contains no prompts (it is empty): give at least one prompt")
+    for i, p in enumerate(out):
+        if isinstance(p, str):
+            if not p.strip():
+                raise UserError(f"{source}: prompt {i} is {'an empty string' if not p else f'blank ({p!r})'}")
+        else:
+            check_conversation(p, f"{source}: prompt {i}")
+    return out

@@ -27,13 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
-from melbo.errors import check_R, warn_renamed
+from melbo.errors import check_prompts, check_R, warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
 from melbo.maps.protocol import CausalMap
 from melbo.models.access import LayerAccess, resolve_access
-from melbo.models.hooks import forward_until
+from melbo.models.hooks import residual_stream
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
 
 __all__ = ["MeanDifference", "layer_input_activations", "mean_activation", "mean_difference"]
@@ -67,7 +67,7 @@ def layer_input_activations(
     """
     acc = resolve_access(model, access)
     layer = acc.check_layer(layer)
-    return forward_until(model, acc.layers[layer], where="input", input_ids=input_ids, attention_mask=attention_mask)
+    return residual_stream(model, acc.layers, [layer], input_ids=input_ids, attention_mask=attention_mask)[layer]
 
 
 def mean_activation(
@@ -105,11 +105,7 @@ def mean_activation(
     if isinstance(prompts, PromptBatch):
         batches = [prompts]
     else:
-        if isinstance(prompts, str | bytes):
-            raise TypeError("prompts must be a list of prompts, not a single string")
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("the prompt list is empty: give at least one prompt")
+        prompts = check_prompts(prompts)
         if tokenizer is None:
             raise ValueError("prompts given as text need a tokenizer (tokenizer=...)")
         positions = check_positive_int("positions", positions)
@@ -129,9 +125,8 @@ def mean_activation(
     count = 0
     for b in batches:
         b = b.to(param.device)
-        h = layer_input_activations(model, b.input_ids, b.attention_mask, layer, access=acc)  # (B, T, d)
-        rows = torch.arange(b.n, device=h.device)[:, None].expand_as(b.positions)
-        picked = h[rows, b.positions].to(out_dtype)  # (B, k, d)
+        picked = residual_stream(model, acc.layers, [layer], input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                 positions=b.positions)[layer].to(out_dtype)  # (B, k, d)
         total += picked.sum(dim=(0, 1))
         count += picked.shape[0] * picked.shape[1]
     return total / count

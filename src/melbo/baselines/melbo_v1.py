@@ -58,6 +58,7 @@ from melbo.fit.exceptions import ConvergenceWarning
 from melbo.fit.result import FitResult
 from melbo.maps.protocol import CausalMap
 from melbo.maps.transformer import TransformerCausalMap
+from melbo.models.hooks import gather_positions
 
 __all__ = ["MelboV1", "StepCallback", "melbo_v1", "melbo_v1_objective", "per_prompt_delta"]
 
@@ -91,9 +92,7 @@ def per_prompt_delta(delta: TransformerCausalMap, theta: Tensor) -> Tensor:
         shape = tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__
         raise ValueError(f"theta must be a tensor of shape (d_model,) = ({d},), got {shape}")
     out = delta.steered_stream(theta[None, :])  # (n, T, d)
-    pos = delta.positions.to(out.device)  # (n, k)
-    rows = torch.arange(pos.shape[0], device=out.device)[:, None].expand_as(pos)
-    picked = out[rows, pos].to(device=delta.device, dtype=delta.dtype)  # (n, k, d)
+    picked = gather_positions(out, delta.positions).to(device=delta.device, dtype=delta.dtype)  # (n, k, d)
     return (picked - delta.targets).mean(dim=1)  # (n, d)
 
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.baselines.random_vectors import output_directions
-from melbo.errors import check_R, warn_renamed
+from melbo.errors import check_prompts, check_R, warn_renamed
 from melbo.fit._common import check_positive_int
 from melbo.fit.estimator import FitEstimator
 from melbo.fit.result import FitResult
@@ -92,11 +92,7 @@ def observable_gradients(
     acc = resolve_access(model, access)
     layer = acc.check_layer(layer)
     batch_size = check_positive_int("batch_size", batch_size)
-    if isinstance(prompts, str | bytes):
-        raise TypeError("prompts must be a list of prompts, not a single string")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("the prompt list is empty: give at least one prompt")
+    prompts = check_prompts(prompts)
     a = resolve_score_tokens(tokenizer, token_a, space)
     b = resolve_score_tokens(tokenizer, token_b, space)
     param = next(model.parameters())

@@ -126,7 +126,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts, column=args.column, limit=args.n_prompts)
     contrast = read_prompts(args.contrast_prompts, column=args.column, limit=args.n_prompts) if args.contrast_prompts else None
 
-    from melbo.methods import get_method, method_options, methods_where
     from melbo.jobs.train import (
         TrainConfig,
         check_base_model,
@@ -135,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         read_checkpoint,
         train,
     )
+    from melbo.methods import get_method, method_options, methods_where
 
     spec = get_method(args.method)
     if spec.ogi_step:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.models.access import get_layer_access
-from melbo.models.hooks import forward_until
+from melbo.models.hooks import residual_stream
 
 __all__ = ["default_embed_layer", "embed_texts"]
 
@@ -37,7 +37,6 @@ def embed_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, layer
         raise ValueError(f"layer={L}: the model has layers 0 … {n_layers - 1}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be ≥ 1")
-    module = access.layers[L]
     device = next(model.parameters()).device
     uniq = list(dict.fromkeys(str(t) for t in texts))
     out: dict[str, Tensor] = {}
@@ -49,7 +48,7 @@ def embed_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, layer
             enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens + 1)
             ids = enc["input_ids"].to(device)
             mask = enc["attention_mask"].to(device)
-            h = forward_until(model, module, where="input", input_ids=ids, attention_mask=mask).to(torch.float32)
+            h = residual_stream(model, access.layers, [L], input_ids=ids, attention_mask=mask)[L].to(torch.float32)
             keep = mask.clone().to(torch.float32)
             lengths = mask.sum(1)
             has_bos = tokenizer.bos_token_id is not None and bool((ids[:, 0] == tokenizer.bos_token_id).all())

@@ -52,14 +52,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from melbo.errors import check_finite
+from melbo.errors import check_scale
 from melbo.evaluate.rank import resolve_token
 from melbo.generation import generate_steered
 from melbo.models.access import LayerAccess, resolve_access
-from melbo.models.hooks import forward_until
+from melbo.models.hooks import residual_stream
 from melbo.models.logits import token_logits
 from melbo.prompts import PromptBatch, PromptLike, build_prompts
-from melbo.steering.interventions import ablate, row_steering, steer
+from melbo.steering.interventions import ablate, check_vectors, row_steering, steer
 
 if TYPE_CHECKING:
     from melbo.features import Features
@@ -165,8 +165,9 @@ def last_position_logits(
         )
     if bool((attention_mask[:, -1] == 0).any()):
         raise ValueError("the last column has padding: left-pad the prompts (padding_side='left')")
-    h = forward_until(model, acc.layers[acc.n_layers - 1], where="output", input_ids=input_ids,
-                      attention_mask=attention_mask, grad=grad)[:, -1, :]  # (B, d), output of the last decoder layer
+    n = acc.n_layers
+    h = residual_stream(model, acc.layers, [n], input_ids=input_ids, attention_mask=attention_mask,
+                        grad=grad)[n][:, -1, :]  # (B, d), output of the last decoder layer
     with torch.enable_grad() if grad else torch.no_grad():
         return token_logits(model, h, token_ids, acc)
 
@@ -323,13 +324,9 @@ def steered_scores(
     """
     _check_batch_size(batch_size)
     acc = resolve_access(model, access)
-    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != acc.d_model:
-        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
-        raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
-    if not bool(torch.isfinite(vectors).all()):
-        raise ValueError("vectors has non-finite values")
+    check_vectors(vectors, acc.d_model)
     acc.check_layer(layer)
-    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
+    check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
     a = resolve_score_tokens(tokenizer, token_a, space)
     b = resolve_score_tokens(tokenizer, token_b, space)
     batch = _prepare(model, tokenizer, prompts, chat, system_prompt)

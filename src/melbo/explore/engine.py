@@ -36,13 +36,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from melbo.errors import MAX_SCALE, check_prompts, check_scale
 from melbo.features import Features
 
 __all__ = ["CACHE_SIZE", "MAX_NEW_TOKENS", "MAX_QUEUE", "MAX_SCALE", "Engine", "GenRequest", "Job", "QueueFull"]
 
 logger = logging.getLogger(__name__)
 
-MAX_SCALE = 100.0
 MAX_NEW_TOKENS = 256
 MAX_PROMPTS = 32
 MAX_PROMPT_CHARS = 4000
@@ -87,16 +87,15 @@ class GenRequest:
         k = self.feature
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < n_features):
             raise ValueError(f"feature {k!r} is out of range: 0 ≤ feature < {n_features}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not math.isfinite(self.scale) \
-                or abs(self.scale) > MAX_SCALE:
-            raise ValueError(f"scale {self.scale!r}: must be a finite multiple of R with |scale| ≤ {MAX_SCALE:g}")
+        check_scale("scale", self.scale, zero=True)  # 0: the unsteered baseline
         n = self.max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens {n!r}: must be an integer in 1..{MAX_NEW_TOKENS}")
         if not self.prompts or len(self.prompts) > MAX_PROMPTS:
             raise ValueError(f"{len(self.prompts)} prompts: give 1..{MAX_PROMPTS}")
+        check_prompts(self.prompts)
         for p in self.prompts:
-            if not isinstance(p, str) or not p.strip() or len(p) > MAX_PROMPT_CHARS:
+            if not isinstance(p, str) or len(p) > MAX_PROMPT_CHARS:
                 raise ValueError(f"each prompt must be a non-empty string of at most {MAX_PROMPT_CHARS} characters")
         if (self.ablate_v or self.ablate_u) and k is None:
             raise ValueError("ablation needs a feature")

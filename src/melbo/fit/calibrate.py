@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from melbo.errors import warn_renamed
+from melbo.errors import check_lam, warn_renamed
 from melbo.fit._common import (
     RandomState,
     check_delta,
@@ -117,7 +117,8 @@ def calibrate_R(
     ----------
     delta : CausalMap
     lam : float
-        Target relative size λ > 0 of the non-linear part (0.5 in the publication).
+        Target relative size λ of the non-linear part, 0 < λ < 1 (0.5 in the publication; the
+        rule is :func:`melbo.errors.check_lam`, which says why λ ≥ 1 is out of reach).
     n_cal : int
         Number n_cal of random unit directions v_c (≥ 1; 30 in the publication).
     random_state : int, torch.Generator or None
@@ -152,8 +153,7 @@ def calibrate_R(
         warn_renamed("calibrate_R(seed=...)", "random_state=")
         random_state = seed
     delta = check_delta(delta)
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    lam = check_lam("lam", lam)  # the one λ rule, as train, discover and the CLI check it
     n_cal = check_positive_int("n_cal", n_cal)
     lo, hi = (float(x) for x in bracket)
     if not (0 < lo < hi < math.inf):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from melbo.errors import check_finite
+from melbo.errors import check_prompts, check_scale
 from melbo.generation.decode import DecodeSettings, Forward, decode, model_forward, new_cache
 from melbo.prompts import PromptBatch, PromptLike, _max_context, build_prompts
 
@@ -262,7 +262,7 @@ def generate(
     per chunk (default: as many as ``memory_budget`` bytes hold, 1 GiB on the CPU).
     """
     stops = _check_args(max_new_tokens, batch_size, do_sample, temperature, seed, stop, memory_budget)
-    prompts = list(prompts)
+    prompts = check_prompts(prompts, empty_ok=True)
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -320,17 +320,14 @@ def generate_steered(
     text only).
     """
     from melbo.models.access import resolve_access
+    from melbo.steering.interventions import check_vectors
 
     stops = _check_args(max_new_tokens, batch_size, do_sample, temperature, seed, stop, memory_budget)
     acc = resolve_access(model, access)
     acc.check_layer(layer)
-    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != acc.d_model:
-        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
-        raise ValueError(f"vectors must have shape (d_model, k) = ({acc.d_model}, k), got {shape}")
-    if not bool(torch.isfinite(vectors).all()):
-        raise ValueError("vectors has non-finite values")
-    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
-    prompts = list(prompts)
+    check_vectors(vectors, acc.d_model)
+    check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
+    prompts = check_prompts(prompts, empty_ok=True)
     n, k = len(prompts), int(vectors.shape[1])
     if n == 0 or k == 0:
         return [[] for _ in range(k)]

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from melbo.errors import UserError
+from melbo.errors import UserError, check_prompts
 from melbo.evaluate.behaviours import (
     BehaviourGroup,
     VectorBehaviour,
@@ -299,9 +299,9 @@ def discover(
     access = get_layer_access(model)
     cfg.validate(access.n_layers)
     s, t = cfg.layers(access.n_layers)
-    prompts = list(prompts)
+    prompts = check_prompts(prompts)
     train_p = prompts[: cfg.n_train]
-    eval_p = list(heldout)[: cfg.n_eval] if heldout is not None else prompts[cfg.n_train : cfg.n_train + cfg.n_eval]
+    eval_p = check_prompts(heldout, "heldout", empty_ok=True)[: cfg.n_eval] if heldout is not None else prompts[cfg.n_train : cfg.n_train + cfg.n_eval]
     if len(train_p) < cfg.n_train:
         raise ValueError(f"{len(prompts)} prompts given, n_train={cfg.n_train} needed for training")
     if len(eval_p) < 2:

@@ -12,6 +12,8 @@ from melbo.errors import (
     check_anneal_after,
     check_count,
     check_lam,
+    check_R,
+    check_scale,
     check_seed,
 )
 from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
@@ -85,9 +87,10 @@ class DiscoverConfig:
         check_count("n_random", self.n_random, 0, MAX_RANDOM)
         check_count("n_eval", self.n_eval, 2)  # a behaviour is what a vector does across prompts
         check_seed("random_state", self.random_state)
-        if not self.scales or any(isinstance(s, bool) or not isinstance(s, int | float) or not (s == s) or s == 0
-                                  or abs(s) > MAX_SCALE for s in self.scales):
+        if not self.scales:
             raise ValueError(f"scales={self.scales!r}: give one or more non-zero multiples of R, |scale| ≤ {MAX_SCALE:g}")
+        for s in self.scales:
+            check_scale(f"scales={self.scales!r}: scale", s)
         if not 0 <= self.min_consistency <= 1:
             raise ValueError(f"min_consistency={self.min_consistency!r}: must be in [0, 1]")
         check_lam("lam", self.lam)
@@ -96,8 +99,8 @@ class DiscoverConfig:
         if self.ortho not in ("qr", "polar"):
             raise ValueError(f"ortho={self.ortho!r}: choose one of qr, polar")
         check_anneal_after(self.schedule()[1], check_anneal(self.anneal))
-        if self.R is not None and not (isinstance(self.R, int | float) and 0 < self.R < float("inf")):
-            raise ValueError(f"R={self.R!r}: must be a finite number > 0")
+        if self.R is not None:
+            check_R(self.R, f"R={self.R!r}:")
         for name in ("source_layer", "target_layer"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):

@@ -65,9 +65,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from melbo.errors import check_prompts
 from melbo.evaluate.detection import flag_rate, threshold_at_fpr
 from melbo.models.access import LayerAccess, resolve_access
-from melbo.models.hooks import forward_until, layer_input
+from melbo.models.hooks import residual_stream
 from melbo.prompts import PromptLike, build_prompts
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def prompt_activations(
 
     Layer index ``n_layers`` means the output of the last decoder layer (before the final
     norm). One forward pass per batch, stopped at the deepest layer asked for; prompts are
-    left-padded with padding-free position ids (:func:`melbo.models.hooks.forward_until`).
+    left-padded with padding-free position ids (:func:`melbo.models.hooks.residual_stream`).
 
     Returns
     -------
@@ -136,13 +137,7 @@ def prompt_activations(
         raise ValueError(f"layers {bad} are out of range: this model has {n_layers} layers, so 0 ≤ layer ≤ {n_layers}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: must be an int ≥ 1")
-    if isinstance(prompts, str | bytes):
-        raise TypeError("prompts must be a list of prompts, not a single string")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("the prompt list is empty: give at least one prompt")
-    deepest = wanted[-1]
-    stop_mod, where = (acc.layers[deepest], "input") if deepest < n_layers else (acc.layers[n_layers - 1], "output")
+    prompts = check_prompts(prompts)
     device = next(model.parameters()).device
     out: dict[int, list[Tensor]] = {x: [] for x in wanted}
     for start in range(0, len(prompts), batch_size):
@@ -150,20 +145,10 @@ def prompt_activations(
             tokenizer, prompts[start : start + batch_size], chat=chat, system_prompt=system_prompt,
             positions=positions, padding_side="left", model_config=getattr(model, "config", None),
         ).to(device)
-        store: dict[int, Tensor] = {}
-
-        def recorder(x: int, store: dict[int, Tensor] = store) -> Any:
-            def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                store[x] = layer_input(args, kwargs).detach()
-            return hook
-
-        extra = [(acc.layers[x], recorder(x)) for x in wanted[:-1]]
-        store[deepest] = forward_until(model, stop_mod, where=where,  # type: ignore[arg-type]
-                                       input_ids=b.input_ids, attention_mask=b.attention_mask, extra_hooks=extra)
-        rows = torch.arange(b.n, device=device)[:, None].expand_as(b.positions)
+        store = residual_stream(model, acc.layers, wanted, input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                positions=b.positions)  # x → (B, k, d)
         for x in wanted:
-            h = store[x]  # (B, T, d)
-            out[x].append(h[rows, b.positions].double().mean(dim=1).cpu())  # (B, d)
+            out[x].append(store[x].double().mean(dim=1).cpu())  # (B, d)
     return {x: torch.cat(v) for x, v in out.items()}
 
 

@@ -23,18 +23,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from melbo.maps.transformer import TransformerCausalMap
 from melbo.errors import (
     UserError,
     check_anneal,
     check_anneal_after,
     check_lam,
+    check_R,
     check_seed,
     warn_renamed,
 )
 from melbo.features import Features, prompts_hash
 from melbo.fit.step import DEFAULT_STEP, resolve_anneal_after
-from melbo.store.io import check_output, read_file_set, write_file_set
+from melbo.maps.transformer import TransformerCausalMap
 from melbo.methods import (
     MethodSpec,
     describe_methods,
@@ -44,8 +44,9 @@ from melbo.methods import (
     methods_where,
 )
 from melbo.models.fingerprint import model_fingerprint
-from melbo.store.outputs import features_dir
 from melbo.prompts import PromptLike
+from melbo.store.io import check_output, read_file_set, write_file_set
+from melbo.store.outputs import features_dir
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={v!r}: must be an integer ≥ 1")
         if self.max_iter is not None and "max_iter" not in spec.parameters():
             raise ValueError(f"max_iter={self.max_iter!r} (--max-iter): method {self.method!r} runs no iterations or optimiser steps")
-        if self.R is not None and not (self.R > 0 and torch.isfinite(torch.tensor(self.R))):
-            raise ValueError(f"R={self.R!r}: must be a finite number > 0")
+        if self.R is not None:
+            check_R(self.R, f"R={self.R!r}:")
         check_lam("lam", self.lam)
         if not (isinstance(self.beta, int | float) and 0 < self.beta <= 1):
             raise ValueError(f"beta={self.beta!r}: must be in (0, 1]")
@@ -333,8 +334,10 @@ def read_checkpoint(out: Path, cfg: TrainConfig | None = None) -> tuple[dict[str
     if not isinstance(it, int) or it < 0:
         raise UserError(f"checkpoint {where!r}: iteration {it!r} must be an integer ≥ 0 (the iterations done); "
                         "start over (--force)")
-    if not math.isfinite(R) or R <= 0:
-        raise UserError(f"checkpoint {where!r}: R {R!r} must be a finite number > 0; start over (--force)")
+    try:
+        R = check_R(R)
+    except UserError:
+        raise UserError(f"checkpoint {where!r}: R {R!r} must be a finite number > 0; start over (--force)") from None
     history = state.get("history", state.get("objective", []))
     if not isinstance(history, list) or not all(isinstance(h, int | float) and not isinstance(h, bool) and math.isfinite(h)
                                                 for h in history):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from melbo.dtypes import resolve_dtype
 from melbo.models.access import LayerAccess, get_layer_access
+from melbo.models.hooks import gather_positions
 from melbo.models.slice import LayerSlice, capture_slice
 from melbo.prompts import Positions, PromptBatch, PromptLike, build_prompts
 from melbo.store.compile_cache import resolve_compile_cache
@@ -173,11 +174,8 @@ class TransformerCausalMap:
         # each layer's weights cast to fp32 on the fly; the matmuls still run in the model's
         # dtype under autocast (compute_dtype's default), so the speed stays the model's.
         self._residual_dtype = self._dtype
-        n, k = batch.positions.shape
-        y = self.slice.y
-        rows = torch.arange(n, device=y.device)[:, None].expand(n, k)
         self._pos = batch.positions  # (n, k)
-        self._y_target = y[rows, batch.positions.to(y.device)].to(device=param.device, dtype=self._dtype)  # (n, k, d)
+        self._y_target = gather_positions(self.slice.y, batch.positions).to(device=param.device, dtype=self._dtype)  # (n, k, d)
         self._oom_cap: dict[int, int] = {}
         self.memory_budget = memory_budget or default_memory_budget(self.device)
         self.chunk_size = chunk_size
@@ -244,10 +242,8 @@ class TransformerCausalMap:
         c = shifts.shape[0]
         pos = self._pos.to(self.slice.x.device).repeat(c, 1)  # (c*n, k)
         out = self.steered_stream(shifts, eager=eager, read=pos if self.last_layer_targets_only else None)
-        pos = pos.to(out.device)
-        rows = torch.arange(pos.shape[0], device=out.device)[:, None].expand_as(pos)
         # with device_map the slice ends on the last layer's device: bring the rows home
-        return out[rows, pos].to(device=self.device, dtype=self._dtype)
+        return gather_positions(out, pos).to(device=self.device, dtype=self._dtype)
 
     # -- chunking ----------------------------------------------------------------------
     def bytes_per_factor(self, order: int = 1) -> int:

@@ -10,6 +10,9 @@ body raises — so after the ``with`` block the model's hook dictionaries are wh
   or an output object with ``hidden_states``); :func:`map_layer_input` rewrites the former.
 * :func:`forward_until` — run the model until a module is reached, return the hidden states
   entering or leaving it, and stop the forward pass there (:class:`StopForward`).
+* :func:`residual_stream` — *the* reader of the residual stream: ``hidden_states[x]`` (as
+  ``output_hidden_states`` numbers them) at several layers in one stopped forward pass,
+  optionally only at each prompt's target positions (:func:`gather_positions`).
 * :func:`adding_to_inputs` — *the* steering hook: add a vector (or one vector per batch row)
   to the residual stream entering decoder layers, on every forward.
 * :func:`removing` — remove a list of hook handles on exit.
@@ -29,11 +32,13 @@ __all__ = [
     "StopForward",
     "adding_to_inputs",
     "forward_until",
+    "gather_positions",
     "layer_input",
     "layer_output",
     "map_layer_input",
     "position_ids",
     "removing",
+    "residual_stream",
 ]
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], Any]
@@ -168,6 +173,71 @@ def forward_until(
     if "h" not in store:
         raise RuntimeError(f"the model's forward pass never reached {type(module).__name__} ({where})")
     return store["h"]
+
+
+def gather_positions(h: Tensor, positions: Tensor) -> Tensor:
+    """Hidden states ``h`` (B, T, d) at each row's own token positions ``positions`` (B, k):
+    ``out[b, j] = h[b, positions[b, j]]``, shape (B, k, d). The positions index the padded
+    batch (as :class:`melbo.prompts.PromptBatch` resolves them, left or right padding alike)."""
+    if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
+        raise ValueError(f"positions {tuple(positions.shape)} must be (B, k) for hidden states {tuple(h.shape)}")
+    pos = positions.to(h.device)
+    rows = torch.arange(pos.shape[0], device=h.device)[:, None].expand_as(pos)
+    return h[rows, pos]
+
+
+def residual_stream(
+    model: nn.Module,
+    layers: nn.ModuleList | Sequence[nn.Module],
+    wanted: Sequence[int],
+    *,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    positions: Tensor | None = None,
+    extra_hooks: Sequence[tuple[nn.Module, PreHook]] = (),
+    grad: bool = False,
+) -> dict[int, Tensor]:
+    """The residual stream ``hidden_states[x]`` of a (left- or right-) padded batch for each
+    layer index ``x`` in ``wanted``: the one way melbo reads hidden states.
+
+    ``x < len(layers)`` is what decoder layer ``x`` receives (where melbo steers; equal to
+    ``model(..., output_hidden_states=True).hidden_states[x]``); ``x = len(layers)`` is what the
+    last decoder layer returns, *before* the final norm (which ``hidden_states[-1]`` has
+    applied). One forward pass, stopped at the deepest layer wanted (:func:`forward_until`:
+    padding-free position ids, no KV cache, ``torch.no_grad()`` unless ``grad``);
+    ``extra_hooks`` are held during it.
+
+    Parameters
+    ----------
+    layers : the model's decoder layers (``LayerAccess.layers``)
+    positions : Tensor (B, k), optional — read only these tokens of each row
+        (:func:`gather_positions`)
+
+    Returns
+    -------
+    dict x → Tensor, the model's dtype, (B, k, d) at ``positions`` or (B, T, d) (rows at
+    padding are meaningless); detached unless ``grad``.
+    """
+    n = len(layers)
+    want = sorted({int(x) for x in wanted})
+    if not want or want[0] < 0 or want[-1] > n:
+        raise ValueError(f"layers {list(wanted)}: give one or more of 0 … {n} (the model has {n} decoder layers)")
+    store: dict[int, Tensor] = {}
+
+    def recorder(x: int) -> PreHook:
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            h = layer_input(args, kwargs)
+            store[x] = h if grad else h.detach()
+        return hook
+
+    deepest = want[-1]
+    stop, where = (layers[deepest], "input") if deepest < n else (layers[n - 1], "output")
+    hooks = [*extra_hooks, *((layers[x], recorder(x)) for x in want[:-1])]
+    store[deepest] = forward_until(model, stop, where=where, input_ids=input_ids,  # type: ignore[arg-type]
+                                   attention_mask=attention_mask, extra_hooks=hooks, grad=grad)
+    if positions is None:
+        return {x: store[x] for x in want}
+    return {x: gather_positions(store[x], positions) for x in want}
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from melbo.models.access import LayerAccess
-from melbo.models.hooks import forward_until, layer_input, layer_output
+from melbo.models.hooks import layer_input, layer_output, residual_stream
 from melbo.store.compile_cache import torch_compile_cache
 
 logger = logging.getLogger(__name__)
@@ -332,10 +332,10 @@ def capture_slice(
 
         return hook
 
-    store["y"] = forward_until(
-        access.model, layers[target_layer - 1], where="output", input_ids=input_ids, attention_mask=attention_mask,
+    store["y"] = residual_stream(
+        access.model, layers, [target_layer], input_ids=input_ids, attention_mask=attention_mask,
         extra_hooks=[(layers[idx], recorder(idx)) for idx in range(source_layer, target_layer)],
-    ).clone()
+    )[target_layer].clone()
     if "x" not in store or len(calls) != target_layer - source_layer:
         raise RuntimeError(
             "the model's forward pass did not run the decoder layers as expected "

@@ -20,6 +20,8 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor
 
+from melbo.errors import check_prompts
+
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
@@ -141,11 +143,7 @@ def build_prompts(
         indices into the unpadded prompt (negative indices count from its end).
     max_length : the model's context; default from ``model_config``. Longer prompts raise.
     """
-    if isinstance(prompts, (str, bytes)):
-        raise TypeError("prompts must be a list of prompts, not a single string")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("the prompt list is empty: give at least one prompt")
+    prompts = check_prompts(prompts)
     if chat not in (True, False, "auto"):
         raise ValueError(f"chat={chat!r}: expected True, False or 'auto'")
     if padding_side not in ("left", "right"):
@@ -156,8 +154,6 @@ def build_prompts(
     warned = False
     for i, p in enumerate(prompts):
         is_conv = not isinstance(p, str)
-        if isinstance(p, str) and not p:
-            raise ValueError(f"prompt {i} is an empty string")
         if is_conv or chat is True:
             msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
             text, template = format_chat(tokenizer, msgs, system_prompt=system_prompt)

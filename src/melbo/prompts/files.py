@@ -17,6 +17,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from melbo.errors import UserError, check_conversation, check_prompts
 from melbo.store.io import (
     MAX_JSON_DEPTH,
     MAX_TEXT_BYTES,
@@ -63,8 +64,10 @@ def read_prompts(path: str | Path, *, column: str = "goal", limit: int | None = 
         ]
     else:
         prompts = _read_csv(text, p, column)
-    if not prompts:
-        raise FileFormatError(f"{p} contains no prompts")
+    try:
+        check_prompts(prompts, str(p))  # the one prompt-list rule, as every entry that takes prompts checks it
+    except UserError as err:
+        raise FileFormatError(str(err)) from None
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
             _check_text(prompt, p, i)
@@ -117,11 +120,10 @@ def _from_record(x: Any, column: str, p: Path, where: str) -> Any:
     if isinstance(x, str):
         return x
     if isinstance(x, list) and x and all(isinstance(m, dict) and "role" in m for m in x):
-        for j, m in enumerate(x):  # a chat conversation: each message a role and its text
-            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise FileFormatError(f"{p}: {where}, message {j} ({str(m)[:60]}) needs a string 'role' and a string "
-                                      "'content'")
-        return x
+        try:  # a chat conversation: each message a role and its text
+            return check_conversation(x, f"{p}: {where}")
+        except UserError as err:
+            raise FileFormatError(str(err)) from None
     if isinstance(x, dict):
         for key in (column, "prompt", "instruction", "goal", "text"):
             if isinstance(x.get(key), str):

@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from melbo.errors import check_finite
+from melbo.errors import check_scale
 from melbo.models.access import LayerAccess, resolve_access
-from melbo.models.hooks import adding_to_inputs, map_layer_input, removing
+from melbo.models.hooks import adding_to_inputs, map_layer_input, removing, residual_stream
 
 if TYPE_CHECKING:
     from melbo.features import Features
@@ -52,6 +52,7 @@ __all__ = [
     "STEER_WARN_RATIO",
     "ablate",
     "check_steering_norm",
+    "check_vectors",
     "orthonormal_basis",
     "residual_norm",
     "row_steering",
@@ -73,6 +74,18 @@ def _check_vector(name: str, v: object, d: int) -> Tensor:
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"{name} has non-finite values")
     return v
+
+
+def check_vectors(vectors: object, d_model: int) -> Tensor:
+    """``vectors`` if it is a finite tensor of k steering vectors as columns, shape (d_model, k);
+    else ValueError naming the shape wanted (the one check of ``generate_steered`` and the
+    score functions that steer with a matrix of vectors)."""
+    if not isinstance(vectors, Tensor) or vectors.ndim != 2 or vectors.shape[0] != d_model:
+        shape = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
+        raise ValueError(f"vectors must have shape (d_model, k) = ({d_model}, k), got {shape}")
+    if not bool(torch.isfinite(vectors).all()):
+        raise ValueError("vectors has non-finite values")
+    return vectors
 
 
 @contextmanager
@@ -102,7 +115,7 @@ def steering(
     """
     acc = resolve_access(model, access)
     d = acc.d_model
-    check_finite("scale", scale)  # any finite multiple (the CLI bounds it further: errors.check_scale)
+    check_scale("scale", scale, zero=True, bound=None)  # any finite multiple; the commands bound it
     checked: list[tuple[int, Tensor]] = []
     for j, pair in enumerate(additions):
         if not isinstance(pair, tuple) or len(pair) != 2:
@@ -208,7 +221,8 @@ def residual_norm(
     access: LayerAccess | None = None,
 ) -> float:
     """Median norm of the residual stream entering ``layers[layer]`` over the prompts' tokens
-    (padding excluded): one unsteered forward pass."""
+    (padding excluded): one unsteered forward pass, stopped there (:func:`melbo.models.hooks.residual_stream`,
+    so a left-padded prompt sees the positions it sees alone)."""
     from melbo.prompts import build_prompts
 
     acc = resolve_access(model, access)
@@ -216,16 +230,8 @@ def residual_norm(
     device = next(model.parameters()).device
     batch = build_prompts(tokenizer, list(prompts), chat=chat, system_prompt=system_prompt,  # type: ignore[arg-type]
                           positions=1, padding_side="left", model_config=getattr(model, "config", None)).to(device)
-    seen: list[Tensor] = []
-
-    def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        h = args[0] if args else kwargs["hidden_states"]
-        seen.append(h.detach())
-
-    with removing() as handles:
-        handles.append(acc.layers[layer].register_forward_pre_hook(grab, with_kwargs=True))
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    h = seen[0].float()  # (n, T, d)
+    h = residual_stream(model, acc.layers, [layer], input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask)[layer].float()  # (n, T, d)
     norms = h.norm(dim=-1)[batch.attention_mask.to(h.device).bool()]  # (n_tokens,)
     return float(norms.median())
 
