@@ -60,7 +60,7 @@ def test_top_level_offers_what_a_user_needs() -> None:
     }
     assert need <= set(melbo.__all__)
     assert set(melbo.__all__) <= set(dir(melbo))
-    assert {"fit", "evaluate", "organisms", "discover"} <= set(dir(melbo))  # subpackages, lazily
+    assert {"fit", "evaluate", "organisms", "jobs"} <= set(dir(melbo))  # subpackages, lazily
 
 
 def test_every_registered_method_has_a_top_level_estimator() -> None:

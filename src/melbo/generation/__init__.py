@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from melbo.errors import check_prompts, check_scale
 from melbo.generation.decode import DecodeSettings, Forward, decode, model_forward, new_cache
-from melbo.prompts import PromptBatch, PromptLike, _max_context, build_prompts
+from melbo.prompts.batch import PromptBatch, PromptLike, _max_context, build_prompts
 
 __all__ = ["default_generation_budget", "generate", "generate_steered"]
 

@@ -307,7 +307,7 @@ def discover(
     if len(eval_p) < 2:
         raise ValueError(f"{len(eval_p)} held-out prompts: give at least 2 (more prompts, or a held-out list) — "
                          "a behaviour is what a vector does across prompts")
-    from melbo.prompts import _max_context
+    from melbo.prompts.batch import _max_context
 
     check_context(tokenizer, eval_p, cfg, _max_context(getattr(model, "config", None)))
     out_dir = Path(out) if out is not None else None
