@@ -22,7 +22,10 @@ from tiny_models import tiny_model
 from melbo.features import Features
 from melbo.jobs.discover import DiscoverConfig, Discovery, discover
 from melbo.jobs.distributed import from_rank0, split_columns
+from melbo.jobs.train import CHECKPOINT, TrainConfig, train
 from melbo.testing import tiny_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::melbo.fit.ConvergenceWarning")  # 2-4 iterations, on purpose
 
 WORLD = 2
 TIMEOUT_S = 90
@@ -33,6 +36,16 @@ CFG: dict[str, Any] = {"source_layer": 1, "target_layer": 3, "n_factors": 5, "ma
 # The sharded fit computes each column's Δ and VJPs in a smaller batch than one process does, so
 # the factors agree to float32 rounding, not bit for bit (as in tests/test_distributed.py).
 ATOL = 1e-5
+TRAIN = {"source_layer": 1, "target_layer": 3, "n_factors": 5, "max_iter": 4, "chat": True}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_2(it: int, objective: float) -> None:
+    if it == 2:
+        raise _Stop
 
 
 def _model() -> tuple[torch.nn.Module, Any]:
@@ -68,6 +81,15 @@ def _worker(rank: int, init_file: str, tmp: str) -> None:
         rec["forced"] = _summary(discover(model, tok, PROMPTS, DiscoverConfig(**CFG), out, force=True,
                                           say=forced.append))
         rec["said"], rec["said_resumed"], rec["said_forced"] = said, resumed, forced
+        # a sharded fit stopped after iteration 2 (every rank: the callback runs on each) resumes
+        # from the checkpoint rank 0 wrote and read, to the uninterrupted one-process fit
+        fit_out = Path(tmp) / ("fit" if rank == 0 else "ghost")
+        try:
+            train(model, tok, PROMPTS[:3], TrainConfig(**TRAIN), fit_out, on_iteration=_stop_at_2, distributed=True)
+        except _Stop:
+            rec["checkpoint"] = (Path(tmp) / "fit" / CHECKPOINT / "state.json").is_file()
+        fit = train(model, tok, PROMPTS[:3], TrainConfig(**TRAIN), fit_out, resume=True, distributed=True)
+        rec["fit"] = {"U": fit.U, "V": fit.V, "n_iter": fit.extra["n_iter"], "resumed_at": fit.extra.get("resumed_at")}
         torch.save(rec, Path(tmp) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -117,6 +139,13 @@ def test_two_gloo_ranks_discover_what_one_process_does(tmp_path: Path) -> None:
         assert "--resume" in rec["refused"], rank
         # every rank returns the same Discovery (timings included: rank 0's)
         assert rec["first"]["json"] == ranks[0]["first"]["json"]
+    # the interrupted sharded fit resumed to the uninterrupted one-process fit
+    full = train(model, tok, PROMPTS[:3], TrainConfig(**TRAIN))
+    for rec in ranks:
+        assert rec["checkpoint"] and (rec["fit"]["n_iter"], rec["fit"]["resumed_at"]) == (4, 2)
+        for key in ("U", "V"):
+            assert torch.allclose(rec["fit"][key], getattr(full, key), rtol=0, atol=ATOL), key
+    assert Features.load(tmp_path / "fit").extra["n_iter"] == 4 and not (tmp_path / "fit" / CHECKPOINT).exists()
     # only rank 0 talks; resume reused the features and every generation, --force fitted again
     said0, said1 = ranks[0], ranks[1]
     assert said0["said"] and not said1["said"] and not said1["said_resumed"] and not said1["said_forced"]
