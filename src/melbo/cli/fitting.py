@@ -58,7 +58,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_torchrun(device: str | None) -> tuple[bool, str | None]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join its process group and return (True, this rank's
+    device): ``cuda:LOCAL_RANK`` with NCCL, or the CPU with gloo (``--device cpu``, or no GPU).
+    Otherwise (False, ``device``) and nothing happens."""
+    from melbo.jobs.distributed import launched_by_torchrun
+
+    if not launched_by_torchrun():
+        return False, device
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {device}: under torchrun each rank uses its own GPU (cuda:LOCAL_RANK); "
+                         "leave --device out, or give --device cpu")
+    import torch
+    import torch.distributed as dist
+
+    from melbo.jobs.distributed import init_distributed
+
+    if device == "cpu" or not torch.cuda.is_available():
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return True, "cpu"
+    return True, str(init_distributed()[2])
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
+    joined, args.device = _join_torchrun(args.device)
+    try:
+        return _discover(args)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _discover(args: argparse.Namespace) -> int:
     from melbo.prompts.files import read_prompts
 
     prompts = read_prompts(args.prompts, column=args.column)
@@ -77,14 +112,22 @@ def cmd_discover(args: argparse.Namespace) -> int:
     )
     cfg.validate(_model_layers(args.model_pos))
     out = Path(args.out)
-    check_out_dir(out, force=args.force, resume=args.resume,
-                  inputs=[("MODEL", args.model_pos), ("--prompts", args.prompts), ("--heldout", args.heldout)])
+
+    def check_out() -> None:  # under torchrun: rank 0 alone, before any rank loads the model (it claims OUT)
+        check_out_dir(out, force=args.force, resume=args.resume,
+                      inputs=[("MODEL", args.model_pos), ("--prompts", args.prompts), ("--heldout", args.heldout)])
+        if args.resume:
+            from melbo.jobs.discover import check_resumable
+
+            check_resumable(out, cfg)
+
+    from melbo.jobs.distributed import from_rank0, process_world
+
+    from_rank0(check_out)
+    rank = process_world()[1]
+    say = _say if rank == 0 else (lambda _: None)
     _check_factors(cfg.n_factors, "exponential", args.model_pos)
     _check_max_new_tokens(cfg.max_new_tokens, args.model_pos)
-    if args.resume:
-        from melbo.jobs.discover import check_resumable
-
-        check_resumable(out, cfg)
     need = cfg.n_train + (0 if heldout is not None else 2)
     if len(prompts) < need:
         raise ValueError(f"{args.prompts}: {len(prompts)} prompts; --n-train {cfg.n_train} needs at least {need} "
@@ -99,14 +142,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     args.model = args.model_pos
     model, tok = _load(args)
     res = discover(model, tok, prompts, cfg, out, heldout=heldout, force=args.force, resume=args.resume,
-                   progress=not args.no_progress, search=args.search, say=_say)
-    path = write_discovery_report(res, out / "report.html", title=f"melbo discover — {args.model_pos}")
-    _say(f"\n{len(res.groups)} behaviour(s) found; top {min(args.top, len(res.groups))}:")
+                   progress=not args.no_progress and rank == 0, search=args.search, say=_say)
+    path = from_rank0(lambda: write_discovery_report(res, out / "report.html", title=f"melbo discover — {args.model_pos}"))
+    say(f"\n{len(res.groups)} behaviour(s) found; top {min(args.top, len(res.groups))}:")
     for g in res.groups[: args.top]:
         rh = "" if g.random_hits is None else f", random vectors saying it: {g.random_hits}/{g.n_random}"
-        _say(f"  {g.rank}. {g.signature!r}: {g.best.rate:.0%} of held-out prompts, feature {g.best.vector} at "
-             f"{g.best.scale:g}·R ({g.n_features} feature(s){rh})")
-    _say(f"Report: {path}  Behaviours: {out / 'behaviours.json'}  Features: {out / 'features'}")
+        say(f"  {g.rank}. {g.signature!r}: {g.best.rate:.0%} of held-out prompts, feature {g.best.vector} at "
+            f"{g.best.scale:g}·R ({g.n_features} feature(s){rh})")
+    say(f"Report: {path}  Behaviours: {out / 'behaviours.json'}  Features: {out / 'features'}")
     return 0
 
 

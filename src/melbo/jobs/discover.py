@@ -19,6 +19,35 @@ already done (features, completions) when the settings that made it are the same
 at any point resumes to the result of an uninterrupted one: every file is replaced atomically,
 the fit continues from its last checkpoint, and completions that do not fit the features and
 prompts (cut short, another shape) are generated again.
+
+Several processes
+-----------------
+Called on every rank of an initialised ``torch.distributed`` process group (each rank with its
+own copy of the model — its own GPU — and the same arguments), :func:`discover` splits its work
+over the ranks and every rank returns the same :class:`Discovery`, the one a single process
+gives for the same seed:
+
+* the fit shards its factors over the ranks (:func:`melbo.jobs.distributed.distributed_fit`:
+  each rank computes Δ and its VJPs for its block of columns; the factors equal the
+  one-process fit's up to float rounding);
+* the steered generation splits the (vector, scale) rows: at each scale the features and the
+  random vectors are cut into contiguous blocks of vectors, one per rank
+  (:func:`melbo.jobs.distributed.split_columns`; the unsteered completions run on rank 0), and
+  the completions are gathered to every rank (``all_gather_object``);
+* rank 0 alone ranks and groups them (embedding with its copy of the model) and broadcasts the
+  result; rank 0 alone reads and writes ``OUT`` (features, checkpoints, ``completions.json``,
+  ``behaviours.json``, the reports), so resume and ``--force`` behave as in one process and the
+  other ranks need not share its disk; an error there (a refused ``OUT``) is raised on every
+  rank (:func:`melbo.jobs.distributed.from_rank0`).
+
+From the command line, ``torchrun`` starts the ranks and ``melbo discover`` joins the process
+group itself (NCCL, one GPU per rank: ``cuda:LOCAL_RANK``; gloo with ``--device cpu``)::
+
+    torchrun --standalone --nproc-per-node 8 -m melbo discover Qwen/Qwen2.5-7B-Instruct \
+        --prompts prompts.txt --out run --dtype bfloat16
+
+Tested with 2 gloo processes on the CPU (``tests/test_discover_distributed.py``): the same
+features (to 1e-5), completions, behaviour groups and files as one process.
 """
 
 from __future__ import annotations
@@ -91,12 +120,15 @@ def search_layers(
     n_eval: int = 6,
     n_random: int = 8,
     say: Callable[[str], None] = lambda s: None,
+    distributed: bool = False,
 ) -> tuple[tuple[int, int], list[dict[str, Any]]]:
     """A budgeted search over (source, target) layers: for each pair, a small DCT (``n_factors``
     features, ``max_iter`` iterations) steers ``n_eval`` held-out prompts at ``cfg.scales``, next to
     ``n_random`` random vectors, and the pair scores its best behaviour group's score, the one
     discover ranks by (:attr:`melbo.evaluate.behaviours.BehaviourGroup.score`). Returns
-    the best pair (ties: the earlier pair) and every trial."""
+    the best pair (ties: the earlier pair) and every trial. ``distributed``: every rank of the
+    process group calls it; the fits and the generations are split over the ranks, as in
+    :func:`discover`."""
     from melbo.jobs.train import TrainConfig, train
 
     access = get_layer_access(model)
@@ -114,15 +146,15 @@ def search_layers(
         tcfg = TrainConfig(source_layer=s, target_layer=t, n_factors=n_factors, max_iter=max_iter, lam=cfg.lam, R=cfg.R,
                            random_state=cfg.random_state, chat=cfg.chat, beta=cfg.beta, ortho=cfg.ortho, anneal=anneal,
                            anneal_after=anneal_after, extra={"search": True})
-        feats = train(model, tokenizer, list(train_prompts), tcfg)
+        feats = train(model, tokenizer, list(train_prompts), tcfg, distributed=distributed)
         V = feats.V.to(torch.float32)
         V = torch.cat([V / V.norm(dim=0, keepdim=True), random_directions(feats.d_model, n_random, cfg.random_state)], dim=1)
         kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size, "layer": s}
-        unsteered = generate_steered(model, tokenizer, eval_p, torch.zeros(feats.d_model, 1), **kw)[0]
+        unsteered = _steer(model, tokenizer, eval_p, torch.zeros(feats.d_model, 1), distributed, **kw)[0]
         found: dict[tuple[int, float], list[str]] = {}
         controls: dict[tuple[int, float], list[str]] = {}
         for scale in cfg.scales:
-            comps = generate_steered(model, tokenizer, eval_p, V * float(feats.R), scale=float(scale), **kw)
+            comps = _steer(model, tokenizer, eval_p, V * float(feats.R), distributed, scale=float(scale), **kw)
             for j, texts in enumerate(comps):
                 if j < n_factors:
                     found[(j, float(scale))] = texts
@@ -162,6 +194,21 @@ class Discovery:
             "n_features": self.features.n_factors, "train_prompts": self.train_prompts, "eval_prompts": self.eval_prompts,
             "unsteered": self.unsteered, "seconds": self.seconds,
         }
+
+
+def _steer(model: nn.Module, tokenizer: Any, prompts: Sequence[PromptLike], V: torch.Tensor, distributed: bool,
+           **kw: Any) -> list[list[str]]:
+    """:func:`~melbo.generation.generate_steered` of every column of ``V``; ``distributed``: the
+    columns split over the ranks and the completions gathered on every rank
+    (:func:`melbo.jobs.distributed.split_columns`)."""
+    def run(cols: torch.Tensor) -> list[list[str]]:
+        return generate_steered(model, tokenizer, prompts, cols, **kw)
+
+    if not distributed:
+        return run(V)
+    from melbo.jobs.distributed import split_columns
+
+    return split_columns(run, V)
 
 
 def _key(*parts: Any) -> str:
@@ -286,6 +333,7 @@ def discover(
     progress: bool = False,
     search: bool = False,
     say: Callable[[str], None] = lambda s: None,
+    distributed: bool | None = None,
 ) -> Discovery:
     """Run the discovery pipeline (module docstring); write ``out`` if given.
 
@@ -293,8 +341,26 @@ def discover(
     ``heldout`` if given, else the next ``cfg.n_eval`` of ``prompts``. Nothing here knows what
     behaviour to look for. ``search=True`` first picks the layers with :func:`search_layers`
     (when ``cfg`` names none); the trials are recorded in ``behaviours.json``.
+
+    ``distributed``: split the work over the ranks of the initialised ``torch.distributed``
+    process group (module docstring, "Several processes"); every rank calls this with the same
+    arguments and returns the same :class:`Discovery`, and only rank 0 reads or writes ``out``
+    and calls ``say``. None (default): when a process group of two or more ranks is
+    initialised; False: never (each process runs alone).
     """
+    from melbo.jobs.distributed import from_rank0, process_world
     from melbo.jobs.train import TrainConfig, train
+
+    world, rank = process_world() if distributed is not False else (1, 0)
+    sharded = world > 1
+    if distributed and not sharded:
+        logger.info("discover: distributed=True but no process group of 2 or more ranks: running alone")
+    if rank != 0:
+        say, progress = (lambda _: None), False
+
+    def on_rank0(fn: Callable[[], Any]) -> Any:
+        """fn on rank 0 alone (the file system), its value or error on every rank."""
+        return from_rank0(fn) if sharded else fn()
 
     access = get_layer_access(model)
     cfg.validate(access.n_layers)
@@ -312,14 +378,17 @@ def discover(
     check_context(tokenizer, eval_p, cfg, _max_context(getattr(model, "config", None)))
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        check_out_dir(out_dir, force=force, resume=resume)
-        claim_out_dir(out_dir, marker=DISCOVER_MARKER, writer="melbo discover")
+        def claim(out_dir: Path = out_dir) -> None:
+            check_out_dir(out_dir, force=force, resume=resume)
+            claim_out_dir(out_dir, marker=DISCOVER_MARKER, writer="melbo discover")
+
+        on_rank0(claim)
     seconds: dict[str, float] = {}
     trials: list[dict[str, Any]] = []
     if search and cfg.source_layer is None and cfg.target_layer is None:
         t0 = time.perf_counter()
         say(f"searching layers {candidate_layers(access.n_layers)} with small fits…")
-        (s, t), trials = search_layers(model, tokenizer, train_p, eval_p, cfg, say=say)
+        (s, t), trials = search_layers(model, tokenizer, train_p, eval_p, cfg, say=say, distributed=sharded)
         cfg = DiscoverConfig(**{**asdict(cfg), "source_layer": s, "target_layer": t})
         seconds["search"] = time.perf_counter() - t0
         say(f"  chose layers {s} → {t}")
@@ -331,28 +400,33 @@ def discover(
                        random_state=cfg.random_state, chat=cfg.chat, sequential=cfg.sequential, orient=cfg.orient, beta=cfg.beta, ortho=cfg.ortho,
                        anneal=anneal, anneal_after=anneal_after, extra={"discover": True})
     feat_dir = out_dir / "features" if out_dir is not None else None
-    feats: Features | None = None
     fkey = _key(tcfg.as_record(), [str(p) for p in train_p])
-    if feat_dir is not None and resume and (feat_dir / "config.json").is_file():
-        try:
-            loaded: Features | None = Features.load(feat_dir)
-        except (OSError, ValueError) as err:  # e.g. killed between the two files of a save replacing older ones
-            logger.warning("not reusing the features in %s (%s); fitting them again", feat_dir, err)
-            loaded = None
-        if loaded is not None and loaded.extra.get("discover_key") == fkey:
-            if (loaded.n_factors, loaded.d_model, loaded.source_layer, loaded.target_layer) != (cfg.n_factors, access.d_model, s, t):
-                raise UserError(f"{feat_dir} holds {loaded.n_factors} features of width {loaded.d_model} at layers "
-                                f"{loaded.source_layer} → {loaded.target_layer}, but it records the settings of this run "
-                                f"({cfg.n_factors} features, width {access.d_model}, layers {s} → {t}): the features "
-                                "file was cut or replaced; start over (--force)")
-            feats = loaded
-            say(f"features: reusing {feat_dir}")
-            shutil.rmtree(feat_dir / "checkpoint", ignore_errors=True)  # left by a kill right after the save
+
+    def reuse_features() -> tuple[Features | None, bool]:
+        """The finished features of this run in ``feat_dir`` (resume), else None; and whether a checkpoint is there."""
+        if feat_dir is not None and resume and (feat_dir / "config.json").is_file():
+            try:
+                loaded: Features | None = Features.load(feat_dir)
+            except (OSError, ValueError) as err:  # e.g. killed between the two files of a save replacing older ones
+                logger.warning("not reusing the features in %s (%s); fitting them again", feat_dir, err)
+                loaded = None
+            if loaded is not None and loaded.extra.get("discover_key") == fkey:
+                if (loaded.n_factors, loaded.d_model, loaded.source_layer, loaded.target_layer) != (cfg.n_factors, access.d_model, s, t):
+                    raise UserError(f"{feat_dir} holds {loaded.n_factors} features of width {loaded.d_model} at layers "
+                                    f"{loaded.source_layer} → {loaded.target_layer}, but it records the settings of this run "
+                                    f"({cfg.n_factors} features, width {access.d_model}, layers {s} → {t}): the features "
+                                    "file was cut or replaced; start over (--force)")
+                say(f"features: reusing {feat_dir}")
+                shutil.rmtree(feat_dir / "checkpoint", ignore_errors=True)  # left by a kill right after the save
+                return loaded, False
+        return None, feat_dir is not None and (feat_dir / "checkpoint" / "state.json").is_file()
+
+    feats, ck = on_rank0(reuse_features)
     if feats is None:
         say(f"fitting {cfg.n_factors} exponential DCT features, layers {s} → {t}, on {len(train_p)} prompts…")
         tcfg.extra["discover_key"] = fkey
-        ck = feat_dir is not None and (feat_dir / "checkpoint" / "state.json").is_file()
-        feats = train(model, tokenizer, train_p, tcfg, feat_dir, force=True, resume=bool(resume and ck), progress=progress)
+        feats = train(model, tokenizer, train_p, tcfg, feat_dir, force=True, resume=bool(resume and ck), progress=progress,
+                      distributed=sharded)
     seconds["fit"] = time.perf_counter() - t0
     say(f"  R = {feats.R:.4g}")
 
@@ -366,18 +440,27 @@ def discover(
     V32 = feats.V.to(torch.float32)
     directions = {"features": V32 / V32.norm(dim=0, keepdim=True),
                   "random": random_directions(d, cfg.n_random, cfg.random_state)}
-    cache: dict[str, Any] = {}
-    if cache_path is not None and resume and cache_path.is_file():
-        cache = _cached_completions(cache_path, gkey, {k: V.shape[1] for k, V in directions.items()}, cfg.scales,
-                                    len(eval_p))
-        if cache:
-            say("completions: reusing the cached generations")
+
+    def read_cache() -> dict[str, Any]:
+        if cache_path is not None and resume and cache_path.is_file():
+            kept = _cached_completions(cache_path, gkey, {k: V.shape[1] for k, V in directions.items()}, cfg.scales,
+                                       len(eval_p))
+            if kept:
+                say("completions: reusing the cached generations")
+            return kept
+        return {}
+
+    def write_cache() -> None:
+        if cache_path is not None:
+            _write_json(cache_path, cache)
+
+    cache: dict[str, Any] = on_rank0(read_cache)
     cache["key"] = gkey
     gen_kw: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat, "batch_size": cfg.batch_size,
                               "layer": s, "progress": progress}
     zero = torch.zeros(d, 1)
     if "unsteered" not in cache:
-        cache["unsteered"] = generate_steered(model, tokenizer, eval_p, zero, **gen_kw)[0]
+        cache["unsteered"] = _steer(model, tokenizer, eval_p, zero, sharded, **gen_kw)[0]
     unsteered: list[str] = cache["unsteered"]
     if len(unsteered) != len(eval_p):
         raise UserError(f"{cache_path}: 'unsteered' holds {len(unsteered)} completions for {len(eval_p)} held-out prompts: "
@@ -389,14 +472,13 @@ def discover(
         if todo:
             say(f"generating: {' + '.join(f'{V.shape[1]} {kind}' for kind, V in todo)} vectors × {len(eval_p)} "
                 f"prompts at {scale:g}·R…")
-            comps = generate_steered(model, tokenizer, eval_p, torch.cat([V for _, V in todo], dim=1) * float(feats.R),
-                                     scale=float(scale), **gen_kw)
+            comps = _steer(model, tokenizer, eval_p, torch.cat([V for _, V in todo], dim=1) * float(feats.R), sharded,
+                           scale=float(scale), **gen_kw)
             start = 0
             for kind, V in todo:
                 cache[f"{kind}@{scale:g}"] = comps[start : start + V.shape[1]]
                 start += V.shape[1]
-            if cache_path is not None:
-                _write_json(cache_path, cache)
+            on_rank0(write_cache)
         for kind, V in directions.items():
             found = cache.get(f"{kind}@{scale:g}", []) if V.shape[1] else []
             if len(found) != V.shape[1] or any(len(texts) != len(eval_p) for texts in found):
@@ -405,12 +487,10 @@ def discover(
                                 "or start over (--force)")
             for j, texts in enumerate(found):
                 results[kind][(j, float(scale))] = texts
-    if cache_path is not None:
-        _write_json(cache_path, cache)
+    on_rank0(write_cache)
     seconds["generate"] = time.perf_counter() - t0
 
-    # 3. rank and group
-    t0 = time.perf_counter()
+    # 3. rank and group (on rank 0 alone, which has every completion; its result and timings go to every rank)
     eval_text = [str(p) for p in eval_p]
     embed = None
     if cfg.shifts:
@@ -419,16 +499,23 @@ def discover(
         def embed(texts: Sequence[str]) -> torch.Tensor:
             return embed_texts(model, tokenizer, texts)
 
-    groups, behaviours, controls = rank_completions(results["features"], unsteered, eval_text, results["random"],
-                                                    min_consistency=cfg.min_consistency, embed=embed)
-    seconds["rank"] = time.perf_counter() - t0
+    def rank_and_time() -> tuple[Any, dict[str, float]]:
+        t0 = time.perf_counter()
+        ranked = rank_completions(results["features"], unsteered, eval_text, results["random"],
+                                  min_consistency=cfg.min_consistency, embed=embed)
+        return ranked, {**seconds, "rank": time.perf_counter() - t0}
+
+    (groups, behaviours, controls), seconds = on_rank0(rank_and_time)
     result = Discovery(groups, behaviours, controls, feats, [str(p) for p in train_p], eval_text, unsteered,
                        results["features"], results["random"], seconds)
     if out_dir is not None:
-        record = {"config": {**asdict(cfg), "source_layer": s, "target_layer": t}, "layer_search": trials,
-                  **result.to_json()}
-        _write_json(out_dir / "behaviours.json", record)
-        atomic_write_text(out_dir / "report.md", format_report(result))
+        def write_outputs(out_dir: Path = out_dir) -> None:
+            record = {"config": {**asdict(cfg), "source_layer": s, "target_layer": t}, "layer_search": trials,
+                      **result.to_json()}
+            _write_json(out_dir / "behaviours.json", record)
+            atomic_write_text(out_dir / "report.md", format_report(result))
+
+        on_rank0(write_outputs)
     return result
 
 

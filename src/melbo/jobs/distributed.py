@@ -63,6 +63,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -76,11 +77,13 @@ from melbo.fit.exponential import exponential_dct
 from melbo.fit.result import FitResult
 from melbo.maps.protocol import CausalMap
 
-__all__ = ["ShardedCausalMap", "distributed_exponential_dct", "distributed_fit", "init_distributed", "shard_bounds"]
+__all__ = ["ShardedCausalMap", "distributed_exponential_dct", "distributed_fit", "from_rank0", "init_distributed",
+           "launched_by_torchrun", "process_world", "shard_bounds", "split_columns"]
 
 logger = logging.getLogger(__name__)
 
 _E = TypeVar("_E", bound=FitEstimator)
+_T = TypeVar("_T")
 
 
 def shard_bounds(m: int, world_size: int, rank: int) -> tuple[int, int, int]:
@@ -96,6 +99,61 @@ def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 1, 0
     return dist.get_world_size(group), dist.get_rank(group)
+
+
+def process_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
+    """(world size, rank) of ``group`` (default: the world); (1, 0) without a process group."""
+    return _world(group)
+
+
+def _src(group: dist.ProcessGroup | None) -> int:
+    return dist.get_global_rank(group, 0) if group is not None else 0
+
+
+def from_rank0(fn: Callable[[], _T], group: dist.ProcessGroup | None = None) -> _T:
+    """``fn()`` run on rank 0 alone, its value — or the exception it raised — broadcast to every
+    rank (``broadcast_object_list``: any picklable value), so that every rank returns it or raises
+    it. The file system work of a sharded job goes through here: one rank reads and writes (the
+    other ranks need no shared disk), and an error there (a refused ``--out``, a full disk) stops
+    every rank at once instead of leaving them waiting in the next collective. Every rank must
+    call it at the same point. Without a process group: ``fn()``."""
+    world, rank = _world(group)
+    if world == 1:
+        return fn()
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box[0] = (True, fn())
+        except Exception as err:  # noqa: BLE001 — sent to every rank and raised there, here too
+            try:
+                pickle.dumps(err)
+                box[0] = (False, err)
+            except Exception:  # noqa: BLE001 — an exception that does not pickle: its text
+                box[0] = (False, RuntimeError(f"rank 0: {type(err).__name__}: {err}"))
+    dist.broadcast_object_list(box, src=_src(group), group=group)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def split_columns(fn: Callable[[Tensor], list[_T]], V: Tensor, group: dist.ProcessGroup | None = None) -> list[_T]:
+    """``fn(V)`` — one result per column of the (d, k) ``V`` — with the columns split over the
+    ranks of ``group``: rank r runs ``fn`` on its contiguous block (:func:`shard_bounds`; a rank
+    with no columns runs nothing) and every rank gets all k results, in column order
+    (``all_gather_object``). Sharded steered generation uses it: a (vector, prompt) completion
+    depends only on its vector. Without a process group: ``fn(V)``."""
+    world, rank = _world(group)
+    if world == 1:
+        return fn(V)
+    k = int(V.shape[1])
+    start, stop, _ = shard_bounds(k, world, rank)
+    local = fn(V[:, start:stop]) if stop > start else []
+    if len(local) != stop - start:
+        raise ValueError(f"split_columns: fn gave {len(local)} results for {stop - start} columns")
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, local, group=group)
+    return [x for part in parts for x in part]
 
 
 class ShardedCausalMap:
@@ -126,6 +184,16 @@ class ShardedCausalMap:
     @property
     def device(self) -> torch.device:
         return self.delta.device
+
+    @property
+    def source_layer(self) -> int | None:
+        """The wrapped map's source layer (None if it has none): a fit records it in its features."""
+        return getattr(self.delta, "source_layer", None)
+
+    @property
+    def target_layer(self) -> int | None:
+        """The wrapped map's target layer (None if it has none)."""
+        return getattr(self.delta, "target_layer", None)
 
     @property
     def world_size(self) -> int:
@@ -229,6 +297,14 @@ def distributed_exponential_dct(
     options["random_state"] = _common_seed(options.get("random_state"), sharded.device, group)
     logger.info("OGI sharded over %d ranks (this is rank %d)", sharded.world_size, sharded.rank)
     return exponential_dct(sharded, n_factors, **options)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several that ``torchrun`` started (``WORLD_SIZE`` > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def init_distributed(

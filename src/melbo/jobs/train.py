@@ -370,6 +370,7 @@ def train(
     on_iteration: Callable[[int, float], None] | None = None,
     contrast_prompts: Sequence[PromptLike] | None = None,
     base_model: nn.Module | None = None,
+    distributed: bool = False,
 ) -> Features:
     """Fit features and (if ``out`` is given) save them there with per-iteration checkpoints.
 
@@ -380,7 +381,17 @@ def train(
     fine-tuned from; Δ_base is built on the same tokens, layers and positions) by those that
     say ``base_model``. Iterative methods get a checkpoint after every iteration (resumable);
     every method uses R (given, else calibrated).
+
+    ``distributed=True``, called on every rank of an initialised ``torch.distributed`` process
+    group (each with its own copy of the model, the same prompts and ``cfg``): the factors are
+    sharded over the ranks (:func:`melbo.jobs.distributed.distributed_fit`) and every rank
+    returns the same features; only rank 0 reads and writes ``out`` (the checkpoint it resumes
+    from is broadcast), so the other ranks need not see the same disk.
     """
+    from melbo.jobs.distributed import distributed_fit, from_rank0, process_world
+
+    rank = process_world()[1] if distributed else 0
+    on_rank0: Callable[[Callable[[], Any]], Any] = from_rank0 if distributed else (lambda fn: fn())
     cfg.validate()
     check_contrast_prompts(cfg.method, contrast_prompts)
     check_base_model(cfg.method, base_model is not None)
@@ -388,10 +399,13 @@ def train(
     spec = get_method(cfg.method)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
-        check_output(out_dir, flag="--out", writer="melbo train", ours=features_dir, directory=True, force=force,
-                     resume=resume, resume_file=f"{CHECKPOINT}/state.json")
-        if force and not resume:  # an earlier run's checkpoint is no start for this one
-            shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+        def prepare(out_dir: Path = out_dir) -> None:
+            check_output(out_dir, flag="--out", writer="melbo train", ours=features_dir, directory=True, force=force,
+                         resume=resume, resume_file=f"{CHECKPOINT}/state.json")
+            if force and not resume:  # an earlier run's checkpoint is no start for this one
+                shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+
+        on_rank0(prepare)
     delta = TransformerCausalMap(
         model, prompts, cfg.source_layer, cfg.target_layer, tokenizer=tokenizer,
         positions=cfg.positions, chat=cfg.chat, system_prompt=cfg.system_prompt, compile=cfg.compile,
@@ -405,7 +419,10 @@ def train(
     start_it = 0
     history0: list[float] = []
     if resume and out_dir is not None:
-        state, tensors = read_checkpoint(out_dir, cfg)
+        def read(out_dir: Path = out_dir) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+            return read_checkpoint(out_dir, cfg)
+
+        state, tensors = on_rank0(read)
         if state.get("model") != fp or state.get("base_model") != meta.get("base_model"):
             raise ValueError(
                 "the checkpoint was made with a different configuration or model; "
@@ -440,7 +457,7 @@ def train(
         # repeats this iteration, as an uninterrupted fit ends, rather than running one more
         tol = getattr(est, "tol", None)
         last = (tau is not None and it >= tau) or (tol is not None and float(st.movement) < tol)
-        if out_dir is not None and not last:
+        if out_dir is not None and not last and rank == 0:
             R_now = float(options["R"] if options["R"] is not None else est.calibration_.R)
             _write_checkpoint(out_dir, it, st.U, st.V, R_now, history0 + [*seen, st.objective], meta)
         seen.append(float(st.objective))
@@ -459,7 +476,10 @@ def train(
         options["base_model"] = base_model
     est = spec.make(**options)
     try:
-        est.fit(delta)
+        if distributed:
+            est = distributed_fit(est, delta)
+        else:
+            est.fit(delta)
     finally:
         if bar is not None:
             bar.close()
@@ -481,8 +501,11 @@ def train(
         extra = {**feats.extra, "n_iter": start_it + int(feats.extra.get("n_iter", 0)), "resumed_at": start_it}
         feats = dataclasses.replace(feats, history=history0 + list(feats.history), extra=extra)
     if out_dir is not None:
-        feats.save(out_dir, overwrite=force or resume)
-        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+        def save(out_dir: Path = out_dir) -> None:
+            feats.save(out_dir, overwrite=force or resume)
+            shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+
+        on_rank0(save)
     return feats
 
 
