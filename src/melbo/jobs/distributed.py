@@ -78,7 +78,7 @@ from melbo.fit.result import FitResult
 from melbo.maps.protocol import CausalMap
 
 __all__ = ["ShardedCausalMap", "distributed_exponential_dct", "distributed_fit", "from_rank0", "init_distributed",
-           "launched_by_torchrun", "process_world", "shard_bounds", "split_columns"]
+           "process_world", "shard_bounds", "split_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,14 +297,6 @@ def distributed_exponential_dct(
     options["random_state"] = _common_seed(options.get("random_state"), sharded.device, group)
     logger.info("OGI sharded over %d ranks (this is rank %d)", sharded.world_size, sharded.rank)
     return exponential_dct(sharded, n_factors, **options)
-
-
-def launched_by_torchrun() -> bool:
-    """Whether this process is one of several that ``torchrun`` started (``WORLD_SIZE`` > 1)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
 
 
 def init_distributed(
