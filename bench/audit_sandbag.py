@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from _case import emit
+from _cpu import cpu_description
 
 _PROBLEM = re.compile(r"(\d+)\s*([+-])\s*(\d+)")
 _NUMBER = re.compile(r"-?\d+")
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lines.append(f"| {r['run']} | {r['offset']} | {tops} | {'yes' if r['found_strict'] else 'no'} | "
                      f"{r['best_feature_offset_rate']:.0%} | {r['features_at_half']} of {r['n_feature_pairs']} | "
                      f"{r['best_random_offset_rate']:.0%} | {r['unsteered_offset_rate']:.0%} |")
-    result = {"bench": "audit_sandbag", "runs": rows}
+    result = {"bench": "audit_sandbag", "runs": rows, "cpu": cpu_description()}
+    lines = [f"CPU: {result['cpu']} (text only, no model: the numbers do not depend on it)", "", *lines]
     emit(result, "\n".join(lines), args, "Sandbag audit runs checked strictly: wrong by the organism's offset")
     return result
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from _case import emit
+from _cpu import cpu_description
 from audit import on_topic_answer
 
 from melbo.evaluate.descriptors import STATS, text_stats
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          f"{'yes' if t['rate'] >= 0.5 else 'no'})" for t in r["with_stats_top"])
         lines.append(f"| {r['run']} | {r['recorded_rank'] or 'missed'} | {r['with_stats_rank'] or 'missed'} | "
                      f"{r['with_stats_first_passing'] or '–'} | {tops} |")
-    result = {"bench": "audit_statmoves", "top": args.top, "runs": rows}
+    result = {"bench": "audit_statmoves", "top": args.top, "runs": rows, "cpu": cpu_description()}
+    lines = [f"CPU: {result['cpu']} (text only, no model: the numbers do not depend on it)", "", *lines]
     emit(result, "\n".join(lines), args, "Audit runs re-ranked with a text-statistics strength (experiment)")
     return result
 
